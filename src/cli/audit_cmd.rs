@@ -1,0 +1,108 @@
+//! `kmsfs audit [filters]` and `kmsfs audit verify`.
+
+use clap::Subcommand;
+
+use super::output::{self, or_dash, Table};
+use super::Session;
+use crate::error::{Error, Result};
+use crate::kms::clock::{format_time_ms, parse_time};
+use crate::kms::{AuditFilter, Outcome};
+
+#[derive(Debug, clap::Args)]
+#[command(
+    args_conflicts_with_subcommands = true,
+    after_help = "Examples:\n  kmsfs audit --key alias/finance --since 2h\n  kmsfs audit --denied --json\n  kmsfs audit verify"
+)]
+pub struct AuditArgs {
+    #[command(subcommand)]
+    pub command: Option<AuditCmd>,
+    /// Only events of this key (id or alias/NAME)
+    #[arg(long)]
+    pub key: Option<String>,
+    /// Only events since this time (2026-11-23, 2026-11-23T10:00:00Z) or this long ago (2h)
+    #[arg(long, value_name = "TIME")]
+    pub since: Option<String>,
+    /// Only this operation (e.g. Decrypt, DisableKey)
+    #[arg(long)]
+    pub operation: Option<String>,
+    /// Only refused operations
+    #[arg(long)]
+    pub denied: bool,
+    /// Only operations by this uid
+    #[arg(long)]
+    pub uid: Option<u32>,
+    /// Only the newest N events
+    #[arg(long, value_name = "N")]
+    pub limit: Option<usize>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCmd {
+    /// Check the hash chain: exit 1 if any event was edited, inserted or removed
+    Verify,
+}
+
+pub fn run(s: &mut Session, args: AuditArgs) -> Result<()> {
+    if let Some(AuditCmd::Verify) = args.command {
+        let report = s.kms.verify_audit()?;
+        if s.json {
+            output::json(&report);
+        } else if report.intact {
+            println!("audit trail intact: {} events, chain verified", report.events);
+        } else {
+            for p in &report.problems {
+                println!("TAMPERED: {p}");
+            }
+        }
+        if !report.intact {
+            return Err(Error::InvalidArgument(format!(
+                "the audit trail has been tampered with ({} problem(s))",
+                report.problems.len()
+            )));
+        }
+        return Ok(());
+    }
+    let key_id = args.key.as_deref().map(|k| s.kms.resolve_key_id(k)).transpose()?;
+    let now = s.kms.now_secs();
+    let since_ms = match &args.since {
+        Some(t) => Some(parse_time(t, now, true).map_err(Error::InvalidArgument)? * 1000),
+        None => None,
+    };
+    let filter = AuditFilter {
+        key_id,
+        since_ms,
+        operation: args.operation,
+        outcome: args.denied.then_some(Outcome::Denied),
+        uid: args.uid,
+        limit: args.limit,
+    };
+    let events = s.kms.audit_events(&filter)?;
+    if s.json {
+        output::json(&events);
+        return Ok(());
+    }
+    let mut t = Table::new(&["SEQ", "TIME", "USER", "OPERATION", "KEY", "OUTCOME", "DETAIL"]);
+    for e in events {
+        let ev = e.event;
+        let detail = [
+            ev.path.clone(),
+            (!ev.context.is_empty()).then(|| ev.context.clone()),
+            (!ev.reason.is_empty()).then(|| ev.reason.clone()),
+        ]
+        .into_iter()
+        .flatten()
+        .collect::<Vec<_>>()
+        .join(" ");
+        t.row(vec![
+            e.seq.to_string(),
+            format_time_ms(ev.time_ms),
+            format!("{}({})", ev.user, ev.uid),
+            ev.operation,
+            or_dash(ev.key_id),
+            ev.outcome.as_str().into(),
+            detail,
+        ]);
+    }
+    t.print();
+    Ok(())
+}

@@ -1,0 +1,267 @@
+//! `kmsfs key ...`: master-key lifecycle.
+
+use clap::Subcommand;
+
+use super::output::{self, or_dash, Table};
+use super::Session;
+use crate::error::Result;
+use crate::kms::clock::format_date;
+use crate::kms::lifecycle::{CreateKeyOptions, DEFAULT_PENDING_WINDOW_DAYS, DEFAULT_ROTATION_PERIOD_DAYS};
+use crate::kms::KeyMetadata;
+
+#[derive(Debug, Subcommand)]
+pub enum KeyCmd {
+    /// Create a customer-managed key and print its id
+    #[command(
+        after_help = "Example:\n  kmsfs key create --alias alias/finance --description 'finance team'"
+    )]
+    Create {
+        /// Give the key this alias (alias/NAME)
+        #[arg(long)]
+        alias: Option<String>,
+        /// Free text shown by `key describe`
+        #[arg(long, default_value = "")]
+        description: String,
+    },
+    /// List every key with its state
+    List,
+    /// Show a key's metadata
+    #[command(after_help = "Example:\n  kmsfs key describe alias/finance --json")]
+    Describe { key: String },
+    /// Allow cryptographic use of a disabled key again
+    Enable { key: String },
+    /// Refuse every cryptographic use of a key (reversible)
+    Disable { key: String },
+    /// Rotate now: a new version becomes current, older versions keep decrypting
+    Rotate { key: String },
+    /// Automatic rotation settings
+    #[command(subcommand)]
+    Rotation(RotationCmd),
+    /// List a key's versions
+    Rotations { key: String },
+    /// Schedule a key for destruction after a waiting period of 7 to 30 days
+    #[command(after_help = "Example:\n  kmsfs key schedule-deletion alias/old --pending-window-days 7")]
+    ScheduleDeletion {
+        key: String,
+        /// Days before the key material is destroyed (7 to 30)
+        #[arg(long, default_value_t = DEFAULT_PENDING_WINDOW_DAYS, allow_negative_numbers = true)]
+        pending_window_days: i64,
+    },
+    /// Keep a key that is pending deletion; it returns Disabled
+    CancelDeletion { key: String },
+    /// Destroy now every key whose deletion date has passed (also done on every keystore open)
+    PurgeExpired,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RotationCmd {
+    /// Rotate the key automatically every PERIOD days (90 to 2560)
+    Enable {
+        key: String,
+        #[arg(long, default_value_t = DEFAULT_ROTATION_PERIOD_DAYS, allow_negative_numbers = true)]
+        period_days: i64,
+    },
+    /// Stop automatic rotation
+    Disable { key: String },
+    /// Show whether and when the key rotates
+    Status { key: String },
+}
+
+pub fn run(s: &mut Session, cmd: KeyCmd) -> Result<()> {
+    let me = s.me.clone();
+    match cmd {
+        KeyCmd::Create { alias, description } => {
+            let key_id = s.kms.create_key(&me, &CreateKeyOptions { alias, description })?;
+            if s.json {
+                output::json(&s.kms.describe_key(&me, &key_id)?);
+            } else {
+                println!("{key_id}");
+            }
+        }
+        KeyCmd::List => {
+            let keys = s.kms.list_keys(&me)?;
+            if s.json {
+                output::json(&keys);
+            } else {
+                print_key_table(&keys);
+            }
+        }
+        KeyCmd::Describe { key } => {
+            let meta = s.kms.describe_key(&me, &key)?;
+            if s.json {
+                output::json(&meta);
+            } else {
+                print_key_fields(&meta);
+            }
+        }
+        KeyCmd::Enable { key } => {
+            s.kms.enable_key(&me, &key)?;
+            say(s, &format!("key {key} is enabled"));
+        }
+        KeyCmd::Disable { key } => {
+            s.kms.disable_key(&me, &key)?;
+            say(s, &format!("key {key} is disabled"));
+        }
+        KeyCmd::Rotate { key } => {
+            let version = s.kms.rotate_key(&me, &key)?;
+            if s.json {
+                output::json(&serde_json::json!({ "KeyId": key, "CurrentKeyVersion": version }));
+            } else {
+                println!("key {key} rotated: version {version} is current, older versions still decrypt");
+            }
+        }
+        KeyCmd::Rotation(RotationCmd::Enable { key, period_days }) => {
+            let next = s.kms.enable_key_rotation(&me, &key, period_days)?;
+            say(
+                s,
+                &format!(
+                    "key {key} rotates every {period_days} days; next on {}",
+                    format_date(next)
+                ),
+            );
+        }
+        KeyCmd::Rotation(RotationCmd::Disable { key }) => {
+            s.kms.disable_key_rotation(&me, &key)?;
+            say(s, &format!("automatic rotation of key {key} is off"));
+        }
+        KeyCmd::Rotation(RotationCmd::Status { key }) => {
+            let meta = s.kms.describe_key(&me, &key)?;
+            if s.json {
+                output::json(&serde_json::json!({
+                    "KeyId": meta.key_id,
+                    "KeyRotationEnabled": meta.key_rotation_enabled,
+                    "RotationPeriodInDays": meta.rotation_period_in_days,
+                    "NextRotationDate": meta.next_rotation_date,
+                }));
+            } else if meta.key_rotation_enabled {
+                println!(
+                    "enabled: every {} days, next on {}",
+                    or_dash(meta.rotation_period_in_days.map(|d| d.to_string())),
+                    or_dash(meta.next_rotation_date)
+                );
+            } else {
+                println!("disabled");
+            }
+        }
+        KeyCmd::Rotations { key } => {
+            let versions = s.kms.list_key_versions(&me, &key)?;
+            if s.json {
+                output::json(&versions);
+            } else {
+                let mut t = Table::new(&["VERSION", "CREATED", "TYPE", "MATERIAL"]);
+                for v in versions {
+                    t.row(vec![
+                        v.version.to_string(),
+                        format_date(v.created),
+                        v.rotation_type,
+                        if v.material_present {
+                            "present"
+                        } else {
+                            "destroyed"
+                        }
+                        .into(),
+                    ]);
+                }
+                t.print();
+            }
+        }
+        KeyCmd::ScheduleDeletion {
+            key,
+            pending_window_days,
+        } => {
+            let date = s.kms.schedule_key_deletion(&me, &key, pending_window_days)?;
+            if s.json {
+                output::json(&s.kms.describe_key(&me, &key)?);
+            } else {
+                println!(
+                    "key {key} is pending deletion: its material will be destroyed on {} \
+                     (cancel with `kmsfs key cancel-deletion {key}`)",
+                    format_date(date)
+                );
+            }
+        }
+        KeyCmd::CancelDeletion { key } => {
+            s.kms.cancel_key_deletion(&me, &key)?;
+            say(s, &format!("deletion of key {key} cancelled; the key is Disabled (`kmsfs key enable {key}` to use it)"));
+        }
+        KeyCmd::PurgeExpired => {
+            let destroyed = s.kms.purge_expired(&me)?;
+            if s.json {
+                output::json(&destroyed);
+            } else if destroyed.is_empty() {
+                println!("no key is past its deletion date");
+            } else {
+                for id in destroyed {
+                    println!("destroyed key {id}");
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A one-line confirmation for people; scripts reading `--json` get nothing to parse.
+fn say(s: &Session, message: &str) {
+    if !s.json {
+        println!("{message}");
+    }
+}
+
+fn print_key_table(keys: &[KeyMetadata]) {
+    let mut t = Table::new(&[
+        "KEY ID",
+        "STATE",
+        "MANAGER",
+        "VERSION",
+        "ROTATION",
+        "ALIASES",
+        "DESCRIPTION",
+    ]);
+    for k in keys {
+        let rotation = match (k.key_rotation_enabled, &k.next_rotation_date) {
+            (true, Some(next)) => format!("next {}", &next[..10]),
+            _ => "off".into(),
+        };
+        let state = match &k.deletion_date {
+            Some(d) => format!("{} ({})", k.key_state.as_str(), &d[..10]),
+            None => k.key_state.as_str().to_string(),
+        };
+        t.row(vec![
+            k.key_id.clone(),
+            state,
+            k.key_manager.as_str().to_string(),
+            k.current_key_version.to_string(),
+            rotation,
+            or_dash((!k.aliases.is_empty()).then(|| k.aliases.join(","))),
+            k.description.clone(),
+        ]);
+    }
+    t.print();
+}
+
+fn print_key_fields(k: &KeyMetadata) {
+    output::fields(&[
+        ("KeyId", k.key_id.clone()),
+        (
+            "Aliases",
+            or_dash((!k.aliases.is_empty()).then(|| k.aliases.join(", "))),
+        ),
+        ("KeyState", k.key_state.as_str().to_string()),
+        ("KeyManager", k.key_manager.as_str().to_string()),
+        ("Description", k.description.clone()),
+        ("CreationDate", k.creation_date.clone()),
+        ("CurrentKeyVersion", k.current_key_version.to_string()),
+        ("KeyRotationEnabled", k.key_rotation_enabled.to_string()),
+        (
+            "RotationPeriodInDays",
+            or_dash(k.rotation_period_in_days.map(|d| d.to_string())),
+        ),
+        ("NextRotationDate", or_dash(k.next_rotation_date.clone())),
+        ("DeletionDate", or_dash(k.deletion_date.clone())),
+        (
+            "PendingDeletionWindowInDays",
+            or_dash(k.pending_deletion_window_in_days.map(|d| d.to_string())),
+        ),
+        ("Origin", k.origin.clone()),
+    ]);
+}

@@ -1,0 +1,144 @@
+//! The command line: parses, asks for passphrases, prints. Decisions live in `kms`.
+
+mod alias_cmd;
+mod audit_cmd;
+mod crypto_cmd;
+mod key_cmd;
+mod keystore_cmd;
+pub mod output;
+pub mod passphrase;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use clap::{Parser, Subcommand};
+
+use crate::error::{Error, Result};
+use crate::keystore::{self, Keystore};
+use crate::kms::{Kms, Principal, SystemClock};
+
+const AFTER_HELP: &str = "\
+Examples:
+  kmsfs keystore init
+  kmsfs key create --alias alias/finance --description 'finance team'
+  echo -n 's3cret' | kmsfs encrypt --key alias/finance --context app=web > secret.bin
+  kmsfs decrypt --context app=web < secret.bin
+
+Exit codes: 0 ok, 1 error, 2 usage, 3 wrong passphrase, 4 key state forbids it,
+5 unknown key/alias/keystore, 6 access denied, 7 ciphertext does not authenticate.";
+
+#[derive(Debug, Parser)]
+#[command(name = "kmsfs", version, about = "Encrypted filesystem with AWS-KMS-style key management", after_help = AFTER_HELP)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Options every command takes.
+#[derive(Debug, clap::Args)]
+pub struct Global {
+    /// The keystore file [default: $XDG_DATA_HOME/kmsfs/keystore.db]
+    #[arg(long, global = true, env = "KMSFS_KEYSTORE", value_name = "PATH")]
+    pub keystore: Option<PathBuf>,
+    /// Read the passphrase from this file instead of KMSFS_PASSPHRASE or a prompt
+    #[arg(long, global = true, env = "KMSFS_PASSPHRASE_FILE", value_name = "PATH")]
+    pub passphrase_file: Option<PathBuf>,
+    /// Print JSON instead of tables (for scripts)
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+impl Global {
+    pub fn keystore_path(&self) -> PathBuf {
+        self.keystore.clone().unwrap_or_else(keystore::default_path)
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create and manage the keystore file
+    #[command(subcommand)]
+    Keystore(keystore_cmd::KeystoreCmd),
+    /// Create and manage master keys
+    #[command(subcommand)]
+    Key(key_cmd::KeyCmd),
+    /// Friendly names for keys
+    #[command(subcommand)]
+    Alias(alias_cmd::AliasCmd),
+    /// Encrypt a small secret (at most 4096 bytes) under a key
+    Encrypt(crypto_cmd::EncryptArgs),
+    /// Decrypt a secret produced by `kmsfs encrypt`
+    Decrypt(crypto_cmd::DecryptArgs),
+    /// Decrypt and encrypt again under another key or the current key version
+    ReEncrypt(crypto_cmd::ReEncryptArgs),
+    /// Generate a data key for envelope encryption
+    GenerateDataKey(crypto_cmd::GenerateDataKeyArgs),
+    /// Show or verify the audit trail
+    Audit(audit_cmd::AuditArgs),
+}
+
+/// An unlocked KMS, the user running the command, and how to print.
+pub struct Session {
+    pub kms: Kms,
+    pub me: Principal,
+    pub json: bool,
+}
+
+impl Session {
+    /// Opens and unlocks the keystore (asking for the passphrase if needed) and runs the
+    /// housekeeping that is due.
+    pub fn open(global: &Global) -> Result<Session> {
+        let path = global.keystore_path();
+        let ks = Keystore::open(&path)?;
+        let pass = passphrase::obtain(
+            global.passphrase_file.as_deref(),
+            "KMSFS_PASSPHRASE",
+            &format!("Passphrase for {}: ", path.display()),
+            false,
+        )?;
+        let root = ks.unlock(&pass)?;
+        let clock = SystemClock::from_env().map_err(Error::InvalidArgument)?;
+        let me = Principal::current_process();
+        let kms = Kms::new(ks, root, Arc::new(clock), &me)?;
+        Ok(Session {
+            kms,
+            me,
+            json: global.json,
+        })
+    }
+}
+
+/// Runs the command line and returns the process exit code.
+pub fn main() -> i32 {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() { 2 } else { 0 };
+        }
+    };
+    env_logger::Builder::from_env(env_logger::Env::default().filter_or("RUST_LOG", "warn")).init();
+    match run(cli) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("kmsfs: error: {e}");
+            e.exit_code()
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    let g = &cli.global;
+    match cli.command {
+        Command::Keystore(cmd) => keystore_cmd::run(g, cmd),
+        Command::Key(cmd) => key_cmd::run(&mut Session::open(g)?, cmd),
+        Command::Alias(cmd) => alias_cmd::run(&mut Session::open(g)?, cmd),
+        Command::Encrypt(args) => crypto_cmd::encrypt(&mut Session::open(g)?, args),
+        Command::Decrypt(args) => crypto_cmd::decrypt(&mut Session::open(g)?, args),
+        Command::ReEncrypt(args) => crypto_cmd::re_encrypt(&mut Session::open(g)?, args),
+        Command::GenerateDataKey(args) => crypto_cmd::generate_data_key(&mut Session::open(g)?, args),
+        Command::Audit(args) => audit_cmd::run(&mut Session::open(g)?, args),
+    }
+}

@@ -1,0 +1,70 @@
+//! The keystore's SQL schema, as an ordered list of migrations.
+//!
+//! `PRAGMA user_version` holds the number of migrations applied. A keystore is migrated
+//! forward inside one transaction when it is opened; a keystore newer than this binary is
+//! refused rather than guessed at.
+
+/// `PRAGMA application_id` of every kmsfs keystore ("KMSF"), so a stray SQLite file is
+/// recognised as "not a kmsfs keystore" instead of half-used.
+pub const APPLICATION_ID: i32 = 0x4B4D_5346;
+
+/// Migration `i` brings the schema from version `i` to `i + 1`.
+pub const MIGRATIONS: &[&str] = &[
+    // 1: keys, their versions, aliases, the audit trail, and keystore-wide settings.
+    r#"
+    CREATE TABLE meta (
+        name  TEXT PRIMARY KEY,
+        value BLOB NOT NULL
+    );
+    CREATE TABLE keys (
+        key_id               TEXT PRIMARY KEY,
+        created              INTEGER NOT NULL,          -- unix seconds
+        description          TEXT NOT NULL DEFAULT '',
+        key_manager          TEXT NOT NULL CHECK (key_manager IN ('CUSTOMER', 'MANAGED')),
+        origin               TEXT NOT NULL,
+        state                TEXT NOT NULL CHECK (state IN
+                                 ('Enabled', 'Disabled', 'PendingDeletion', 'Destroyed')),
+        deletion_date        INTEGER,                   -- set while PendingDeletion / once Destroyed
+        pending_window_days  INTEGER,
+        rotation_enabled     INTEGER NOT NULL DEFAULT 0,
+        rotation_period_days INTEGER,
+        next_rotation        INTEGER,
+        current_version      INTEGER NOT NULL
+    );
+    CREATE TABLE key_versions (
+        key_id        TEXT NOT NULL REFERENCES keys(key_id),
+        version       INTEGER NOT NULL,
+        created       INTEGER NOT NULL,
+        rotation_type TEXT NOT NULL,                    -- INITIAL, AUTOMATIC, ON_DEMAND
+        material      BLOB,                             -- sealed by the root key; NULL once destroyed
+        PRIMARY KEY (key_id, version)
+    );
+    CREATE TABLE aliases (
+        alias_name TEXT PRIMARY KEY,
+        key_id     TEXT NOT NULL REFERENCES keys(key_id),
+        created    INTEGER NOT NULL,
+        updated    INTEGER NOT NULL
+    );
+    CREATE INDEX aliases_by_key ON aliases(key_id);
+    CREATE TABLE audit (
+        seq       INTEGER PRIMARY KEY,                  -- 1, 2, 3, ... without gaps
+        time_ms   INTEGER NOT NULL,
+        uid       INTEGER NOT NULL,
+        user      TEXT NOT NULL,
+        pid       INTEGER,
+        operation TEXT NOT NULL,
+        key_id    TEXT,
+        outcome   TEXT NOT NULL,
+        reason    TEXT NOT NULL DEFAULT '',
+        context   TEXT NOT NULL DEFAULT '',
+        path      TEXT,
+        mac       BLOB NOT NULL                         -- HMAC chain, see kms::audit
+    );
+    CREATE INDEX audit_by_key ON audit(key_id, seq);
+    "#,
+];
+
+/// The schema version this binary writes.
+pub fn current_version() -> i64 {
+    MIGRATIONS.len() as i64
+}

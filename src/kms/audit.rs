@@ -1,0 +1,300 @@
+//! The audit trail: an append-only, hash-chained log of every KMS operation.
+//!
+//! Row `n` carries `mac_n = HMAC-SHA256(audit_key, mac_{n-1} || encode(n, event))`, with
+//! `mac_0` all zeros, and the keystore's meta table keeps the head (last seq and mac). The
+//! audit key is derived from the root key, so without the passphrase nobody can forge a
+//! consistent chain: `verify` finds an edited, inserted or deleted row, and a cut-off tail.
+
+use rusqlite::{params, Connection, Row};
+
+use super::principal::Principal;
+use crate::crypto::{self, SecretKey};
+use crate::error::{Error, Result};
+use crate::keystore::{get_meta, set_meta};
+
+const MAC_LEN: usize = 32;
+const HEAD_META: &str = "audit_head";
+
+/// How an operation ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub enum Outcome {
+    /// Done.
+    Success,
+    /// Refused by a key's state, a policy or a grant.
+    Denied,
+    /// Failed for another reason (bad input, unknown key, tampered ciphertext).
+    Error,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Success => "Success",
+            Outcome::Denied => "Denied",
+            Outcome::Error => "Error",
+        }
+    }
+
+    fn parse(s: &str) -> Self {
+        match s {
+            "Success" => Outcome::Success,
+            "Denied" => Outcome::Denied,
+            _ => Outcome::Error,
+        }
+    }
+
+    /// The outcome an error stands for.
+    pub fn of_error(err: &Error) -> Self {
+        match err {
+            Error::KeyState(_) | Error::AccessDenied(_) => Outcome::Denied,
+            _ => Outcome::Error,
+        }
+    }
+}
+
+/// One audited operation.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct AuditEvent {
+    #[serde(serialize_with = "serialize_time")]
+    pub time_ms: i64,
+    pub uid: u32,
+    pub user: String,
+    pub pid: Option<u32>,
+    pub operation: String,
+    pub key_id: Option<String>,
+    pub outcome: Outcome,
+    pub reason: String,
+    /// The encryption context as JSON, or empty.
+    pub context: String,
+    /// The path inside a mount, for filesystem operations.
+    pub path: Option<String>,
+}
+
+fn serialize_time<S: serde::Serializer>(ms: &i64, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&super::clock::format_time_ms(*ms))
+}
+
+impl AuditEvent {
+    pub fn new(caller: &Principal, operation: &str, time_ms: i64) -> Self {
+        AuditEvent {
+            time_ms,
+            uid: caller.uid,
+            user: caller.user.clone(),
+            pid: caller.pid,
+            operation: operation.to_string(),
+            key_id: None,
+            outcome: Outcome::Success,
+            reason: String::new(),
+            context: String::new(),
+            path: None,
+        }
+    }
+
+    /// The bytes the MAC covers: every field, length-prefixed, after the sequence number.
+    fn encode(&self, seq: i64) -> Vec<u8> {
+        let mut out = Vec::with_capacity(128);
+        out.extend_from_slice(&seq.to_be_bytes());
+        out.extend_from_slice(&self.time_ms.to_be_bytes());
+        out.extend_from_slice(&self.uid.to_be_bytes());
+        out.extend_from_slice(&self.pid.map(i64::from).unwrap_or(-1).to_be_bytes());
+        let texts = [
+            Some(self.user.as_str()),
+            Some(self.operation.as_str()),
+            self.key_id.as_deref(),
+            Some(self.outcome.as_str()),
+            Some(self.reason.as_str()),
+            Some(self.context.as_str()),
+            self.path.as_deref(),
+        ];
+        for text in texts {
+            match text {
+                None => out.push(0),
+                Some(t) => {
+                    out.push(1);
+                    out.extend_from_slice(&(t.len() as u32).to_be_bytes());
+                    out.extend_from_slice(t.as_bytes());
+                }
+            }
+        }
+        out
+    }
+}
+
+/// A stored event with its place in the chain.
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct AuditRecord {
+    pub seq: i64,
+    #[serde(flatten)]
+    pub event: AuditEvent,
+}
+
+/// Which events `kmsfs audit` shows.
+#[derive(Debug, Clone, Default)]
+pub struct AuditFilter {
+    pub key_id: Option<String>,
+    pub since_ms: Option<i64>,
+    pub operation: Option<String>,
+    pub outcome: Option<Outcome>,
+    pub uid: Option<u32>,
+    /// The newest N, still shown oldest first.
+    pub limit: Option<usize>,
+}
+
+/// The key the chain is MACed with, derived from the root key.
+pub fn audit_key(root: &SecretKey) -> SecretKey {
+    crypto::derive_subkey(root, "audit-chain")
+}
+
+fn read_head(conn: &Connection) -> Result<(i64, [u8; MAC_LEN])> {
+    match get_meta(conn, HEAD_META)? {
+        None => Ok((0, [0; MAC_LEN])),
+        Some(raw) if raw.len() == 8 + MAC_LEN => {
+            let seq = i64::from_be_bytes(raw[..8].try_into().expect("8 bytes"));
+            Ok((seq, raw[8..].try_into().expect("32 bytes")))
+        }
+        Some(_) => Err(Error::InvalidArgument(
+            "the audit head in the keystore is malformed".into(),
+        )),
+    }
+}
+
+/// Appends `events` to the chain inside the caller's transaction.
+pub fn append(conn: &Connection, key: &SecretKey, events: &[AuditEvent]) -> Result<()> {
+    if events.is_empty() {
+        return Ok(());
+    }
+    let (mut seq, mut mac) = read_head(conn)?;
+    let mut stmt = conn.prepare_cached(
+        "INSERT INTO audit (seq, time_ms, uid, user, pid, operation, key_id, outcome, reason, context, path, mac)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+    )?;
+    for ev in events {
+        seq += 1;
+        mac = crypto::hmac_sha256(key, &[&mac, &ev.encode(seq)]);
+        stmt.execute(params![
+            seq,
+            ev.time_ms,
+            ev.uid,
+            ev.user,
+            ev.pid,
+            ev.operation,
+            ev.key_id,
+            ev.outcome.as_str(),
+            ev.reason,
+            ev.context,
+            ev.path,
+            &mac[..],
+        ])?;
+    }
+    let head = [&seq.to_be_bytes()[..], &mac[..]].concat();
+    set_meta(conn, HEAD_META, &head)
+}
+
+const COLUMNS: &str = "seq, time_ms, uid, user, pid, operation, key_id, outcome, reason, context, path, mac";
+
+fn record_from_row(r: &Row<'_>) -> rusqlite::Result<(AuditRecord, Vec<u8>)> {
+    let outcome: String = r.get(7)?;
+    Ok((
+        AuditRecord {
+            seq: r.get(0)?,
+            event: AuditEvent {
+                time_ms: r.get(1)?,
+                uid: r.get(2)?,
+                user: r.get(3)?,
+                pid: r.get(4)?,
+                operation: r.get(5)?,
+                key_id: r.get(6)?,
+                outcome: Outcome::parse(&outcome),
+                reason: r.get(8)?,
+                context: r.get(9)?,
+                path: r.get(10)?,
+            },
+        },
+        r.get(11)?,
+    ))
+}
+
+/// Events matching `filter`, oldest first.
+pub fn query(conn: &Connection, filter: &AuditFilter) -> Result<Vec<AuditRecord>> {
+    let mut stmt = conn.prepare(&format!(
+        "SELECT {COLUMNS} FROM audit
+         WHERE (?1 IS NULL OR key_id = ?1) AND (?2 IS NULL OR time_ms >= ?2)
+           AND (?3 IS NULL OR operation = ?3 COLLATE NOCASE) AND (?4 IS NULL OR outcome = ?4)
+           AND (?5 IS NULL OR uid = ?5)
+         ORDER BY seq DESC LIMIT ?6"
+    ))?;
+    let limit = filter.limit.map(|l| l as i64).unwrap_or(-1);
+    let rows = stmt.query_map(
+        params![
+            filter.key_id,
+            filter.since_ms,
+            filter.operation,
+            filter.outcome.map(Outcome::as_str),
+            filter.uid,
+            limit
+        ],
+        |r| record_from_row(r).map(|(rec, _)| rec),
+    )?;
+    let mut out: Vec<AuditRecord> = rows.collect::<rusqlite::Result<_>>()?;
+    out.reverse();
+    Ok(out)
+}
+
+/// What `kmsfs audit verify` found.
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct VerifyReport {
+    pub events: i64,
+    pub intact: bool,
+    pub problems: Vec<String>,
+}
+
+/// Walks the whole chain and reports every place where it does not hold.
+pub fn verify(conn: &Connection, key: &SecretKey) -> Result<VerifyReport> {
+    let mut problems = Vec::new();
+    let mut stmt = conn.prepare(&format!("SELECT {COLUMNS} FROM audit ORDER BY seq"))?;
+    let mut rows = stmt.query([])?;
+    let mut prev_mac = [0u8; MAC_LEN];
+    let mut expected_seq = 1i64;
+    let mut count = 0i64;
+    while let Some(row) = rows.next()? {
+        count += 1;
+        let (rec, stored_mac) = match record_from_row(row) {
+            Ok(r) => r,
+            Err(e) => {
+                problems.push(format!("a row cannot be read ({e})"));
+                continue;
+            }
+        };
+        if rec.seq != expected_seq {
+            problems.push(format!(
+                "events {expected_seq}..{} are missing (deleted rows)",
+                rec.seq - 1
+            ));
+        }
+        let mac = crypto::hmac_sha256(key, &[&prev_mac, &rec.event.encode(rec.seq)]);
+        if !crypto::ct_eq(&mac, &stored_mac) {
+            problems.push(format!(
+                "event {} does not match its chain MAC (edited, inserted, or a preceding event was removed)",
+                rec.seq
+            ));
+        }
+        // Continue from the stored MAC so one edited row is reported once, not forever after.
+        prev_mac = stored_mac.as_slice().try_into().unwrap_or([0; MAC_LEN]);
+        expected_seq = rec.seq + 1;
+    }
+    let (head_seq, head_mac) = read_head(conn)?;
+    if head_seq != expected_seq - 1 || (head_seq > 0 && !crypto::ct_eq(&head_mac, &prev_mac)) {
+        problems.push(format!(
+            "the chain ends at event {} but the keystore recorded event {head_seq} as the last (events removed from the end)",
+            expected_seq - 1
+        ));
+    }
+    Ok(VerifyReport {
+        events: count,
+        intact: problems.is_empty(),
+        problems,
+    })
+}

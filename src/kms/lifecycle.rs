@@ -1,0 +1,294 @@
+//! Master-key lifecycle: create, enable/disable, rotation, scheduled deletion and
+//! crypto-shredding. Follows AWS KMS: a disabled key keeps its material, a key pending
+//! deletion can be saved until its date, after which its material is gone for good.
+
+use super::{
+    add_version, aliases::validate_alias_name, keyid, require_customer_managed, require_enabled, resolve,
+    Kms, Op, Principal, MANAGED_ALIAS_PREFIX,
+};
+use crate::error::{Error, Result};
+use crate::keystore::records::{self, KeyManager, KeyRecord, KeyState, VersionRecord};
+
+pub const DAY_SECS: i64 = 86_400;
+/// AWS's limits for ScheduleKeyDeletion's PendingWindowInDays.
+pub const PENDING_WINDOW_DAYS: std::ops::RangeInclusive<i64> = 7..=30;
+pub const DEFAULT_PENDING_WINDOW_DAYS: i64 = 30;
+/// AWS's limits for EnableKeyRotation's RotationPeriodInDays.
+pub const ROTATION_PERIOD_DAYS: std::ops::RangeInclusive<i64> = 90..=2560;
+pub const DEFAULT_ROTATION_PERIOD_DAYS: i64 = 365;
+
+/// Options of CreateKey.
+#[derive(Debug, Clone, Default)]
+pub struct CreateKeyOptions {
+    pub alias: Option<String>,
+    pub description: String,
+}
+
+impl Op<'_> {
+    /// Resolves `key_ref` and records the key in this operation's audit event.
+    pub(crate) fn key(&mut self, key_ref: &str) -> Result<KeyRecord> {
+        self.event.key_id = Some(key_ref.to_string());
+        let key = resolve(&self.tx, key_ref)?;
+        self.event.key_id = Some(key.key_id.clone());
+        Ok(key)
+    }
+
+    /// Inserts a new key with its first version.
+    fn insert_new_key(&mut self, manager: KeyManager, description: &str) -> Result<KeyRecord> {
+        let managed = manager == KeyManager::Managed;
+        let key = KeyRecord {
+            key_id: keyid::new_key_id(),
+            created: self.now,
+            description: description.to_string(),
+            key_manager: manager,
+            origin: "KMSFS".into(),
+            state: KeyState::Enabled,
+            deletion_date: None,
+            pending_window_days: None,
+            // Managed keys rotate yearly, like AWS managed keys; customer keys opt in.
+            rotation_enabled: managed,
+            rotation_period_days: managed.then_some(DEFAULT_ROTATION_PERIOD_DAYS),
+            next_rotation: managed.then_some(self.now + DEFAULT_ROTATION_PERIOD_DAYS * DAY_SECS),
+            current_version: 1,
+        };
+        records::insert_key(&self.tx, &key)?;
+        add_version(self, &key.key_id, 1, "INITIAL")?;
+        self.event.key_id = Some(key.key_id.clone());
+        Ok(key)
+    }
+
+    /// Makes a new current version; older versions stay for decryption.
+    fn rotate(&mut self, key: &mut KeyRecord, rotation_type: &str) -> Result<()> {
+        let version = key.current_version + 1;
+        add_version(self, &key.key_id, version, rotation_type)?;
+        key.current_version = version;
+        if rotation_type == "AUTOMATIC" {
+            let period = key.rotation_period_days.unwrap_or(DEFAULT_ROTATION_PERIOD_DAYS);
+            key.next_rotation = Some(self.now + period * DAY_SECS);
+        }
+        records::update_key(&self.tx, key)
+    }
+}
+
+impl Kms {
+    /// CreateKey: a customer-managed key, optionally with an alias. Returns the key id.
+    pub fn create_key(&mut self, caller: &Principal, opts: &CreateKeyOptions) -> Result<String> {
+        self.audited(caller, "CreateKey", |op| {
+            let key = op.insert_new_key(KeyManager::Customer, &opts.description)?;
+            if let Some(alias) = &opts.alias {
+                validate_alias_name(alias, false)?;
+                super::aliases::insert_unique(op, alias, &key.key_id)?;
+            }
+            Ok(key.key_id)
+        })
+    }
+
+    /// Creates a key that kmsfs manages (one per volume), aliased `alias/kmsfs/<name>`.
+    pub fn create_managed_key(
+        &mut self,
+        caller: &Principal,
+        name: &str,
+        description: &str,
+    ) -> Result<String> {
+        let alias = format!("{MANAGED_ALIAS_PREFIX}{name}");
+        validate_alias_name(&alias, true)?;
+        self.audited(caller, "CreateKey", |op| {
+            let key = op.insert_new_key(KeyManager::Managed, description)?;
+            super::aliases::insert_unique(op, &alias, &key.key_id)?;
+            Ok(key.key_id)
+        })
+    }
+
+    pub fn enable_key(&mut self, caller: &Principal, key_ref: &str) -> Result<()> {
+        self.audited(caller, "EnableKey", |op| {
+            let mut key = op.key(key_ref)?;
+            require_customer_managed(&key, "enabled or disabled")?;
+            match key.state {
+                KeyState::Enabled => Ok(()),
+                KeyState::Disabled => {
+                    key.state = KeyState::Enabled;
+                    records::update_key(&op.tx, &key)
+                }
+                _ => require_enabled(&key),
+            }
+        })
+    }
+
+    pub fn disable_key(&mut self, caller: &Principal, key_ref: &str) -> Result<()> {
+        self.audited(caller, "DisableKey", |op| {
+            let mut key = op.key(key_ref)?;
+            require_customer_managed(&key, "enabled or disabled")?;
+            match key.state {
+                KeyState::Disabled => Ok(()),
+                KeyState::Enabled => {
+                    key.state = KeyState::Disabled;
+                    records::update_key(&op.tx, &key)
+                }
+                _ => require_enabled(&key),
+            }
+        })
+    }
+
+    /// RotateKeyOnDemand. Returns the new current version.
+    pub fn rotate_key(&mut self, caller: &Principal, key_ref: &str) -> Result<u32> {
+        self.audited(caller, "RotateKeyOnDemand", |op| {
+            let mut key = op.key(key_ref)?;
+            require_customer_managed(&key, "rotated on demand (it rotates yearly by itself)")?;
+            require_enabled(&key)?;
+            op.rotate(&mut key, "ON_DEMAND")?;
+            Ok(key.current_version)
+        })
+    }
+
+    /// EnableKeyRotation with a period in days (90..=2560). Returns the next rotation date.
+    pub fn enable_key_rotation(
+        &mut self,
+        caller: &Principal,
+        key_ref: &str,
+        period_days: i64,
+    ) -> Result<i64> {
+        self.audited(caller, "EnableKeyRotation", |op| {
+            let mut key = op.key(key_ref)?;
+            if !ROTATION_PERIOD_DAYS.contains(&period_days) {
+                return Err(Error::InvalidArgument(format!(
+                    "the rotation period must be between {} and {} days, not {period_days}",
+                    ROTATION_PERIOD_DAYS.start(),
+                    ROTATION_PERIOD_DAYS.end()
+                )));
+            }
+            require_customer_managed(&key, "given another rotation schedule")?;
+            require_enabled(&key)?;
+            let next = op.now + period_days * DAY_SECS;
+            key.rotation_enabled = true;
+            key.rotation_period_days = Some(period_days);
+            key.next_rotation = Some(next);
+            records::update_key(&op.tx, &key)?;
+            Ok(next)
+        })
+    }
+
+    pub fn disable_key_rotation(&mut self, caller: &Principal, key_ref: &str) -> Result<()> {
+        self.audited(caller, "DisableKeyRotation", |op| {
+            let mut key = op.key(key_ref)?;
+            require_customer_managed(&key, "kept from rotating")?;
+            require_enabled(&key)?;
+            key.rotation_enabled = false;
+            key.next_rotation = None;
+            records::update_key(&op.tx, &key)
+        })
+    }
+
+    /// ListKeyRotations: every version of the key, oldest first.
+    pub fn list_key_versions(&mut self, caller: &Principal, key_ref: &str) -> Result<Vec<VersionRecord>> {
+        self.audited(caller, "ListKeyRotations", |op| {
+            let key = op.key(key_ref)?;
+            records::list_versions(&op.tx, &key.key_id)
+        })
+    }
+
+    /// ScheduleKeyDeletion. Returns the deletion date (unix seconds).
+    pub fn schedule_key_deletion(
+        &mut self,
+        caller: &Principal,
+        key_ref: &str,
+        window_days: i64,
+    ) -> Result<i64> {
+        self.audited(caller, "ScheduleKeyDeletion", |op| {
+            let mut key = op.key(key_ref)?;
+            if !PENDING_WINDOW_DAYS.contains(&window_days) {
+                return Err(Error::InvalidArgument(format!(
+                    "the pending window must be between {} and {} days (got {window_days})",
+                    PENDING_WINDOW_DAYS.start(),
+                    PENDING_WINDOW_DAYS.end()
+                )));
+            }
+            require_customer_managed(&key, "scheduled for deletion")?;
+            match key.state {
+                KeyState::Enabled | KeyState::Disabled => {}
+                KeyState::PendingDeletion => {
+                    return Err(Error::KeyState(format!(
+                        "key {} is already pending deletion (on {})",
+                        key.key_id,
+                        key.deletion_date
+                            .map(super::clock::format_date)
+                            .unwrap_or_default()
+                    )))
+                }
+                KeyState::Destroyed => require_enabled(&key)?,
+            }
+            let date = op.now + window_days * DAY_SECS;
+            key.state = KeyState::PendingDeletion;
+            key.deletion_date = Some(date);
+            key.pending_window_days = Some(window_days);
+            records::update_key(&op.tx, &key)?;
+            Ok(date)
+        })
+    }
+
+    /// CancelKeyDeletion: the key returns to Disabled, as in AWS.
+    pub fn cancel_key_deletion(&mut self, caller: &Principal, key_ref: &str) -> Result<()> {
+        self.audited(caller, "CancelKeyDeletion", |op| {
+            let mut key = op.key(key_ref)?;
+            match key.state {
+                KeyState::PendingDeletion => {
+                    key.state = KeyState::Disabled;
+                    key.deletion_date = None;
+                    key.pending_window_days = None;
+                    records::update_key(&op.tx, &key)
+                }
+                KeyState::Destroyed => require_enabled(&key),
+                _ => Err(Error::KeyState(format!(
+                    "key {} is {}, not pending deletion; there is nothing to cancel",
+                    key.key_id,
+                    key.state.as_str()
+                ))),
+            }
+        })
+    }
+
+    /// Destroys every key whose deletion window has passed: its material is erased, its
+    /// aliases removed, and a `Destroyed` tombstone stays so its ciphertexts are reported
+    /// unrecoverable. Returns the destroyed key ids.
+    pub fn purge_expired(&mut self, caller: &Principal) -> Result<Vec<String>> {
+        let due = records::keys_due_for_destruction(self.keystore().conn(), self.now_secs())?;
+        let mut destroyed = Vec::new();
+        for key in due {
+            self.audited(caller, "DeleteKey", |op| {
+                let mut key = op.key(&key.key_id)?;
+                if key.state != KeyState::PendingDeletion {
+                    return Ok(()); // another process got there first
+                }
+                records::destroy_material(&op.tx, &key.key_id)?;
+                records::delete_aliases_of_key(&op.tx, &key.key_id)?;
+                key.state = KeyState::Destroyed;
+                records::update_key(&op.tx, &key)?;
+                op.event.reason = "pending deletion window ended; key material destroyed".into();
+                Ok(())
+            })?;
+            destroyed.push(key.key_id);
+        }
+        if !destroyed.is_empty() {
+            self.keystore().checkpoint()?;
+        }
+        Ok(destroyed)
+    }
+
+    /// Rotates every key whose automatic rotation date has come. Returns their ids.
+    pub fn rotate_due(&mut self, caller: &Principal) -> Result<Vec<String>> {
+        let due = records::keys_due_for_rotation(self.keystore().conn(), self.now_secs())?;
+        let mut rotated = Vec::new();
+        for key in due {
+            self.audited(caller, "RotateKey", |op| {
+                let mut key = op.key(&key.key_id)?;
+                if !(key.rotation_enabled && key.next_rotation.is_some_and(|t| t <= op.now)) {
+                    return Ok(()); // another process rotated it meanwhile
+                }
+                op.rotate(&mut key, "AUTOMATIC")?;
+                op.event.reason = format!("automatic rotation to version {}", key.current_version);
+                Ok(())
+            })?;
+            rotated.push(key.key_id);
+        }
+        Ok(rotated)
+    }
+}

@@ -1,0 +1,279 @@
+//! The key management service: master-key lifecycle, aliases, data-key operations and the
+//! audit trail, with AWS KMS semantics where they apply.
+//!
+//! Every public operation runs as one keystore transaction and leaves one audit event,
+//! whether it succeeds or is refused (a refused operation's changes are rolled back and the
+//! refusal is recorded in a transaction of its own).
+
+pub mod aliases;
+pub mod audit;
+pub mod blob;
+pub mod clock;
+pub mod context;
+pub mod dataops;
+pub mod keyid;
+pub mod lifecycle;
+pub mod metadata;
+pub mod principal;
+
+use std::sync::Arc;
+
+use rusqlite::{Connection, Transaction};
+
+pub use audit::{AuditEvent, AuditFilter, AuditRecord, Outcome, VerifyReport};
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use context::EncryptionContext;
+pub use dataops::DataKey;
+pub use metadata::KeyMetadata;
+pub use principal::Principal;
+
+use crate::crypto::{self, SecretKey};
+use crate::error::{Error, Result};
+use crate::keystore::records::{self, KeyManager, KeyRecord, KeyState};
+use crate::keystore::{self, Keystore};
+
+/// Prefix of every alias name.
+pub const ALIAS_PREFIX: &str = "alias/";
+/// Aliases under this prefix belong to managed keys; users cannot create or change them.
+pub const MANAGED_ALIAS_PREFIX: &str = "alias/kmsfs/";
+
+/// An unlocked keystore with its KMS logic.
+pub struct Kms {
+    ks: Keystore,
+    root: SecretKey,
+    audit_key: SecretKey,
+    clock: Arc<dyn Clock>,
+}
+
+/// One operation in progress: its transaction, the time it runs at, and the audit event it
+/// will leave.
+pub(crate) struct Op<'a> {
+    pub tx: Transaction<'a>,
+    pub root: &'a SecretKey,
+    pub now: i64,
+    pub event: AuditEvent,
+}
+
+impl<'a> Op<'a> {
+    fn into_parts(self) -> (Transaction<'a>, AuditEvent) {
+        (self.tx, self.event)
+    }
+}
+
+impl Kms {
+    /// Wraps an unlocked keystore and runs the housekeeping that is due: destroying keys
+    /// whose deletion window has passed and rotating keys whose rotation date has come.
+    pub fn new(ks: Keystore, root: SecretKey, clock: Arc<dyn Clock>, caller: &Principal) -> Result<Kms> {
+        let audit_key = audit::audit_key(&root);
+        let mut kms = Kms {
+            ks,
+            root,
+            audit_key,
+            clock,
+        };
+        kms.purge_expired(caller)?;
+        kms.rotate_due(caller)?;
+        Ok(kms)
+    }
+
+    pub fn keystore(&self) -> &Keystore {
+        &self.ks
+    }
+
+    pub fn keystore_mut(&mut self) -> &mut Keystore {
+        &mut self.ks
+    }
+
+    pub fn root_key(&self) -> &SecretKey {
+        &self.root
+    }
+
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.clock
+    }
+
+    pub fn now_secs(&self) -> i64 {
+        self.clock.now_secs()
+    }
+
+    /// Runs `body` as one audited transaction (see the module comment).
+    pub(crate) fn audited<T>(
+        &mut self,
+        caller: &Principal,
+        operation: &str,
+        body: impl FnOnce(&mut Op<'_>) -> Result<T>,
+    ) -> Result<T> {
+        let now_ms = self.clock.now_ms();
+        let event = AuditEvent::new(caller, operation, now_ms);
+        let tx = self.ks.write_tx()?;
+        let mut op = Op {
+            tx,
+            root: &self.root,
+            now: now_ms.div_euclid(1000),
+            event,
+        };
+        let result = body(&mut op);
+        let (tx, mut event) = op.into_parts();
+        let result = match result {
+            Ok(value) => {
+                audit::append(&tx, &self.audit_key, std::slice::from_ref(&event))?;
+                tx.commit()?;
+                Ok(value)
+            }
+            Err(err) => {
+                tx.rollback()?;
+                event.outcome = Outcome::of_error(&err);
+                event.reason = err.to_string();
+                Err((err, event))
+            }
+        };
+        // The refusal is recorded in a transaction of its own, after the rollback.
+        match result {
+            Ok(value) => Ok(value),
+            Err((err, event)) => {
+                self.append_audit(&[event])?;
+                Err(err)
+            }
+        }
+    }
+
+    /// Protects the root key with a new passphrase. Keys, their versions and the audit
+    /// chain are untouched: they hang off the root key, not the passphrase.
+    pub fn change_passphrase(
+        &mut self,
+        caller: &Principal,
+        new_passphrase: &[u8],
+        kdf: crypto::KdfParams,
+    ) -> Result<()> {
+        self.audited(caller, "ChangePassphrase", |op| {
+            let keystore_id = keystore::get_meta(&op.tx, "keystore_id")?
+                .and_then(|v| String::from_utf8(v).ok())
+                .ok_or_else(|| Error::CorruptMaterial("the keystore id is missing".into()))?;
+            keystore::store_wrapped_root(&op.tx, &keystore_id, op.root, new_passphrase, kdf)
+        })
+    }
+
+    /// Appends events produced elsewhere (the mount's batched audit writer).
+    pub fn append_audit(&mut self, events: &[AuditEvent]) -> Result<()> {
+        let tx = self.ks.write_tx()?;
+        audit::append(&tx, &self.audit_key, events)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Audit events matching `filter` (reading the trail is not itself audited).
+    pub fn audit_events(&self, filter: &AuditFilter) -> Result<Vec<AuditRecord>> {
+        audit::query(self.ks.conn(), filter)
+    }
+
+    /// Checks the whole audit chain.
+    pub fn verify_audit(&self) -> Result<VerifyReport> {
+        audit::verify(self.ks.conn(), &self.audit_key)
+    }
+
+    /// Resolves a key id or alias to its key id without auditing (for filters and display).
+    pub fn resolve_key_id(&self, key_ref: &str) -> Result<String> {
+        resolve(self.ks.conn(), key_ref).map(|k| k.key_id)
+    }
+}
+
+/// Finds the key named by `key_ref`: a key id or `alias/NAME`.
+pub(crate) fn resolve(conn: &Connection, key_ref: &str) -> Result<KeyRecord> {
+    if key_ref.starts_with(ALIAS_PREFIX) {
+        let alias = records::load_alias(conn, key_ref)?
+            .ok_or_else(|| Error::NotFound(format!("unknown alias '{key_ref}' (see `kmsfs alias list`)")))?;
+        return records::load_key(conn, &alias.target_key_id)?.ok_or_else(|| {
+            Error::NotFound(format!(
+                "alias '{key_ref}' points to key {} which does not exist",
+                alias.target_key_id
+            ))
+        });
+    }
+    let hint = if keyid::is_key_id(key_ref) {
+        "(see `kmsfs key list`)"
+    } else {
+        "(a key is named by its id or by an alias starting with 'alias/')"
+    };
+    records::load_key(conn, key_ref)?
+        .ok_or_else(|| Error::NotFound(format!("unknown key '{key_ref}' {hint}")))
+}
+
+/// Refuses cryptographic use of a key that is not Enabled, naming the key and its state.
+pub(crate) fn require_enabled(key: &KeyRecord) -> Result<()> {
+    let id = &key.key_id;
+    match key.state {
+        KeyState::Enabled => Ok(()),
+        KeyState::Disabled => Err(Error::KeyState(format!(
+            "key {id} is disabled; enable it with `kmsfs key enable {id}`"
+        ))),
+        KeyState::PendingDeletion => Err(Error::KeyState(format!(
+            "key {id} is pending deletion (to be destroyed {}); `kmsfs key cancel-deletion {id}` keeps it",
+            key.deletion_date.map(clock::format_date).unwrap_or_default()
+        ))),
+        KeyState::Destroyed => Err(Error::KeyState(format!(
+            "key {id} was destroyed {}; data encrypted under it is unrecoverable",
+            key.deletion_date.map(clock::format_date).unwrap_or_default()
+        ))),
+    }
+}
+
+/// Refuses changes to a managed key, which only kmsfs itself administers.
+pub(crate) fn require_customer_managed(key: &KeyRecord, action: &str) -> Result<()> {
+    if key.key_manager == KeyManager::Managed {
+        return Err(Error::AccessDenied(format!(
+            "key {} is managed by kmsfs and cannot be {action}",
+            key.key_id
+        )));
+    }
+    Ok(())
+}
+
+/// Additional data binding a sealed key version to its key id and version number.
+fn version_aad(key_id: &str, version: u32) -> Vec<u8> {
+    [
+        b"kmsfs-key-version\0".as_slice(),
+        key_id.as_bytes(),
+        &version.to_be_bytes(),
+    ]
+    .concat()
+}
+
+/// Generates fresh material for `version` of `key_id` and stores it sealed by the root key.
+pub(crate) fn add_version(op: &Op<'_>, key_id: &str, version: u32, rotation_type: &str) -> Result<()> {
+    let material = SecretKey::random();
+    let sealed = crypto::seal(op.root, &version_aad(key_id, version), material.as_bytes());
+    records::insert_version(&op.tx, key_id, version, op.now, rotation_type, &sealed)
+}
+
+/// Unseals one version's material. A missing or destroyed version is refused with the
+/// reason.
+pub(crate) fn version_material(
+    conn: &Connection,
+    root: &SecretKey,
+    key_id: &str,
+    version: u32,
+) -> Result<SecretKey> {
+    let sealed = match records::load_sealed_material(conn, key_id, version)? {
+        None => {
+            return Err(Error::InvalidCiphertext(format!(
+                "the ciphertext names version {version} of key {key_id}, which does not exist"
+            )))
+        }
+        Some(None) => {
+            return Err(Error::KeyState(format!(
+                "version {version} of key {key_id} was destroyed; data encrypted under it is unrecoverable"
+            )))
+        }
+        Some(Some(sealed)) => sealed,
+    };
+    let plain = crypto::open(root, &version_aad(key_id, version), &sealed).map_err(|_| {
+        Error::CorruptMaterial(format!(
+            "the material of key {key_id} version {version} does not authenticate"
+        ))
+    })?;
+    SecretKey::from_slice(&plain).ok_or_else(|| {
+        Error::CorruptMaterial(format!(
+            "the material of key {key_id} version {version} has the wrong length"
+        ))
+    })
+}

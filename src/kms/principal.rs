@@ -1,0 +1,72 @@
+//! Who is calling: the principal every KMS operation is decided for and audited under.
+
+use std::ffi::CStr;
+
+/// A Linux user acting through a process: the command-line user, or the process behind a
+/// FUSE request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    pub uid: u32,
+    pub gid: u32,
+    /// Supplementary groups (may repeat `gid`).
+    pub groups: Vec<u32>,
+    /// The user name, or the uid as text if the user has no passwd entry.
+    pub user: String,
+    pub pid: Option<u32>,
+}
+
+impl Principal {
+    /// The user running this process.
+    pub fn current_process() -> Self {
+        // SAFETY: these calls cannot fail and touch no memory of ours.
+        let (uid, gid, pid) = unsafe { (libc::getuid(), libc::getgid(), libc::getpid()) };
+        Principal {
+            uid,
+            gid,
+            groups: current_groups(),
+            user: user_name(uid),
+            pid: Some(pid as u32),
+        }
+    }
+
+    /// A principal known only by ids (a FUSE request); the name is looked up.
+    pub fn from_ids(uid: u32, gid: u32, groups: Vec<u32>, pid: Option<u32>) -> Self {
+        Principal {
+            uid,
+            gid,
+            groups,
+            user: user_name(uid),
+            pid,
+        }
+    }
+}
+
+/// The user name of `uid` from the passwd database, or the number itself.
+pub fn user_name(uid: u32) -> String {
+    let mut buf = vec![0u8; 4096];
+    let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
+    let mut result: *mut libc::passwd = std::ptr::null_mut();
+    // SAFETY: getpwuid_r writes only into `pwd` and `buf`, both alive for the call, and sets
+    // `result` to `&pwd` or null.
+    let rc = unsafe { libc::getpwuid_r(uid, &mut pwd, buf.as_mut_ptr().cast(), buf.len(), &mut result) };
+    if rc == 0 && !result.is_null() && !pwd.pw_name.is_null() {
+        // SAFETY: pw_name points into `buf`, NUL-terminated by getpwuid_r.
+        return unsafe { CStr::from_ptr(pwd.pw_name) }
+            .to_string_lossy()
+            .into_owned();
+    }
+    uid.to_string()
+}
+
+fn current_groups() -> Vec<u32> {
+    // SAFETY: with size 0 getgroups only returns the count.
+    let n = unsafe { libc::getgroups(0, std::ptr::null_mut()) };
+    if n <= 0 {
+        return Vec::new();
+    }
+    let mut groups = vec![0 as libc::gid_t; n as usize];
+    // SAFETY: `groups` has room for `n` entries.
+    let got = unsafe { libc::getgroups(n, groups.as_mut_ptr()) };
+    groups.truncate(got.max(0) as usize);
+    groups
+}

@@ -1,0 +1,12 @@
+//! kmsfs: an encrypted FUSE filesystem with a local, AWS-KMS-style key management service.
+//!
+//! Layers, each depending only on those below it (see docs/ARCHITECTURE.md):
+//! `cli` → `kms` → `keystore` → `crypto`.
+
+pub mod cli;
+pub mod crypto;
+pub mod error;
+pub mod keystore;
+pub mod kms;
+
+pub use error::{Error, Result};
