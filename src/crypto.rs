@@ -77,11 +77,7 @@ impl Cipher {
     /// Seals `plaintext` into `out`, which must be exactly `plaintext.len() + SEAL_OVERHEAD`
     /// bytes, laid out as `nonce || ciphertext || tag`. No allocation: the block path uses it.
     pub fn seal_into(&self, aad: &[u8], plaintext: &[u8], out: &mut [u8]) {
-        assert_eq!(
-            out.len(),
-            plaintext.len() + SEAL_OVERHEAD,
-            "seal_into: wrong buffer size"
-        );
+        assert_eq!(out.len(), plaintext.len() + SEAL_OVERHEAD, "seal_into: wrong buffer size");
         let (nonce, rest) = out.split_at_mut(NONCE_LEN);
         fill_random(nonce);
         let (body, tag_out) = rest.split_at_mut(plaintext.len());
@@ -113,11 +109,7 @@ impl Cipher {
         out.copy_from_slice(body);
         let nonce = Nonce::try_from(nonce).map_err(|_| AuthError)?;
         let tag = Tag::try_from(tag).map_err(|_| AuthError)?;
-        if self
-            .0
-            .decrypt_inout_detached(&nonce, aad, (&mut *out).into(), &tag)
-            .is_err()
-        {
+        if self.0.decrypt_inout_detached(&nonce, aad, (&mut *out).into(), &tag).is_err() {
             out.zeroize();
             return Err(AuthError);
         }
@@ -160,11 +152,7 @@ impl Default for KdfParams {
     /// 64 MiB, 3 passes, 1 lane: about a quarter second on the reference machine, in line
     /// with the OWASP recommendation for argon2id.
     fn default() -> Self {
-        KdfParams {
-            memory_kib: 64 * 1024,
-            iterations: 3,
-            parallelism: 1,
-        }
+        KdfParams { memory_kib: 64 * 1024, iterations: 3, parallelism: 1 }
     }
 }
 
@@ -179,18 +167,12 @@ impl KdfParams {
 
 /// Derives a key from a passphrase with argon2id.
 pub fn derive_key(passphrase: &[u8], salt: &[u8], params: KdfParams) -> Result<SecretKey, String> {
-    let argon_params = argon2::Params::new(
-        params.memory_kib,
-        params.iterations,
-        params.parallelism,
-        Some(KEY_LEN),
-    )
-    .map_err(|e| format!("invalid argon2 parameters: {e}"))?;
+    let argon_params =
+        argon2::Params::new(params.memory_kib, params.iterations, params.parallelism, Some(KEY_LEN))
+            .map_err(|e| format!("invalid argon2 parameters: {e}"))?;
     let argon = argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, argon_params);
     let mut out = Zeroizing::new([0u8; KEY_LEN]);
-    argon
-        .hash_password_into(passphrase, salt, out.as_mut())
-        .map_err(|e| format!("argon2id failed: {e}"))?;
+    argon.hash_password_into(passphrase, salt, out.as_mut()).map_err(|e| format!("argon2id failed: {e}"))?;
     Ok(SecretKey(*out))
 }
 
@@ -266,11 +248,7 @@ mod tests {
 
     #[test]
     fn kdf_depends_on_passphrase_and_salt() {
-        let params = KdfParams {
-            memory_kib: 64,
-            iterations: 1,
-            parallelism: 1,
-        };
+        let params = KdfParams { memory_kib: 64, iterations: 1, parallelism: 1 };
         let a = derive_key(b"pw", b"saltsaltsaltsalt", params).unwrap();
         let b = derive_key(b"pw", b"saltsaltsaltsalt", params).unwrap();
         let c = derive_key(b"pw2", b"saltsaltsaltsalt", params).unwrap();
@@ -278,13 +256,7 @@ mod tests {
         assert_eq!(a.as_bytes(), b.as_bytes());
         assert_ne!(a.as_bytes(), c.as_bytes());
         assert_ne!(a.as_bytes(), d.as_bytes());
-        assert!(KdfParams {
-            memory_kib: 1,
-            iterations: 1,
-            parallelism: 1
-        }
-        .validate()
-        .is_err());
+        assert!(KdfParams { memory_kib: 1, iterations: 1, parallelism: 1 }.validate().is_err());
     }
 
     #[test]

@@ -48,11 +48,7 @@ pub fn run(s: &mut Session, cmd: AliasCmd) -> Result<()> {
             } else {
                 let mut t = Table::new(&["ALIAS", "KEY ID", "UPDATED"]);
                 for a in aliases {
-                    t.row(vec![
-                        a.alias_name,
-                        a.target_key_id,
-                        format_date(a.last_updated_date),
-                    ]);
+                    t.row(vec![a.alias_name, a.target_key_id, format_date(a.last_updated_date)]);
                 }
                 t.print();
             }

@@ -104,9 +104,7 @@ impl IoArgs {
                     .map_err(|e| Error::io(format!("cannot read {}", path.display()), e))?;
             }
             None => {
-                std::io::stdin()
-                    .read_to_end(&mut buf)
-                    .map_err(|e| Error::io("cannot read stdin", e))?;
+                std::io::stdin().read_to_end(&mut buf).map_err(|e| Error::io("cannot read stdin", e))?;
             }
         }
         Ok(buf)
@@ -118,8 +116,7 @@ impl IoArgs {
             return Ok(raw.to_vec());
         }
         let text: String = String::from_utf8_lossy(&raw).split_whitespace().collect();
-        B64.decode(text)
-            .map_err(|e| Error::InvalidArgument(format!("the input is not valid base64: {e}")))
+        B64.decode(text).map_err(|e| Error::InvalidArgument(format!("the input is not valid base64: {e}")))
     }
 
     fn write(&self, bytes: &[u8], secret: bool) -> Result<()> {
@@ -180,13 +177,7 @@ pub fn re_encrypt(s: &mut Session, args: ReEncryptArgs) -> Result<()> {
         EncryptionContext::from_pairs(&args.destination_context)?
     };
     let blob = args.io.read_ciphertext()?;
-    let new_blob = s.kms.re_encrypt(
-        &s.me.clone(),
-        &blob,
-        &source,
-        args.destination_key.as_deref(),
-        &dest,
-    )?;
+    let new_blob = s.kms.re_encrypt(&s.me.clone(), &blob, &source, args.destination_key.as_deref(), &dest)?;
     args.io.write_ciphertext(&new_blob)
 }
 

@@ -112,13 +112,7 @@ pub fn run(s: &mut Session, cmd: KeyCmd) -> Result<()> {
         }
         KeyCmd::Rotation(RotationCmd::Enable { key, period_days }) => {
             let next = s.kms.enable_key_rotation(&me, &key, period_days)?;
-            say(
-                s,
-                &format!(
-                    "key {key} rotates every {period_days} days; next on {}",
-                    format_date(next)
-                ),
-            );
+            say(s, &format!("key {key} rotates every {period_days} days; next on {}", format_date(next)));
         }
         KeyCmd::Rotation(RotationCmd::Disable { key }) => {
             s.kms.disable_key_rotation(&me, &key)?;
@@ -154,21 +148,13 @@ pub fn run(s: &mut Session, cmd: KeyCmd) -> Result<()> {
                         v.version.to_string(),
                         format_date(v.created),
                         v.rotation_type,
-                        if v.material_present {
-                            "present"
-                        } else {
-                            "destroyed"
-                        }
-                        .into(),
+                        if v.material_present { "present" } else { "destroyed" }.into(),
                     ]);
                 }
                 t.print();
             }
         }
-        KeyCmd::ScheduleDeletion {
-            key,
-            pending_window_days,
-        } => {
+        KeyCmd::ScheduleDeletion { key, pending_window_days } => {
             let date = s.kms.schedule_key_deletion(&me, &key, pending_window_days)?;
             if s.json {
                 output::json(&s.kms.describe_key(&me, &key)?);
@@ -185,7 +171,9 @@ pub fn run(s: &mut Session, cmd: KeyCmd) -> Result<()> {
             say(s, &format!("deletion of key {key} cancelled; the key is Disabled (`kmsfs key enable {key}` to use it)"));
         }
         KeyCmd::PurgeExpired => {
-            let destroyed = s.kms.purge_expired(&me)?;
+            // Opening the keystore already destroyed what was due; report that too.
+            let mut destroyed = s.kms.housekeeping().destroyed.clone();
+            destroyed.extend(s.kms.purge_expired(&me)?);
             if s.json {
                 output::json(&destroyed);
             } else if destroyed.is_empty() {
@@ -208,15 +196,7 @@ fn say(s: &Session, message: &str) {
 }
 
 fn print_key_table(keys: &[KeyMetadata]) {
-    let mut t = Table::new(&[
-        "KEY ID",
-        "STATE",
-        "MANAGER",
-        "VERSION",
-        "ROTATION",
-        "ALIASES",
-        "DESCRIPTION",
-    ]);
+    let mut t = Table::new(&["KEY ID", "STATE", "MANAGER", "VERSION", "ROTATION", "ALIASES", "DESCRIPTION"]);
     for k in keys {
         let rotation = match (k.key_rotation_enabled, &k.next_rotation_date) {
             (true, Some(next)) => format!("next {}", &next[..10]),
@@ -242,26 +222,17 @@ fn print_key_table(keys: &[KeyMetadata]) {
 fn print_key_fields(k: &KeyMetadata) {
     output::fields(&[
         ("KeyId", k.key_id.clone()),
-        (
-            "Aliases",
-            or_dash((!k.aliases.is_empty()).then(|| k.aliases.join(", "))),
-        ),
+        ("Aliases", or_dash((!k.aliases.is_empty()).then(|| k.aliases.join(", ")))),
         ("KeyState", k.key_state.as_str().to_string()),
         ("KeyManager", k.key_manager.as_str().to_string()),
         ("Description", k.description.clone()),
         ("CreationDate", k.creation_date.clone()),
         ("CurrentKeyVersion", k.current_key_version.to_string()),
         ("KeyRotationEnabled", k.key_rotation_enabled.to_string()),
-        (
-            "RotationPeriodInDays",
-            or_dash(k.rotation_period_in_days.map(|d| d.to_string())),
-        ),
+        ("RotationPeriodInDays", or_dash(k.rotation_period_in_days.map(|d| d.to_string()))),
         ("NextRotationDate", or_dash(k.next_rotation_date.clone())),
         ("DeletionDate", or_dash(k.deletion_date.clone())),
-        (
-            "PendingDeletionWindowInDays",
-            or_dash(k.pending_deletion_window_in_days.map(|d| d.to_string())),
-        ),
+        ("PendingDeletionWindowInDays", or_dash(k.pending_deletion_window_in_days.map(|d| d.to_string()))),
         ("Origin", k.origin.clone()),
     ]);
 }

@@ -78,10 +78,7 @@ pub fn run(g: &Global, cmd: KeystoreCmd) -> Result<()> {
             }
             Ok(())
         }
-        KeystoreCmd::Passwd {
-            new_passphrase_file,
-            kdf,
-        } => {
+        KeystoreCmd::Passwd { new_passphrase_file, kdf } => {
             let mut session = Session::open(g)?;
             let new = passphrase::obtain(
                 new_passphrase_file.as_deref(),

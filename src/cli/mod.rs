@@ -102,11 +102,7 @@ impl Session {
         let clock = SystemClock::from_env().map_err(Error::InvalidArgument)?;
         let me = Principal::current_process();
         let kms = Kms::new(ks, root, Arc::new(clock), &me)?;
-        Ok(Session {
-            kms,
-            me,
-            json: global.json,
-        })
+        Ok(Session { kms, me, json: global.json })
     }
 }
 

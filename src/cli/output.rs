@@ -4,10 +4,7 @@ use serde::Serialize;
 
 /// Prints a value as pretty JSON on stdout.
 pub fn json<T: Serialize + ?Sized>(value: &T) {
-    println!(
-        "{}",
-        serde_json::to_string_pretty(value).expect("values we print always serialize")
-    );
+    println!("{}", serde_json::to_string_pretty(value).expect("values we print always serialize"));
 }
 
 /// A table printed with columns padded to their widest cell.
@@ -18,10 +15,7 @@ pub struct Table {
 
 impl Table {
     pub fn new(header: &[&'static str]) -> Self {
-        Table {
-            header: header.to_vec(),
-            rows: Vec::new(),
-        }
+        Table { header: header.to_vec(), rows: Vec::new() }
     }
 
     pub fn row(&mut self, cells: Vec<String>) {

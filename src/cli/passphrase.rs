@@ -23,10 +23,7 @@ pub fn from_file(path: &Path) -> Result<Passphrase> {
         }
     }
     if bytes.is_empty() {
-        return Err(Error::InvalidArgument(format!(
-            "passphrase file {} is empty",
-            path.display()
-        )));
+        return Err(Error::InvalidArgument(format!("passphrase file {} is empty", path.display())));
     }
     Ok(bytes)
 }
@@ -55,9 +52,7 @@ pub fn obtain(file: Option<&Path>, env_var: &str, prompt: &str, confirm: bool) -
             rpassword::prompt_password("Repeat the passphrase: ").map_err(|_| no_passphrase(env_var))?,
         );
         if *first != *second {
-            return Err(Error::InvalidArgument(
-                "the two passphrases differ; nothing was changed".into(),
-            ));
+            return Err(Error::InvalidArgument("the two passphrases differ; nothing was changed".into()));
         }
     }
     Ok(Zeroizing::new(first.as_bytes().to_vec()))

@@ -69,18 +69,13 @@ impl Keystore {
         }
         // Create the file ourselves so it is 0600 from its first byte; SQLite gives its
         // -wal and -shm files the same mode.
-        OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(path)
-            .map_err(|e| {
-                if e.kind() == ErrorKind::AlreadyExists {
-                    already_exists(path)
-                } else {
-                    Error::io(format!("cannot create {}", path.display()), e)
-                }
-            })?;
+        OpenOptions::new().write(true).create_new(true).mode(0o600).open(path).map_err(|e| {
+            if e.kind() == ErrorKind::AlreadyExists {
+                already_exists(path)
+            } else {
+                Error::io(format!("cannot create {}", path.display()), e)
+            }
+        })?;
         let result = Self::initialize(path, passphrase, kdf);
         if result.is_err() {
             let _ = std::fs::remove_file(path);
@@ -118,18 +113,13 @@ impl Keystore {
             Ok(_) => {}
         }
         let mut ks = Self::connect(path)?;
-        let not_a_keystore = |reason: String| Error::NotAKeystore {
-            path: path.to_path_buf(),
-            reason,
-        };
+        let not_a_keystore = |reason: String| Error::NotAKeystore { path: path.to_path_buf(), reason };
         let app_id: i32 = ks
             .conn
             .pragma_query_value(None, "application_id", |r| r.get(0))
             .map_err(|e| not_a_keystore(format!("SQLite cannot read it ({e})")))?;
         if app_id != schema::APPLICATION_ID {
-            return Err(not_a_keystore(
-                "it is an SQLite database of another application".into(),
-            ));
+            return Err(not_a_keystore("it is an SQLite database of another application".into()));
         }
         let version = ks.schema_version()?;
         if version > schema::current_version() {
@@ -156,10 +146,7 @@ impl Keystore {
         let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
         let conn = Connection::open_with_flags(path, flags)?;
         conn.busy_timeout(BUSY_TIMEOUT)?;
-        let ks = Keystore {
-            conn,
-            path: path.to_path_buf(),
-        };
+        let ks = Keystore { conn, path: path.to_path_buf() };
         let setup = |c: &Connection| -> rusqlite::Result<()> {
             c.pragma_update(None, "journal_mode", "WAL")?;
             c.pragma_update(None, "synchronous", "FULL")?;
@@ -252,9 +239,7 @@ impl Keystore {
     /// Begins a write transaction, taking the write lock at once (BEGIN IMMEDIATE) so two
     /// writers queue on the busy timeout instead of failing when one upgrades its lock.
     pub fn write_tx(&mut self) -> Result<Transaction<'_>> {
-        Ok(self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)?)
+        Ok(self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?)
     }
 
     /// Read access for queries that need no transaction of their own.
@@ -267,32 +252,24 @@ impl Keystore {
     }
 
     fn required_meta(&self, name: &str) -> Result<Vec<u8>> {
-        self.meta(name)?
-            .ok_or_else(|| self.corrupt(format!("its '{name}' setting is missing")))
+        self.meta(name)?.ok_or_else(|| self.corrupt(format!("its '{name}' setting is missing")))
     }
 
     pub fn corrupt(&self, reason: String) -> Error {
-        Error::CorruptKeystore {
-            path: self.path.clone(),
-            reason,
-        }
+        Error::CorruptKeystore { path: self.path.clone(), reason }
     }
 
     /// Removes what is left of destroyed key material from the write-ahead log, so
     /// crypto-shredding also reaches the bytes on disk.
     pub fn checkpoint(&self) -> Result<()> {
-        self.conn
-            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+        self.conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
         Ok(())
     }
 }
 
 /// The refusal to create a keystore over an existing file.
 pub fn already_exists(path: &Path) -> Error {
-    Error::AlreadyExists(format!(
-        "{} already exists; refusing to overwrite a keystore",
-        path.display()
-    ))
+    Error::AlreadyExists(format!("{} already exists; refusing to overwrite a keystore", path.display()))
 }
 
 fn root_aad(keystore_id: &str) -> Vec<u8> {
@@ -324,9 +301,7 @@ pub fn store_wrapped_root(
 }
 
 pub fn get_meta(conn: &Connection, name: &str) -> Result<Option<Vec<u8>>> {
-    Ok(conn
-        .query_row("SELECT value FROM meta WHERE name = ?1", [name], |r| r.get(0))
-        .optional()?)
+    Ok(conn.query_row("SELECT value FROM meta WHERE name = ?1", [name], |r| r.get(0)).optional()?)
 }
 
 pub fn set_meta(conn: &Connection, name: &str, value: &[u8]) -> Result<()> {

@@ -146,28 +146,19 @@ pub fn update_key(conn: &Connection, key: &KeyRecord) -> Result<()> {
         ],
     )?;
     if changed != 1 {
-        return Err(Error::NotFound(format!(
-            "key {} vanished while being updated",
-            key.key_id
-        )));
+        return Err(Error::NotFound(format!("key {} vanished while being updated", key.key_id)));
     }
     Ok(())
 }
 
 pub fn load_key(conn: &Connection, key_id: &str) -> Result<Option<KeyRecord>> {
     Ok(conn
-        .query_row(
-            &format!("SELECT {KEY_COLUMNS} FROM keys WHERE key_id = ?1"),
-            [key_id],
-            key_from_row,
-        )
+        .query_row(&format!("SELECT {KEY_COLUMNS} FROM keys WHERE key_id = ?1"), [key_id], key_from_row)
         .optional()?)
 }
 
 pub fn list_keys(conn: &Connection) -> Result<Vec<KeyRecord>> {
-    let mut stmt = conn.prepare(&format!(
-        "SELECT {KEY_COLUMNS} FROM keys ORDER BY created, key_id"
-    ))?;
+    let mut stmt = conn.prepare(&format!("SELECT {KEY_COLUMNS} FROM keys ORDER BY created, key_id"))?;
     let rows = stmt.query_map([], key_from_row)?;
     Ok(rows.collect::<rusqlite::Result<_>>()?)
 }
@@ -253,10 +244,7 @@ pub fn list_versions(conn: &Connection, key_id: &str) -> Result<Vec<VersionRecor
 /// Crypto-shredding: erases every version's material of `key_id` (secure_delete is on, so
 /// SQLite overwrites the freed bytes).
 pub fn destroy_material(conn: &Connection, key_id: &str) -> Result<()> {
-    conn.execute(
-        "UPDATE key_versions SET material = NULL WHERE key_id = ?1",
-        [key_id],
-    )?;
+    conn.execute("UPDATE key_versions SET material = NULL WHERE key_id = ?1", [key_id])?;
     Ok(())
 }
 

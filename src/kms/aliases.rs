@@ -22,10 +22,7 @@ pub fn validate_alias_name(alias: &str, managed: bool) -> Result<()> {
             MAX_ALIAS_LEN - ALIAS_PREFIX.len()
         )));
     }
-    if let Some(bad) = name
-        .chars()
-        .find(|c| !(c.is_ascii_alphanumeric() || "/_-".contains(*c)))
-    {
+    if let Some(bad) = name.chars().find(|c| !(c.is_ascii_alphanumeric() || "/_-".contains(*c))) {
         return Err(Error::InvalidArgument(format!(
             "alias '{alias}' contains '{bad}'; use letters, digits, '/', '_' and '-'"
         )));

@@ -154,9 +154,7 @@ fn read_head(conn: &Connection) -> Result<(i64, [u8; MAC_LEN])> {
             let seq = i64::from_be_bytes(raw[..8].try_into().expect("8 bytes"));
             Ok((seq, raw[8..].try_into().expect("32 bytes")))
         }
-        Some(_) => Err(Error::InvalidArgument(
-            "the audit head in the keystore is malformed".into(),
-        )),
+        Some(_) => Err(Error::InvalidArgument("the audit head in the keystore is malformed".into())),
     }
 }
 
@@ -269,10 +267,7 @@ pub fn verify(conn: &Connection, key: &SecretKey) -> Result<VerifyReport> {
             }
         };
         if rec.seq != expected_seq {
-            problems.push(format!(
-                "events {expected_seq}..{} are missing (deleted rows)",
-                rec.seq - 1
-            ));
+            problems.push(format!("events {expected_seq}..{} are missing (deleted rows)", rec.seq - 1));
         }
         let mac = crypto::hmac_sha256(key, &[&prev_mac, &rec.event.encode(rec.seq)]);
         if !crypto::ct_eq(&mac, &stored_mac) {
@@ -292,9 +287,5 @@ pub fn verify(conn: &Connection, key: &SecretKey) -> Result<VerifyReport> {
             expected_seq - 1
         ));
     }
-    Ok(VerifyReport {
-        events: count,
-        intact: problems.is_empty(),
-        problems,
-    })
+    Ok(VerifyReport { events: count, intact: problems.is_empty(), problems })
 }

@@ -56,13 +56,7 @@ impl BlobHeader {
         }
         let id: [u8; KEY_ID_BYTES] = blob[2..18].try_into().expect("slice of 16");
         let version = u32::from_be_bytes(blob[18..22].try_into().expect("slice of 4"));
-        Ok((
-            BlobHeader {
-                key_id: keyid::from_bytes(&id),
-                key_version: version,
-            },
-            &blob[HEADER_LEN..],
-        ))
+        Ok((BlobHeader { key_id: keyid::from_bytes(&id), key_version: version }, &blob[HEADER_LEN..]))
     }
 
     pub fn aad(&self, encoded_context: &[u8]) -> Vec<u8> {
@@ -76,10 +70,7 @@ mod tests {
 
     #[test]
     fn header_round_trips_and_rejects_garbage() {
-        let h = BlobHeader {
-            key_id: keyid::new_key_id(),
-            key_version: 7,
-        };
+        let h = BlobHeader { key_id: keyid::new_key_id(), key_version: 7 };
         let mut blob = h.encode().to_vec();
         blob.extend_from_slice(&[0u8; SEAL_OVERHEAD]);
         let (parsed, rest) = BlobHeader::parse(&blob).unwrap();

@@ -30,9 +30,7 @@ impl SystemClock {
             Ok(v) => v
                 .trim()
                 .parse::<i64>()
-                .map(|secs| SystemClock {
-                    offset_ms: secs.saturating_mul(1000),
-                })
+                .map(|secs| SystemClock { offset_ms: secs.saturating_mul(1000) })
                 .map_err(|_| format!("KMSFS_CLOCK_OFFSET_SECS must be a whole number of seconds, not '{v}'")),
         }
     }
@@ -40,10 +38,7 @@ impl SystemClock {
 
 impl Clock for SystemClock {
     fn now_ms(&self) -> i64 {
-        let real = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_millis() as i64)
-            .unwrap_or(0);
+        let real = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0);
         real.saturating_add(self.offset_ms)
     }
 }
@@ -93,11 +88,7 @@ pub fn parse_time(text: &str, now_secs: i64, ago: bool) -> Result<i64, String> {
         let secs = d.as_secs() as i64;
         return Ok(if ago { now_secs - secs } else { now_secs + secs });
     }
-    let full = if text.len() == 10 {
-        format!("{text}T00:00:00Z")
-    } else {
-        text.to_string()
-    };
+    let full = if text.len() == 10 { format!("{text}T00:00:00Z") } else { text.to_string() };
     humantime::parse_rfc3339_weak(&full)
         .map(|t| t.duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0))
         .map_err(|_| {

@@ -25,19 +25,13 @@ impl EncryptionContext {
         for pair in pairs {
             let pair = pair.as_ref();
             let (k, v) = pair.split_once('=').ok_or_else(|| {
-                Error::InvalidArgument(format!(
-                    "encryption context '{pair}' is not of the form key=value"
-                ))
+                Error::InvalidArgument(format!("encryption context '{pair}' is not of the form key=value"))
             })?;
             if k.is_empty() {
-                return Err(Error::InvalidArgument(format!(
-                    "encryption context '{pair}' has an empty key"
-                )));
+                return Err(Error::InvalidArgument(format!("encryption context '{pair}' has an empty key")));
             }
             if map.insert(k.to_string(), v.to_string()).is_some() {
-                return Err(Error::InvalidArgument(format!(
-                    "encryption context key '{k}' is given twice"
-                )));
+                return Err(Error::InvalidArgument(format!("encryption context key '{k}' is given twice")));
             }
         }
         Ok(EncryptionContext(map))
@@ -89,10 +83,7 @@ mod tests {
         let c = EncryptionContext::new().with("ab", "c");
         let d = EncryptionContext::new().with("a", "bc");
         assert_ne!(c.encode(), d.encode());
-        assert_ne!(
-            EncryptionContext::new().encode(),
-            EncryptionContext::new().with("", "").encode()
-        );
+        assert_ne!(EncryptionContext::new().encode(), EncryptionContext::new().with("", "").encode());
     }
 
     #[test]
@@ -100,9 +91,6 @@ mod tests {
         assert!(EncryptionContext::from_pairs(&["novalue"]).is_err());
         assert!(EncryptionContext::from_pairs(&["=v"]).is_err());
         assert!(EncryptionContext::from_pairs(&["a=1", "a=2"]).is_err());
-        assert_eq!(
-            EncryptionContext::from_pairs(&["a=b=c"]).unwrap().get("a"),
-            Some("b=c")
-        );
+        assert_eq!(EncryptionContext::from_pairs(&["a=b=c"]).unwrap().get("a"), Some("b=c"));
     }
 }

@@ -37,16 +37,13 @@ impl Op<'_> {
         ctx: &EncryptionContext,
         plaintext: &[u8],
     ) -> Result<(u32, Vec<u8>)> {
+        self.event.context = ctx.to_audit_string();
         require_enabled(key)?;
         let version = key.current_version;
         let material = version_material(&self.tx, self.root, &key.key_id, version)?;
-        let header = BlobHeader {
-            key_id: key.key_id.clone(),
-            key_version: version,
-        };
+        let header = BlobHeader { key_id: key.key_id.clone(), key_version: version };
         let mut blob = header.encode().to_vec();
         blob.extend_from_slice(&material.cipher().seal(&header.aad(&ctx.encode()), plaintext));
-        self.event.context = ctx.to_audit_string();
         Ok((version, blob))
     }
 
@@ -63,21 +60,14 @@ impl Op<'_> {
         })?;
         require_enabled(&key)?;
         let material = version_material(&self.tx, self.root, &key.key_id, header.key_version)?;
-        let plaintext = material
-            .cipher()
-            .open(&header.aad(&ctx.encode()), sealed)
-            .map_err(|_| {
-                Error::InvalidCiphertext(
-                    "the ciphertext does not authenticate: it was altered, or the encryption context \
+        let plaintext = material.cipher().open(&header.aad(&ctx.encode()), sealed).map_err(|_| {
+            Error::InvalidCiphertext(
+                "the ciphertext does not authenticate: it was altered, or the encryption context \
                  differs from the one it was encrypted with"
-                        .into(),
-                )
-            })?;
-        Ok(Decrypted {
-            key_id: key.key_id,
-            key_version: header.key_version,
-            plaintext,
-        })
+                    .into(),
+            )
+        })?;
+        Ok(Decrypted { key_id: key.key_id, key_version: header.key_version, plaintext })
     }
 }
 
@@ -177,10 +167,5 @@ fn generate(op: &mut Op<'_>, key_ref: &str, ctx: &EncryptionContext) -> Result<D
     let key = op.key(key_ref)?;
     let plaintext = SecretKey::random();
     let (key_version, ciphertext_blob) = op.seal_under(&key, ctx, plaintext.as_bytes())?;
-    Ok(DataKey {
-        key_id: key.key_id,
-        key_version,
-        plaintext,
-        ciphertext_blob,
-    })
+    Ok(DataKey { key_id: key.key_id, key_version, plaintext, ciphertext_blob })
 }

@@ -29,14 +29,7 @@ pub fn to_bytes(key_id: &str) -> Option<[u8; KEY_ID_BYTES]> {
 
 pub fn from_bytes(b: &[u8; KEY_ID_BYTES]) -> String {
     let h = hex(b);
-    format!(
-        "{}-{}-{}-{}-{}",
-        &h[0..8],
-        &h[8..12],
-        &h[12..16],
-        &h[16..20],
-        &h[20..32]
-    )
+    format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
 }
 
 /// Whether `text` looks like a key id (rather than an alias or a typo).

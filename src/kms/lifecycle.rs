@@ -209,9 +209,7 @@ impl Kms {
                     return Err(Error::KeyState(format!(
                         "key {} is already pending deletion (on {})",
                         key.key_id,
-                        key.deletion_date
-                            .map(super::clock::format_date)
-                            .unwrap_or_default()
+                        key.deletion_date.map(super::clock::format_date).unwrap_or_default()
                     )))
                 }
                 KeyState::Destroyed => require_enabled(&key)?,

@@ -51,10 +51,7 @@ impl KeyMetadata {
 }
 
 fn with_aliases(conn: &rusqlite::Connection, key: KeyRecord) -> Result<KeyMetadata> {
-    let aliases = records::list_aliases(conn, Some(&key.key_id))?
-        .into_iter()
-        .map(|a| a.alias_name)
-        .collect();
+    let aliases = records::list_aliases(conn, Some(&key.key_id))?.into_iter().map(|a| a.alias_name).collect();
     Ok(KeyMetadata::from_record(key, aliases))
 }
 
@@ -68,10 +65,7 @@ impl Kms {
 
     pub fn list_keys(&mut self, caller: &Principal) -> Result<Vec<KeyMetadata>> {
         self.audited(caller, "ListKeys", |op| {
-            records::list_keys(&op.tx)?
-                .into_iter()
-                .map(|k| with_aliases(&op.tx, k))
-                .collect()
+            records::list_keys(&op.tx)?.into_iter().map(|k| with_aliases(&op.tx, k)).collect()
         })
     }
 }

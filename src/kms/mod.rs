@@ -43,6 +43,16 @@ pub struct Kms {
     root: SecretKey,
     audit_key: SecretKey,
     clock: Arc<dyn Clock>,
+    housekeeping: Housekeeping,
+}
+
+/// What opening the keystore did by itself.
+#[derive(Debug, Clone, Default)]
+pub struct Housekeeping {
+    /// Keys whose deletion window had passed, now destroyed.
+    pub destroyed: Vec<String>,
+    /// Keys whose automatic rotation was due, now rotated.
+    pub rotated: Vec<String>,
 }
 
 /// One operation in progress: its transaction, the time it runs at, and the audit event it
@@ -65,15 +75,16 @@ impl Kms {
     /// whose deletion window has passed and rotating keys whose rotation date has come.
     pub fn new(ks: Keystore, root: SecretKey, clock: Arc<dyn Clock>, caller: &Principal) -> Result<Kms> {
         let audit_key = audit::audit_key(&root);
-        let mut kms = Kms {
-            ks,
-            root,
-            audit_key,
-            clock,
-        };
-        kms.purge_expired(caller)?;
-        kms.rotate_due(caller)?;
+        let mut kms = Kms { ks, root, audit_key, clock, housekeeping: Housekeeping::default() };
+        let destroyed = kms.purge_expired(caller)?;
+        let rotated = kms.rotate_due(caller)?;
+        kms.housekeeping = Housekeeping { destroyed, rotated };
         Ok(kms)
+    }
+
+    /// What opening the keystore did by itself (destroyed and rotated keys).
+    pub fn housekeeping(&self) -> &Housekeeping {
+        &self.housekeeping
     }
 
     pub fn keystore(&self) -> &Keystore {
@@ -106,12 +117,7 @@ impl Kms {
         let now_ms = self.clock.now_ms();
         let event = AuditEvent::new(caller, operation, now_ms);
         let tx = self.ks.write_tx()?;
-        let mut op = Op {
-            tx,
-            root: &self.root,
-            now: now_ms.div_euclid(1000),
-            event,
-        };
+        let mut op = Op { tx, root: &self.root, now: now_ms.div_euclid(1000), event };
         let result = body(&mut op);
         let (tx, mut event) = op.into_parts();
         let result = match result {
@@ -203,9 +209,9 @@ pub(crate) fn require_enabled(key: &KeyRecord) -> Result<()> {
     let id = &key.key_id;
     match key.state {
         KeyState::Enabled => Ok(()),
-        KeyState::Disabled => Err(Error::KeyState(format!(
-            "key {id} is disabled; enable it with `kmsfs key enable {id}`"
-        ))),
+        KeyState::Disabled => {
+            Err(Error::KeyState(format!("key {id} is disabled; enable it with `kmsfs key enable {id}`")))
+        }
         KeyState::PendingDeletion => Err(Error::KeyState(format!(
             "key {id} is pending deletion (to be destroyed {}); `kmsfs key cancel-deletion {id}` keeps it",
             key.deletion_date.map(clock::format_date).unwrap_or_default()
@@ -230,12 +236,7 @@ pub(crate) fn require_customer_managed(key: &KeyRecord, action: &str) -> Result<
 
 /// Additional data binding a sealed key version to its key id and version number.
 fn version_aad(key_id: &str, version: u32) -> Vec<u8> {
-    [
-        b"kmsfs-key-version\0".as_slice(),
-        key_id.as_bytes(),
-        &version.to_be_bytes(),
-    ]
-    .concat()
+    [b"kmsfs-key-version\0".as_slice(), key_id.as_bytes(), &version.to_be_bytes()].concat()
 }
 
 /// Generates fresh material for `version` of `key_id` and stores it sealed by the root key.
@@ -272,8 +273,6 @@ pub(crate) fn version_material(
         ))
     })?;
     SecretKey::from_slice(&plain).ok_or_else(|| {
-        Error::CorruptMaterial(format!(
-            "the material of key {key_id} version {version} has the wrong length"
-        ))
+        Error::CorruptMaterial(format!("the material of key {key_id} version {version} has the wrong length"))
     })
 }

@@ -20,24 +20,12 @@ impl Principal {
     pub fn current_process() -> Self {
         // SAFETY: these calls cannot fail and touch no memory of ours.
         let (uid, gid, pid) = unsafe { (libc::getuid(), libc::getgid(), libc::getpid()) };
-        Principal {
-            uid,
-            gid,
-            groups: current_groups(),
-            user: user_name(uid),
-            pid: Some(pid as u32),
-        }
+        Principal { uid, gid, groups: current_groups(), user: user_name(uid), pid: Some(pid as u32) }
     }
 
     /// A principal known only by ids (a FUSE request); the name is looked up.
     pub fn from_ids(uid: u32, gid: u32, groups: Vec<u32>, pid: Option<u32>) -> Self {
-        Principal {
-            uid,
-            gid,
-            groups,
-            user: user_name(uid),
-            pid,
-        }
+        Principal { uid, gid, groups, user: user_name(uid), pid }
     }
 }
 
@@ -51,9 +39,7 @@ pub fn user_name(uid: u32) -> String {
     let rc = unsafe { libc::getpwuid_r(uid, &mut pwd, buf.as_mut_ptr().cast(), buf.len(), &mut result) };
     if rc == 0 && !result.is_null() && !pwd.pw_name.is_null() {
         // SAFETY: pw_name points into `buf`, NUL-terminated by getpwuid_r.
-        return unsafe { CStr::from_ptr(pwd.pw_name) }
-            .to_string_lossy()
-            .into_owned();
+        return unsafe { CStr::from_ptr(pwd.pw_name) }.to_string_lossy().into_owned();
     }
     uid.to_string()
 }

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Installs what kmsfs needs at run and test time on Debian: fuse3 (fusermount3, /dev/fuse
+# helpers), attr (getfattr/setfattr for tests), sqlite3 (inspection), and the tools the
+# integration tests drive (git, e2fsprogs). Idempotent; a no-op when everything is present.
+set -euo pipefail
+
+packages=(fuse3 attr sqlite3 git xz-utils)
+[ "${KMSFS_BENCH:-0}" = 1 ] && packages+=(gocryptfs fio)
+
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  SUDO=""
+  [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  echo "installing: ${missing[*]}"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+# A fresh container may lack the device node although the kernel has FUSE.
+if [ ! -e /dev/fuse ] && [ "$(id -u)" -eq 0 ]; then
+  mknod -m 0666 /dev/fuse c 10 229 || true
+fi
+[ -e /dev/fuse ] || { echo "error: /dev/fuse is missing; kmsfs needs FUSE (modprobe fuse)" >&2; exit 1; }
