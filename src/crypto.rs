@@ -117,6 +117,34 @@ impl Cipher {
     }
 }
 
+impl Cipher {
+    /// Deterministic AEAD: AES-GCM-SIV with an all-zero nonce; returns `ciphertext || tag`.
+    /// Equal inputs give equal outputs (needed to look names up) and nothing else leaks:
+    /// GCM-SIV derives its synthetic IV from the message, which is what it is built for.
+    pub fn seal_deterministic(&self, aad: &[u8], plaintext: &[u8]) -> Vec<u8> {
+        let mut out = vec![0u8; plaintext.len() + TAG_LEN];
+        let (body, tag_out) = out.split_at_mut(plaintext.len());
+        body.copy_from_slice(plaintext);
+        let tag = self
+            .0
+            .encrypt_inout_detached(&Nonce::default(), aad, body.into())
+            .expect("AES-GCM-SIV accepts messages up to 64 GiB");
+        tag_out.copy_from_slice(&tag);
+        out
+    }
+
+    /// Opens the output of [`Cipher::seal_deterministic`].
+    pub fn open_deterministic(&self, aad: &[u8], sealed: &[u8]) -> Result<Zeroizing<Vec<u8>>, AuthError> {
+        let len = sealed.len().checked_sub(TAG_LEN).ok_or(AuthError)?;
+        let mut out = Zeroizing::new(sealed[..len].to_vec());
+        let tag = Tag::try_from(&sealed[len..]).map_err(|_| AuthError)?;
+        self.0
+            .decrypt_inout_detached(&Nonce::default(), aad, out.as_mut_slice().into(), &tag)
+            .map_err(|_| AuthError)?;
+        Ok(out)
+    }
+}
+
 /// One-shot seal under `key` (see [`Cipher::seal`]).
 pub fn seal(key: &SecretKey, aad: &[u8], plaintext: &[u8]) -> Vec<u8> {
     key.cipher().seal(aad, plaintext)

@@ -1,12 +1,16 @@
 //! kmsfs: an encrypted FUSE filesystem with a local, AWS-KMS-style key management service.
 //!
 //! Layers, each depending only on those below it (see docs/ARCHITECTURE.md):
-//! `cli` → `kms` → `keystore` → `crypto`.
+//! `cli` → `mount` → `fs` → `volume` → `format` → `kms` → `keystore` → `crypto`.
 
 pub mod cli;
 pub mod crypto;
 pub mod error;
+pub mod format;
+pub mod fs;
 pub mod keystore;
 pub mod kms;
+pub mod mount;
+pub mod volume;
 
 pub use error::{Error, Result};

@@ -206,10 +206,10 @@ fn disabled_key_refuses_every_crypto_operation() {
     f.kms.disable_key(&me, &id).unwrap();
     let errs = [
         f.kms.encrypt(&me, &id, b"x", &none).err(),
-        f.kms.decrypt(&me, &blob, &none, None).err().map(|e| e),
+        f.kms.decrypt(&me, &blob, &none, None).err(),
         f.kms.generate_data_key(&me, &id, &none).err(),
         f.kms.re_encrypt(&me, &blob, &none, None, &none).err(),
-        f.kms.rotate_key(&me, &id).err().map(|e| e),
+        f.kms.rotate_key(&me, &id).err(),
     ];
     for err in errs {
         let err = err.expect("refused");

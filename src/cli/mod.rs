@@ -7,6 +7,7 @@ mod key_cmd;
 mod keystore_cmd;
 pub mod output;
 pub mod passphrase;
+mod volume_cmd;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -77,6 +78,16 @@ pub enum Command {
     GenerateDataKey(crypto_cmd::GenerateDataKeyArgs),
     /// Show or verify the audit trail
     Audit(audit_cmd::AuditArgs),
+    /// Create encrypted volumes
+    #[command(subcommand)]
+    Volume(volume_cmd::VolumeCmd),
+    /// Mount a volume: show the cipher directory decrypted at MOUNTPOINT
+    Mount(volume_cmd::MountArgs),
+    /// Unmount a mounted volume
+    Umount { mountpoint: PathBuf },
+    /// Inspect files on a mounted volume
+    #[command(subcommand)]
+    File(volume_cmd::FileCmd),
 }
 
 /// An unlocked KMS, the user running the command, and how to print.
@@ -115,7 +126,11 @@ pub fn main() -> i32 {
             return if e.use_stderr() { 2 } else { 0 };
         }
     };
-    env_logger::Builder::from_env(env_logger::Env::default().filter_or("RUST_LOG", "warn")).init();
+    // A background mount logs to syslog from its daemon process instead.
+    let daemon = matches!(&cli.command, Command::Mount(m) if !m.foreground);
+    if !daemon {
+        env_logger::Builder::from_env(env_logger::Env::default().filter_or("RUST_LOG", "warn")).init();
+    }
     match run(cli) {
         Ok(()) => 0,
         Err(e) => {
@@ -136,5 +151,9 @@ fn run(cli: Cli) -> Result<()> {
         Command::ReEncrypt(args) => crypto_cmd::re_encrypt(&mut Session::open(g)?, args),
         Command::GenerateDataKey(args) => crypto_cmd::generate_data_key(&mut Session::open(g)?, args),
         Command::Audit(args) => audit_cmd::run(&mut Session::open(g)?, args),
+        Command::Volume(cmd) => volume_cmd::run_volume(g, cmd),
+        Command::Mount(args) => volume_cmd::run_mount(g, args),
+        Command::Umount { mountpoint } => crate::mount::umount(&mountpoint),
+        Command::File(cmd) => volume_cmd::run_file(g, cmd),
     }
 }

@@ -64,6 +64,35 @@ impl BlobHeader {
     }
 }
 
+/// Seals `plaintext` under one master-key version into a complete blob.
+pub fn seal(
+    cipher: &crate::crypto::Cipher,
+    header: &BlobHeader,
+    context: &[u8],
+    plaintext: &[u8],
+) -> Vec<u8> {
+    let mut blob = Vec::with_capacity(HEADER_LEN + SEAL_OVERHEAD + plaintext.len());
+    blob.extend_from_slice(&header.encode());
+    blob.extend_from_slice(&cipher.seal(&header.aad(context), plaintext));
+    blob
+}
+
+/// Opens the sealed part of a blob whose header was parsed already.
+pub fn open(
+    cipher: &crate::crypto::Cipher,
+    header: &BlobHeader,
+    context: &[u8],
+    sealed: &[u8],
+) -> Result<zeroize::Zeroizing<Vec<u8>>> {
+    cipher.open(&header.aad(context), sealed).map_err(|_| {
+        Error::InvalidCiphertext(
+            "the ciphertext does not authenticate: it was altered, or the encryption context \
+             differs from the one it was encrypted with"
+                .into(),
+        )
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -3,7 +3,7 @@
 
 use zeroize::Zeroizing;
 
-use super::blob::BlobHeader;
+use super::blob::{self, BlobHeader};
 use super::{require_enabled, version_material, EncryptionContext, Kms, Op, Principal};
 use crate::crypto::SecretKey;
 use crate::error::{Error, Result};
@@ -42,9 +42,7 @@ impl Op<'_> {
         let version = key.current_version;
         let material = version_material(&self.tx, self.root, &key.key_id, version)?;
         let header = BlobHeader { key_id: key.key_id.clone(), key_version: version };
-        let mut blob = header.encode().to_vec();
-        blob.extend_from_slice(&material.cipher().seal(&header.aad(&ctx.encode()), plaintext));
-        Ok((version, blob))
+        Ok((version, blob::seal(&material.cipher(), &header, &ctx.encode(), plaintext)))
     }
 
     /// Opens a blob; the key it names must exist and be Enabled.
@@ -60,13 +58,7 @@ impl Op<'_> {
         })?;
         require_enabled(&key)?;
         let material = version_material(&self.tx, self.root, &key.key_id, header.key_version)?;
-        let plaintext = material.cipher().open(&header.aad(&ctx.encode()), sealed).map_err(|_| {
-            Error::InvalidCiphertext(
-                "the ciphertext does not authenticate: it was altered, or the encryption context \
-                 differs from the one it was encrypted with"
-                    .into(),
-            )
-        })?;
+        let plaintext = blob::open(&material.cipher(), &header, &ctx.encode(), sealed)?;
         Ok(Decrypted { key_id: key.key_id, key_version: header.key_version, plaintext })
     }
 }

@@ -7,11 +7,13 @@
 
 pub mod aliases;
 pub mod audit;
+pub mod audit_writer;
 pub mod blob;
 pub mod clock;
 pub mod context;
 pub mod dataops;
 pub mod keyid;
+pub mod keyring;
 pub mod lifecycle;
 pub mod metadata;
 pub mod principal;

@@ -29,8 +29,22 @@ impl Principal {
     }
 }
 
-/// The user name of `uid` from the passwd database, or the number itself.
+/// The user name of `uid`, cached: a mount asks for it on every audited open, and the
+/// passwd database is a file to parse.
 pub fn user_name(uid: u32) -> String {
+    static CACHE: std::sync::OnceLock<std::sync::Mutex<std::collections::HashMap<u32, String>>> =
+        std::sync::OnceLock::new();
+    let cache = CACHE.get_or_init(Default::default);
+    if let Some(name) = cache.lock().expect("user name cache").get(&uid) {
+        return name.clone();
+    }
+    let name = lookup_user_name(uid);
+    cache.lock().expect("user name cache").insert(uid, name.clone());
+    name
+}
+
+/// The user name of `uid` from the passwd database, or the number itself.
+fn lookup_user_name(uid: u32) -> String {
     let mut buf = vec![0u8; 4096];
     let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
     let mut result: *mut libc::passwd = std::ptr::null_mut();

@@ -1,0 +1,127 @@
+//! `kmsfs volume init`, `kmsfs mount`, `kmsfs umount`, `kmsfs file info`.
+
+use std::path::PathBuf;
+
+use clap::Subcommand;
+
+use super::output;
+use super::{passphrase, Global, Session};
+use crate::error::{Error, Result};
+use crate::mount::{self, MountRequest};
+
+#[derive(Debug, Subcommand)]
+pub enum VolumeCmd {
+    /// Make an empty directory an encrypted volume (the cipher directory)
+    #[command(
+        after_help = "Examples:\n  kmsfs volume init ~/vault.enc\n  kmsfs volume init /srv/data.enc --key alias/data"
+    )]
+    Init {
+        cipher_dir: PathBuf,
+        /// Encrypt new files under this key [default: a new managed key alias/kmsfs/<name>]
+        #[arg(long)]
+        key: Option<String>,
+        /// The volume's name [default: the directory's name]
+        #[arg(long)]
+        name: Option<String>,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+#[command(
+    after_help = "Examples:\n  kmsfs mount ~/vault.enc ~/vault\n  kmsfs mount -f /srv/data.enc /data -o allow_other"
+)]
+pub struct MountArgs {
+    pub cipher_dir: PathBuf,
+    pub mountpoint: PathBuf,
+    /// Stay in the foreground (logs to stderr) instead of running as a daemon
+    #[arg(short, long)]
+    pub foreground: bool,
+    /// Mount options: allow_other, allow_root, ro, nosuid, nodev, noexec, noatime, ...
+    #[arg(short = 'o', value_name = "OPT[,OPT...]", value_delimiter = ',')]
+    pub options: Vec<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum FileCmd {
+    /// Show which master key and key version protect a file on a mounted volume
+    #[command(after_help = "Example:\n  kmsfs file info ~/vault/report.pdf")]
+    Info { path: PathBuf },
+}
+
+pub fn run_volume(g: &Global, cmd: VolumeCmd) -> Result<()> {
+    match cmd {
+        VolumeCmd::Init { cipher_dir, key, name } => {
+            let mut s = Session::open(g)?;
+            let me = s.me.clone();
+            let config =
+                crate::volume::init_volume(&mut s.kms, &me, &cipher_dir, key.as_deref(), name.as_deref())?;
+            if s.json {
+                output::json(&config);
+            } else {
+                println!(
+                    "created volume '{}' in {} (files encrypted under key {})",
+                    config.name,
+                    cipher_dir.display(),
+                    config.default_key_id
+                );
+                println!("mount it with: kmsfs mount {} MOUNTPOINT", cipher_dir.display());
+            }
+            Ok(())
+        }
+    }
+}
+
+pub fn run_mount(g: &Global, args: MountArgs) -> Result<()> {
+    let keystore = g.keystore_path();
+    let pass = passphrase::obtain(
+        g.passphrase_file.as_deref(),
+        "KMSFS_PASSPHRASE",
+        &format!("Passphrase for {}: ", keystore.display()),
+        false,
+    )?;
+    let request = MountRequest {
+        cipher_dir: args.cipher_dir,
+        mountpoint: args.mountpoint,
+        keystore,
+        foreground: args.foreground,
+        options: args.options,
+    };
+    mount::mount(request, &pass)
+}
+
+pub fn run_file(g: &Global, cmd: FileCmd) -> Result<()> {
+    let FileCmd::Info { path } = cmd;
+    let read = |name: &str| -> Result<String> {
+        xattr_get(&path, name).map_err(|e| match e.raw_os_error() {
+            Some(libc::ENODATA) | Some(libc::ENOTSUP) => Error::InvalidArgument(format!(
+                "{} is not a regular file on a mounted kmsfs volume",
+                path.display()
+            )),
+            _ => Error::io(path.display(), e),
+        })
+    };
+    let key_id = read("user.kmsfs.key")?;
+    let version = read("user.kmsfs.key_version")?;
+    if g.json {
+        output::json(
+            &serde_json::json!({ "Path": path, "KeyId": key_id, "KeyVersion": version.parse::<u32>().ok() }),
+        );
+    } else {
+        output::fields(&[("Path", path.display().to_string()), ("KeyId", key_id), ("KeyVersion", version)]);
+    }
+    Ok(())
+}
+
+fn xattr_get(path: &std::path::Path, name: &str) -> std::io::Result<String> {
+    use std::os::unix::ffi::OsStrExt;
+    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes())?;
+    let c_name = std::ffi::CString::new(name)?;
+    let mut buf = vec![0u8; 256];
+    // SAFETY: both strings are NUL-terminated and `buf` has the length passed.
+    let n = unsafe { libc::getxattr(c_path.as_ptr(), c_name.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    if n < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    buf.truncate(n as usize);
+    Ok(String::from_utf8_lossy(&buf).into_owned())
+}

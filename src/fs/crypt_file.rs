@@ -1,0 +1,273 @@
+//! Reading and writing plaintext ranges of one encrypted backing file, block by block.
+//!
+//! Callers hold the file's lock: shared for [`CryptFile::read_at`], exclusive for the
+//! writers. Partial blocks are read, modified and resealed; the last block carries the
+//! last-block flag, so a write past the end reseals the old last block without it.
+
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::FileExt;
+
+use crate::crypto::{Cipher, SEAL_OVERHEAD};
+use crate::format::{
+    self, block_count, block_offset, cipher_size, plaintext_size, BLOCK_SIZE, CIPHER_BLOCK_SIZE, FILE_ID_LEN,
+};
+
+const B: usize = BLOCK_SIZE as usize;
+const CB: usize = CIPHER_BLOCK_SIZE as usize;
+
+/// A backing file with its data key.
+pub struct CryptFile<'a> {
+    pub file: &'a File,
+    pub cipher: &'a Cipher,
+    pub file_id: &'a [u8; FILE_ID_LEN],
+    /// For log messages: which file failed its checks.
+    pub label: &'a str,
+}
+
+/// Authentication failed: tampering or corruption. Logged, then answered with EIO.
+fn tampered(label: &str, index: u64, why: &str) -> io::Error {
+    log::warn!("integrity check failed in {label}, block {index}: {why}; answering EIO");
+    io::Error::from_raw_os_error(libc::EIO)
+}
+
+impl CryptFile<'_> {
+    pub fn plaintext_len(&self) -> io::Result<u64> {
+        Ok(plaintext_size(self.file.metadata()?.len()))
+    }
+
+    /// Reads up to `len` bytes at `offset`; fewer at the end of the file.
+    pub fn read_at(&self, offset: u64, len: usize) -> io::Result<Vec<u8>> {
+        let size = self.plaintext_len()?;
+        if offset >= size || len == 0 {
+            return Ok(Vec::new());
+        }
+        let end = size.min(offset + len as u64);
+        let first = offset / BLOCK_SIZE;
+        let last = (end - 1) / BLOCK_SIZE;
+        let plain = self.read_blocks(first, last, size)?;
+        let skip = (offset - first * BLOCK_SIZE) as usize;
+        Ok(plain[skip..skip + (end - offset) as usize].to_vec())
+    }
+
+    /// Decrypts blocks `first..=last` of a file of plaintext size `size`.
+    fn read_blocks(&self, first: u64, last: u64, size: u64) -> io::Result<Vec<u8>> {
+        let last_of_file = block_count(size) - 1;
+        let plain_end = size.min((last + 1) * BLOCK_SIZE);
+        let cipher_end = cipher_size(plain_end);
+        let start = block_offset(first);
+        let mut sealed = vec![0u8; (cipher_end - start) as usize];
+        self.file.read_exact_at(&mut sealed, start).map_err(|e| {
+            if e.kind() == io::ErrorKind::UnexpectedEof {
+                tampered(self.label, first, "the file is shorter than its blocks")
+            } else {
+                e
+            }
+        })?;
+        let mut plain = vec![0u8; (plain_end - first * BLOCK_SIZE) as usize];
+        for (i, (sealed_block, plain_block)) in sealed.chunks(CB).zip(plain.chunks_mut(B)).enumerate() {
+            let index = first + i as u64;
+            format::open_block(
+                self.cipher,
+                self.file_id,
+                index,
+                index == last_of_file,
+                sealed_block,
+                plain_block,
+            )
+            .map_err(|_| tampered(self.label, index, "block does not authenticate"))?;
+        }
+        Ok(plain)
+    }
+
+    /// The plaintext of block `index` as it is now (empty past the end).
+    fn existing_block(&self, index: u64, size: u64) -> io::Result<Vec<u8>> {
+        if index >= block_count(size) {
+            return Ok(Vec::new());
+        }
+        self.read_blocks(index, index, size)
+    }
+
+    /// Seals `blocks` (consecutive, starting at `first`) and writes them with one call.
+    fn write_blocks(&self, first: u64, blocks: &[Vec<u8>], last_of_file: u64) -> io::Result<()> {
+        let total: usize = blocks.iter().map(|b| b.len() + SEAL_OVERHEAD).sum();
+        let mut out = vec![0u8; total];
+        let mut pos = 0;
+        for (i, plain) in blocks.iter().enumerate() {
+            let index = first + i as u64;
+            let n = plain.len() + SEAL_OVERHEAD;
+            format::seal_block(
+                self.cipher,
+                self.file_id,
+                index,
+                index == last_of_file,
+                plain,
+                &mut out[pos..pos + n],
+            );
+            pos += n;
+        }
+        self.file.write_all_at(&out, block_offset(first))
+    }
+
+    /// Before the file grows with blocks from `next` on, its last block (if it lies before
+    /// `next`) is padded to a full block and resealed without the last-block flag.
+    fn retire_last_block(&self, size: u64, next: u64) -> io::Result<()> {
+        if size == 0 {
+            return Ok(());
+        }
+        let old_last = block_count(size) - 1;
+        if old_last >= next {
+            return Ok(());
+        }
+        let mut block = self.existing_block(old_last, size)?;
+        block.resize(B, 0);
+        self.write_blocks(old_last, &[block], next)
+    }
+
+    /// Writes `data` at `offset`, growing the file (with holes) as needed.
+    pub fn write_at(&self, offset: u64, data: &[u8]) -> io::Result<()> {
+        if data.is_empty() {
+            return Ok(());
+        }
+        let size = self.plaintext_len()?;
+        let end = offset + data.len() as u64;
+        let new_size = size.max(end);
+        let first = offset / BLOCK_SIZE;
+        let last = (end - 1) / BLOCK_SIZE;
+        let new_last = (new_size - 1) / BLOCK_SIZE;
+        self.retire_last_block(size, first)?;
+        let mut blocks = Vec::with_capacity((last - first + 1) as usize);
+        for index in first..=last {
+            let block_start = index * BLOCK_SIZE;
+            let block_len = (new_size.min(block_start + BLOCK_SIZE) - block_start) as usize;
+            let lo = offset.max(block_start);
+            let hi = end.min(block_start + BLOCK_SIZE);
+            let covers_block = lo == block_start && hi - block_start >= block_len as u64;
+            let mut block =
+                if covers_block { Vec::with_capacity(block_len) } else { self.existing_block(index, size)? };
+            block.resize(block_len, 0);
+            let src = &data[(lo - offset) as usize..(hi - offset) as usize];
+            block[(lo - block_start) as usize..(hi - block_start) as usize].copy_from_slice(src);
+            blocks.push(block);
+        }
+        self.write_blocks(first, &blocks, new_last)
+    }
+
+    /// Sets the plaintext size: cuts (resealing the new last block) or extends with a hole.
+    pub fn set_len(&self, new_size: u64) -> io::Result<()> {
+        let size = self.plaintext_len()?;
+        if new_size == size {
+            return Ok(());
+        }
+        if new_size == 0 {
+            return self.file.set_len(format::HEADER_LEN);
+        }
+        let new_last = (new_size - 1) / BLOCK_SIZE;
+        let keep = (new_size - new_last * BLOCK_SIZE) as usize;
+        if new_size < size {
+            let mut block = self.existing_block(new_last, size)?;
+            block.truncate(keep);
+            self.write_blocks(new_last, &[block], new_last)?;
+            return self.file.set_len(cipher_size(new_size));
+        }
+        // Growing: the old last block loses its flag, the new last block is zeros.
+        self.retire_last_block(size, new_last)?;
+        let mut block =
+            if block_count(size) == new_last + 1 { self.existing_block(new_last, size)? } else { Vec::new() };
+        block.resize(keep, 0);
+        self.write_blocks(new_last, &[block], new_last)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crypto::SecretKey;
+    use crate::format::HEADER_LEN;
+
+    struct Fixture {
+        file: File,
+        cipher: Cipher,
+        id: [u8; FILE_ID_LEN],
+        model: Vec<u8>,
+    }
+
+    impl Fixture {
+        fn new() -> Self {
+            let file = tempfile::tempfile().unwrap();
+            file.set_len(HEADER_LEN).unwrap();
+            Fixture { file, cipher: SecretKey::random().cipher(), id: [9; FILE_ID_LEN], model: Vec::new() }
+        }
+        fn cf(&self) -> CryptFile<'_> {
+            CryptFile { file: &self.file, cipher: &self.cipher, file_id: &self.id, label: "test" }
+        }
+        fn write(&mut self, offset: usize, data: &[u8]) {
+            self.cf().write_at(offset as u64, data).unwrap();
+            if self.model.len() < offset + data.len() {
+                self.model.resize(offset + data.len(), 0);
+            }
+            self.model[offset..offset + data.len()].copy_from_slice(data);
+            self.check();
+        }
+        fn truncate(&mut self, len: usize) {
+            self.cf().set_len(len as u64).unwrap();
+            self.model.resize(len, 0);
+            self.check();
+        }
+        fn check(&self) {
+            let cf = self.cf();
+            assert_eq!(cf.plaintext_len().unwrap(), self.model.len() as u64);
+            assert_eq!(cf.read_at(0, self.model.len() + 10).unwrap(), self.model);
+            assert_eq!(self.file.metadata().unwrap().len(), cipher_size(self.model.len() as u64));
+        }
+    }
+
+    #[test]
+    fn writes_truncates_and_holes_match_a_plain_model() {
+        let mut f = Fixture::new();
+        f.write(0, b"hello");
+        f.write(3, &[7u8; 5000]);
+        f.write(20_000, b"after a hole");
+        f.write(4096, &[1u8; 4096]);
+        f.truncate(9000);
+        f.truncate(30_000);
+        f.write(8191, b"xy");
+        f.truncate(4096);
+        f.truncate(1);
+        f.truncate(0);
+        f.write(12_288, b"z");
+        assert_eq!(f.cf().read_at(12_000, 1000).unwrap().len(), 289);
+    }
+
+    #[test]
+    fn pseudo_random_operations_match_the_model() {
+        let mut f = Fixture::new();
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        let mut next = |m: u64| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state % m
+        };
+        for _ in 0..300 {
+            if next(5) == 0 {
+                let len = next(40_000) as usize;
+                f.truncate(len);
+            } else {
+                let off = next(40_000) as usize;
+                let len = 1 + next(9000) as usize;
+                let byte = next(255) as u8;
+                f.write(off, &vec![byte; len]);
+            }
+        }
+    }
+
+    #[test]
+    fn cutting_at_a_block_boundary_is_detected() {
+        let mut f = Fixture::new();
+        f.write(0, &[5u8; 3 * 4096]);
+        f.file.set_len(block_offset(2)).unwrap();
+        let err = f.cf().read_at(0, 4096 * 3).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::EIO));
+    }
+}

@@ -1,0 +1,242 @@
+//! Open files: one backing fd and one data key per inode, shared by all its handles and
+//! zeroized when the last handle closes.
+
+use std::ffi::OsString;
+use std::fs::File;
+use std::io::ErrorKind;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, RwLock};
+
+use fuser::{Errno, FileType, INodeNo, Request};
+
+use super::crypt_file::CryptFile;
+use super::{io_errno, kms_errno, FsResult, KmsFs};
+use crate::crypto::{self, Cipher};
+use crate::format::{FileHeader, FILE_ID_LEN, HEADER_LEN};
+use crate::kms::keyring::Access;
+use crate::Error;
+
+/// The data key of one file.
+pub struct FileKey {
+    pub file_id: [u8; FILE_ID_LEN],
+    pub cipher: Cipher,
+    pub key_id: String,
+}
+
+/// An inode with open handles.
+pub struct OpenFile {
+    pub file: File,
+    pub writable: bool,
+    pub key: FileKey,
+    /// Readers share, writers (and truncate) exclude: block read-modify-write must not
+    /// interleave.
+    pub lock: RwLock<()>,
+    /// The path at open time, for log messages.
+    pub label: String,
+}
+
+impl OpenFile {
+    pub fn crypt(&self) -> CryptFile<'_> {
+        CryptFile {
+            file: &self.file,
+            cipher: &self.key.cipher,
+            file_id: &self.key.file_id,
+            label: &self.label,
+        }
+    }
+}
+
+/// One open() of a file.
+pub struct Handle {
+    pub ino: u64,
+    pub open: Arc<OpenFile>,
+    pub write: bool,
+    pub append: bool,
+}
+
+/// A snapshot of a directory, taken at opendir and served to readdir.
+pub struct DirHandle {
+    pub entries: Vec<(u64, FileType, OsString)>,
+}
+
+/// Opens a backing file read-write if possible (so every handle can share it), else
+/// read-only.
+fn open_backing(path: &Path, read_only_mount: bool) -> FsResult<(File, bool)> {
+    let flags = libc::O_NOFOLLOW | libc::O_CLOEXEC;
+    if !read_only_mount {
+        match std::fs::OpenOptions::new().read(true).write(true).custom_flags(flags).open(path) {
+            Ok(f) => return Ok((f, true)),
+            Err(e)
+                if matches!(e.raw_os_error(), Some(libc::EACCES) | Some(libc::EROFS) | Some(libc::EPERM)) => {
+            }
+            Err(e) => return Err(io_errno(e)),
+        }
+    }
+    let f = std::fs::OpenOptions::new().read(true).custom_flags(flags).open(path).map_err(io_errno)?;
+    Ok((f, false))
+}
+
+impl KmsFs {
+    /// The shared open state of `ino`, loading its key if no handle has it yet. Every call
+    /// is a key use: the key's state is checked and the access audited.
+    pub(super) fn acquire_open_file(&self, req: &Request, ino: INodeNo) -> FsResult<Arc<OpenFile>> {
+        let caller = Self::caller(req);
+        let label = self.display_path(ino.0);
+        let access = Self::access(&caller, &label);
+        let existing = {
+            let mut map = self.open_files.lock().expect("open files lock");
+            map.get_mut(&ino.0).map(|(of, n)| {
+                *n += 1;
+                of.clone()
+            })
+        };
+        if let Some(of) = existing {
+            let ctx = self.config.file_context(&of.key.file_id);
+            if let Err(e) = self.keyring.authorize_cached(access, &of.key.key_id, &ctx) {
+                self.release_open_file(ino.0);
+                return Err(kms_errno(e));
+            }
+            return Ok(of);
+        }
+        let path = self.root.join(self.rel_path(ino)?);
+        let (file, writable) = open_backing(&path, self.options.read_only)?;
+        let key = self.load_key(&file, writable, access)?;
+        let fresh = Arc::new(OpenFile { file, writable, key, lock: RwLock::new(()), label });
+        let mut map = self.open_files.lock().expect("open files lock");
+        let (of, n) = map.entry(ino.0).or_insert_with(|| (fresh, 0));
+        *n += 1;
+        Ok(of.clone())
+    }
+
+    /// Drops one reference; the last one closes the fd and zeroizes the data key.
+    pub(super) fn release_open_file(&self, ino: u64) {
+        let mut map = self.open_files.lock().expect("open files lock");
+        if let Some((_, n)) = map.get_mut(&ino) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&ino);
+            }
+        }
+    }
+
+    /// Reads the header and unwraps the data key, newest slot first.
+    fn load_key(&self, file: &File, writable: bool, access: Access<'_>) -> FsResult<FileKey> {
+        if file.metadata().map_err(io_errno)?.len() == 0 {
+            // Created but never given a header (a crash right after create): a new, empty file.
+            if !writable {
+                log::warn!("{} has no header and cannot be repaired read-only; answering EIO", access.path);
+                return Err(Errno::EIO);
+            }
+            return self.write_new_header(file, access, &self.config.default_key_id.clone());
+        }
+        let mut raw = [0u8; HEADER_LEN as usize];
+        if let Err(e) = file.read_exact_at(&mut raw, 0) {
+            if e.kind() == ErrorKind::UnexpectedEof {
+                log::warn!("{}: the file header is truncated; answering EIO", access.path);
+                return Err(Errno::EIO);
+            }
+            return Err(io_errno(e));
+        }
+        let header = FileHeader::parse(&raw).map_err(|e| {
+            log::warn!("{}: {e}; answering EIO", access.path);
+            Errno::EIO
+        })?;
+        let ctx = self.config.file_context(&header.file_id);
+        let mut last_error = None;
+        for slot in header.candidates() {
+            match self.keyring.decrypt_data_key(access, &slot.blob, &ctx) {
+                Ok((key, blob)) => {
+                    return Ok(FileKey { file_id: header.file_id, cipher: key.cipher(), key_id: blob.key_id })
+                }
+                Err(e) => last_error = Some(e),
+            }
+        }
+        let err = last_error.expect("parse guarantees a candidate slot");
+        if let Error::InvalidCiphertext(why) = &err {
+            log::warn!("{}: the wrapped data key does not authenticate ({why}); answering EIO", access.path);
+        }
+        Err(kms_errno(err))
+    }
+
+    /// Gives a new file its data key under `key_id` and writes its header.
+    pub(super) fn write_new_header(
+        &self,
+        file: &File,
+        access: Access<'_>,
+        key_id: &str,
+    ) -> FsResult<FileKey> {
+        let file_id = crypto::random_bytes::<FILE_ID_LEN>();
+        let ctx = self.config.file_context(&file_id);
+        let (data_key, wrapped) = self.keyring.generate_data_key(access, key_id, &ctx).map_err(kms_errno)?;
+        let (blob_header, _) = crate::kms::blob::BlobHeader::parse(&wrapped).map_err(kms_errno)?;
+        file.write_all_at(&FileHeader::new(file_id, wrapped).encode(), 0).map_err(io_errno)?;
+        Ok(FileKey { file_id, cipher: data_key.cipher(), key_id: blob_header.key_id })
+    }
+
+    /// Registers a handle and returns its number.
+    pub(super) fn add_handle(&self, ino: u64, open: Arc<OpenFile>, write: bool, append: bool) -> u64 {
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        self.handles.write().expect("handles lock").insert(fh, super::Handle { ino, open, write, append });
+        fh
+    }
+
+    pub(super) fn handle(&self, fh: u64) -> FsResult<(Arc<OpenFile>, bool, bool)> {
+        let handles = self.handles.read().expect("handles lock");
+        let h = handles.get(&fh).ok_or(Errno::EBADF)?;
+        Ok((h.open.clone(), h.write, h.append))
+    }
+
+    /// The open state of `ino` if some handle has it open (for attributes of unlinked files).
+    pub(super) fn open_file_of(&self, ino: u64) -> Option<Arc<OpenFile>> {
+        self.open_files.lock().expect("open files lock").get(&ino).map(|(of, _)| of.clone())
+    }
+
+    /// Creates a regular file with its header; returns the backing file.
+    pub(super) fn create_backing_file(
+        &self,
+        req: &Request,
+        path: &Path,
+        mode: u32,
+    ) -> FsResult<(File, FileKey)> {
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .mode(mode & 0o7777)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(path)
+            .map_err(io_errno)?;
+        let made = (|| {
+            self.chown_new(req, path)?;
+            let caller = Self::caller(req);
+            let label = format!("/{}", path.strip_prefix(&self.root).unwrap_or(path).display());
+            let key_id = self.config.default_key_id.clone();
+            self.write_new_header(&file, Self::access(&caller, &label), &key_id)
+        })();
+        match made {
+            Ok(key) => Ok((file, key)),
+            Err(e) => {
+                let _ = std::fs::remove_file(path);
+                Err(e)
+            }
+        }
+    }
+
+    /// Metadata of an inode: through an open handle if one exists (the file may be
+    /// unlinked), else by path.
+    pub(super) fn stat_ino(&self, ino: INodeNo) -> FsResult<(std::fs::Metadata, Option<std::path::PathBuf>)> {
+        match self.rel_path(ino) {
+            Ok(rel) => {
+                let path = self.root.join(rel);
+                let meta = std::fs::symlink_metadata(&path).map_err(io_errno)?;
+                Ok((meta, Some(path)))
+            }
+            Err(e) => match self.open_file_of(ino.0) {
+                Some(of) => Ok((of.file.metadata().map_err(io_errno)?, None)),
+                None => Err(e),
+            },
+        }
+    }
+}

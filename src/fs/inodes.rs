@@ -1,0 +1,130 @@
+//! The inode table: which backing path each inode the kernel knows stands for.
+//!
+//! Inode numbers are the backing files' own (`st_ino`), so they are stable while mounted
+//! and hard links share one; only the cipher directory's root is renumbered to FUSE's root
+//! inode 1 (and an inode that happens to be 1 takes the root's number instead). An inode
+//! keeps every (parent, name) the kernel looked it up under, so a hard link stays reachable
+//! after another of its names is removed.
+
+use std::collections::HashMap;
+use std::ffi::{OsStr, OsString};
+use std::path::PathBuf;
+use std::sync::RwLock;
+
+pub const ROOT_INO: u64 = 1;
+
+#[derive(Debug, Default)]
+struct Inode {
+    /// Names as they are in the backing directory (already encrypted).
+    names: Vec<(u64, OsString)>,
+    /// The kernel's lookup count: the entry goes when it drops to zero.
+    lookups: u64,
+}
+
+pub struct InodeTable {
+    backing_root_ino: u64,
+    inner: RwLock<HashMap<u64, Inode>>,
+}
+
+impl InodeTable {
+    pub fn new(backing_root_ino: u64) -> Self {
+        let mut map = HashMap::new();
+        map.insert(ROOT_INO, Inode { names: Vec::new(), lookups: 1 });
+        InodeTable { backing_root_ino, inner: RwLock::new(map) }
+    }
+
+    /// The FUSE inode number for a backing `st_ino`.
+    pub fn fuse_ino(&self, st_ino: u64) -> u64 {
+        if st_ino == self.backing_root_ino {
+            ROOT_INO
+        } else if st_ino == ROOT_INO {
+            self.backing_root_ino
+        } else {
+            st_ino
+        }
+    }
+
+    /// Records one more lookup of `ino` under (parent, name).
+    pub fn remember(&self, ino: u64, parent: u64, name: &OsStr) {
+        let mut map = self.inner.write().expect("inode table lock");
+        let node = map.entry(ino).or_default();
+        node.lookups += 1;
+        if ino != ROOT_INO && !node.names.iter().any(|(p, n)| *p == parent && n == name) {
+            node.names.push((parent, name.to_os_string()));
+        }
+    }
+
+    /// The kernel forgot `n` lookups of `ino`.
+    pub fn forget(&self, ino: u64, n: u64) {
+        if ino == ROOT_INO {
+            return;
+        }
+        let mut map = self.inner.write().expect("inode table lock");
+        if let Some(node) = map.get_mut(&ino) {
+            node.lookups = node.lookups.saturating_sub(n);
+            if node.lookups == 0 {
+                map.remove(&ino);
+            }
+        }
+    }
+
+    /// The backing path of `ino` relative to the cipher directory ("" for the root), or
+    /// `None` if the inode is unknown or has no name left (unlinked while open).
+    pub fn path(&self, ino: u64) -> Option<PathBuf> {
+        let map = self.inner.read().expect("inode table lock");
+        let mut parts: Vec<&OsStr> = Vec::new();
+        let mut current = ino;
+        while current != ROOT_INO {
+            let (parent, name) = map.get(&current)?.names.first()?;
+            parts.push(name);
+            current = *parent;
+            if parts.len() > 4096 {
+                return None; // a cycle would be a bug; refuse rather than spin
+            }
+        }
+        Some(parts.iter().rev().collect())
+    }
+
+    /// A name was removed from the backing directory.
+    pub fn unlinked(&self, ino: u64, parent: u64, name: &OsStr) {
+        let mut map = self.inner.write().expect("inode table lock");
+        if let Some(node) = map.get_mut(&ino) {
+            node.names.retain(|(p, n)| !(*p == parent && n == name));
+        }
+    }
+
+    /// A name was renamed in the backing directory.
+    pub fn renamed(&self, ino: u64, from: (u64, &OsStr), to: (u64, &OsStr)) {
+        let mut map = self.inner.write().expect("inode table lock");
+        if let Some(node) = map.get_mut(&ino) {
+            node.names.retain(|(p, n)| !((*p == from.0 && n == from.1) || (*p == to.0 && n == to.1)));
+            node.names.insert(0, (to.0, to.1.to_os_string()));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_follow_renames_and_survive_unlinking_one_hard_link() {
+        let t = InodeTable::new(500);
+        assert_eq!(t.fuse_ino(500), ROOT_INO);
+        assert_eq!(t.fuse_ino(1), 500);
+        t.remember(10, ROOT_INO, OsStr::new("dir"));
+        t.remember(11, 10, OsStr::new("a"));
+        t.remember(11, ROOT_INO, OsStr::new("link"));
+        assert_eq!(t.path(11).unwrap(), PathBuf::from("dir/a"));
+        t.unlinked(11, 10, OsStr::new("a"));
+        assert_eq!(t.path(11).unwrap(), PathBuf::from("link"));
+        t.renamed(10, (ROOT_INO, OsStr::new("dir")), (ROOT_INO, OsStr::new("d2")));
+        t.remember(12, 10, OsStr::new("b"));
+        assert_eq!(t.path(12).unwrap(), PathBuf::from("d2/b"));
+        t.unlinked(11, ROOT_INO, OsStr::new("link"));
+        assert_eq!(t.path(11), None);
+        t.forget(12, 1);
+        assert_eq!(t.path(12), None);
+        assert_eq!(t.path(ROOT_INO).unwrap(), PathBuf::from(""));
+    }
+}

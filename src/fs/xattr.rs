@@ -1,0 +1,132 @@
+//! Extended attributes: `user.*` attributes are stored encrypted on the backing file;
+//! `user.kmsfs.key` and `user.kmsfs.key_version` are answered by kmsfs (read-only).
+
+use std::ffi::{CString, OsStr};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+
+use fuser::{Errno, INodeNo};
+
+use super::names::{XATTR_BACKING_PREFIX, XATTR_KEY, XATTR_KEY_VERSION};
+use super::{FsResult, KmsFs};
+use crate::format::{FileHeader, HEADER_LEN};
+use crate::kms::blob::BlobHeader;
+
+fn cpath(path: &Path) -> FsResult<CString> {
+    CString::new(path.as_os_str().as_bytes()).map_err(|_| Errno::EINVAL)
+}
+
+fn last_errno() -> Errno {
+    Errno::from_i32(std::io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO))
+}
+
+/// Calls an xattr syscall that fills a buffer, growing the buffer until it fits.
+fn read_into(mut call: impl FnMut(*mut libc::c_void, usize) -> isize) -> FsResult<Vec<u8>> {
+    let needed = call(std::ptr::null_mut(), 0);
+    if needed < 0 {
+        return Err(last_errno());
+    }
+    let mut buf = vec![0u8; needed as usize + 256];
+    let got = call(buf.as_mut_ptr().cast(), buf.len());
+    if got < 0 {
+        return Err(last_errno());
+    }
+    buf.truncate(got as usize);
+    Ok(buf)
+}
+
+impl KmsFs {
+    pub(super) fn get_xattr(&self, ino: INodeNo, name: &OsStr) -> FsResult<Vec<u8>> {
+        let name = name.to_str().ok_or(Errno::ENODATA)?;
+        let (_, path) = self.stat_ino(ino)?;
+        let path = path.ok_or(Errno::ENODATA)?;
+        if name == XATTR_KEY || name == XATTR_KEY_VERSION {
+            let blob = self.file_key_blob(&path)?;
+            return Ok(if name == XATTR_KEY {
+                blob.key_id.into_bytes()
+            } else {
+                blob.key_version.to_string().into_bytes()
+            });
+        }
+        if !name.starts_with("user.") {
+            // security.capability and friends: kmsfs stores none.
+            return Err(Errno::ENODATA);
+        }
+        let backing = self.names.encrypt_xattr_name(name);
+        let c_path = cpath(&path)?;
+        let c_name = CString::new(backing.clone()).map_err(|_| Errno::EINVAL)?;
+        let stored =
+            read_into(|buf, len| unsafe { libc::lgetxattr(c_path.as_ptr(), c_name.as_ptr(), buf, len) })?;
+        self.names.decrypt_xattr_value(&backing, &stored).ok_or_else(|| {
+            log::warn!("{}: xattr {name} does not authenticate; answering EIO", path.display());
+            Errno::EIO
+        })
+    }
+
+    pub(super) fn set_xattr(&self, ino: INodeNo, name: &OsStr, value: &[u8], flags: i32) -> FsResult<()> {
+        self.check_writable()?;
+        let name = name.to_str().ok_or(Errno::EINVAL)?;
+        if name.starts_with(XATTR_BACKING_PREFIX) {
+            return Err(Errno::EPERM); // kmsfs's own namespace
+        }
+        if !name.starts_with("user.") {
+            return Err(Errno::ENOTSUP);
+        }
+        let path = self.stat_ino(ino)?.1.ok_or(Errno::ENOENT)?;
+        let backing = self.names.encrypt_xattr_name(name);
+        let stored = self.names.encrypt_xattr_value(&backing, value);
+        let (c_path, c_name) = (cpath(&path)?, CString::new(backing).map_err(|_| Errno::EINVAL)?);
+        let rc = unsafe {
+            libc::lsetxattr(c_path.as_ptr(), c_name.as_ptr(), stored.as_ptr().cast(), stored.len(), flags)
+        };
+        if rc != 0 {
+            return Err(last_errno());
+        }
+        Ok(())
+    }
+
+    pub(super) fn list_xattr(&self, ino: INodeNo) -> FsResult<Vec<u8>> {
+        let path = self.stat_ino(ino)?.1.ok_or(Errno::ENOENT)?;
+        let c_path = cpath(&path)?;
+        let raw = read_into(|buf, len| unsafe { libc::llistxattr(c_path.as_ptr(), buf.cast(), len) })?;
+        let mut out = Vec::new();
+        for backing in raw.split(|&b| b == 0).filter(|n| !n.is_empty()) {
+            let Ok(backing) = std::str::from_utf8(backing) else { continue };
+            if let Some(plain) = self.names.decrypt_xattr_name(backing) {
+                out.extend_from_slice(plain.as_bytes());
+                out.push(0);
+            }
+        }
+        Ok(out)
+    }
+
+    pub(super) fn remove_xattr(&self, ino: INodeNo, name: &OsStr) -> FsResult<()> {
+        self.check_writable()?;
+        let name = name.to_str().ok_or(Errno::ENODATA)?;
+        if !name.starts_with("user.") || name.starts_with(XATTR_BACKING_PREFIX) {
+            return Err(Errno::ENODATA);
+        }
+        let path = self.stat_ino(ino)?.1.ok_or(Errno::ENOENT)?;
+        let (c_path, c_name) =
+            (cpath(&path)?, CString::new(self.names.encrypt_xattr_name(name)).map_err(|_| Errno::EINVAL)?);
+        if unsafe { libc::lremovexattr(c_path.as_ptr(), c_name.as_ptr()) } != 0 {
+            return Err(last_errno());
+        }
+        Ok(())
+    }
+
+    /// Which master key and version wrap a regular file's data key (from its header alone:
+    /// no unwrap, so no key use).
+    fn file_key_blob(&self, path: &Path) -> FsResult<BlobHeader> {
+        let file = std::fs::File::open(path).map_err(super::io_errno)?;
+        if !file.metadata().map_err(super::io_errno)?.is_file() {
+            return Err(Errno::ENODATA);
+        }
+        let mut raw = [0u8; HEADER_LEN as usize];
+        file.read_exact_at(&mut raw, 0).map_err(|_| Errno::EIO)?;
+        let header = FileHeader::parse(&raw).map_err(|_| Errno::EIO)?;
+        let newest = header.candidates()[0];
+        BlobHeader::parse(&newest.blob).map(|(h, _)| h).map_err(|_| Errno::EIO)
+    }
+}

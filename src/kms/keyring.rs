@@ -1,0 +1,191 @@
+//! The KMS as a running mount sees it: master-key versions unwrapped once and held in
+//! memory, key states kept live, data-key operations audited through a batched sink.
+//!
+//! Liveness: before every operation the ring asks its own SQLite connection for
+//! `PRAGMA data_version`, which changes when any other connection (an admin command in
+//! another shell) commits. Only then are keys reloaded, so a `kmsfs key disable` that has
+//! returned is honoured by the next file open, at the cost of one cheap query per open and
+//! none per read or write.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex, RwLock};
+
+use rusqlite::{Connection, OpenFlags};
+
+use super::audit_writer::AuditSink;
+use super::blob::{self, BlobHeader};
+use super::{require_enabled, version_material, AuditEvent, Clock, EncryptionContext, Outcome, Principal};
+use crate::crypto::{Cipher, SecretKey};
+use crate::error::{Error, Result};
+use crate::keystore::records::{self, KeyRecord, KeyState};
+
+/// Who asks, and for which path (for the audit trail).
+#[derive(Debug, Clone, Copy)]
+pub struct Access<'a> {
+    pub caller: &'a Principal,
+    pub path: &'a str,
+}
+
+#[derive(Default)]
+struct Cache {
+    data_version: Option<i64>,
+    keys: HashMap<String, KeyRecord>,
+    aliases: HashMap<String, String>,
+    material: HashMap<(String, u32), Arc<Cipher>>,
+}
+
+pub struct KeyRing {
+    conn: Mutex<Connection>,
+    root: SecretKey,
+    cache: RwLock<Cache>,
+    audit: AuditSink,
+    clock: Arc<dyn Clock>,
+}
+
+impl KeyRing {
+    /// Opens a read connection of its own to the keystore at `path` and loads every key.
+    pub fn open(path: &Path, root: SecretKey, clock: Arc<dyn Clock>, audit: AuditSink) -> Result<KeyRing> {
+        let conn = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        conn.busy_timeout(std::time::Duration::from_secs(30))?;
+        let ring =
+            KeyRing { conn: Mutex::new(conn), root, cache: RwLock::new(Cache::default()), audit, clock };
+        ring.refresh()?;
+        Ok(ring)
+    }
+
+    /// Reloads keys if another connection committed since the last look.
+    fn refresh(&self) -> Result<()> {
+        let conn = self.conn.lock().expect("keyring connection lock");
+        let version: i64 = conn.pragma_query_value(None, "data_version", |r| r.get(0))?;
+        if self.cache.read().expect("keyring cache lock").data_version == Some(version) {
+            return Ok(());
+        }
+        let mut cache = self.cache.write().expect("keyring cache lock");
+        let keys = records::list_keys(&conn)?;
+        let mut material = std::mem::take(&mut cache.material);
+        // Destroyed keys leave memory too, not only the keystore.
+        material.retain(|(id, _), _| keys.iter().any(|k| &k.key_id == id && k.state != KeyState::Destroyed));
+        for key in keys.iter().filter(|k| k.state != KeyState::Destroyed) {
+            for v in records::list_versions(&conn, &key.key_id)? {
+                let slot = (key.key_id.clone(), v.version);
+                if v.material_present && !material.contains_key(&slot) {
+                    let secret = version_material(&conn, &self.root, &key.key_id, v.version)?;
+                    material.insert(slot, Arc::new(secret.cipher()));
+                }
+            }
+        }
+        cache.aliases = records::list_aliases(&conn, None)?
+            .into_iter()
+            .map(|a| (a.alias_name, a.target_key_id))
+            .collect();
+        cache.keys = keys.into_iter().map(|k| (k.key_id.clone(), k)).collect();
+        cache.material = material;
+        cache.data_version = Some(version);
+        Ok(())
+    }
+
+    /// The key id a key id or alias names, as the keystore says now.
+    pub fn resolve(&self, key_ref: &str) -> Result<String> {
+        self.refresh()?;
+        let cache = self.cache.read().expect("keyring cache lock");
+        let id = cache.aliases.get(key_ref).cloned().unwrap_or_else(|| key_ref.to_string());
+        if cache.keys.contains_key(&id) {
+            Ok(id)
+        } else {
+            Err(Error::NotFound(format!("unknown key '{key_ref}'")))
+        }
+    }
+
+    /// Refreshes, then checks `key_id` is usable: the question every file open asks, even
+    /// when the file's data key is already cached.
+    fn usable_key(&self, key_id: &str) -> Result<KeyRecord> {
+        self.refresh()?;
+        let cache = self.cache.read().expect("keyring cache lock");
+        let key = cache
+            .keys
+            .get(key_id)
+            .cloned()
+            .ok_or_else(|| Error::NotFound(format!("key {key_id} is not in this keystore")))?;
+        require_enabled(&key)?;
+        Ok(key)
+    }
+
+    fn material(&self, key_id: &str, version: u32) -> Result<Arc<Cipher>> {
+        let cache = self.cache.read().expect("keyring cache lock");
+        cache.material.get(&(key_id.to_string(), version)).cloned().ok_or_else(|| {
+            Error::KeyState(format!(
+                "version {version} of key {key_id} is not available (destroyed or missing)"
+            ))
+        })
+    }
+
+    /// GenerateDataKey for a new file under `key_id`, audited.
+    pub fn generate_data_key(
+        &self,
+        access: Access<'_>,
+        key_id: &str,
+        ctx: &EncryptionContext,
+    ) -> Result<(SecretKey, Vec<u8>)> {
+        self.audited(access, "GenerateDataKey", Some(key_id), ctx, || {
+            let key = self.usable_key(key_id)?;
+            let cipher = self.material(key_id, key.current_version)?;
+            let data_key = SecretKey::random();
+            let header = BlobHeader { key_id: key_id.to_string(), key_version: key.current_version };
+            let wrapped = blob::seal(&cipher, &header, &ctx.encode(), data_key.as_bytes());
+            Ok((data_key, wrapped))
+        })
+    }
+
+    /// Decrypt of a wrapped data key, audited. Returns the key, and which master key and
+    /// version wrapped it.
+    pub fn decrypt_data_key(
+        &self,
+        access: Access<'_>,
+        wrapped: &[u8],
+        ctx: &EncryptionContext,
+    ) -> Result<(SecretKey, BlobHeader)> {
+        let parsed = BlobHeader::parse(wrapped);
+        let key_id = parsed.as_ref().ok().map(|(h, _)| h.key_id.clone());
+        self.audited(access, "Decrypt", key_id.as_deref(), ctx, || {
+            let (header, sealed) = parsed?;
+            self.usable_key(&header.key_id)?;
+            let cipher = self.material(&header.key_id, header.key_version)?;
+            let plain = blob::open(&cipher, &header, &ctx.encode(), sealed)?;
+            let key = SecretKey::from_slice(&plain).ok_or_else(|| {
+                Error::InvalidCiphertext("the wrapped data key has the wrong length".into())
+            })?;
+            Ok((key, header))
+        })
+    }
+
+    /// Checks, and audits, a use of `key_id` whose data key is already in memory (a file
+    /// opened again while another handle has it open).
+    pub fn authorize_cached(&self, access: Access<'_>, key_id: &str, ctx: &EncryptionContext) -> Result<()> {
+        self.audited(access, "Decrypt", Some(key_id), ctx, || self.usable_key(key_id).map(|_| ()))
+    }
+
+    fn audited<T>(
+        &self,
+        access: Access<'_>,
+        operation: &str,
+        key_id: Option<&str>,
+        ctx: &EncryptionContext,
+        body: impl FnOnce() -> Result<T>,
+    ) -> Result<T> {
+        let mut event = AuditEvent::new(access.caller, operation, self.clock.now_ms());
+        event.key_id = key_id.map(str::to_string);
+        event.path = Some(access.path.to_string());
+        event.context = ctx.to_audit_string();
+        let result = body();
+        if let Err(e) = &result {
+            event.outcome = Outcome::of_error(e);
+            event.reason = e.to_string();
+        }
+        self.audit.record(event);
+        result
+    }
+}

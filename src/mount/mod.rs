@@ -1,0 +1,278 @@
+//! `kmsfs mount` and `kmsfs umount`: checks everything that can fail in the foreground (so
+//! the user sees the error), then serves the volume, in the background by default, and
+//! returns once the mount is ready, as gocryptfs does.
+
+mod daemon;
+mod syslog;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use fuser::{MountOption, SessionACL};
+
+use crate::crypto::SecretKey;
+use crate::error::{Error, Result};
+use crate::fs::names::NameCipher;
+use crate::fs::{FsOptions, KmsFs};
+use crate::keystore::Keystore;
+use crate::kms::audit_writer::AuditWriter;
+use crate::kms::keyring::KeyRing;
+use crate::kms::{Clock, EncryptionContext, Kms, Principal, SystemClock};
+use crate::volume::VolumeConfig;
+
+/// FUSE worker threads: requests block on disk I/O, so more than the two cores pays.
+const FUSE_THREADS: usize = 4;
+
+/// Everything `kmsfs mount` was asked for.
+pub struct MountRequest {
+    pub cipher_dir: PathBuf,
+    pub mountpoint: PathBuf,
+    pub keystore: PathBuf,
+    pub foreground: bool,
+    /// `-o` options, comma-separated lists already split.
+    pub options: Vec<String>,
+}
+
+/// A checked request: paths absolute, keystore unlocked, options parsed.
+struct Prepared {
+    cipher_dir: PathBuf,
+    mountpoint: PathBuf,
+    keystore: PathBuf,
+    config: VolumeConfig,
+    root: SecretKey,
+    mount_options: Vec<MountOption>,
+    acl: SessionACL,
+    read_only: bool,
+}
+
+/// Mounts a volume. In the background (default) this returns when the mount is ready;
+/// with `foreground` it returns when the volume is unmounted.
+pub fn mount(request: MountRequest, passphrase: &[u8]) -> Result<()> {
+    let prepared = prepare(&request, passphrase)?;
+    if request.foreground {
+        serve(prepared, |ready| {
+            if ready.is_ok() {
+                eprintln!(
+                    "kmsfs: mounted {} at {} (Ctrl-C or `kmsfs umount` to unmount)",
+                    request.cipher_dir.display(),
+                    request.mountpoint.display()
+                );
+            }
+        })
+    } else {
+        daemon::run_in_background(prepared)
+    }
+}
+
+/// Unmounts a kmsfs mount point.
+pub fn umount(mountpoint: &Path) -> Result<()> {
+    let status = std::process::Command::new("fusermount3").arg("-u").arg(mountpoint).status();
+    match status {
+        Ok(s) if s.success() => Ok(()),
+        Ok(_) => Err(Error::Io(format!(
+            "cannot unmount {} (busy? close the files open there, or see `fusermount3 -u` above)",
+            mountpoint.display()
+        ))),
+        Err(_) => {
+            let c = std::ffi::CString::new(mountpoint.as_os_str().as_encoded_bytes())
+                .map_err(|_| Error::InvalidArgument("mount point contains a NUL byte".into()))?;
+            // SAFETY: plain syscall on a NUL-terminated path.
+            if unsafe { libc::umount2(c.as_ptr(), 0) } == 0 {
+                Ok(())
+            } else {
+                Err(Error::io(
+                    format!(
+                        "cannot unmount {} (fusermount3 missing: apt install fuse3)",
+                        mountpoint.display()
+                    ),
+                    std::io::Error::last_os_error(),
+                ))
+            }
+        }
+    }
+}
+
+fn prepare(request: &MountRequest, passphrase: &[u8]) -> Result<Prepared> {
+    let cipher_dir = std::fs::canonicalize(&request.cipher_dir)
+        .map_err(|e| Error::io(format!("cipher directory {}", request.cipher_dir.display()), e))?;
+    let config = VolumeConfig::load(&cipher_dir)?;
+    let mountpoint = std::fs::canonicalize(&request.mountpoint).map_err(|e| {
+        Error::io(format!("mount point {} (create it with mkdir)", request.mountpoint.display()), e)
+    })?;
+    if !mountpoint.is_dir() {
+        return Err(Error::InvalidArgument(format!(
+            "mount point {} is not a directory",
+            mountpoint.display()
+        )));
+    }
+    if is_mount_point(&mountpoint) {
+        return Err(Error::InvalidArgument(format!(
+            "{} is already a mount point (busy); unmount it first",
+            mountpoint.display()
+        )));
+    }
+    if mountpoint.starts_with(&cipher_dir) {
+        return Err(Error::InvalidArgument(
+            "the mount point must not lie inside the cipher directory".into(),
+        ));
+    }
+    if !Path::new("/dev/fuse").exists() {
+        return Err(Error::Io(
+            "FUSE is not available: /dev/fuse is missing (load the module with `modprobe fuse`)".into(),
+        ));
+    }
+    if unsafe { libc::geteuid() } != 0 && which("fusermount3").is_none() {
+        return Err(Error::Io("fusermount3 is missing: install the fuse3 package".into()));
+    }
+    let keystore = std::fs::canonicalize(&request.keystore).unwrap_or_else(|_| request.keystore.clone());
+    let ks = Keystore::open(&keystore)?;
+    let root = ks.unlock(passphrase)?;
+    let keystore_id = ks.keystore_id()?;
+    if keystore_id != config.keystore_id {
+        return Err(Error::InvalidArgument(format!(
+            "volume {} belongs to keystore {}, but {} is keystore {keystore_id}; pass the right --keystore",
+            cipher_dir.display(),
+            config.keystore_id,
+            keystore.display()
+        )));
+    }
+    let (mount_options, acl, read_only) = parse_options(&request.options, &cipher_dir)?;
+    Ok(Prepared { cipher_dir, mountpoint, keystore, config, root, mount_options, acl, read_only })
+}
+
+/// Turns `-o` options into FUSE mount options. kmsfs always mounts with
+/// default_permissions (the kernel checks Unix permissions) and, where fusermount allows
+/// it, auto_unmount (a killed daemon leaves no dead mount point behind).
+fn parse_options(options: &[String], cipher_dir: &Path) -> Result<(Vec<MountOption>, SessionACL, bool)> {
+    let mut out = vec![
+        MountOption::FSName(format!("kmsfs:{}", cipher_dir.display())),
+        MountOption::Subtype("kmsfs".into()),
+        MountOption::DefaultPermissions,
+    ];
+    let mut acl = SessionACL::Owner;
+    let mut read_only = false;
+    for opt in options.iter().map(|o| o.trim()).filter(|o| !o.is_empty()) {
+        out.push(match opt {
+            "allow_other" => {
+                acl = SessionACL::All;
+                continue;
+            }
+            "allow_root" => {
+                acl = SessionACL::RootAndOwner;
+                continue;
+            }
+            "default_permissions" | "rw" => continue,
+            "ro" => {
+                read_only = true;
+                MountOption::RO
+            }
+            "nosuid" => MountOption::NoSuid,
+            "suid" => MountOption::Suid,
+            "nodev" => MountOption::NoDev,
+            "dev" => MountOption::Dev,
+            "noexec" => MountOption::NoExec,
+            "exec" => MountOption::Exec,
+            "noatime" => MountOption::NoAtime,
+            "atime" => MountOption::Atime,
+            "sync" => MountOption::Sync,
+            "async" => MountOption::Async,
+            other => {
+                return Err(Error::InvalidArgument(format!(
+                    "unknown mount option '{other}' (kmsfs takes allow_other, allow_root, ro, rw, \
+                     nosuid, suid, nodev, dev, noexec, exec, noatime, atime, sync, async)"
+                )))
+            }
+        });
+    }
+    if auto_unmount_possible() {
+        if acl == SessionACL::Owner {
+            acl = SessionACL::RootAndOwner; // fusermount needs it for auto_unmount
+        }
+        out.push(MountOption::AutoUnmount);
+    }
+    Ok((out, acl, read_only))
+}
+
+/// fusermount3 handles auto_unmount only together with allow_other/allow_root, which a
+/// non-root user may use only if /etc/fuse.conf says user_allow_other.
+fn auto_unmount_possible() -> bool {
+    let root = unsafe { libc::geteuid() } == 0;
+    root || std::fs::read_to_string("/etc/fuse.conf")
+        .map(|c| c.lines().any(|l| l.trim() == "user_allow_other"))
+        .unwrap_or(false)
+}
+
+fn which(program: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH")?.to_str()?.split(':').map(|d| Path::new(d).join(program)).find(|p| p.exists())
+}
+
+/// Whether `path` is the root of a mount (listed in /proc/self/mountinfo).
+pub fn is_mount_point(path: &Path) -> bool {
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else { return false };
+    let wanted = path.to_string_lossy().replace(' ', "\\040");
+    info.lines().any(|l| l.split(' ').nth(4) == Some(wanted.as_str()))
+}
+
+/// Builds the filesystem and serves it until unmounted. `ready` hears once whether the
+/// mount came up.
+fn serve(p: Prepared, ready: impl FnOnce(std::result::Result<(), String>)) -> Result<()> {
+    let mut ready = Some(ready);
+    let mut report = |r: std::result::Result<(), String>| {
+        if let Some(f) = ready.take() {
+            f(r)
+        }
+    };
+    let result = serve_inner(p, &mut report);
+    if let Err(e) = &result {
+        report(Err(e.to_string()));
+    }
+    result
+}
+
+fn serve_inner(p: Prepared, report: &mut dyn FnMut(std::result::Result<(), String>)) -> Result<()> {
+    let signals = daemon::block_termination_signals();
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock::from_env().map_err(Error::InvalidArgument)?);
+    let me = Principal::current_process();
+    let mut kms = Kms::new(Keystore::open(&p.keystore)?, p.root.clone(), clock.clone(), &me)?;
+    let names_key = unwrap_names_key(&mut kms, &me, &p.config)?;
+    let (sink, writer) =
+        AuditWriter::spawn(kms, me).map_err(|e| Error::io("cannot start the audit writer", e))?;
+    let keyring = Arc::new(KeyRing::open(&p.keystore, p.root.clone(), clock, sink)?);
+    let fs = KmsFs::new(
+        p.cipher_dir.clone(),
+        p.config,
+        keyring,
+        NameCipher::new(&names_key),
+        FsOptions { read_only: p.read_only },
+    )
+    .map_err(|e| Error::io(format!("cannot read {}", p.cipher_dir.display()), e))?;
+    drop(names_key);
+
+    let mut config = fuser::Config::default();
+    config.mount_options = p.mount_options;
+    config.acl = p.acl;
+    config.n_threads = Some(FUSE_THREADS);
+    config.clone_fd = true;
+    let mut session = fuser::Session::new(fs, &p.mountpoint, &config)
+        .map_err(|e| Error::io(format!("cannot mount at {}", p.mountpoint.display()), e))?;
+    log::info!("mounted {} at {}", p.cipher_dir.display(), p.mountpoint.display());
+    report(Ok(()));
+    daemon::unmount_on_signal(signals, session.unmount_callable(), p.mountpoint.clone());
+    let run = session.run();
+    // The session has dropped the filesystem and with it every audit sink: drain them.
+    writer.finish();
+    log::info!("unmounted {}", p.mountpoint.display());
+    run.map_err(|e| Error::io("the FUSE session failed", e))
+}
+
+/// The volume's names key, unwrapped once per mount (an audited Decrypt).
+fn unwrap_names_key(kms: &mut Kms, me: &Principal, config: &VolumeConfig) -> Result<SecretKey> {
+    use base64::Engine;
+    let blob = base64::engine::general_purpose::STANDARD
+        .decode(&config.names_key)
+        .map_err(|_| Error::InvalidArgument("the volume's names key is not valid base64".into()))?;
+    let ctx: EncryptionContext = config.names_context();
+    let out = kms.decrypt(me, &blob, &ctx, None)?;
+    SecretKey::from_slice(&out.plaintext)
+        .ok_or_else(|| Error::InvalidCiphertext("the volume's names key has the wrong length".into()))
+}

@@ -1,0 +1,183 @@
+//! A cipher directory: its configuration file and the encryption contexts it binds keys to.
+
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::crypto;
+use crate::error::{Error, Result};
+use crate::keystore::hex;
+use crate::kms::EncryptionContext;
+
+/// The configuration file at the top of every cipher directory.
+pub const CONFIG_NAME: &str = "kmsfs.volume";
+pub const VOLUME_FORMAT_VERSION: u32 = 1;
+
+/// Contents of `kmsfs.volume` (JSON). Nothing in it is secret: the names key is wrapped.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeConfig {
+    /// Always "kmsfs-volume", so a stray JSON file is not mistaken for a volume.
+    pub format: String,
+    pub version: u32,
+    pub volume_id: String,
+    pub name: String,
+    /// Key id of the master key new files are created under.
+    pub default_key_id: String,
+    pub block_size: u32,
+    /// The keystore this volume's keys live in.
+    pub keystore_id: String,
+    pub created: String,
+    /// Key for names and symlink targets, wrapped by the default key (base64 KMS blob).
+    pub names_key: String,
+}
+
+impl VolumeConfig {
+    pub fn path(cipher_dir: &Path) -> PathBuf {
+        cipher_dir.join(CONFIG_NAME)
+    }
+
+    /// Reads and checks a cipher directory's configuration.
+    pub fn load(cipher_dir: &Path) -> Result<VolumeConfig> {
+        let path = Self::path(cipher_dir);
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(Error::NotFound(format!(
+                    "{} is not a kmsfs volume (no {CONFIG_NAME}); create one with `kmsfs volume init`",
+                    cipher_dir.display()
+                )))
+            }
+            Err(e) => return Err(Error::io(format!("cannot read {}", path.display()), e)),
+        };
+        let bad = |why: String| Error::InvalidArgument(format!("{} is damaged: {why}", path.display()));
+        let config: VolumeConfig = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
+        if config.format != "kmsfs-volume" {
+            return Err(bad(format!("format is '{}', not 'kmsfs-volume'", config.format)));
+        }
+        if config.version != VOLUME_FORMAT_VERSION {
+            return Err(bad(format!(
+                "volume format version {} is not supported by this kmsfs (it reads {VOLUME_FORMAT_VERSION})",
+                config.version
+            )));
+        }
+        if config.block_size as u64 != crate::format::BLOCK_SIZE {
+            return Err(bad(format!("block size {} is not supported", config.block_size)));
+        }
+        Ok(config)
+    }
+
+    /// Writes the configuration atomically (temp file, fsync, rename, fsync of the dir).
+    pub fn save(&self, cipher_dir: &Path) -> Result<()> {
+        let text = serde_json::to_string_pretty(self).expect("config serializes");
+        write_atomically(&Self::path(cipher_dir), text.as_bytes(), 0o644)
+    }
+
+    pub fn volume_id_bytes(&self) -> Vec<u8> {
+        self.volume_id.as_bytes().to_vec()
+    }
+
+    /// The encryption context a file's data key is bound to: this volume and this file.
+    pub fn file_context(&self, file_id: &[u8]) -> EncryptionContext {
+        EncryptionContext::new().with("kmsfs:volume", &self.volume_id).with("kmsfs:file", &hex(file_id))
+    }
+
+    /// The encryption context of the volume's names key.
+    pub fn names_context(&self) -> EncryptionContext {
+        EncryptionContext::new().with("kmsfs:volume", &self.volume_id).with("kmsfs:purpose", "names")
+    }
+}
+
+/// A fresh random volume id (hex).
+pub fn new_volume_id() -> String {
+    hex(&crypto::random_bytes::<16>())
+}
+
+/// Replaces `path` with `bytes` so that a crash leaves the old or the new contents, never a
+/// mix: write a temporary file, fsync it, rename it over, fsync the directory.
+pub fn write_atomically(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let tmp = dir.join(format!(
+        ".{}.tmp-{}",
+        path.file_name().unwrap_or_default().to_string_lossy(),
+        std::process::id()
+    ));
+    let result = (|| -> std::io::Result<()> {
+        let mut f =
+            std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(mode).open(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        std::fs::File::open(dir)?.sync_all()
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result.map_err(|e| Error::io(format!("cannot write {}", path.display()), e))
+}
+
+/// A managed-key alias name derived from a directory name: alias characters only.
+pub fn alias_safe_name(raw: &str) -> String {
+    let cleaned: String = raw
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '-' })
+        .collect();
+    let trimmed = cleaned.trim_matches('-');
+    if trimmed.is_empty() {
+        "volume".into()
+    } else {
+        trimmed.chars().take(64).collect()
+    }
+}
+
+/// Creates a volume in `cipher_dir` (created if missing, else it must be empty). Files are
+/// encrypted under `key_ref`, or under a new managed key `alias/kmsfs/<name>`.
+pub fn init_volume(
+    kms: &mut crate::kms::Kms,
+    caller: &crate::kms::Principal,
+    cipher_dir: &Path,
+    key_ref: Option<&str>,
+    name: Option<&str>,
+) -> Result<VolumeConfig> {
+    use base64::Engine;
+    match std::fs::read_dir(cipher_dir) {
+        Ok(mut entries) => {
+            if entries.next().is_some() {
+                return Err(Error::InvalidArgument(format!(
+                    "{} is not empty; a volume starts in an empty directory",
+                    cipher_dir.display()
+                )));
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => std::fs::create_dir_all(cipher_dir)
+            .map_err(|e| Error::io(format!("cannot create {}", cipher_dir.display()), e))?,
+        Err(e) => return Err(Error::io(format!("cannot read {}", cipher_dir.display()), e)),
+    }
+    let cipher_dir = std::fs::canonicalize(cipher_dir)
+        .map_err(|e| Error::io(format!("cannot resolve {}", cipher_dir.display()), e))?;
+    let name = alias_safe_name(
+        name.unwrap_or_else(|| cipher_dir.file_name().and_then(|n| n.to_str()).unwrap_or("volume")),
+    );
+    let volume_id = new_volume_id();
+    let default_key_id = match key_ref {
+        Some(k) => kms.describe_key(caller, k)?.key_id,
+        None => kms.create_managed_key(caller, &name, &format!("kmsfs volume {}", cipher_dir.display()))?,
+    };
+    let mut config = VolumeConfig {
+        format: "kmsfs-volume".into(),
+        version: VOLUME_FORMAT_VERSION,
+        volume_id,
+        name,
+        default_key_id: default_key_id.clone(),
+        block_size: crate::format::BLOCK_SIZE as u32,
+        keystore_id: kms.keystore().keystore_id()?,
+        created: crate::kms::clock::format_date(kms.now_secs()),
+        names_key: String::new(),
+    };
+    let (_, _, names_blob) =
+        kms.generate_data_key_without_plaintext(caller, &default_key_id, &config.names_context())?;
+    config.names_key = base64::engine::general_purpose::STANDARD.encode(names_blob);
+    config.save(&cipher_dir)?;
+    Ok(config)
+}
