@@ -5,7 +5,7 @@
 set -euo pipefail
 
 packages=(fuse3 attr sqlite3 git xz-utils)
-[ "${KMSFS_BENCH:-0}" = 1 ] && packages+=(gocryptfs fio)
+[ "${KMSFS_BENCH:-0}" = 1 ] && packages+=(gocryptfs fio bc)
 
 missing=()
 for p in "${packages[@]}"; do
