@@ -2,6 +2,8 @@
 //! `kmsfs` binary against it.
 #![allow(dead_code)]
 
+pub mod mount;
+
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
