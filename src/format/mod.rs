@@ -10,7 +10,8 @@
 //!
 //! The plaintext size is derived from the cipher file's length; a block that is all zero
 //! bytes on disk (and is not the last block) is a hole and reads as zeros, so sparse files
-//! stay sparse.
+//! stay sparse. An empty file holds one sealed empty last block, so a file cut down to its
+//! bare header is detected too.
 
 pub mod header;
 
@@ -39,7 +40,7 @@ pub fn plaintext_size(cipher_len: u64) -> u64 {
 /// Cipher file length for a plaintext of `size` bytes.
 pub fn cipher_size(size: u64) -> u64 {
     if size == 0 {
-        return HEADER_LEN;
+        return HEADER_LEN + SEAL_OVERHEAD as u64; // the empty last block
     }
     let full = size / BLOCK_SIZE;
     let rest = size % BLOCK_SIZE;
@@ -75,7 +76,7 @@ pub fn seal_block(
     plain: &[u8],
     out: &mut [u8],
 ) {
-    debug_assert!(!plain.is_empty() && plain.len() as u64 <= BLOCK_SIZE);
+    debug_assert!(plain.len() as u64 <= BLOCK_SIZE && (!plain.is_empty() || (index == 0 && last)));
     cipher.seal_into(&block_aad(file_id, index, last), plain, out);
 }
 
@@ -115,6 +116,8 @@ mod tests {
             assert_eq!(plaintext_size(cipher_size(size)), size, "size {size}");
         }
         assert_eq!(cipher_size(1), HEADER_LEN + 1 + SEAL_OVERHEAD as u64);
+        assert_eq!(cipher_size(0), HEADER_LEN + SEAL_OVERHEAD as u64);
+        assert_eq!(plaintext_size(HEADER_LEN), 0);
         // A torn tail no longer than the overhead adds nothing.
         assert_eq!(plaintext_size(cipher_size(4096) + 10), 4096);
         assert_eq!(block_count(0), 0);

@@ -36,9 +36,31 @@ impl CryptFile<'_> {
         Ok(plaintext_size(self.file.metadata()?.len()))
     }
 
+    /// Gives a file that has just got its header its empty last block.
+    pub fn init_empty(&self) -> io::Result<()> {
+        self.write_blocks(0, &[Vec::new()], 0)?;
+        self.file.set_len(cipher_size(0))
+    }
+
+    /// An empty file must hold exactly its sealed empty last block: a file cut down to its
+    /// header (or to any length between) is damage, not an empty file.
+    fn check_empty(&self) -> io::Result<()> {
+        let mut sealed = [0u8; SEAL_OVERHEAD];
+        if self.file.metadata()?.len() != cipher_size(0)
+            || self.file.read_exact_at(&mut sealed, block_offset(0)).is_err()
+        {
+            return Err(tampered(self.label, 0, "the file has no last block (cut short)"));
+        }
+        format::open_block(self.cipher, self.file_id, 0, true, &sealed, &mut [])
+            .map_err(|_| tampered(self.label, 0, "the empty last block does not authenticate"))
+    }
+
     /// Reads up to `len` bytes at `offset`; fewer at the end of the file.
     pub fn read_at(&self, offset: u64, len: usize) -> io::Result<Vec<u8>> {
         let size = self.plaintext_len()?;
+        if size == 0 {
+            self.check_empty()?;
+        }
         if offset >= size || len == 0 {
             return Ok(Vec::new());
         }
@@ -113,7 +135,9 @@ impl CryptFile<'_> {
     /// `next`) is padded to a full block and resealed without the last-block flag.
     fn retire_last_block(&self, size: u64, next: u64) -> io::Result<()> {
         if size == 0 {
-            return Ok(());
+            // The empty last block becomes a full block of zeros (if block 0 is not about to
+            // be written anyway), else it would read as a damaged block 0.
+            return if next > 0 { self.write_blocks(0, &[vec![0u8; B]], next) } else { Ok(()) };
         }
         let old_last = block_count(size) - 1;
         if old_last >= next {
@@ -160,7 +184,7 @@ impl CryptFile<'_> {
             return Ok(());
         }
         if new_size == 0 {
-            return self.file.set_len(format::HEADER_LEN);
+            return self.init_empty();
         }
         let new_last = (new_size - 1) / BLOCK_SIZE;
         let keep = (new_size - new_last * BLOCK_SIZE) as usize;
@@ -196,7 +220,14 @@ mod tests {
         fn new() -> Self {
             let file = tempfile::tempfile().unwrap();
             file.set_len(HEADER_LEN).unwrap();
-            Fixture { file, cipher: SecretKey::random().cipher(), id: [9; FILE_ID_LEN], model: Vec::new() }
+            let f = Fixture {
+                file,
+                cipher: SecretKey::random().cipher(),
+                id: [9; FILE_ID_LEN],
+                model: Vec::new(),
+            };
+            f.cf().init_empty().unwrap();
+            f
         }
         fn cf(&self) -> CryptFile<'_> {
             CryptFile { file: &self.file, cipher: &self.cipher, file_id: &self.id, label: "test" }
@@ -260,6 +291,15 @@ mod tests {
                 f.write(off, &vec![byte; len]);
             }
         }
+    }
+
+    #[test]
+    fn cutting_to_the_bare_header_is_detected() {
+        let mut f = Fixture::new();
+        f.check();
+        f.write(0, b"data");
+        f.file.set_len(HEADER_LEN).unwrap();
+        assert_eq!(f.cf().read_at(0, 10).unwrap_err().raw_os_error(), Some(libc::EIO));
     }
 
     #[test]

@@ -64,9 +64,8 @@ pub struct DirHandle {
 /// Opens a backing file read-write if possible (so every handle can share it), else
 /// read-only.
 fn open_backing(path: &Path, read_only_mount: bool) -> FsResult<(File, bool)> {
-    let flags = libc::O_NOFOLLOW | libc::O_CLOEXEC;
     if !read_only_mount {
-        match std::fs::OpenOptions::new().read(true).write(true).custom_flags(flags).open(path) {
+        match open_noatime(path, true) {
             Ok(f) => return Ok((f, true)),
             Err(e)
                 if matches!(e.raw_os_error(), Some(libc::EACCES) | Some(libc::EROFS) | Some(libc::EPERM)) => {
@@ -74,8 +73,24 @@ fn open_backing(path: &Path, read_only_mount: bool) -> FsResult<(File, bool)> {
             Err(e) => return Err(io_errno(e)),
         }
     }
-    let f = std::fs::OpenOptions::new().read(true).custom_flags(flags).open(path).map_err(io_errno)?;
-    Ok((f, false))
+    Ok((open_noatime(path, false).map_err(io_errno)?, false))
+}
+
+/// Opens without updating the access time: kmsfs's own reads (headers, read-modify-write
+/// of blocks) are not the user's reads. O_NOATIME needs ownership (or CAP_FOWNER), so it
+/// is dropped when refused.
+pub(super) fn open_noatime(path: &Path, write: bool) -> std::io::Result<File> {
+    let open = |extra: i32| {
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(write)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | extra)
+            .open(path)
+    };
+    match open(libc::O_NOATIME) {
+        Err(e) if e.raw_os_error() == Some(libc::EPERM) => open(0),
+        other => other,
+    }
 }
 
 impl KmsFs {
@@ -172,7 +187,12 @@ impl KmsFs {
         let (data_key, wrapped) = self.keyring.generate_data_key(access, key_id, &ctx).map_err(kms_errno)?;
         let (blob_header, _) = crate::kms::blob::BlobHeader::parse(&wrapped).map_err(kms_errno)?;
         file.write_all_at(&FileHeader::new(file_id, wrapped).encode(), 0).map_err(io_errno)?;
-        Ok(FileKey { file_id, cipher: data_key.cipher(), key_id: blob_header.key_id })
+        let key = FileKey { file_id, cipher: data_key.cipher(), key_id: blob_header.key_id };
+        let label = access.path;
+        CryptFile { file, cipher: &key.cipher, file_id: &key.file_id, label }
+            .init_empty()
+            .map_err(io_errno)?;
+        Ok(key)
     }
 
     /// Registers a handle and returns its number.

@@ -169,9 +169,16 @@ impl KmsFs {
     }
 
     /// Gives a new backing object to the calling user when the daemon runs as root.
+    /// In a setgid directory the group is the directory's (which the backing filesystem
+    /// already gave it), as POSIX says.
     fn chown_new(&self, req: &Request, path: &Path) -> FsResult<()> {
         if self.chown_to_caller {
-            std::os::unix::fs::lchown(path, Some(req.uid()), Some(req.gid())).map_err(io_errno)?;
+            let setgid_parent = path
+                .parent()
+                .and_then(|p| std::fs::metadata(p).ok())
+                .is_some_and(|m| m.mode() & libc::S_ISGID != 0);
+            let gid = (!setgid_parent).then(|| req.gid());
+            std::os::unix::fs::lchown(path, Some(req.uid()), gid).map_err(io_errno)?;
         }
         Ok(())
     }

@@ -3,6 +3,7 @@
 
 use std::ffi::{CString, OsStr};
 use std::io;
+use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, DirEntryExt, MetadataExt};
 use std::path::Path;
@@ -25,6 +26,12 @@ const MAX_IO: u32 = 1 << 20;
 
 fn cpath(path: &Path) -> FsResult<CString> {
     CString::new(path.as_os_str().as_bytes()).map_err(|_| Errno::EINVAL)
+}
+
+/// What a metadata change applies to: the backing path, or the open fd of an unlinked file.
+enum Target {
+    Path(CString),
+    Fd(Arc<super::OpenFile>),
 }
 
 fn check(rc: libc::c_int) -> FsResult<()> {
@@ -87,32 +94,34 @@ impl KmsFs {
     ) -> FsResult<FileAttr> {
         self.check_writable()?;
         let (meta, path) = self.stat_ino(ino)?;
-        let c_path = path.as_deref().map(cpath).transpose()?;
+        // An unlinked file that is still open has no path: work through its open fd.
+        let target = match path.as_deref() {
+            Some(p) => Target::Path(cpath(p)?),
+            None => Target::Fd(self.open_file_of(ino.0).ok_or(Errno::ENOENT)?),
+        };
         if let Some(size) = size {
             self.truncate(req, ino, fh, size)?;
         }
-        if let Some(mode) = mode {
-            if !meta.file_type().is_symlink() {
-                match (&c_path, self.open_file_of(ino.0)) {
-                    (Some(p), _) => check(unsafe { libc::chmod(p.as_ptr(), mode & 0o7777) })?,
-                    (None, Some(of)) => {
-                        use std::os::fd::AsRawFd;
-                        check(unsafe { libc::fchmod(of.file.as_raw_fd(), mode & 0o7777) })?
-                    }
-                    (None, None) => return Err(Errno::ENOENT),
-                }
-            }
+        if let Some(mode) = mode.filter(|_| !meta.file_type().is_symlink()) {
+            check(match &target {
+                Target::Path(p) => unsafe { libc::chmod(p.as_ptr(), mode & 0o7777) },
+                Target::Fd(of) => unsafe { libc::fchmod(of.file.as_raw_fd(), mode & 0o7777) },
+            })?;
         }
         if uid.is_some() || gid.is_some() {
-            let p = c_path.as_ref().ok_or(Errno::ENOENT)?;
             let (u, g) = (uid.unwrap_or(u32::MAX), gid.unwrap_or(u32::MAX));
-            check(unsafe { libc::lchown(p.as_ptr(), u, g) })?;
+            check(match &target {
+                Target::Path(p) => unsafe { libc::lchown(p.as_ptr(), u, g) },
+                Target::Fd(of) => unsafe { libc::fchown(of.file.as_raw_fd(), u, g) },
+            })?;
         }
         if atime.is_some() || mtime.is_some() {
-            let p = c_path.as_ref().ok_or(Errno::ENOENT)?;
             let times = [timespec(atime), timespec(mtime)];
-            check(unsafe {
-                libc::utimensat(libc::AT_FDCWD, p.as_ptr(), times.as_ptr(), libc::AT_SYMLINK_NOFOLLOW)
+            check(match &target {
+                Target::Path(p) => unsafe {
+                    libc::utimensat(libc::AT_FDCWD, p.as_ptr(), times.as_ptr(), libc::AT_SYMLINK_NOFOLLOW)
+                },
+                Target::Fd(of) => unsafe { libc::futimens(of.file.as_raw_fd(), times.as_ptr()) },
             })?;
         }
         self.do_getattr(ino, fh)

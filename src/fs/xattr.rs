@@ -2,6 +2,7 @@
 //! `user.kmsfs.key` and `user.kmsfs.key_version` are answered by kmsfs (read-only).
 
 use std::ffi::{CString, OsStr};
+use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
@@ -36,12 +37,64 @@ fn read_into(mut call: impl FnMut(*mut libc::c_void, usize) -> isize) -> FsResul
     Ok(buf)
 }
 
+/// Where an xattr call goes: the backing path, or the open fd of an unlinked file.
+enum XTarget {
+    Path(CString),
+    Fd(std::sync::Arc<super::OpenFile>),
+}
+
+impl XTarget {
+    fn get(&self, name: &CString) -> FsResult<Vec<u8>> {
+        read_into(|buf, len| match self {
+            XTarget::Path(p) => unsafe { libc::lgetxattr(p.as_ptr(), name.as_ptr(), buf, len) },
+            XTarget::Fd(of) => unsafe { libc::fgetxattr(of.file.as_raw_fd(), name.as_ptr(), buf, len) },
+        })
+    }
+
+    fn set(&self, name: &CString, value: &[u8], flags: i32) -> FsResult<()> {
+        let (v, n) = (value.as_ptr().cast(), value.len());
+        let rc = match self {
+            XTarget::Path(p) => unsafe { libc::lsetxattr(p.as_ptr(), name.as_ptr(), v, n, flags) },
+            XTarget::Fd(of) => unsafe { libc::fsetxattr(of.file.as_raw_fd(), name.as_ptr(), v, n, flags) },
+        };
+        if rc != 0 {
+            return Err(last_errno());
+        }
+        Ok(())
+    }
+
+    fn list(&self) -> FsResult<Vec<u8>> {
+        read_into(|buf, len| match self {
+            XTarget::Path(p) => unsafe { libc::llistxattr(p.as_ptr(), buf.cast(), len) },
+            XTarget::Fd(of) => unsafe { libc::flistxattr(of.file.as_raw_fd(), buf.cast(), len) },
+        })
+    }
+
+    fn remove(&self, name: &CString) -> FsResult<()> {
+        let rc = match self {
+            XTarget::Path(p) => unsafe { libc::lremovexattr(p.as_ptr(), name.as_ptr()) },
+            XTarget::Fd(of) => unsafe { libc::fremovexattr(of.file.as_raw_fd(), name.as_ptr()) },
+        };
+        if rc != 0 {
+            return Err(last_errno());
+        }
+        Ok(())
+    }
+}
+
 impl KmsFs {
+    fn xtarget(&self, ino: INodeNo) -> FsResult<(XTarget, Option<std::path::PathBuf>)> {
+        let (_, path) = self.stat_ino(ino)?;
+        match path {
+            Some(p) => Ok((XTarget::Path(cpath(&p)?), Some(p))),
+            None => Ok((XTarget::Fd(self.open_file_of(ino.0).ok_or(Errno::ENOENT)?), None)),
+        }
+    }
+
     pub(super) fn get_xattr(&self, ino: INodeNo, name: &OsStr) -> FsResult<Vec<u8>> {
         let name = name.to_str().ok_or(Errno::ENODATA)?;
-        let (_, path) = self.stat_ino(ino)?;
-        let path = path.ok_or(Errno::ENODATA)?;
         if name == XATTR_KEY || name == XATTR_KEY_VERSION {
+            let path = self.stat_ino(ino)?.1.ok_or(Errno::ENODATA)?;
             let blob = self.file_key_blob(&path)?;
             return Ok(if name == XATTR_KEY {
                 blob.key_id.into_bytes()
@@ -53,13 +106,11 @@ impl KmsFs {
             // security.capability and friends: kmsfs stores none.
             return Err(Errno::ENODATA);
         }
+        let (target, _) = self.xtarget(ino)?;
         let backing = self.names.encrypt_xattr_name(name);
-        let c_path = cpath(&path)?;
-        let c_name = CString::new(backing.clone()).map_err(|_| Errno::EINVAL)?;
-        let stored =
-            read_into(|buf, len| unsafe { libc::lgetxattr(c_path.as_ptr(), c_name.as_ptr(), buf, len) })?;
+        let stored = target.get(&CString::new(backing.clone()).map_err(|_| Errno::EINVAL)?)?;
         self.names.decrypt_xattr_value(&backing, &stored).ok_or_else(|| {
-            log::warn!("{}: xattr {name} does not authenticate; answering EIO", path.display());
+            log::warn!("{}: xattr {name} does not authenticate; answering EIO", self.display_path(ino.0));
             Errno::EIO
         })
     }
@@ -73,23 +124,15 @@ impl KmsFs {
         if !name.starts_with("user.") {
             return Err(Errno::ENOTSUP);
         }
-        let path = self.stat_ino(ino)?.1.ok_or(Errno::ENOENT)?;
+        let (target, _) = self.xtarget(ino)?;
         let backing = self.names.encrypt_xattr_name(name);
         let stored = self.names.encrypt_xattr_value(&backing, value);
-        let (c_path, c_name) = (cpath(&path)?, CString::new(backing).map_err(|_| Errno::EINVAL)?);
-        let rc = unsafe {
-            libc::lsetxattr(c_path.as_ptr(), c_name.as_ptr(), stored.as_ptr().cast(), stored.len(), flags)
-        };
-        if rc != 0 {
-            return Err(last_errno());
-        }
-        Ok(())
+        target.set(&CString::new(backing).map_err(|_| Errno::EINVAL)?, &stored, flags)
     }
 
     pub(super) fn list_xattr(&self, ino: INodeNo) -> FsResult<Vec<u8>> {
-        let path = self.stat_ino(ino)?.1.ok_or(Errno::ENOENT)?;
-        let c_path = cpath(&path)?;
-        let raw = read_into(|buf, len| unsafe { libc::llistxattr(c_path.as_ptr(), buf.cast(), len) })?;
+        let (target, _) = self.xtarget(ino)?;
+        let raw = target.list()?;
         let mut out = Vec::new();
         for backing in raw.split(|&b| b == 0).filter(|n| !n.is_empty()) {
             let Ok(backing) = std::str::from_utf8(backing) else { continue };
@@ -107,19 +150,14 @@ impl KmsFs {
         if !name.starts_with("user.") || name.starts_with(XATTR_BACKING_PREFIX) {
             return Err(Errno::ENODATA);
         }
-        let path = self.stat_ino(ino)?.1.ok_or(Errno::ENOENT)?;
-        let (c_path, c_name) =
-            (cpath(&path)?, CString::new(self.names.encrypt_xattr_name(name)).map_err(|_| Errno::EINVAL)?);
-        if unsafe { libc::lremovexattr(c_path.as_ptr(), c_name.as_ptr()) } != 0 {
-            return Err(last_errno());
-        }
-        Ok(())
+        let (target, _) = self.xtarget(ino)?;
+        target.remove(&CString::new(self.names.encrypt_xattr_name(name)).map_err(|_| Errno::EINVAL)?)
     }
 
     /// Which master key and version wrap a regular file's data key (from its header alone:
     /// no unwrap, so no key use).
     fn file_key_blob(&self, path: &Path) -> FsResult<BlobHeader> {
-        let file = std::fs::File::open(path).map_err(super::io_errno)?;
+        let file = super::files::open_noatime(path, false).map_err(super::io_errno)?;
         if !file.metadata().map_err(super::io_errno)?.is_file() {
             return Err(Errno::ENODATA);
         }

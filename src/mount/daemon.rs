@@ -94,11 +94,7 @@ pub(super) fn block_termination_signals() -> libc::sigset_t {
 
 /// Waits for a termination signal on a thread of its own, then unmounts, which ends the
 /// session loop. If the mount is busy, falls back to a lazy unmount.
-pub(super) fn unmount_on_signal(
-    signals: libc::sigset_t,
-    mut unmounter: fuser::SessionUnmounter,
-    mountpoint: PathBuf,
-) {
+pub(super) fn unmount_on_signal(signals: libc::sigset_t, mountpoint: PathBuf) {
     let spawned = std::thread::Builder::new().name("kmsfs-signals".into()).spawn(move || {
         let mut sig = 0;
         // SAFETY: `signals` is a valid set, `sig` a valid out-parameter.
@@ -106,8 +102,10 @@ pub(super) fn unmount_on_signal(
             return;
         }
         log::info!("signal {sig}: unmounting {}", mountpoint.display());
-        if let Err(e) = unmounter.unmount() {
-            log::warn!("unmount failed ({e}); unmounting lazily");
+        // Not fuser's SessionUnmounter: with auto_unmount it only closes fusermount's
+        // socket, and fusermount then sees a live filesystem and leaves it mounted.
+        if let Err(e) = super::umount(&mountpoint) {
+            log::warn!("{e}; unmounting lazily");
             let _ = std::process::Command::new("fusermount3").arg("-uz").arg(&mountpoint).status();
         }
     });

@@ -253,11 +253,11 @@ fn serve_inner(p: Prepared, report: &mut dyn FnMut(std::result::Result<(), Strin
     config.acl = p.acl;
     config.n_threads = Some(FUSE_THREADS);
     config.clone_fd = true;
-    let mut session = fuser::Session::new(fs, &p.mountpoint, &config)
+    let session = fuser::Session::new(fs, &p.mountpoint, &config)
         .map_err(|e| Error::io(format!("cannot mount at {}", p.mountpoint.display()), e))?;
     log::info!("mounted {} at {}", p.cipher_dir.display(), p.mountpoint.display());
     report(Ok(()));
-    daemon::unmount_on_signal(signals, session.unmount_callable(), p.mountpoint.clone());
+    daemon::unmount_on_signal(signals, p.mountpoint.clone());
     let run = session.run();
     // The session has dropped the filesystem and with it every audit sink: drain them.
     writer.finish();

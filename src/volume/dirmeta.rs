@@ -1,0 +1,112 @@
+//! Per-directory metadata: which master key protects a directory's new files and names, and
+//! the directory's names key (wrapped by that master key) with its IV.
+//!
+//! Stored twice in every backing directory, `kmsfs.dir` and `kmsfs.dir.bak`, each written
+//! atomically (temp file, fsync, rename, fsync of the directory). A crash cannot tear either
+//! (gocryptfs issue 1033 was a torn `gocryptfs.diriv` making a whole directory unreadable),
+//! and damage to one copy (a truncated file) is survived by reading the other.
+
+use std::path::Path;
+
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine;
+use serde::{Deserialize, Serialize};
+
+use super::write_atomically;
+use crate::error::{Error, Result};
+use crate::keystore::hex;
+use crate::kms::EncryptionContext;
+
+pub const DIR_META: &str = "kmsfs.dir";
+pub const DIR_META_BACKUP: &str = "kmsfs.dir.bak";
+pub const IV_LEN: usize = 16;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DirMeta {
+    pub format: String,
+    pub version: u32,
+    /// Master key of this directory: new files, subdirectories and this directory's names.
+    pub key_id: String,
+    /// Whether the key was set on this directory (`kmsfs dir set-key`) rather than inherited.
+    pub explicit: bool,
+    /// Per-directory IV (hex): the same name encrypts differently in different directories.
+    pub iv: String,
+    /// The directory's names key, a KMS blob (base64) under `key_id`.
+    pub names_key: String,
+}
+
+impl DirMeta {
+    pub fn new(key_id: &str, explicit: bool, iv: &[u8; IV_LEN], names_key_blob: &[u8]) -> Self {
+        DirMeta {
+            format: "kmsfs-dir".into(),
+            version: 1,
+            key_id: key_id.to_string(),
+            explicit,
+            iv: hex(iv),
+            names_key: B64.encode(names_key_blob),
+        }
+    }
+
+    pub fn iv_bytes(&self) -> Option<[u8; IV_LEN]> {
+        let raw: Vec<u8> = (0..self.iv.len())
+            .step_by(2)
+            .map(|i| self.iv.get(i..i + 2).and_then(|h| u8::from_str_radix(h, 16).ok()))
+            .collect::<Option<_>>()?;
+        raw.try_into().ok()
+    }
+
+    pub fn names_key_blob(&self) -> Option<Vec<u8>> {
+        B64.decode(&self.names_key).ok()
+    }
+
+    /// The encryption context the names key is bound to: this volume, this directory.
+    pub fn context(volume_id: &str, iv_hex: &str) -> EncryptionContext {
+        EncryptionContext::new()
+            .with("kmsfs:volume", volume_id)
+            .with("kmsfs:dir", iv_hex)
+            .with("kmsfs:purpose", "names")
+    }
+
+    fn parse(text: &str) -> Option<DirMeta> {
+        let meta: DirMeta = serde_json::from_str(text).ok()?;
+        (meta.format == "kmsfs-dir" && meta.version == 1 && meta.iv_bytes().is_some() && meta.names_key_blob().is_some())
+            .then_some(meta)
+    }
+
+    /// Reads a directory's metadata from the primary copy, else the backup. `Ok(None)` if
+    /// neither exists (a directory whose creation was interrupted); an error if copies exist
+    /// but none is readable.
+    pub fn load(dir: &Path) -> Result<Option<DirMeta>> {
+        let mut seen = false;
+        for name in [DIR_META, DIR_META_BACKUP] {
+            match std::fs::read_to_string(dir.join(name)) {
+                Ok(text) => {
+                    seen = true;
+                    if let Some(meta) = Self::parse(&text) {
+                        return Ok(Some(meta));
+                    }
+                    log::warn!("{}/{name} is damaged; trying the other copy", dir.display());
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(Error::io(format!("cannot read {}/{name}", dir.display()), e)),
+            }
+        }
+        if seen {
+            Err(Error::InvalidCiphertext(format!("both metadata copies of {} are damaged", dir.display())))
+        } else {
+            Ok(None)
+        }
+    }
+
+    /// Writes both copies, each atomically.
+    pub fn save(&self, dir: &Path) -> Result<()> {
+        let text = serde_json::to_string_pretty(self).expect("metadata serializes");
+        write_atomically(&dir.join(DIR_META), text.as_bytes(), 0o644)?;
+        write_atomically(&dir.join(DIR_META_BACKUP), text.as_bytes(), 0o644)
+    }
+
+    /// Whether a backing directory entry is kmsfs's own bookkeeping, never a user's entry.
+    pub fn is_internal(name: &[u8]) -> bool {
+        name.starts_with(b"kmsfs.") || name.starts_with(b".kmsfs.")
+    }
+}
