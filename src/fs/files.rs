@@ -115,7 +115,7 @@ impl KmsFs {
             }
             return Ok(of);
         }
-        let path = self.root.join(self.rel_path(ino)?);
+        let path = self.backing(ino)?;
         let (file, writable) = open_backing(&path, self.options.read_only)?;
         let key = self.load_key(&file, writable, access)?;
         let fresh = Arc::new(OpenFile { file, writable, key, lock: RwLock::new(()), label });
@@ -217,28 +217,36 @@ impl KmsFs {
     pub(super) fn create_backing_file(
         &self,
         req: &Request,
-        path: &Path,
+        c: &super::Child,
         mode: u32,
+        label: &str,
     ) -> FsResult<(File, FileKey)> {
-        let file = std::fs::OpenOptions::new()
+        self.write_sidecar(&c.path, &c.stored)?;
+        let opened = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
             .create_new(true)
             .mode(mode & 0o7777)
             .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-            .open(path)
-            .map_err(io_errno)?;
+            .open(&*c.path);
+        let file = match opened {
+            Ok(f) => f,
+            Err(e) => {
+                self.remove_sidecar_if_unused(c);
+                return Err(io_errno(e));
+            }
+        };
         let made = (|| {
-            self.chown_new(req, path)?;
+            self.chown_new(req, &c.path)?;
             let caller = Self::caller(req);
-            let label = format!("/{}", path.strip_prefix(&self.root).unwrap_or(path).display());
-            let key_id = self.config.default_key_id.clone();
-            self.write_new_header(&file, Self::access(&caller, &label), &key_id)
+            // New files take the key of the directory they are created in.
+            self.write_new_header(&file, Self::access(&caller, label), &c.dir.key_id)
         })();
         match made {
             Ok(key) => Ok((file, key)),
             Err(e) => {
-                let _ = std::fs::remove_file(path);
+                let _ = std::fs::remove_file(&*c.path);
+                self.remove_sidecar(&c.path, &c.stored);
                 Err(e)
             }
         }
@@ -246,11 +254,10 @@ impl KmsFs {
 
     /// Metadata of an inode: through an open handle if one exists (the file may be
     /// unlinked), else by path.
-    pub(super) fn stat_ino(&self, ino: INodeNo) -> FsResult<(std::fs::Metadata, Option<std::path::PathBuf>)> {
-        match self.rel_path(ino) {
-            Ok(rel) => {
-                let path = self.root.join(rel);
-                let meta = std::fs::symlink_metadata(&path).map_err(io_errno)?;
+    pub(super) fn stat_ino(&self, ino: INodeNo) -> FsResult<(std::fs::Metadata, Option<super::BPath>)> {
+        match self.backing(ino) {
+            Ok(path) => {
+                let meta = std::fs::symlink_metadata(&*path).map_err(io_errno)?;
                 Ok((meta, Some(path)))
             }
             Err(e) => match self.open_file_of(ino.0) {

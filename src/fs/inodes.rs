@@ -13,10 +13,18 @@ use std::sync::RwLock;
 
 pub const ROOT_INO: u64 = 1;
 
+/// One name of an inode: its directory, the name stored there (encrypted), and the
+/// plaintext name (for audit paths and log messages).
+#[derive(Debug, Clone)]
+struct Name {
+    parent: u64,
+    stored: OsString,
+    plain: OsString,
+}
+
 #[derive(Debug, Default)]
 struct Inode {
-    /// Names as they are in the backing directory (already encrypted).
-    names: Vec<(u64, OsString)>,
+    names: Vec<Name>,
     /// The kernel's lookup count: the entry goes when it drops to zero.
     lookups: u64,
 }
@@ -44,13 +52,13 @@ impl InodeTable {
         }
     }
 
-    /// Records one more lookup of `ino` under (parent, name).
-    pub fn remember(&self, ino: u64, parent: u64, name: &OsStr) {
+    /// Records one more lookup of `ino` under (parent, stored name).
+    pub fn remember(&self, ino: u64, parent: u64, stored: &OsStr, plain: &OsStr) {
         let mut map = self.inner.write().expect("inode table lock");
         let node = map.entry(ino).or_default();
         node.lookups += 1;
-        if ino != ROOT_INO && !node.names.iter().any(|(p, n)| *p == parent && n == name) {
-            node.names.push((parent, name.to_os_string()));
+        if ino != ROOT_INO && !node.names.iter().any(|n| n.parent == parent && n.stored == stored) {
+            node.names.push(Name { parent, stored: stored.to_os_string(), plain: plain.to_os_string() });
         }
     }
 
@@ -71,13 +79,22 @@ impl InodeTable {
     /// The backing path of `ino` relative to the cipher directory ("" for the root), or
     /// `None` if the inode is unknown or has no name left (unlinked while open).
     pub fn path(&self, ino: u64) -> Option<PathBuf> {
+        self.walk(ino, |n| &n.stored)
+    }
+
+    /// The plaintext path of `ino` below the mount point ("" for the root).
+    pub fn plain_path(&self, ino: u64) -> Option<PathBuf> {
+        self.walk(ino, |n| &n.plain)
+    }
+
+    fn walk(&self, ino: u64, part: impl Fn(&Name) -> &OsString) -> Option<PathBuf> {
         let map = self.inner.read().expect("inode table lock");
         let mut parts: Vec<&OsStr> = Vec::new();
         let mut current = ino;
         while current != ROOT_INO {
-            let (parent, name) = map.get(&current)?.names.first()?;
-            parts.push(name);
-            current = *parent;
+            let name = map.get(&current)?.names.first()?;
+            parts.push(part(name));
+            current = name.parent;
             if parts.len() > 4096 {
                 return None; // a cycle would be a bug; refuse rather than spin
             }
@@ -85,20 +102,30 @@ impl InodeTable {
         Some(parts.iter().rev().collect())
     }
 
+    /// The directory `ino` was (first) looked up in.
+    pub fn parent(&self, ino: u64) -> Option<u64> {
+        let map = self.inner.read().expect("inode table lock");
+        map.get(&ino)?.names.first().map(|n| n.parent)
+    }
+
     /// A name was removed from the backing directory.
-    pub fn unlinked(&self, ino: u64, parent: u64, name: &OsStr) {
+    pub fn unlinked(&self, ino: u64, parent: u64, stored: &OsStr) {
         let mut map = self.inner.write().expect("inode table lock");
         if let Some(node) = map.get_mut(&ino) {
-            node.names.retain(|(p, n)| !(*p == parent && n == name));
+            node.names.retain(|n| !(n.parent == parent && n.stored == stored));
         }
     }
 
-    /// A name was renamed in the backing directory.
-    pub fn renamed(&self, ino: u64, from: (u64, &OsStr), to: (u64, &OsStr)) {
+    /// A name was renamed in the backing directory: `from` is (parent, stored), `to` is
+    /// (parent, stored, plain).
+    pub fn renamed(&self, ino: u64, from: (u64, &OsStr), to: (u64, &OsStr, &OsStr)) {
         let mut map = self.inner.write().expect("inode table lock");
         if let Some(node) = map.get_mut(&ino) {
-            node.names.retain(|(p, n)| !((*p == from.0 && n == from.1) || (*p == to.0 && n == to.1)));
-            node.names.insert(0, (to.0, to.1.to_os_string()));
+            node.names.retain(|n| {
+                !((n.parent == from.0 && n.stored == from.1) || (n.parent == to.0 && n.stored == to.1))
+            });
+            node.names
+                .insert(0, Name { parent: to.0, stored: to.1.to_os_string(), plain: to.2.to_os_string() });
         }
     }
 }
@@ -112,16 +139,20 @@ mod tests {
         let t = InodeTable::new(500);
         assert_eq!(t.fuse_ino(500), ROOT_INO);
         assert_eq!(t.fuse_ino(1), 500);
-        t.remember(10, ROOT_INO, OsStr::new("dir"));
-        t.remember(11, 10, OsStr::new("a"));
-        t.remember(11, ROOT_INO, OsStr::new("link"));
+        let n = OsStr::new;
+        t.remember(10, ROOT_INO, n("dir"), n("Dir"));
+        t.remember(11, 10, n("a"), n("A"));
+        t.remember(11, ROOT_INO, n("link"), n("Link"));
         assert_eq!(t.path(11).unwrap(), PathBuf::from("dir/a"));
-        t.unlinked(11, 10, OsStr::new("a"));
+        assert_eq!(t.plain_path(11).unwrap(), PathBuf::from("Dir/A"));
+        assert_eq!(t.parent(11), Some(10));
+        t.unlinked(11, 10, n("a"));
         assert_eq!(t.path(11).unwrap(), PathBuf::from("link"));
-        t.renamed(10, (ROOT_INO, OsStr::new("dir")), (ROOT_INO, OsStr::new("d2")));
-        t.remember(12, 10, OsStr::new("b"));
+        t.renamed(10, (ROOT_INO, n("dir")), (ROOT_INO, n("d2"), n("D2")));
+        t.remember(12, 10, n("b"), n("B"));
         assert_eq!(t.path(12).unwrap(), PathBuf::from("d2/b"));
-        t.unlinked(11, ROOT_INO, OsStr::new("link"));
+        assert_eq!(t.plain_path(12).unwrap(), PathBuf::from("D2/B"));
+        t.unlinked(11, ROOT_INO, n("link"));
         assert_eq!(t.path(11), None);
         t.forget(12, 1);
         assert_eq!(t.path(12), None);

@@ -5,6 +5,8 @@
 //! for a policy, EIO for tampering).
 
 pub mod crypt_file;
+mod dirnames;
+mod dirs;
 mod files;
 pub mod inodes;
 pub mod names;
@@ -25,10 +27,12 @@ use fuser::{Errno, FileAttr, FileType, INodeNo, Request};
 use crate::format;
 use crate::kms::keyring::{Access, KeyRing};
 use crate::kms::Principal;
-use crate::volume::{VolumeConfig, CONFIG_NAME};
+use crate::volume::VolumeConfig;
+use dirnames::{BackingEntry, StoredName};
 use files::{DirHandle, Handle, OpenFile};
-use inodes::{InodeTable, ROOT_INO};
+use inodes::InodeTable;
 use names::NameCipher;
+use std::os::fd::AsRawFd;
 
 /// How long the kernel may cache attributes and names. Short, because admin commands and
 /// other processes may change the backing directory underneath.
@@ -52,6 +56,10 @@ pub struct KmsFs {
     open_files: Mutex<HashMap<u64, (Arc<OpenFile>, usize)>>,
     handles: RwLock<HashMap<u64, Handle>>,
     dirs: Mutex<HashMap<u64, Arc<DirHandle>>>,
+    /// Each directory's key and names key, by inode.
+    dir_states: RwLock<HashMap<u64, Arc<dirs::DirState>>>,
+    /// The cipher directory, opened once, for walking paths too long for one syscall.
+    root_fd: std::os::fd::OwnedFd,
     next_fh: AtomicU64,
     /// Running as root (e.g. with allow_other): new files belong to the caller.
     chown_to_caller: bool,
@@ -67,7 +75,10 @@ impl KmsFs {
         options: FsOptions,
     ) -> std::io::Result<KmsFs> {
         let root_meta = std::fs::metadata(&root)?;
+        let root_fd = std::fs::File::open(&root)?.into();
         Ok(KmsFs {
+            dir_states: RwLock::new(HashMap::new()),
+            root_fd,
             inodes: InodeTable::new(root_meta.ino()),
             root,
             config,
@@ -92,34 +103,90 @@ impl KmsFs {
         self.inodes.path(ino.0).ok_or(Errno::ENOENT)
     }
 
-    /// The name a plaintext name is stored under in a backing directory.
-    fn backing_name(&self, parent: INodeNo, name: &OsStr) -> FsResult<OsString> {
-        if parent.0 == ROOT_INO && name == CONFIG_NAME {
-            return Err(Errno::EPERM); // the volume's own configuration file
+    /// The backing path of an inode. Paths too long for one syscall (the encrypted names of
+    /// a deep tree exceed PATH_MAX long before the plaintext path does) are reached through
+    /// a descriptor of their directory, opened component by component.
+    fn backing(&self, ino: INodeNo) -> FsResult<BPath> {
+        let rel = self.rel_path(ino)?;
+        let full = self.root.join(&rel);
+        if full.as_os_str().len() < SHORT_PATH {
+            return Ok(BPath { path: full, _dir: None });
         }
-        if name.len() > 255 {
+        let mut components: Vec<&OsStr> = rel.iter().collect();
+        let last = components.pop().ok_or(Errno::ENOENT)?;
+        let mut dir = self.root_fd.try_clone().map_err(io_errno)?;
+        for part in components {
+            dir = open_dir_at(&dir, part)?;
+        }
+        let fd_path = PathBuf::from(format!("/proc/self/fd/{}", dir.as_raw_fd())).join(last);
+        Ok(BPath { path: fd_path, _dir: Some(Arc::new(dir)) })
+    }
+
+    /// The plaintext name of a backing directory entry in `dir`, or `None` for kmsfs's own
+    /// files and for names that do not decrypt.
+    fn plain_name(&self, state: &dirs::DirState, dir: &Path, backing: &OsStr) -> Option<OsString> {
+        let plain = match dirnames::classify(backing) {
+            BackingEntry::Internal => return None,
+            BackingEntry::Short(encoded) => state.names.decrypt(encoded),
+            BackingEntry::Long(entry) => std::fs::read_to_string(dir.join(dirnames::sidecar_of(entry)))
+                .ok()
+                .and_then(|full| state.names.decrypt(&full)),
+        };
+        if plain.is_none() {
+            log::warn!("{}: entry {backing:?} does not decrypt; hiding it", dir.display());
+        }
+        plain
+    }
+
+    /// Backing path and stored name of `name` in directory `parent`, after checking the
+    /// directory's key may be used by the caller.
+    fn child(&self, req: &Request, parent: INodeNo, name: &OsStr) -> FsResult<Child> {
+        if name.len() > dirnames::NAME_MAX {
             return Err(Errno::ENAMETOOLONG);
         }
-        Ok(name.to_os_string())
+        let caller = Self::caller(req);
+        let label = self.display_path(parent.0);
+        let dir = self.dir_state(Self::access(&caller, &label), parent)?;
+        let stored = dir.names.encrypt(name);
+        Ok(Child { path: self.backing(parent)?.join(stored.entry()), stored, dir })
     }
 
-    /// The plaintext name of a backing directory entry, or `None` for kmsfs's own files.
-    fn plain_name(&self, parent: u64, backing: &OsStr) -> Option<OsString> {
-        if parent == ROOT_INO && backing == CONFIG_NAME {
-            return None;
+    /// Writes the sidecar of a long name before its entry appears.
+    fn write_sidecar(&self, entry_path: &Path, stored: &StoredName) -> FsResult<()> {
+        if let (Some(sidecar), StoredName::Long { full, .. }) = (stored.sidecar(), stored) {
+            let path = entry_path.with_file_name(sidecar);
+            crate::volume::write_atomically(&path, full.as_bytes(), 0o644).map_err(|e| {
+                log::warn!("cannot write {}: {e}", path.display());
+                Errno::EIO
+            })?;
         }
-        Some(backing.to_os_string())
+        Ok(())
     }
 
-    /// Backing path and stored name of `name` in directory `parent`.
-    fn child(&self, parent: INodeNo, name: &OsStr) -> FsResult<(PathBuf, OsString)> {
-        let stored = self.backing_name(parent, name)?;
-        Ok((self.root.join(self.rel_path(parent)?).join(&stored), stored))
+    /// Removes the sidecar of a long name whose entry is gone.
+    fn remove_sidecar(&self, entry_path: &Path, stored: &StoredName) {
+        if let Some(sidecar) = stored.sidecar() {
+            let _ = std::fs::remove_file(entry_path.with_file_name(sidecar));
+        }
+    }
+
+    /// Removes the sidecar written for an entry that then failed to appear, unless another
+    /// entry of that name exists (then the sidecar is its own).
+    fn remove_sidecar_if_unused(&self, c: &Child) {
+        if std::fs::symlink_metadata(&*c.path).is_err() {
+            self.remove_sidecar(&c.path, &c.stored);
+        }
+    }
+
+    /// The plaintext path of `name` in directory `parent`, for audit and logs.
+    fn display_child(&self, parent: INodeNo, name: &OsStr) -> String {
+        let dir = self.display_path(parent.0);
+        format!("{}/{}", dir.trim_end_matches('/'), name.to_string_lossy())
     }
 
     /// The path a person would recognise, for the audit trail and logs.
     fn display_path(&self, ino: u64) -> String {
-        match self.inodes.path(ino) {
+        match self.inodes.plain_path(ino) {
             Some(p) => format!("/{}", p.display()),
             None => format!("<inode {ino}, unlinked>"),
         }
@@ -161,10 +228,10 @@ impl KmsFs {
     }
 
     /// Looks up a backing path, remembers it under (parent, stored name), returns its attr.
-    fn entry(&self, parent: INodeNo, stored: &OsStr, path: &Path) -> FsResult<FileAttr> {
+    fn entry(&self, parent: INodeNo, stored: &StoredName, plain: &OsStr, path: &Path) -> FsResult<FileAttr> {
         let meta = std::fs::symlink_metadata(path).map_err(io_errno)?;
         let ino = self.inodes.fuse_ino(meta.ino());
-        self.inodes.remember(ino, parent.0, stored);
+        self.inodes.remember(ino, parent.0, stored.entry(), plain);
         Ok(self.attr(ino, &meta, Some(path)))
     }
 
@@ -190,6 +257,51 @@ impl KmsFs {
             Ok(())
         }
     }
+}
+
+/// A name in a directory: where it is stored, how, and the directory's keys.
+struct Child {
+    path: BPath,
+    stored: StoredName,
+    dir: Arc<dirs::DirState>,
+}
+
+/// Longest backing path used directly; longer ones go through a directory descriptor.
+const SHORT_PATH: usize = 3500;
+
+/// A backing path, with the directory descriptor it may go through kept open.
+pub struct BPath {
+    path: PathBuf,
+    _dir: Option<Arc<std::os::fd::OwnedFd>>,
+}
+
+impl BPath {
+    fn join(&self, name: impl AsRef<Path>) -> BPath {
+        BPath { path: self.path.join(name), _dir: self._dir.clone() }
+    }
+}
+
+impl std::ops::Deref for BPath {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.path
+    }
+}
+
+/// Opens directory `name` inside `dir` for path walking only (O_PATH), never following a
+/// symlink.
+fn open_dir_at(dir: &std::os::fd::OwnedFd, name: &OsStr) -> FsResult<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(name.as_bytes()).map_err(|_| Errno::EINVAL)?;
+    let flags = libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC;
+    // SAFETY: `dir` is an open descriptor and `c` a NUL-terminated name.
+    let fd = unsafe { libc::openat(dir.as_raw_fd(), c.as_ptr(), flags) };
+    if fd < 0 {
+        return Err(io_errno(std::io::Error::last_os_error()));
+    }
+    // SAFETY: openat returned a new descriptor we now own.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
 }
 
 fn time(secs: i64, nsecs: i64) -> SystemTime {

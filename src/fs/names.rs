@@ -14,6 +14,8 @@ pub const XATTR_BACKING_PREFIX: &str = "user.kmsfs.";
 /// Virtual, read-only xattrs kmsfs answers itself.
 pub const XATTR_KEY: &str = "user.kmsfs.key";
 pub const XATTR_KEY_VERSION: &str = "user.kmsfs.key_version";
+/// On directories: whether the key was set there (`dir set-key`) or inherited.
+pub const XATTR_KEY_EXPLICIT: &str = "user.kmsfs.key_explicit";
 
 pub struct NameCipher {
     cipher: Cipher,

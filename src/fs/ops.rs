@@ -62,10 +62,9 @@ fn timespec(t: Option<TimeOrNow>) -> libc::timespec {
 }
 
 impl KmsFs {
-    fn do_lookup(&self, parent: INodeNo, name: &OsStr) -> FsResult<FileAttr> {
-        let (path, stored) =
-            self.child(parent, name).map_err(|e| if e == Errno::EPERM { Errno::ENOENT } else { e })?;
-        self.entry(parent, &stored, &path)
+    fn do_lookup(&self, req: &Request, parent: INodeNo, name: &OsStr) -> FsResult<FileAttr> {
+        let c = self.child(req, parent, name)?;
+        self.entry(parent, &c.stored, name, &c.path)
     }
 
     fn do_getattr(&self, ino: INodeNo, fh: Option<FileHandle>) -> FsResult<FileAttr> {
@@ -182,11 +181,12 @@ impl KmsFs {
         flags: i32,
     ) -> FsResult<(FileAttr, u64)> {
         self.check_writable()?;
-        let (path, stored) = self.child(parent, name)?;
-        let (file, key) = self.create_backing_file(req, &path, mode & !umask)?;
+        let c = self.child(req, parent, name)?;
+        let (file, key) =
+            self.create_backing_file(req, &c, mode & !umask, &self.display_child(parent, name))?;
         let meta = file.metadata().map_err(io_errno)?;
         let ino = self.inodes.fuse_ino(meta.ino());
-        self.inodes.remember(ino, parent.0, &stored);
+        self.inodes.remember(ino, parent.0, c.stored.entry(), name);
         let attr = self.attr(ino, &meta, None);
         let label = self.display_path(ino);
         let fresh = Arc::new(super::OpenFile { file, writable: true, key, lock: Default::default(), label });
@@ -260,10 +260,25 @@ impl KmsFs {
         umask: u32,
     ) -> FsResult<FileAttr> {
         self.check_writable()?;
-        let (path, stored) = self.child(parent, name)?;
-        std::fs::DirBuilder::new().mode(mode & !umask & 0o7777).create(&path).map_err(io_errno)?;
-        self.chown_new(req, &path)?;
-        self.entry(parent, &stored, &path)
+        let c = self.child(req, parent, name)?;
+        self.write_sidecar(&c.path, &c.stored)?;
+        if let Err(e) = std::fs::DirBuilder::new().mode(mode & !umask & 0o7777).create(&*c.path) {
+            self.remove_sidecar_if_unused(&c);
+            return Err(io_errno(e));
+        }
+        let made = (|| {
+            self.chown_new(req, &c.path)?;
+            let ino = self.inodes.fuse_ino(std::fs::symlink_metadata(&*c.path).map_err(io_errno)?.ino());
+            let caller = Self::caller(req);
+            let label = self.display_child(parent, name);
+            self.create_dir_meta(Self::access(&caller, &label), ino, &c.path, &c.dir.key_id, false)
+        })();
+        if let Err(e) = made {
+            let _ = std::fs::remove_dir_all(&*c.path);
+            self.remove_sidecar(&c.path, &c.stored);
+            return Err(e);
+        }
+        self.entry(parent, &c.stored, name, &c.path)
     }
 
     fn do_mknod(
@@ -276,32 +291,40 @@ impl KmsFs {
         rdev: u32,
     ) -> FsResult<FileAttr> {
         self.check_writable()?;
-        let (path, stored) = self.child(parent, name)?;
+        let c = self.child(req, parent, name)?;
         if mode & libc::S_IFMT == libc::S_IFREG {
-            self.create_backing_file(req, &path, mode & !umask)?;
+            self.create_backing_file(req, &c, mode & !umask, &self.display_child(parent, name))?;
         } else {
-            let c = cpath(&path)?;
-            check(unsafe { libc::mknod(c.as_ptr(), mode & !umask, rdev as libc::dev_t) })?;
-            self.chown_new(req, &path)?;
+            self.write_sidecar(&c.path, &c.stored)?;
+            let p = cpath(&c.path)?;
+            if let Err(e) = check(unsafe { libc::mknod(p.as_ptr(), mode & !umask, rdev as libc::dev_t) }) {
+                self.remove_sidecar_if_unused(&c);
+                return Err(e);
+            }
+            self.chown_new(req, &c.path)?;
         }
-        self.entry(parent, &stored, &path)
+        self.entry(parent, &c.stored, name, &c.path)
     }
 
     fn do_symlink(&self, req: &Request, parent: INodeNo, name: &OsStr, target: &Path) -> FsResult<FileAttr> {
         self.check_writable()?;
-        let (path, stored) = self.child(parent, name)?;
+        let c = self.child(req, parent, name)?;
         let encrypted = self.names.encrypt_target(target.as_os_str());
         if encrypted.len() >= libc::PATH_MAX as usize {
             return Err(Errno::ENAMETOOLONG);
         }
-        std::os::unix::fs::symlink(&encrypted, &path).map_err(io_errno)?;
-        self.chown_new(req, &path)?;
-        self.entry(parent, &stored, &path)
+        self.write_sidecar(&c.path, &c.stored)?;
+        if let Err(e) = std::os::unix::fs::symlink(&encrypted, &*c.path) {
+            self.remove_sidecar_if_unused(&c);
+            return Err(io_errno(e));
+        }
+        self.chown_new(req, &c.path)?;
+        self.entry(parent, &c.stored, name, &c.path)
     }
 
     fn do_readlink(&self, ino: INodeNo) -> FsResult<Vec<u8>> {
-        let path = self.root.join(self.rel_path(ino)?);
-        let stored = std::fs::read_link(&path).map_err(io_errno)?;
+        let path = self.backing(ino)?;
+        let stored = std::fs::read_link(&*path).map_err(io_errno)?;
         match self.names.decrypt_target(stored.as_os_str()) {
             Some(t) => Ok(t.as_bytes().to_vec()),
             None => {
@@ -314,17 +337,39 @@ impl KmsFs {
         }
     }
 
-    fn do_unlink(&self, parent: INodeNo, name: &OsStr, dir: bool) -> FsResult<()> {
+    fn do_unlink(&self, req: &Request, parent: INodeNo, name: &OsStr, dir: bool) -> FsResult<()> {
         self.check_writable()?;
-        let (path, stored) = self.child(parent, name)?;
-        let meta = std::fs::symlink_metadata(&path).map_err(io_errno)?;
-        if dir { std::fs::remove_dir(&path) } else { std::fs::remove_file(&path) }.map_err(io_errno)?;
-        self.inodes.unlinked(self.inodes.fuse_ino(meta.ino()), parent.0, &stored);
+        let c = self.child(req, parent, name)?;
+        let meta = std::fs::symlink_metadata(&*c.path).map_err(io_errno)?;
+        let ino = self.inodes.fuse_ino(meta.ino());
+        if dir {
+            self.remove_backing_dir(&c.path, &meta)?;
+            self.dir_states.write().expect("dir states lock").remove(&ino);
+        } else {
+            std::fs::remove_file(&*c.path).map_err(io_errno)?;
+        }
+        self.remove_sidecar(&c.path, &c.stored);
+        self.inodes.unlinked(ino, parent.0, c.stored.entry());
         Ok(())
     }
 
+    /// rmdir of a backing directory that holds only kmsfs's own files (its metadata). If
+    /// the final rmdir fails (an entry appeared meanwhile), the metadata is put back.
+    fn remove_backing_dir(&self, path: &Path, meta: &std::fs::Metadata) -> FsResult<()> {
+        if !meta.is_dir() {
+            return Err(Errno::ENOTDIR);
+        }
+        let saved = empty_out(path)?;
+        std::fs::remove_dir(path).map_err(|e| {
+            restore(path, saved);
+            io_errno(e)
+        })
+    }
+
+    #[allow(clippy::too_many_arguments)]
     fn do_rename(
         &self,
+        req: &Request,
         parent: INodeNo,
         name: &OsStr,
         newparent: INodeNo,
@@ -332,44 +377,79 @@ impl KmsFs {
         flags: RenameFlags,
     ) -> FsResult<()> {
         self.check_writable()?;
-        let (from, from_name) = self.child(parent, name)?;
-        let (to, to_name) = self.child(newparent, newname)?;
-        let moved = std::fs::symlink_metadata(&from).map_err(io_errno)?;
-        let replaced = std::fs::symlink_metadata(&to).ok();
-        let (c_from, c_to) = (cpath(&from)?, cpath(&to)?);
-        check(unsafe {
+        // Names are encrypted per directory: the moved entry gets the name encrypted under
+        // the destination directory's names key. Its content key stays.
+        let from = self.child(req, parent, name)?;
+        let to = self.child(req, newparent, newname)?;
+        let moved = std::fs::symlink_metadata(&*from.path).map_err(io_errno)?;
+        let replaced = std::fs::symlink_metadata(&*to.path).ok();
+        let exchange = flags.contains(RenameFlags::RENAME_EXCHANGE);
+        // A directory may replace an empty directory; the backing one still holds its
+        // metadata, which goes first (and comes back if the rename fails).
+        let replaces_dir = !exchange
+            && !flags.contains(RenameFlags::RENAME_NOREPLACE)
+            && moved.is_dir()
+            && replaced.as_ref().is_some_and(|m| m.is_dir() && m.ino() != moved.ino());
+        let saved = if replaces_dir { empty_out(&to.path)? } else { Vec::new() };
+        self.write_sidecar(&to.path, &to.stored)?;
+        let (c_from, c_to) = (cpath(&from.path)?, cpath(&to.path)?);
+        if let Err(e) = check(unsafe {
             libc::renameat2(libc::AT_FDCWD, c_from.as_ptr(), libc::AT_FDCWD, c_to.as_ptr(), flags.bits())
-        })?;
+        }) {
+            restore(&to.path, saved);
+            if replaced.is_none() {
+                self.remove_sidecar(&to.path, &to.stored);
+            }
+            return Err(e);
+        }
+        if !exchange && *from.path != *to.path {
+            self.remove_sidecar(&from.path, &from.stored);
+        }
         let moved_ino = self.inodes.fuse_ino(moved.ino());
-        let src = (parent.0, from_name.as_os_str());
-        let dst = (newparent.0, to_name.as_os_str());
+        let src = (parent.0, from.stored.entry());
+        let dst = (newparent.0, to.stored.entry());
         if let Some(other) = replaced.filter(|m| m.ino() != moved.ino()) {
             let other_ino = self.inodes.fuse_ino(other.ino());
-            if flags.contains(RenameFlags::RENAME_EXCHANGE) {
-                self.inodes.renamed(other_ino, dst, src);
+            if exchange {
+                self.inodes.renamed(other_ino, dst, (src.0, src.1, name));
             } else {
                 self.inodes.unlinked(other_ino, dst.0, dst.1);
+                self.dir_states.write().expect("dir states lock").remove(&other_ino);
             }
         }
-        self.inodes.renamed(moved_ino, src, dst);
+        self.inodes.renamed(moved_ino, src, (dst.0, dst.1, newname));
         Ok(())
     }
 
-    fn do_link(&self, ino: INodeNo, newparent: INodeNo, newname: &OsStr) -> FsResult<FileAttr> {
+    fn do_link(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        newparent: INodeNo,
+        newname: &OsStr,
+    ) -> FsResult<FileAttr> {
         self.check_writable()?;
-        let existing = self.root.join(self.rel_path(ino)?);
-        let (path, stored) = self.child(newparent, newname)?;
-        std::fs::hard_link(&existing, &path).map_err(io_errno)?;
-        self.entry(newparent, &stored, &path)
+        let existing = self.backing(ino)?;
+        let c = self.child(req, newparent, newname)?;
+        self.write_sidecar(&c.path, &c.stored)?;
+        if let Err(e) = std::fs::hard_link(&*existing, &*c.path) {
+            self.remove_sidecar_if_unused(&c);
+            return Err(io_errno(e));
+        }
+        self.entry(newparent, &c.stored, newname, &c.path)
     }
 
-    fn do_opendir(&self, ino: INodeNo) -> FsResult<u64> {
-        let path = self.root.join(self.rel_path(ino)?);
+    fn do_opendir(&self, req: &Request, ino: INodeNo) -> FsResult<u64> {
+        let caller = Self::caller(req);
+        let label = self.display_path(ino.0);
+        let state = self.dir_state(Self::access(&caller, &label), ino)?;
+        let path = self.backing(ino)?;
+        let parent = self.inodes.parent(ino.0).unwrap_or(ROOT_INO);
         let mut entries =
-            vec![(ino.0, FileType::Directory, ".".into()), (ROOT_INO, FileType::Directory, "..".into())];
-        for entry in std::fs::read_dir(&path).map_err(io_errno)? {
+            vec![(ino.0, FileType::Directory, ".".into()), (parent, FileType::Directory, "..".into())];
+        for entry in std::fs::read_dir(&*path).map_err(io_errno)? {
             let entry = entry.map_err(io_errno)?;
-            let Some(name) = self.plain_name(ino.0, &entry.file_name()) else { continue };
+            let Some(name) = self.plain_name(&state, &path, &entry.file_name()) else { continue };
             let kind = entry.file_type().ok().and_then(FileType::from_std).unwrap_or(FileType::RegularFile);
             entries.push((self.inodes.fuse_ino(entry.ino()), kind, name));
         }
@@ -413,8 +493,8 @@ impl Filesystem for KmsFs {
         Ok(())
     }
 
-    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        reply!(reply, self.do_lookup(parent, name), |a| reply.entry(&TTL, &a, GEN));
+    fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        reply!(reply, self.do_lookup(req, parent, name), |a| reply.entry(&TTL, &a, GEN));
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
@@ -468,12 +548,12 @@ impl Filesystem for KmsFs {
         reply!(reply, self.do_mkdir(req, parent, name, mode, umask), |a| reply.entry(&TTL, &a, GEN));
     }
 
-    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        reply!(reply, self.do_unlink(parent, name, false), |_| reply.ok());
+    fn unlink(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        reply!(reply, self.do_unlink(req, parent, name, false), |_| reply.ok());
     }
 
-    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        reply!(reply, self.do_unlink(parent, name, true), |_| reply.ok());
+    fn rmdir(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        reply!(reply, self.do_unlink(req, parent, name, true), |_| reply.ok());
     }
 
     fn symlink(&self, req: &Request, parent: INodeNo, link_name: &OsStr, target: &Path, reply: ReplyEntry) {
@@ -482,7 +562,7 @@ impl Filesystem for KmsFs {
 
     fn rename(
         &self,
-        _req: &Request,
+        req: &Request,
         parent: INodeNo,
         name: &OsStr,
         newparent: INodeNo,
@@ -490,11 +570,11 @@ impl Filesystem for KmsFs {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
-        reply!(reply, self.do_rename(parent, name, newparent, newname, flags), |_| reply.ok());
+        reply!(reply, self.do_rename(req, parent, name, newparent, newname, flags), |_| reply.ok());
     }
 
-    fn link(&self, _req: &Request, ino: INodeNo, newparent: INodeNo, newname: &OsStr, reply: ReplyEntry) {
-        reply!(reply, self.do_link(ino, newparent, newname), |a| reply.entry(&TTL, &a, GEN));
+    fn link(&self, req: &Request, ino: INodeNo, newparent: INodeNo, newname: &OsStr, reply: ReplyEntry) {
+        reply!(reply, self.do_link(req, ino, newparent, newname), |a| reply.entry(&TTL, &a, GEN));
     }
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
@@ -559,8 +639,8 @@ impl Filesystem for KmsFs {
         reply!(reply, self.do_fsync(fh, datasync), |_| reply.ok());
     }
 
-    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        reply!(reply, self.do_opendir(ino), |fh| reply.opened(FileHandle(fh), FopenFlags::empty()));
+    fn opendir(&self, req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        reply!(reply, self.do_opendir(req, ino), |fh| reply.opened(FileHandle(fh), FopenFlags::empty()));
     }
 
     fn readdir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
@@ -583,9 +663,9 @@ impl Filesystem for KmsFs {
     }
 
     fn fsyncdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
-        let result = self.rel_path(ino).and_then(|rel| {
-            std::fs::File::open(self.root.join(rel)).and_then(|d| d.sync_all()).map_err(io_errno)
-        });
+        let result = self
+            .backing(ino)
+            .and_then(|path| std::fs::File::open(&*path).and_then(|d| d.sync_all()).map_err(io_errno));
         reply!(reply, result, |_| reply.ok());
     }
 
@@ -604,7 +684,7 @@ impl Filesystem for KmsFs {
 
     fn setxattr(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         name: &OsStr,
         value: &[u8],
@@ -612,7 +692,7 @@ impl Filesystem for KmsFs {
         _position: u32,
         reply: ReplyEmpty,
     ) {
-        reply!(reply, self.set_xattr(ino, name, value, flags), |_| reply.ok());
+        reply!(reply, self.set_xattr(req, ino, name, value, flags), |_| reply.ok());
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
@@ -657,6 +737,32 @@ impl Filesystem for KmsFs {
         reply: ReplyEmpty,
     ) {
         reply!(reply, self.do_fallocate(fh, offset, length, mode), |_| reply.ok());
+    }
+}
+
+/// Removes kmsfs's own files from a backing directory that holds no user entry (else
+/// ENOTEMPTY) and returns them, to be put back if what follows fails.
+fn empty_out(path: &Path) -> FsResult<Vec<(std::ffi::OsString, Vec<u8>)>> {
+    let mut internal = Vec::new();
+    for entry in std::fs::read_dir(path).map_err(io_errno)? {
+        let name = entry.map_err(io_errno)?.file_name();
+        match super::dirnames::classify(&name) {
+            super::dirnames::BackingEntry::Internal => internal.push(name),
+            _ => return Err(Errno::ENOTEMPTY),
+        }
+    }
+    let saved: Vec<_> =
+        internal.into_iter().map(|n| (n.clone(), std::fs::read(path.join(&n)).unwrap_or_default())).collect();
+    for (name, _) in &saved {
+        let _ = std::fs::remove_file(path.join(name));
+    }
+    Ok(saved)
+}
+
+/// Puts back what [`empty_out`] removed.
+fn restore(path: &Path, saved: Vec<(std::ffi::OsString, Vec<u8>)>) {
+    for (name, bytes) in saved {
+        let _ = crate::volume::write_atomically(&path.join(name), &bytes, 0o644);
     }
 }
 

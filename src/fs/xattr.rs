@@ -9,10 +9,11 @@ use std::path::Path;
 
 use fuser::{Errno, INodeNo};
 
-use super::names::{XATTR_BACKING_PREFIX, XATTR_KEY, XATTR_KEY_VERSION};
+use super::names::{XATTR_BACKING_PREFIX, XATTR_KEY, XATTR_KEY_EXPLICIT, XATTR_KEY_VERSION};
 use super::{FsResult, KmsFs};
 use crate::format::{FileHeader, HEADER_LEN};
 use crate::kms::blob::BlobHeader;
+use crate::volume::dirmeta::DirMeta;
 
 fn cpath(path: &Path) -> FsResult<CString> {
     CString::new(path.as_os_str().as_bytes()).map_err(|_| Errno::EINVAL)
@@ -83,7 +84,7 @@ impl XTarget {
 }
 
 impl KmsFs {
-    fn xtarget(&self, ino: INodeNo) -> FsResult<(XTarget, Option<std::path::PathBuf>)> {
+    fn xtarget(&self, ino: INodeNo) -> FsResult<(XTarget, Option<super::BPath>)> {
         let (_, path) = self.stat_ino(ino)?;
         match path {
             Some(p) => Ok((XTarget::Path(cpath(&p)?), Some(p))),
@@ -93,14 +94,24 @@ impl KmsFs {
 
     pub(super) fn get_xattr(&self, ino: INodeNo, name: &OsStr) -> FsResult<Vec<u8>> {
         let name = name.to_str().ok_or(Errno::ENODATA)?;
-        if name == XATTR_KEY || name == XATTR_KEY_VERSION {
-            let path = self.stat_ino(ino)?.1.ok_or(Errno::ENODATA)?;
+        if name == XATTR_KEY || name == XATTR_KEY_VERSION || name == XATTR_KEY_EXPLICIT {
+            let (meta, path) = self.stat_ino(ino)?;
+            let path = path.ok_or(Errno::ENODATA)?;
+            if meta.is_dir() {
+                // A directory's key, from its metadata (no unwrap, so no key use).
+                let dir = DirMeta::load(&path).ok().flatten().ok_or(Errno::EIO)?;
+                return match name {
+                    XATTR_KEY => Ok(dir.key_id.into_bytes()),
+                    XATTR_KEY_EXPLICIT => Ok(dir.explicit.to_string().into_bytes()),
+                    _ => Err(Errno::ENODATA),
+                };
+            }
             let blob = self.file_key_blob(&path)?;
-            return Ok(if name == XATTR_KEY {
-                blob.key_id.into_bytes()
-            } else {
-                blob.key_version.to_string().into_bytes()
-            });
+            return match name {
+                XATTR_KEY => Ok(blob.key_id.into_bytes()),
+                XATTR_KEY_VERSION => Ok(blob.key_version.to_string().into_bytes()),
+                _ => Err(Errno::ENODATA),
+            };
         }
         if !name.starts_with("user.") {
             // security.capability and friends: kmsfs stores none.
@@ -115,9 +126,23 @@ impl KmsFs {
         })
     }
 
-    pub(super) fn set_xattr(&self, ino: INodeNo, name: &OsStr, value: &[u8], flags: i32) -> FsResult<()> {
+    pub(super) fn set_xattr(
+        &self,
+        req: &fuser::Request,
+        ino: INodeNo,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
+    ) -> FsResult<()> {
         self.check_writable()?;
         let name = name.to_str().ok_or(Errno::EINVAL)?;
+        if name == XATTR_KEY && self.stat_ino(ino)?.0.is_dir() {
+            // `kmsfs dir set-key` / `setfattr -n user.kmsfs.key -v alias/finance DIR`
+            let key_ref = std::str::from_utf8(value).map_err(|_| Errno::EINVAL)?.trim();
+            let caller = Self::caller(req);
+            let label = self.display_path(ino.0);
+            return self.set_dir_key(Self::access(&caller, &label), ino, key_ref);
+        }
         if name.starts_with(XATTR_BACKING_PREFIX) {
             return Err(Errno::EPERM); // kmsfs's own namespace
         }

@@ -162,6 +162,36 @@ impl KeyRing {
         })
     }
 
+    /// Checks that `key_id` is usable, auditing only a refusal: for the frequent uses of a
+    /// key already unwrapped and audited once (lookups and listings in a directory).
+    pub fn check_key(&self, access: Access<'_>, key_id: &str, operation: &str) -> Result<()> {
+        self.usable_key(key_id).map(|_| ()).inspect_err(|e| {
+            let mut event = AuditEvent::new(access.caller, operation, self.clock.now_ms());
+            event.key_id = Some(key_id.to_string());
+            event.path = Some(access.path.to_string());
+            event.outcome = Outcome::of_error(e);
+            event.reason = e.to_string();
+            self.audit.record(event);
+        })
+    }
+
+    /// Wraps an existing data key under the current version of `key_id` (a directory moved
+    /// to another key keeps its names key), audited as ReEncrypt.
+    pub fn wrap_data_key(
+        &self,
+        access: Access<'_>,
+        key_id: &str,
+        ctx: &EncryptionContext,
+        data_key: &SecretKey,
+    ) -> Result<Vec<u8>> {
+        self.audited(access, "ReEncrypt", Some(key_id), ctx, || {
+            let key = self.usable_key(key_id)?;
+            let cipher = self.material(key_id, key.current_version)?;
+            let header = BlobHeader { key_id: key_id.to_string(), key_version: key.current_version };
+            Ok(blob::seal(&cipher, &header, &ctx.encode(), data_key.as_bytes()))
+        })
+    }
+
     /// Checks, and audits, a use of `key_id` whose data key is already in memory (a file
     /// opened again while another handle has it open).
     pub fn authorize_cached(&self, access: Access<'_>, key_id: &str, ctx: &EncryptionContext) -> Result<()> {

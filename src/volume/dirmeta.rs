@@ -69,8 +69,11 @@ impl DirMeta {
 
     fn parse(text: &str) -> Option<DirMeta> {
         let meta: DirMeta = serde_json::from_str(text).ok()?;
-        (meta.format == "kmsfs-dir" && meta.version == 1 && meta.iv_bytes().is_some() && meta.names_key_blob().is_some())
-            .then_some(meta)
+        (meta.format == "kmsfs-dir"
+            && meta.version == 1
+            && meta.iv_bytes().is_some()
+            && meta.names_key_blob().is_some())
+        .then_some(meta)
     }
 
     /// Reads a directory's metadata from the primary copy, else the backup. `Ok(None)` if

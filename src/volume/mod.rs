@@ -6,6 +6,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+pub mod dirmeta;
+
 use crate::crypto;
 use crate::error::{Error, Result};
 use crate::keystore::hex;
@@ -178,6 +180,11 @@ pub fn init_volume(
     let (_, _, names_blob) =
         kms.generate_data_key_without_plaintext(caller, &default_key_id, &config.names_context())?;
     config.names_key = base64::engine::general_purpose::STANDARD.encode(names_blob);
+    // The root directory's own metadata: its names key, under the default key.
+    let iv = crate::crypto::random_bytes::<{ dirmeta::IV_LEN }>();
+    let ctx = dirmeta::DirMeta::context(&config.volume_id, &hex(&iv));
+    let (_, _, root_names) = kms.generate_data_key_without_plaintext(caller, &default_key_id, &ctx)?;
+    dirmeta::DirMeta::new(&default_key_id, true, &iv, &root_names).save(&cipher_dir)?;
     config.save(&cipher_dir)?;
     Ok(config)
 }

@@ -1,0 +1,134 @@
+//! Per-directory state in the mount: each directory's master key and names key, loaded from
+//! its `kmsfs.dir` on first use and kept per inode. Every use checks that the key may still
+//! be used, so a disabled directory key stops listing and lookups in that directory (ENOKEY)
+//! while sibling directories under other keys go on working.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use fuser::{Errno, INodeNo};
+
+use super::dirnames::DirNames;
+use super::{kms_errno, FsResult, KmsFs};
+use crate::crypto::{self, SecretKey};
+use crate::kms::keyring::Access;
+use crate::volume::dirmeta::{DirMeta, IV_LEN};
+
+/// A directory's keys, unwrapped.
+pub struct DirState {
+    pub key_id: String,
+    pub iv: [u8; IV_LEN],
+    pub names: DirNames,
+    /// Kept to re-wrap under another master key (`dir set-key`); zeroized on drop.
+    names_key: SecretKey,
+}
+
+impl KmsFs {
+    /// The state of directory `ino`, after checking its key is usable for `access`.
+    pub(super) fn dir_state(&self, access: Access<'_>, ino: INodeNo) -> FsResult<Arc<DirState>> {
+        let cached = self.dir_states.read().expect("dir states lock").get(&ino.0).cloned();
+        if let Some(state) = cached {
+            self.keyring.check_key(access, &state.key_id, "Decrypt").map_err(kms_errno)?;
+            return Ok(state);
+        }
+        let dir = self.backing(ino)?;
+        let meta = match DirMeta::load(&dir).map_err(|e| {
+            log::warn!("{}: {e}; answering EIO", access.path);
+            Errno::EIO
+        })? {
+            Some(meta) => meta,
+            None => return self.repair_dir_meta(access, ino, &dir),
+        };
+        let state = Arc::new(self.unwrap_dir_meta(access, &meta)?);
+        self.dir_states.write().expect("dir states lock").insert(ino.0, state.clone());
+        Ok(state)
+    }
+
+    fn unwrap_dir_meta(&self, access: Access<'_>, meta: &DirMeta) -> FsResult<DirState> {
+        let iv = meta.iv_bytes().ok_or(Errno::EIO)?;
+        let blob = meta.names_key_blob().ok_or(Errno::EIO)?;
+        let ctx = DirMeta::context(&self.config.volume_id, &meta.iv);
+        let (names_key, _) = self.keyring.decrypt_data_key(access, &blob, &ctx).map_err(|e| {
+            if let crate::Error::InvalidCiphertext(why) = &e {
+                log::warn!("{}: the directory's names key does not authenticate ({why})", access.path);
+            }
+            kms_errno(e)
+        })?;
+        Ok(DirState { key_id: meta.key_id.clone(), iv, names: DirNames::new(&names_key, &iv), names_key })
+    }
+
+    /// Creates the metadata of a new directory `dir` (inode `ino`) under `key_id`.
+    pub(super) fn create_dir_meta(
+        &self,
+        access: Access<'_>,
+        ino: u64,
+        dir: &Path,
+        key_id: &str,
+        explicit: bool,
+    ) -> FsResult<Arc<DirState>> {
+        let iv = crypto::random_bytes::<{ IV_LEN }>();
+        let iv_hex = crate::keystore::hex(&iv);
+        let ctx = DirMeta::context(&self.config.volume_id, &iv_hex);
+        let (names_key, blob) = self.keyring.generate_data_key(access, key_id, &ctx).map_err(kms_errno)?;
+        DirMeta::new(key_id, explicit, &iv, &blob).save(dir).map_err(|e| {
+            log::warn!("{}: cannot write directory metadata: {e}", access.path);
+            Errno::EIO
+        })?;
+        let state = Arc::new(DirState {
+            key_id: key_id.to_string(),
+            iv,
+            names: DirNames::new(&names_key, &iv),
+            names_key,
+        });
+        self.dir_states.write().expect("dir states lock").insert(ino, state.clone());
+        Ok(state)
+    }
+
+    /// A directory without metadata: its creation was interrupted (kill -9 between mkdir and
+    /// the metadata write). If it holds nothing, give it fresh metadata under its parent's
+    /// key; otherwise its names cannot be read, and only this directory reports EIO.
+    fn repair_dir_meta(&self, access: Access<'_>, ino: INodeNo, dir: &Path) -> FsResult<Arc<DirState>> {
+        let holds_entries =
+            std::fs::read_dir(dir).map_err(super::io_errno)?.filter_map(|e| e.ok()).any(|e| {
+                !matches!(super::dirnames::classify(&e.file_name()), super::dirnames::BackingEntry::Internal)
+            });
+        if holds_entries || ino.0 == super::inodes::ROOT_INO {
+            log::warn!(
+                "{}: directory metadata is missing and the directory is not empty; answering EIO",
+                access.path
+            );
+            return Err(Errno::EIO);
+        }
+        let parent = self.inodes.parent(ino.0).ok_or(Errno::EIO)?;
+        let key_id = self.dir_state(access, INodeNo(parent))?.key_id.clone();
+        log::warn!("{}: directory metadata was missing (interrupted mkdir); recreated it", access.path);
+        self.create_dir_meta(access, ino.0, dir, &key_id, false)
+    }
+
+    /// `setfattr -n user.kmsfs.key -v KEY DIR`: the directory's names key is re-wrapped
+    /// under KEY (names stay as they are) and new files and subdirectories use KEY.
+    pub(super) fn set_dir_key(&self, access: Access<'_>, ino: INodeNo, key_ref: &str) -> FsResult<()> {
+        let current = self.dir_state(access, ino)?;
+        let key_id = self.keyring.resolve(key_ref).map_err(|e| {
+            log::info!("{}: set-key {key_ref}: {e}", access.path);
+            Errno::EINVAL
+        })?;
+        let iv_hex = crate::keystore::hex(&current.iv);
+        let ctx = DirMeta::context(&self.config.volume_id, &iv_hex);
+        let blob =
+            self.keyring.wrap_data_key(access, &key_id, &ctx, &current.names_key).map_err(kms_errno)?;
+        let dir = self.backing(ino)?;
+        DirMeta::new(&key_id, true, &current.iv, &blob).save(&dir).map_err(|e| {
+            log::warn!("{}: cannot write directory metadata: {e}", access.path);
+            Errno::EIO
+        })?;
+        let state = Arc::new(DirState {
+            key_id,
+            iv: current.iv,
+            names: DirNames::new(&current.names_key, &current.iv),
+            names_key: current.names_key.clone(),
+        });
+        self.dir_states.write().expect("dir states lock").insert(ino.0, state);
+        Ok(())
+    }
+}
