@@ -88,6 +88,9 @@ pub enum Command {
     /// Inspect files on a mounted volume
     #[command(subcommand)]
     File(volume_cmd::FileCmd),
+    /// Per-directory keys on a mounted volume
+    #[command(subcommand)]
+    Dir(volume_cmd::DirCmd),
 }
 
 /// An unlocked KMS, the user running the command, and how to print.
@@ -155,5 +158,6 @@ fn run(cli: Cli) -> Result<()> {
         Command::Mount(args) => volume_cmd::run_mount(g, args),
         Command::Umount { mountpoint } => crate::mount::umount(&mountpoint),
         Command::File(cmd) => volume_cmd::run_file(g, cmd),
+        Command::Dir(cmd) => volume_cmd::run_dir(g, cmd),
     }
 }

@@ -91,6 +91,7 @@ pub fn run_mount(g: &Global, args: MountArgs) -> Result<()> {
 
 pub fn run_file(g: &Global, cmd: FileCmd) -> Result<()> {
     let FileCmd::Info { path } = cmd;
+    require_kmsfs(&path)?;
     let read = |name: &str| -> Result<String> {
         xattr_get(&path, name).map_err(|e| match e.raw_os_error() {
             Some(libc::ENODATA) | Some(libc::ENOTSUP) => Error::InvalidArgument(format!(
@@ -124,4 +125,108 @@ fn xattr_get(path: &std::path::Path, name: &str) -> std::io::Result<String> {
     }
     buf.truncate(n as usize);
     Ok(String::from_utf8_lossy(&buf).into_owned())
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DirCmd {
+    /// Protect a directory of a mounted volume (its names, new files and new
+    /// subdirectories) with KEY
+    #[command(after_help = "Example:\n  kmsfs dir set-key ~/vault/finance alias/finance")]
+    SetKey { path: PathBuf, key: String },
+    /// Show which key protects a directory of a mounted volume
+    GetKey { path: PathBuf },
+}
+
+pub fn run_dir(g: &Global, cmd: DirCmd) -> Result<()> {
+    match cmd {
+        DirCmd::SetKey { path, key } => {
+            require_dir(&path)?;
+            xattr_set(&path, "user.kmsfs.key", key.as_bytes()).map_err(|e| match e.raw_os_error() {
+                Some(libc::EINVAL) => Error::NotFound(format!("unknown key '{key}' (see `kmsfs key list`)")),
+                Some(libc::ENOKEY) => Error::KeyState(format!(
+                    "a key involved is not usable (disabled or pending deletion): the directory's current key, or {key}"
+                )),
+                Some(libc::ENOTSUP) => not_on_kmsfs(&path),
+                _ => Error::io(path.display(), e),
+            })?;
+            let key_id = read_key(&path, "user.kmsfs.key")?;
+            if g.json {
+                output::json(&serde_json::json!({ "Path": path, "KeyId": key_id, "Explicit": true }));
+            } else {
+                println!("{} is now protected by key {key_id}", path.display());
+                println!(
+                    "new files and subdirectories created below it use this key; existing files and \
+                     subdirectories keep their keys until re-wrapped"
+                );
+            }
+            Ok(())
+        }
+        DirCmd::GetKey { path } => {
+            require_dir(&path)?;
+            let key_id = read_key(&path, "user.kmsfs.key")?;
+            let explicit = read_key(&path, "user.kmsfs.key_explicit")? == "true";
+            if g.json {
+                output::json(&serde_json::json!({ "Path": path, "KeyId": key_id, "Explicit": explicit }));
+            } else {
+                let how = if explicit { "set on this directory" } else { "inherited" };
+                output::fields(&[
+                    ("Path", path.display().to_string()),
+                    ("KeyId", key_id),
+                    ("Source", how.into()),
+                ]);
+            }
+            Ok(())
+        }
+    }
+}
+
+fn require_dir(path: &std::path::Path) -> Result<()> {
+    if !std::fs::metadata(path).map_err(|e| Error::io(path.display(), e))?.is_dir() {
+        return Err(Error::InvalidArgument(format!("{} is not a directory", path.display())));
+    }
+    require_kmsfs(path)
+}
+
+/// Refuses paths outside a kmsfs mount, where `user.kmsfs.key` would be an ordinary xattr.
+fn require_kmsfs(path: &std::path::Path) -> Result<()> {
+    let full = std::fs::canonicalize(path).map_err(|e| Error::io(path.display(), e))?;
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let fstype = info
+        .lines()
+        .filter_map(|line| {
+            let mount_point = line.split(' ').nth(4)?.replace("\\040", " ");
+            let fstype = line.split(" - ").nth(1)?.split(' ').next()?;
+            full.starts_with(&mount_point).then(|| (mount_point.len(), fstype.to_string()))
+        })
+        .max_by_key(|(len, _)| *len)
+        .map(|(_, t)| t);
+    if fstype.as_deref() == Some("fuse.kmsfs") {
+        Ok(())
+    } else {
+        Err(not_on_kmsfs(path))
+    }
+}
+
+fn not_on_kmsfs(path: &std::path::Path) -> Error {
+    Error::InvalidArgument(format!("{} is not on a mounted kmsfs volume", path.display()))
+}
+
+fn read_key(path: &std::path::Path, name: &str) -> Result<String> {
+    xattr_get(path, name).map_err(|e| match e.raw_os_error() {
+        Some(libc::ENODATA) | Some(libc::ENOTSUP) => not_on_kmsfs(path),
+        _ => Error::io(path.display(), e),
+    })
+}
+
+fn xattr_set(path: &std::path::Path, name: &str, value: &[u8]) -> std::io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes())?;
+    let c_name = std::ffi::CString::new(name)?;
+    // SAFETY: NUL-terminated strings and a value slice of the length passed.
+    let rc =
+        unsafe { libc::setxattr(c_path.as_ptr(), c_name.as_ptr(), value.as_ptr().cast(), value.len(), 0) };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }
