@@ -13,7 +13,7 @@ fn keystore_init_info_and_refusals() {
     let mode = std::fs::metadata(&env.keystore).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600, "keystore must be private");
     let info = env.json(&["keystore", "info"]);
-    assert_eq!(info["SchemaVersion"], 1);
+    assert_eq!(info["SchemaVersion"], 2);
     assert_eq!(info["Kdf"]["memory_kib"], 256);
 
     let err = env.fails(&["keystore", "init"], 1);

@@ -446,6 +446,11 @@ fn allow_other_admits_other_users_under_unix_permissions() {
 
     let m = Mounted::with_options(&["allow_other"]);
     open_up(&m);
+    // The key's default policy admits only its creator (the dual permission model); let
+    // every user use it, so that Unix permissions are what this test looks at.
+    let policy = m.env.path("open-policy.json");
+    fs::write(&policy, r#"{"Statement": [{"Effect": "Allow", "Principal": "*", "Action": "kms:*"}]}"#).unwrap();
+    m.ok(&["policy", "put", "alias/vol", policy.to_str().unwrap()]);
     fs::write(m.path("public.txt"), b"public").unwrap();
     fs::write(m.path("private.txt"), b"private").unwrap();
     fs::set_permissions(m.path("private.txt"), fs::Permissions::from_mode(0o600)).unwrap();

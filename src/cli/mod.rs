@@ -1,5 +1,6 @@
 //! The command line: parses, asks for passphrases, prints. Decisions live in `kms`.
 
+mod access_cmd;
 mod alias_cmd;
 mod audit_cmd;
 mod crypto_cmd;
@@ -91,6 +92,12 @@ pub enum Command {
     /// Per-directory keys on a mounted volume
     #[command(subcommand)]
     Dir(volume_cmd::DirCmd),
+    /// Key policies: who may use a key for what
+    #[command(subcommand)]
+    Policy(access_cmd::PolicyCmd),
+    /// Grants: extra, revocable, expiring permissions on a key
+    #[command(subcommand)]
+    Grant(access_cmd::GrantCmd),
 }
 
 /// An unlocked KMS, the user running the command, and how to print.
@@ -159,5 +166,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Umount { mountpoint } => crate::mount::umount(&mountpoint),
         Command::File(cmd) => volume_cmd::run_file(g, cmd),
         Command::Dir(cmd) => volume_cmd::run_dir(g, cmd),
+        Command::Policy(cmd) => access_cmd::run_policy(&mut Session::open(g)?, cmd),
+        Command::Grant(cmd) => access_cmd::run_grant(&mut Session::open(g)?, cmd),
     }
 }

@@ -97,7 +97,7 @@ impl KmsFs {
     /// The shared open state of `ino`, loading its key if no handle has it yet. Every call
     /// is a key use: the key's state is checked and the access audited.
     pub(super) fn acquire_open_file(&self, req: &Request, ino: INodeNo) -> FsResult<Arc<OpenFile>> {
-        let caller = Self::caller(req);
+        let caller = self.caller(req);
         let label = self.display_path(ino.0);
         let access = Self::access(&caller, &label);
         let existing = {
@@ -238,7 +238,7 @@ impl KmsFs {
         };
         let made = (|| {
             self.chown_new(req, &c.path)?;
-            let caller = Self::caller(req);
+            let caller = self.caller(req);
             // New files take the key of the directory they are created in.
             self.write_new_header(&file, Self::access(&caller, label), &c.dir.key_id)
         })();

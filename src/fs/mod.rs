@@ -93,9 +93,11 @@ impl KmsFs {
         })
     }
 
-    /// The principal behind a request.
-    fn caller(req: &Request) -> Principal {
-        Principal::from_ids(req.uid(), req.gid(), Vec::new(), Some(req.pid()))
+    /// The principal behind a request. Its supplementary groups are read from
+    /// /proc/PID/status only when some policy or grant names a group.
+    fn caller(&self, req: &Request) -> Principal {
+        let groups = if self.keyring.uses_groups() { process_groups(req.pid()) } else { Vec::new() };
+        Principal::from_ids(req.uid(), req.gid(), groups, Some(req.pid()))
     }
 
     /// Backing path (relative to the cipher dir) of an inode.
@@ -144,7 +146,7 @@ impl KmsFs {
         if name.len() > dirnames::NAME_MAX {
             return Err(Errno::ENAMETOOLONG);
         }
-        let caller = Self::caller(req);
+        let caller = self.caller(req);
         let label = self.display_path(parent.0);
         let dir = self.dir_state(Self::access(&caller, &label), parent)?;
         let stored = dir.names.encrypt(name);
@@ -264,6 +266,18 @@ struct Child {
     path: BPath,
     stored: StoredName,
     dir: Arc<dirs::DirState>,
+}
+
+/// The supplementary groups of a process (the `Groups:` line of /proc/PID/status).
+fn process_groups(pid: u32) -> Vec<u32> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Groups:"))
+                .map(|g| g.split_whitespace().filter_map(|n| n.parse().ok()).collect())
+        })
+        .unwrap_or_default()
 }
 
 /// Longest backing path used directly; longer ones go through a directory descriptor.

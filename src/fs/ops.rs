@@ -269,7 +269,7 @@ impl KmsFs {
         let made = (|| {
             self.chown_new(req, &c.path)?;
             let ino = self.inodes.fuse_ino(std::fs::symlink_metadata(&*c.path).map_err(io_errno)?.ino());
-            let caller = Self::caller(req);
+            let caller = self.caller(req);
             let label = self.display_child(parent, name);
             self.create_dir_meta(Self::access(&caller, &label), ino, &c.path, &c.dir.key_id, false)
         })();
@@ -440,7 +440,7 @@ impl KmsFs {
     }
 
     fn do_opendir(&self, req: &Request, ino: INodeNo) -> FsResult<u64> {
-        let caller = Self::caller(req);
+        let caller = self.caller(req);
         let label = self.display_path(ino.0);
         let state = self.dir_state(Self::access(&caller, &label), ino)?;
         let path = self.backing(ino)?;

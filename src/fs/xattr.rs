@@ -139,7 +139,7 @@ impl KmsFs {
         if name == XATTR_KEY && self.stat_ino(ino)?.0.is_dir() {
             // `kmsfs dir set-key` / `setfattr -n user.kmsfs.key -v alias/finance DIR`
             let key_ref = std::str::from_utf8(value).map_err(|_| Errno::EINVAL)?.trim();
-            let caller = Self::caller(req);
+            let caller = self.caller(req);
             let label = self.display_path(ino.0);
             return self.set_dir_key(Self::access(&caller, &label), ino, key_ref);
         }

@@ -312,3 +312,79 @@ fn alias_from_row(r: &Row<'_>) -> rusqlite::Result<AliasRecord> {
         last_updated_date: r.get(3)?,
     })
 }
+
+/// A key's policy document, if one was stored.
+pub fn load_policy(conn: &Connection, key_id: &str) -> Result<Option<String>> {
+    Ok(conn
+        .query_row("SELECT policy FROM keys WHERE key_id = ?1", [key_id], |r| r.get(0))
+        .optional()?
+        .flatten())
+}
+
+pub fn store_policy(conn: &Connection, key_id: &str, policy: &str) -> Result<()> {
+    conn.execute("UPDATE keys SET policy = ?2 WHERE key_id = ?1", params![key_id, policy])?;
+    Ok(())
+}
+
+/// One row of `grants`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct GrantRecord {
+    pub grant_id: String,
+    pub key_id: String,
+    pub name: String,
+    pub grantee: String,
+    pub operations: Vec<String>,
+    pub constraints: std::collections::BTreeMap<String, String>,
+    pub created: i64,
+    pub expires: Option<i64>,
+    #[serde(skip)]
+    pub token: String,
+}
+
+pub fn insert_grant(conn: &Connection, g: &GrantRecord) -> Result<()> {
+    conn.execute(
+        "INSERT INTO grants (grant_id, key_id, name, grantee, operations, constraints, created, expires, token)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+        params![
+            g.grant_id,
+            g.key_id,
+            g.name,
+            g.grantee,
+            g.operations.join(","),
+            serde_json::to_string(&g.constraints).expect("map serializes"),
+            g.created,
+            g.expires,
+            g.token
+        ],
+    )?;
+    Ok(())
+}
+
+/// Grants of one key, or of every key.
+pub fn list_grants(conn: &Connection, key_id: Option<&str>) -> Result<Vec<GrantRecord>> {
+    let mut stmt = conn.prepare(
+        "SELECT grant_id, key_id, name, grantee, operations, constraints, created, expires, token
+         FROM grants WHERE ?1 IS NULL OR key_id = ?1 ORDER BY created, grant_id",
+    )?;
+    let rows = stmt.query_map([key_id], |r| {
+        let ops: String = r.get(4)?;
+        let constraints: String = r.get(5)?;
+        Ok(GrantRecord {
+            grant_id: r.get(0)?,
+            key_id: r.get(1)?,
+            name: r.get(2)?,
+            grantee: r.get(3)?,
+            operations: ops.split(',').filter(|s| !s.is_empty()).map(str::to_string).collect(),
+            constraints: serde_json::from_str(&constraints).unwrap_or_default(),
+            created: r.get(6)?,
+            expires: r.get(7)?,
+            token: r.get(8)?,
+        })
+    })?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+pub fn delete_grant(conn: &Connection, grant_id: &str) -> Result<bool> {
+    Ok(conn.execute("DELETE FROM grants WHERE grant_id = ?1", [grant_id])? == 1)
+}

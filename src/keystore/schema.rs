@@ -62,6 +62,22 @@ pub const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX audit_by_key ON audit(key_id, seq);
     "#,
+    // 2: key policies and grants.
+    r#"
+    ALTER TABLE keys ADD COLUMN policy TEXT;           -- JSON; NULL: the keystore owner's default
+    CREATE TABLE grants (
+        grant_id    TEXT PRIMARY KEY,
+        key_id      TEXT NOT NULL REFERENCES keys(key_id),
+        name        TEXT NOT NULL DEFAULT '',
+        grantee     TEXT NOT NULL,                     -- user:NAME, group:NAME or uid:N
+        operations  TEXT NOT NULL,                     -- comma-separated: Decrypt,GenerateDataKey
+        constraints TEXT NOT NULL DEFAULT '{}',        -- JSON object: context key -> glob
+        created     INTEGER NOT NULL,
+        expires     INTEGER,                           -- unix seconds; NULL: never
+        token       TEXT NOT NULL
+    );
+    CREATE INDEX grants_by_key ON grants(key_id);
+    "#,
 ];
 
 /// The schema version this binary writes.

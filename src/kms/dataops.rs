@@ -33,12 +33,15 @@ impl Op<'_> {
     /// Seals `plaintext` under the current version of `key`.
     fn seal_under(
         &mut self,
+        caller: &Principal,
+        action: &str,
         key: &KeyRecord,
         ctx: &EncryptionContext,
         plaintext: &[u8],
     ) -> Result<(u32, Vec<u8>)> {
         self.event.context = ctx.to_audit_string();
         require_enabled(key)?;
+        self.authorize(caller, key, action, ctx)?;
         let version = key.current_version;
         let material = version_material(&self.tx, self.root, &key.key_id, version)?;
         let header = BlobHeader { key_id: key.key_id.clone(), key_version: version };
@@ -46,7 +49,13 @@ impl Op<'_> {
     }
 
     /// Opens a blob; the key it names must exist and be Enabled.
-    fn open_blob(&mut self, blob: &[u8], ctx: &EncryptionContext) -> Result<Decrypted> {
+    fn open_blob(
+        &mut self,
+        caller: &Principal,
+        action: &str,
+        blob: &[u8],
+        ctx: &EncryptionContext,
+    ) -> Result<Decrypted> {
         self.event.context = ctx.to_audit_string();
         let (header, sealed) = BlobHeader::parse(blob)?;
         let key = self.key(&header.key_id).map_err(|e| match e {
@@ -57,6 +66,7 @@ impl Op<'_> {
             other => other,
         })?;
         require_enabled(&key)?;
+        self.authorize(caller, &key, action, ctx)?;
         let material = version_material(&self.tx, self.root, &key.key_id, header.key_version)?;
         let plaintext = blob::open(&material.cipher(), &header, &ctx.encode(), sealed)?;
         Ok(Decrypted { key_id: key.key_id, key_version: header.key_version, plaintext })
@@ -94,7 +104,7 @@ impl Kms {
                     plaintext.len()
                 )));
             }
-            Ok(op.seal_under(&key, ctx, plaintext)?.1)
+            Ok(op.seal_under(caller, "kms:Encrypt", &key, ctx, plaintext)?.1)
         })
     }
 
@@ -108,7 +118,7 @@ impl Kms {
         expected_key: Option<&str>,
     ) -> Result<Decrypted> {
         self.audited(caller, "Decrypt", |op| {
-            let out = op.open_blob(blob, ctx)?;
+            let out = op.open_blob(caller, "kms:Decrypt", blob, ctx)?;
             check_expected_key(op, expected_key, &out.key_id)?;
             Ok(out)
         })
@@ -121,7 +131,9 @@ impl Kms {
         key_ref: &str,
         ctx: &EncryptionContext,
     ) -> Result<DataKey> {
-        self.audited(caller, "GenerateDataKey", |op| generate(op, key_ref, ctx))
+        self.audited(caller, "GenerateDataKey", |op| {
+            generate(op, caller, "kms:GenerateDataKey", key_ref, ctx)
+        })
     }
 
     /// GenerateDataKeyWithoutPlaintext: only the wrapped key leaves the KMS.
@@ -132,7 +144,7 @@ impl Kms {
         ctx: &EncryptionContext,
     ) -> Result<(String, u32, Vec<u8>)> {
         self.audited(caller, "GenerateDataKeyWithoutPlaintext", |op| {
-            let dk = generate(op, key_ref, ctx)?;
+            let dk = generate(op, caller, "kms:GenerateDataKeyWithoutPlaintext", key_ref, ctx)?;
             Ok((dk.key_id, dk.key_version, dk.ciphertext_blob))
         })
     }
@@ -148,16 +160,22 @@ impl Kms {
         dest_ctx: &EncryptionContext,
     ) -> Result<Vec<u8>> {
         self.audited(caller, "ReEncrypt", |op| {
-            let opened = op.open_blob(blob, source_ctx)?;
+            let opened = op.open_blob(caller, "kms:ReEncryptFrom", blob, source_ctx)?;
             let dest = op.key(dest_key.unwrap_or(&opened.key_id))?;
-            Ok(op.seal_under(&dest, dest_ctx, &opened.plaintext)?.1)
+            Ok(op.seal_under(caller, "kms:ReEncryptTo", &dest, dest_ctx, &opened.plaintext)?.1)
         })
     }
 }
 
-fn generate(op: &mut Op<'_>, key_ref: &str, ctx: &EncryptionContext) -> Result<DataKey> {
+fn generate(
+    op: &mut Op<'_>,
+    caller: &Principal,
+    action: &str,
+    key_ref: &str,
+    ctx: &EncryptionContext,
+) -> Result<DataKey> {
     let key = op.key(key_ref)?;
     let plaintext = SecretKey::random();
-    let (key_version, ciphertext_blob) = op.seal_under(&key, ctx, plaintext.as_bytes())?;
+    let (key_version, ciphertext_blob) = op.seal_under(caller, action, &key, ctx, plaintext.as_bytes())?;
     Ok(DataKey { key_id: key.key_id, key_version, plaintext, ciphertext_blob })
 }

@@ -13,8 +13,10 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use rusqlite::{Connection, OpenFlags};
 
+use super::access;
 use super::audit_writer::AuditSink;
 use super::blob::{self, BlobHeader};
+use super::policy::{Decision, GrantRule, Policy, Request};
 use super::{require_enabled, version_material, AuditEvent, Clock, EncryptionContext, Outcome, Principal};
 use crate::crypto::{Cipher, SecretKey};
 use crate::error::{Error, Result};
@@ -33,10 +35,15 @@ struct Cache {
     keys: HashMap<String, KeyRecord>,
     aliases: HashMap<String, String>,
     material: HashMap<(String, u32), Arc<Cipher>>,
+    policies: HashMap<String, Policy>,
+    grants: HashMap<String, Vec<GrantRule>>,
+    uses_groups: bool,
 }
 
 pub struct KeyRing {
     conn: Mutex<Connection>,
+    /// Owner of the keystore file: the principal of keys without a stored policy.
+    owner_uid: u32,
     root: SecretKey,
     cache: RwLock<Cache>,
     audit: AuditSink,
@@ -51,8 +58,10 @@ impl KeyRing {
             OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )?;
         conn.busy_timeout(std::time::Duration::from_secs(30))?;
-        let ring =
-            KeyRing { conn: Mutex::new(conn), root, cache: RwLock::new(Cache::default()), audit, clock };
+        use std::os::unix::fs::MetadataExt;
+        let owner_uid = std::fs::metadata(path).map(|m| m.uid()).unwrap_or(0);
+        let cache = RwLock::new(Cache::default());
+        let ring = KeyRing { conn: Mutex::new(conn), owner_uid, root, cache, audit, clock };
         ring.refresh()?;
         Ok(ring)
     }
@@ -82,6 +91,23 @@ impl KeyRing {
             .into_iter()
             .map(|a| (a.alias_name, a.target_key_id))
             .collect();
+        cache.policies.clear();
+        cache.grants.clear();
+        for key in &keys {
+            match access::effective_policy(&conn, &key.key_id, self.owner_uid) {
+                Ok(policy) => {
+                    cache.policies.insert(key.key_id.clone(), policy);
+                }
+                Err(e) => log::error!("{e}; the key is refused until its policy is fixed"),
+            }
+            let rules: Vec<GrantRule> = records::list_grants(&conn, Some(&key.key_id))?
+                .iter()
+                .filter_map(|g| access::rule_of(g).ok())
+                .collect();
+            cache.grants.insert(key.key_id.clone(), rules);
+        }
+        cache.uses_groups = cache.policies.values().any(Policy::uses_groups)
+            || cache.grants.values().flatten().any(|g| g.grantee.uses_groups());
         cache.keys = keys.into_iter().map(|k| (k.key_id.clone(), k)).collect();
         cache.material = material;
         cache.data_version = Some(version);
@@ -102,7 +128,15 @@ impl KeyRing {
 
     /// Refreshes, then checks `key_id` is usable: the question every file open asks, even
     /// when the file's data key is already cached.
-    fn usable_key(&self, key_id: &str) -> Result<KeyRecord> {
+    /// Refreshes, then checks that `key_id` is usable and that its policy or a grant allows
+    /// `action` for the caller. Returns the key and why it was allowed.
+    fn permitted(
+        &self,
+        access: Access<'_>,
+        key_id: &str,
+        action: &str,
+        ctx: &EncryptionContext,
+    ) -> Result<(KeyRecord, String)> {
         self.refresh()?;
         let cache = self.cache.read().expect("keyring cache lock");
         let key = cache
@@ -111,7 +145,27 @@ impl KeyRing {
             .cloned()
             .ok_or_else(|| Error::NotFound(format!("key {key_id} is not in this keystore")))?;
         require_enabled(&key)?;
-        Ok(key)
+        let request = Request {
+            caller: access.caller,
+            action,
+            context: ctx,
+            path: Some(access.path),
+            now: self.clock.now_secs(),
+        };
+        let grants = cache.grants.get(key_id).map(Vec::as_slice).unwrap_or(&[]);
+        let decision = match cache.policies.get(key_id) {
+            Some(policy) => policy.decide(grants, &request),
+            None => Decision::Deny("the key has no usable policy".into()),
+        };
+        match decision {
+            Decision::Allow(why) => Ok((key, why)),
+            Decision::Deny(why) => Err(Error::AccessDenied(format!("key {key_id}: {why}"))),
+        }
+    }
+
+    /// Whether any policy or grant names groups, so callers' groups must be known.
+    pub fn uses_groups(&self) -> bool {
+        self.cache.read().expect("keyring cache lock").uses_groups
     }
 
     fn material(&self, key_id: &str, version: u32) -> Result<Arc<Cipher>> {
@@ -131,12 +185,12 @@ impl KeyRing {
         ctx: &EncryptionContext,
     ) -> Result<(SecretKey, Vec<u8>)> {
         self.audited(access, "GenerateDataKey", Some(key_id), ctx, || {
-            let key = self.usable_key(key_id)?;
+            let (key, why) = self.permitted(access, key_id, "kms:GenerateDataKey", ctx)?;
             let cipher = self.material(key_id, key.current_version)?;
             let data_key = SecretKey::random();
             let header = BlobHeader { key_id: key_id.to_string(), key_version: key.current_version };
             let wrapped = blob::seal(&cipher, &header, &ctx.encode(), data_key.as_bytes());
-            Ok((data_key, wrapped))
+            Ok(((data_key, wrapped), why))
         })
     }
 
@@ -152,20 +206,22 @@ impl KeyRing {
         let key_id = parsed.as_ref().ok().map(|(h, _)| h.key_id.clone());
         self.audited(access, "Decrypt", key_id.as_deref(), ctx, || {
             let (header, sealed) = parsed?;
-            self.usable_key(&header.key_id)?;
+            let (_, why) = self.permitted(access, &header.key_id, "kms:Decrypt", ctx)?;
             let cipher = self.material(&header.key_id, header.key_version)?;
             let plain = blob::open(&cipher, &header, &ctx.encode(), sealed)?;
             let key = SecretKey::from_slice(&plain).ok_or_else(|| {
                 Error::InvalidCiphertext("the wrapped data key has the wrong length".into())
             })?;
-            Ok((key, header))
+            Ok(((key, header), why))
         })
     }
 
     /// Checks that `key_id` is usable, auditing only a refusal: for the frequent uses of a
     /// key already unwrapped and audited once (lookups and listings in a directory).
     pub fn check_key(&self, access: Access<'_>, key_id: &str, operation: &str) -> Result<()> {
-        self.usable_key(key_id).map(|_| ()).inspect_err(|e| {
+        let action = format!("kms:{operation}");
+        let ctx = EncryptionContext::new();
+        self.permitted(access, key_id, &action, &ctx).map(|_| ()).inspect_err(|e| {
             let mut event = AuditEvent::new(access.caller, operation, self.clock.now_ms());
             event.key_id = Some(key_id.to_string());
             event.path = Some(access.path.to_string());
@@ -185,17 +241,19 @@ impl KeyRing {
         data_key: &SecretKey,
     ) -> Result<Vec<u8>> {
         self.audited(access, "ReEncrypt", Some(key_id), ctx, || {
-            let key = self.usable_key(key_id)?;
+            let (key, why) = self.permitted(access, key_id, "kms:ReEncryptTo", ctx)?;
             let cipher = self.material(key_id, key.current_version)?;
             let header = BlobHeader { key_id: key_id.to_string(), key_version: key.current_version };
-            Ok(blob::seal(&cipher, &header, &ctx.encode(), data_key.as_bytes()))
+            Ok((blob::seal(&cipher, &header, &ctx.encode(), data_key.as_bytes()), why))
         })
     }
 
     /// Checks, and audits, a use of `key_id` whose data key is already in memory (a file
     /// opened again while another handle has it open).
     pub fn authorize_cached(&self, access: Access<'_>, key_id: &str, ctx: &EncryptionContext) -> Result<()> {
-        self.audited(access, "Decrypt", Some(key_id), ctx, || self.usable_key(key_id).map(|_| ()))
+        self.audited(access, "Decrypt", Some(key_id), ctx, || {
+            self.permitted(access, key_id, "kms:Decrypt", ctx).map(|(_, why)| ((), why))
+        })
     }
 
     fn audited<T>(
@@ -204,17 +262,23 @@ impl KeyRing {
         operation: &str,
         key_id: Option<&str>,
         ctx: &EncryptionContext,
-        body: impl FnOnce() -> Result<T>,
+        body: impl FnOnce() -> Result<(T, String)>,
     ) -> Result<T> {
         let mut event = AuditEvent::new(access.caller, operation, self.clock.now_ms());
         event.key_id = key_id.map(str::to_string);
         event.path = Some(access.path.to_string());
         event.context = ctx.to_audit_string();
-        let result = body();
-        if let Err(e) = &result {
-            event.outcome = Outcome::of_error(e);
-            event.reason = e.to_string();
-        }
+        let result = match body() {
+            Ok((value, why)) => {
+                event.reason = format!("allowed by {why}");
+                Ok(value)
+            }
+            Err(e) => {
+                event.outcome = Outcome::of_error(&e);
+                event.reason = e.to_string();
+                Err(e)
+            }
+        };
         self.audit.record(event);
         result
     }

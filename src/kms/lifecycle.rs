@@ -52,6 +52,14 @@ impl Op<'_> {
             current_version: 1,
         };
         records::insert_key(&self.tx, &key)?;
+        // The default key policy: the creator may do everything with a customer key; a
+        // managed key may be used by everyone through a volume (Unix permissions decide).
+        let policy = if managed {
+            super::policy::Policy::managed_default()
+        } else {
+            super::policy::Policy::default_for_owner(self.event.uid)
+        };
+        records::store_policy(&self.tx, &key.key_id, &policy)?;
         add_version(self, &key.key_id, 1, "INITIAL")?;
         self.event.key_id = Some(key.key_id.clone());
         Ok(key)

@@ -5,6 +5,7 @@
 //! whether it succeeds or is refused (a refused operation's changes are rolled back and the
 //! refusal is recorded in a transaction of its own).
 
+pub mod access;
 pub mod aliases;
 pub mod audit;
 pub mod audit_writer;
@@ -16,6 +17,7 @@ pub mod keyid;
 pub mod keyring;
 pub mod lifecycle;
 pub mod metadata;
+pub mod policy;
 pub mod principal;
 
 use std::sync::Arc;
@@ -46,6 +48,8 @@ pub struct Kms {
     audit_key: SecretKey,
     clock: Arc<dyn Clock>,
     housekeeping: Housekeeping,
+    /// Owner of the keystore file: the principal of keys that have no stored policy.
+    owner_uid: u32,
 }
 
 /// What opening the keystore did by itself.
@@ -64,6 +68,7 @@ pub(crate) struct Op<'a> {
     pub root: &'a SecretKey,
     pub now: i64,
     pub event: AuditEvent,
+    pub owner_uid: u32,
 }
 
 impl<'a> Op<'a> {
@@ -77,7 +82,9 @@ impl Kms {
     /// whose deletion window has passed and rotating keys whose rotation date has come.
     pub fn new(ks: Keystore, root: SecretKey, clock: Arc<dyn Clock>, caller: &Principal) -> Result<Kms> {
         let audit_key = audit::audit_key(&root);
-        let mut kms = Kms { ks, root, audit_key, clock, housekeeping: Housekeeping::default() };
+        use std::os::unix::fs::MetadataExt;
+        let owner_uid = std::fs::metadata(ks.path()).map(|m| m.uid()).unwrap_or(0);
+        let mut kms = Kms { ks, root, audit_key, clock, housekeeping: Housekeeping::default(), owner_uid };
         let destroyed = kms.purge_expired(caller)?;
         let rotated = kms.rotate_due(caller)?;
         kms.housekeeping = Housekeeping { destroyed, rotated };
@@ -119,7 +126,8 @@ impl Kms {
         let now_ms = self.clock.now_ms();
         let event = AuditEvent::new(caller, operation, now_ms);
         let tx = self.ks.write_tx()?;
-        let mut op = Op { tx, root: &self.root, now: now_ms.div_euclid(1000), event };
+        let mut op =
+            Op { tx, root: &self.root, now: now_ms.div_euclid(1000), event, owner_uid: self.owner_uid };
         let result = body(&mut op);
         let (tx, mut event) = op.into_parts();
         let result = match result {

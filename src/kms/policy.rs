@@ -1,0 +1,555 @@
+//! Key policies and grants: who may use a key for what, evaluated as AWS KMS does.
+//!
+//! A request is denied unless a policy statement or a grant allows it, and an explicit Deny
+//! in the policy always wins. Principals are Linux users: `{"User": [names], "Uid": [ids],
+//! "Group": [names]}` or `"*"`. Conditions test the request's encryption context and the
+//! path inside a mount (`kmsfs:Path`).
+
+use std::collections::BTreeMap;
+
+use serde_json::Value;
+
+use super::{EncryptionContext, Principal};
+use crate::error::{Error, Result};
+
+/// Largest policy document accepted (AWS's limit).
+pub const MAX_POLICY_BYTES: usize = 32 * 1024;
+
+/// Every action a policy may name.
+pub const ACTIONS: &[&str] = &[
+    "kms:Decrypt",
+    "kms:Encrypt",
+    "kms:GenerateDataKey",
+    "kms:GenerateDataKeyWithoutPlaintext",
+    "kms:ReEncryptFrom",
+    "kms:ReEncryptTo",
+    "kms:DescribeKey",
+    "kms:EnableKey",
+    "kms:DisableKey",
+    "kms:ScheduleKeyDeletion",
+    "kms:CancelKeyDeletion",
+    "kms:RotateKeyOnDemand",
+    "kms:EnableKeyRotation",
+    "kms:DisableKeyRotation",
+    "kms:ListKeyRotations",
+    "kms:GetKeyPolicy",
+    "kms:PutKeyPolicy",
+    "kms:CreateGrant",
+    "kms:ListGrants",
+    "kms:RevokeGrant",
+    "kms:RetireGrant",
+    "kms:CreateAlias",
+    "kms:UpdateAlias",
+    "kms:DeleteAlias",
+];
+
+/// Operations a grant may allow (AWS grant operations), each the action `kms:<op>`.
+pub const GRANT_OPERATIONS: &[&str] = &[
+    "Decrypt",
+    "Encrypt",
+    "GenerateDataKey",
+    "GenerateDataKeyWithoutPlaintext",
+    "ReEncryptFrom",
+    "ReEncryptTo",
+    "DescribeKey",
+];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Effect {
+    Allow,
+    Deny,
+}
+
+/// Who a statement or grant is about.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct PrincipalSpec {
+    pub anyone: bool,
+    pub users: Vec<String>,
+    pub uids: Vec<u32>,
+    pub groups: Vec<String>,
+}
+
+impl PrincipalSpec {
+    pub fn matches(&self, p: &Principal) -> bool {
+        self.anyone
+            || self.uids.contains(&p.uid)
+            || self.users.iter().any(|u| *u == p.user)
+            || self
+                .groups
+                .iter()
+                .filter_map(|g| group_id(g))
+                .any(|gid| gid == p.gid || p.groups.contains(&gid))
+    }
+
+    pub fn uses_groups(&self) -> bool {
+        !self.groups.is_empty()
+    }
+
+    fn describe(&self) -> String {
+        if self.anyone {
+            return "*".into();
+        }
+        let mut parts: Vec<String> = self.users.iter().map(|u| format!("user:{u}")).collect();
+        parts.extend(self.uids.iter().map(|u| format!("uid:{u}")));
+        parts.extend(self.groups.iter().map(|g| format!("group:{g}")));
+        parts.join(",")
+    }
+}
+
+/// A condition: operator, key, accepted values.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Condition {
+    operator: String,
+    key: String,
+    values: Vec<String>,
+}
+
+const OPERATORS: &[&str] = &["StringEquals", "StringNotEquals", "StringLike", "StringNotLike"];
+
+impl Condition {
+    fn holds(&self, request: &Request<'_>) -> bool {
+        let actual = request.value(&self.key);
+        let matched = |v: &String| match (self.operator.as_str(), actual.as_deref()) {
+            (_, None) => false,
+            ("StringEquals" | "StringNotEquals", Some(a)) => a == v,
+            (_, Some(a)) => glob(v, a),
+        };
+        let any = self.values.iter().any(matched);
+        if self.operator.contains("Not") {
+            actual.is_some() && !any
+        } else {
+            any
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Statement {
+    sid: String,
+    effect: Effect,
+    principal: PrincipalSpec,
+    actions: Vec<String>,
+    conditions: Vec<Condition>,
+}
+
+/// A parsed, validated key policy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Policy {
+    statements: Vec<Statement>,
+}
+
+/// A grant as evaluation needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GrantRule {
+    pub grant_id: String,
+    pub grantee: PrincipalSpec,
+    pub operations: Vec<String>,
+    /// Encryption-context pairs (values may use `*`) the request must carry.
+    pub constraints: BTreeMap<String, String>,
+    pub expires: Option<i64>,
+}
+
+/// What is being asked.
+pub struct Request<'a> {
+    pub caller: &'a Principal,
+    pub action: &'a str,
+    pub context: &'a EncryptionContext,
+    pub path: Option<&'a str>,
+    pub now: i64,
+}
+
+impl Request<'_> {
+    fn value(&self, key: &str) -> Option<String> {
+        if key == "kmsfs:Path" {
+            return self.path.map(str::to_string);
+        }
+        key.strip_prefix("kms:EncryptionContext:").and_then(|k| self.context.get(k)).map(str::to_string)
+    }
+}
+
+/// The outcome, with the reason the audit trail records.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    Allow(String),
+    Deny(String),
+}
+
+impl Policy {
+    /// The policy a new customer key gets: its creator may do everything.
+    pub fn default_for_owner(uid: u32) -> String {
+        serde_json::to_string_pretty(&serde_json::json!({
+            "Version": "2012-10-17",
+            "Statement": [{
+                "Sid": "Enable the key owner",
+                "Effect": "Allow",
+                "Principal": { "Uid": [uid] },
+                "Action": "kms:*",
+                "Resource": "*"
+            }]
+        }))
+        .expect("static JSON")
+    }
+
+    /// The policy of a managed (volume) key: every user may use it through the volume, where
+    /// Unix permissions decide; nobody administers it but kmsfs.
+    pub fn managed_default() -> String {
+        serde_json::to_string_pretty(&serde_json::json!({
+            "Version": "2012-10-17",
+            "Statement": [{
+                "Sid": "Allow use through kmsfs volumes",
+                "Effect": "Allow",
+                "Principal": "*",
+                "Action": ["kms:Decrypt", "kms:Encrypt", "kms:GenerateDataKey*", "kms:ReEncrypt*", "kms:DescribeKey"],
+                "Resource": "*"
+            }]
+        }))
+        .expect("static JSON")
+    }
+
+    /// Parses and validates a policy document; errors name the line or the field.
+    pub fn parse(text: &str) -> Result<Policy> {
+        if text.len() > MAX_POLICY_BYTES {
+            return Err(Error::InvalidArgument(format!(
+                "the policy is {} bytes; the limit is {MAX_POLICY_BYTES}",
+                text.len()
+            )));
+        }
+        let doc: Value = serde_json::from_str(text).map_err(|e| {
+            Error::InvalidArgument(format!(
+                "the policy is not valid JSON (line {}, column {}): {e}",
+                e.line(),
+                e.column()
+            ))
+        })?;
+        let bad = |field: &str, why: String| Error::InvalidArgument(format!("policy field {field}: {why}"));
+        let obj = doc.as_object().ok_or_else(|| bad("(top level)", "must be an object".into()))?;
+        for key in obj.keys() {
+            if !["Version", "Id", "Statement"].contains(&key.as_str()) {
+                return Err(bad(key, "unknown field (expected Version, Id, Statement)".into()));
+            }
+        }
+        if let Some(v) = obj.get("Version") {
+            if !v.is_string() {
+                return Err(bad("Version", "must be a string such as \"2012-10-17\"".into()));
+            }
+        }
+        let statements = match obj.get("Statement") {
+            Some(Value::Array(items)) => items.clone(),
+            Some(single @ Value::Object(_)) => vec![single.clone()],
+            _ => return Err(bad("Statement", "must be a list of statements".into())),
+        };
+        if statements.is_empty() {
+            return Err(bad("Statement", "must hold at least one statement".into()));
+        }
+        let statements = statements
+            .iter()
+            .enumerate()
+            .map(|(i, s)| parse_statement(s, &format!("Statement[{i}]")))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Policy { statements })
+    }
+
+    /// Whether any statement names groups (so callers' groups must be looked up).
+    pub fn uses_groups(&self) -> bool {
+        self.statements.iter().any(|s| s.principal.uses_groups())
+    }
+
+    /// Evaluates `request` against this policy and `grants`: explicit Deny wins, then any
+    /// Allow, else deny.
+    pub fn decide(&self, grants: &[GrantRule], request: &Request<'_>) -> Decision {
+        let applies = |s: &&Statement| {
+            s.principal.matches(request.caller)
+                && s.actions.iter().any(|a| action_matches(a, request.action))
+                && s.conditions.iter().all(|c| c.holds(request))
+        };
+        if let Some(deny) = self.statements.iter().filter(|s| s.effect == Effect::Deny).find(applies) {
+            return Decision::Deny(format!(
+                "explicit Deny in policy statement '{}' for {} on {}",
+                deny.sid,
+                who(request.caller),
+                request.action
+            ));
+        }
+        if let Some(allow) = self.statements.iter().filter(|s| s.effect == Effect::Allow).find(applies) {
+            return Decision::Allow(format!("policy statement '{}'", allow.sid));
+        }
+        let op = request.action.trim_start_matches("kms:");
+        let granted = grants.iter().find(|g| {
+            g.expires.is_none_or(|t| t > request.now)
+                && g.grantee.matches(request.caller)
+                && g.operations.iter().any(|o| o == op)
+                && g.constraints.iter().all(|(k, v)| {
+                    let actual = if k == "kmsfs:Path" { request.path } else { request.context.get(k) };
+                    actual.is_some_and(|a| glob(v, a))
+                })
+        });
+        match granted {
+            Some(g) => Decision::Allow(format!("grant {}", g.grant_id)),
+            None => Decision::Deny(format!(
+                "no policy statement or grant allows {} for {}",
+                request.action,
+                who(request.caller)
+            )),
+        }
+    }
+}
+
+fn who(p: &Principal) -> String {
+    format!("user {} (uid {})", p.user, p.uid)
+}
+
+fn parse_statement(v: &Value, at: &str) -> Result<Statement> {
+    let bad = |field: &str, why: String| Error::InvalidArgument(format!("policy field {at}.{field}: {why}"));
+    let obj = v
+        .as_object()
+        .ok_or_else(|| Error::InvalidArgument(format!("policy field {at}: must be an object")))?;
+    for key in obj.keys() {
+        if !["Sid", "Effect", "Principal", "Action", "Resource", "Condition"].contains(&key.as_str()) {
+            return Err(bad(
+                key,
+                "unknown field (expected Sid, Effect, Principal, Action, Resource, Condition)".into(),
+            ));
+        }
+    }
+    let sid = match obj.get("Sid") {
+        None => at.to_string(),
+        Some(Value::String(s)) => s.clone(),
+        Some(_) => return Err(bad("Sid", "must be a string".into())),
+    };
+    let effect = match obj.get("Effect").and_then(Value::as_str) {
+        Some("Allow") => Effect::Allow,
+        Some("Deny") => Effect::Deny,
+        Some(other) => return Err(bad("Effect", format!("must be Allow or Deny, not '{other}'"))),
+        None => return Err(bad("Effect", "is required (Allow or Deny)".into())),
+    };
+    let principal =
+        parse_principal(obj.get("Principal").ok_or_else(|| bad("Principal", "is required".into()))?)
+            .map_err(|why| bad("Principal", why))?;
+    let actions = strings(obj.get("Action").ok_or_else(|| bad("Action", "is required".into()))?)
+        .map_err(|why| bad("Action", why))?;
+    for action in &actions {
+        if !ACTIONS.iter().any(|known| action_matches(action, known)) {
+            return Err(bad(
+                "Action",
+                format!("unknown action '{action}' (e.g. kms:Decrypt, kms:GenerateDataKey, kms:*)"),
+            ));
+        }
+    }
+    let mut conditions = Vec::new();
+    if let Some(cond) = obj.get("Condition") {
+        let cond = cond.as_object().ok_or_else(|| bad("Condition", "must be an object".into()))?;
+        for (operator, tests) in cond {
+            if !OPERATORS.contains(&operator.as_str()) {
+                return Err(bad(
+                    "Condition",
+                    format!("unknown operator '{operator}' (use {})", OPERATORS.join(", ")),
+                ));
+            }
+            let tests = tests
+                .as_object()
+                .ok_or_else(|| bad(&format!("Condition.{operator}"), "must be an object".into()))?;
+            for (key, values) in tests {
+                if key != "kmsfs:Path" && !key.starts_with("kms:EncryptionContext:") {
+                    return Err(bad(
+                        &format!("Condition.{operator}"),
+                        format!(
+                            "unknown condition key '{key}' (use kmsfs:Path or kms:EncryptionContext:KEY)"
+                        ),
+                    ));
+                }
+                let values =
+                    strings(values).map_err(|why| bad(&format!("Condition.{operator}.{key}"), why))?;
+                conditions.push(Condition { operator: operator.clone(), key: key.clone(), values });
+            }
+        }
+    }
+    Ok(Statement { sid, effect, principal, actions, conditions })
+}
+
+fn parse_principal(v: &Value) -> std::result::Result<PrincipalSpec, String> {
+    match v {
+        Value::String(s) if s == "*" => Ok(PrincipalSpec { anyone: true, ..Default::default() }),
+        Value::Object(map) => {
+            let mut spec = PrincipalSpec::default();
+            for (kind, values) in map {
+                match kind.as_str() {
+                    "User" => spec.users = strings(values)?,
+                    "Group" => spec.groups = strings(values)?,
+                    "Uid" => {
+                        let items = match values {
+                            Value::Array(a) => a.clone(),
+                            other => vec![other.clone()],
+                        };
+                        for item in items {
+                            let uid = item
+                                .as_u64()
+                                .or_else(|| item.as_str().and_then(|s| s.parse().ok()))
+                                .filter(|&u| u <= u32::MAX as u64)
+                                .ok_or_else(|| format!("Uid values must be numbers, not {item}"))?;
+                            spec.uids.push(uid as u32);
+                        }
+                    }
+                    "AWS" if values == "*" => spec.anyone = true,
+                    other => {
+                        return Err(format!(
+                            "unknown principal type '{other}' (use User, Group, Uid or \"*\")"
+                        ))
+                    }
+                }
+            }
+            if spec == PrincipalSpec::default() {
+                return Err("names nobody".into());
+            }
+            Ok(spec)
+        }
+        _ => Err("must be \"*\" or an object such as {\"User\": [\"alice\"]}".into()),
+    }
+}
+
+/// A string or a list of strings.
+fn strings(v: &Value) -> std::result::Result<Vec<String>, String> {
+    match v {
+        Value::String(s) => Ok(vec![s.clone()]),
+        Value::Array(items) if !items.is_empty() => items
+            .iter()
+            .map(|i| i.as_str().map(str::to_string).ok_or_else(|| format!("expected strings, found {i}")))
+            .collect(),
+        _ => Err("must be a string or a non-empty list of strings".into()),
+    }
+}
+
+/// `kms:*`, `kms:ReEncrypt*` and exact names.
+fn action_matches(pattern: &str, action: &str) -> bool {
+    glob(pattern, action)
+}
+
+/// Glob with `*` (any run) and `?` (one character), as IAM's StringLike.
+pub fn glob(pattern: &str, text: &str) -> bool {
+    let (p, t): (Vec<char>, Vec<char>) = (pattern.chars().collect(), text.chars().collect());
+    let (mut pi, mut ti, mut star, mut mark) = (0, 0, None, 0);
+    while ti < t.len() {
+        if pi < p.len() && (p[pi] == '?' || p[pi] == t[ti]) {
+            pi += 1;
+            ti += 1;
+        } else if pi < p.len() && p[pi] == '*' {
+            star = Some(pi);
+            mark = ti;
+            pi += 1;
+        } else if let Some(s) = star {
+            pi = s + 1;
+            mark += 1;
+            ti = mark;
+        } else {
+            return false;
+        }
+    }
+    p[pi..].iter().all(|&c| c == '*')
+}
+
+/// Looks up a group's gid by name.
+fn group_id(name: &str) -> Option<u32> {
+    if let Ok(gid) = name.parse() {
+        return Some(gid);
+    }
+    let c = std::ffi::CString::new(name).ok()?;
+    let mut buf = vec![0u8; 16 * 1024];
+    let mut grp: libc::group = unsafe { std::mem::zeroed() };
+    let mut result: *mut libc::group = std::ptr::null_mut();
+    // SAFETY: getgrnam_r writes only into `grp` and `buf`, both alive for the call.
+    let rc =
+        unsafe { libc::getgrnam_r(c.as_ptr(), &mut grp, buf.as_mut_ptr().cast(), buf.len(), &mut result) };
+    (rc == 0 && !result.is_null()).then_some(grp.gr_gid)
+}
+
+/// Parses `user:NAME`, `group:NAME` or `uid:N`.
+pub fn parse_grantee(text: &str) -> Result<PrincipalSpec> {
+    let bad = || Error::InvalidArgument(format!("grantee '{text}' must be user:NAME, group:NAME or uid:N"));
+    let (kind, value) = text.split_once(':').ok_or_else(bad)?;
+    if value.is_empty() {
+        return Err(bad());
+    }
+    let mut spec = PrincipalSpec::default();
+    match kind {
+        "user" => spec.users.push(value.to_string()),
+        "group" => spec.groups.push(value.to_string()),
+        "uid" => spec.uids.push(value.parse().map_err(|_| bad())?),
+        _ => return Err(bad()),
+    }
+    Ok(spec)
+}
+
+/// The text form of a grantee, as stored.
+pub fn grantee_text(spec: &PrincipalSpec) -> String {
+    spec.describe()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn user(name: &str, uid: u32, gid: u32) -> Principal {
+        Principal { uid, gid, groups: vec![gid], user: name.into(), pid: None }
+    }
+
+    fn decide(policy: &Policy, grants: &[GrantRule], who: &Principal, action: &str, path: &str) -> bool {
+        let ctx = EncryptionContext::new().with("app", "web");
+        let req = Request { caller: who, action, context: &ctx, path: Some(path), now: 100 };
+        matches!(policy.decide(grants, &req), Decision::Allow(_))
+    }
+
+    #[test]
+    fn deny_wins_and_nothing_is_allowed_by_default() {
+        let policy = Policy::parse(
+            r#"{"Version":"2012-10-17","Statement":[
+                {"Sid":"a","Effect":"Allow","Principal":{"Group":["0"]},"Action":"kms:*"},
+                {"Sid":"d","Effect":"Deny","Principal":{"User":["alice"]},"Action":"kms:Decrypt"},
+                {"Sid":"p","Effect":"Allow","Principal":"*","Action":"kms:GenerateDataKey*",
+                 "Condition":{"StringLike":{"kmsfs:Path":"/finance/*"}}}]}"#,
+        )
+        .unwrap();
+        let alice = user("alice", 1001, 0);
+        let bob = user("bob", 1002, 1002);
+        assert!(!decide(&policy, &[], &alice, "kms:Decrypt", "/x"), "explicit deny beats the group allow");
+        assert!(decide(&policy, &[], &alice, "kms:Encrypt", "/x"));
+        assert!(!decide(&policy, &[], &bob, "kms:Decrypt", "/x"));
+        assert!(decide(&policy, &[], &bob, "kms:GenerateDataKey", "/finance/q1.xls"));
+        assert!(!decide(&policy, &[], &bob, "kms:GenerateDataKey", "/hr/x"));
+        let grant = GrantRule {
+            grant_id: "g1".into(),
+            grantee: parse_grantee("user:bob").unwrap(),
+            operations: vec!["Decrypt".into()],
+            constraints: [("app".to_string(), "w*".to_string())].into(),
+            expires: Some(200),
+        };
+        assert!(decide(&policy, std::slice::from_ref(&grant), &bob, "kms:Decrypt", "/x"));
+        let expired = GrantRule { expires: Some(50), ..grant.clone() };
+        assert!(!decide(&policy, &[expired], &bob, "kms:Decrypt", "/x"));
+        let other_ctx = GrantRule { constraints: [("app".to_string(), "db".to_string())].into(), ..grant };
+        assert!(!decide(&policy, &[other_ctx], &bob, "kms:Decrypt", "/x"));
+    }
+
+    #[test]
+    fn bad_policies_name_the_problem() {
+        let err = |text: &str| Policy::parse(text).unwrap_err().to_string();
+        assert!(err("{").contains("line 1"));
+        assert!(err(r#"{"Statement":[{"Effect":"Permit","Principal":"*","Action":"kms:Decrypt"}]}"#)
+            .contains("Statement[0].Effect"));
+        assert!(err(r#"{"Statement":[{"Effect":"Allow","Principal":"*","Action":"kms:Frobnicate"}]}"#)
+            .contains("kms:Frobnicate"));
+        assert!(err(r#"{"Statement":[{"Effect":"Allow","Principal":{"Robot":["x"]},"Action":"kms:*"}]}"#)
+            .contains("Robot"));
+        assert!(err(r#"{"Statement":[]}"#).contains("at least one"));
+        assert!(err(&format!("{{\"Id\":\"{}\"}}", "x".repeat(MAX_POLICY_BYTES))).contains("limit"));
+        assert!(Policy::parse(&Policy::default_for_owner(0)).is_ok());
+        assert!(Policy::parse(&Policy::managed_default()).is_ok());
+    }
+
+    #[test]
+    fn globbing() {
+        assert!(glob("kms:*", "kms:Decrypt"));
+        assert!(glob("/finance/*", "/finance/a/b"));
+        assert!(!glob("/finance/*", "/finance"));
+        assert!(glob("a?c", "abc"));
+        assert!(!glob("kms:ReEncrypt*", "kms:Decrypt"));
+    }
+}
