@@ -73,7 +73,7 @@ impl PrincipalSpec {
     pub fn matches(&self, p: &Principal) -> bool {
         self.anyone
             || self.uids.contains(&p.uid)
-            || self.users.iter().any(|u| *u == p.user)
+            || self.users.contains(&p.user)
             || self
                 .groups
                 .iter()
