@@ -1,0 +1,304 @@
+//! Key policies and grants, enforced per caller in a real mount (`-o allow_other`), with
+//! processes running as other uids: the dual permission model.
+
+mod common;
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use common::mount::{wait_until, Mounted};
+
+const ALICE: u32 = 1001;
+const BOB: u32 = 1002;
+const CAROL: u32 = 1003;
+const FINANCE_GID: u32 = 2000;
+
+/// Runs a command as `uid` with primary group `gid`.
+fn run_as(uid: u32, gid: u32, args: &[&str]) -> Output {
+    Command::new(args[0]).args(&args[1..]).uid(uid).gid(gid).output().expect("run as user")
+}
+
+fn cat_as(uid: u32, gid: u32, path: &std::path::Path) -> Result<Vec<u8>, String> {
+    let out = run_as(uid, gid, &["cat", path.to_str().unwrap()]);
+    if out.status.success() {
+        Ok(out.stdout)
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+/// A mount where other users can reach everything the Unix permissions allow, with a file
+/// `finance/report.txt` (mode 0644) written by root before any policy restricts the key.
+fn shared_mount() -> Mounted {
+    let m = Mounted::with_options(&["allow_other"]);
+    fs::set_permissions(m.env.dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    fs::create_dir(m.path("finance")).unwrap();
+    fs::set_permissions(m.path("finance"), fs::Permissions::from_mode(0o777)).unwrap();
+    fs::write(m.path("finance/report.txt"), b"q3 numbers").unwrap();
+    fs::set_permissions(m.path("finance/report.txt"), fs::Permissions::from_mode(0o644)).unwrap();
+    m
+}
+
+fn put_policy(m: &Mounted, json: &str) {
+    let file = m.env.path("policy.json");
+    fs::write(&file, json).unwrap();
+    m.ok(&["policy", "put", "alias/vol", file.to_str().unwrap()]);
+}
+
+/// Listing and reading need kms:Decrypt; creating needs kms:GenerateDataKey.
+const ALICE_ONLY: &str = r#"{
+  "Version": "2012-10-17",
+  "Statement": [
+    {"Sid": "alice", "Effect": "Allow", "Principal": {"Uid": [1001]},
+     "Action": ["kms:Decrypt", "kms:GenerateDataKey*"]}
+  ]
+}"#;
+
+#[test]
+fn policy_admits_alice_refuses_bob_and_root_and_grants_come_and_go() {
+    let m = shared_mount();
+    let report = m.path("finance/report.txt");
+    put_policy(&m, ALICE_ONLY);
+
+    assert_eq!(cat_as(ALICE, ALICE, &report).unwrap(), b"q3 numbers");
+    let err = cat_as(BOB, BOB, &report).unwrap_err();
+    assert!(err.contains("Permission denied"), "bob: {err}");
+    // Root is refused too: mode bits do not open a key. (Recovery: below.)
+    let err = fs::read(&report).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EACCES), "root: {err}");
+
+    // A grant lets bob read; revoking it stops him at the next open, no remount.
+    let grant = m.json(&[
+        "grant",
+        "create",
+        "--key",
+        "alias/vol",
+        "--grantee",
+        "uid:1002",
+        "--operations",
+        "Decrypt",
+    ]);
+    let grant_id = grant["GrantId"].as_str().unwrap().to_string();
+    assert_eq!(cat_as(BOB, BOB, &report).unwrap(), b"q3 numbers");
+    let listed = m.json(&["grant", "list", "alias/vol"]);
+    assert_eq!(listed[0]["GrantId"], grant_id.as_str());
+    assert_eq!(listed[0]["Grantee"], "uid:1002");
+    m.ok(&["grant", "revoke", "alias/vol", &grant_id]);
+    assert!(cat_as(BOB, BOB, &report).is_err(), "a revoked grant stops bob");
+
+    // An expired grant stops him too.
+    m.ok(&[
+        "grant",
+        "create",
+        "--key",
+        "alias/vol",
+        "--grantee",
+        "uid:1002",
+        "--operations",
+        "Decrypt",
+        "--expires",
+        "2s",
+    ]);
+    assert_eq!(cat_as(BOB, BOB, &report).unwrap(), b"q3 numbers");
+    assert!(
+        wait_until(Duration::from_secs(6), || cat_as(BOB, BOB, &report).is_err()),
+        "the grant never expired"
+    );
+
+    // The admin (passphrase holder) recovers root's access by changing the policy.
+    put_policy(
+        &m,
+        r#"{"Statement": [
+            {"Sid": "admin", "Effect": "Allow", "Principal": {"Uid": [0]}, "Action": "kms:*"},
+            {"Sid": "alice", "Effect": "Allow", "Principal": {"Uid": [1001]}, "Action": "kms:Decrypt"}]}"#,
+    );
+    assert_eq!(fs::read(&report).unwrap(), b"q3 numbers");
+
+    // Every decision is in the audit trail, with uid, path and operation.
+    let denied = m.json(&["audit", "--denied"]);
+    let bob_denied = denied.as_array().unwrap().iter().any(|e| {
+        e["Uid"] == BOB
+            && e["Operation"] == "Decrypt"
+            && e["Path"] == "/finance/report.txt"
+            && e["Outcome"] == "Denied"
+    });
+    assert!(bob_denied, "no denial of bob in the audit trail: {denied:#}");
+    let all = m.json(&["audit"]);
+    let alice_allowed = all.as_array().unwrap().iter().any(|e| {
+        e["Uid"] == ALICE
+            && e["Outcome"] == "Success"
+            && e["Path"] == "/finance/report.txt"
+            && e["Reason"].as_str().unwrap_or("").contains("alice")
+    });
+    assert!(alice_allowed, "no allow for alice naming her statement");
+    assert!(m.ok(&["audit", "verify"]).contains("intact"));
+}
+
+#[test]
+fn explicit_deny_for_alice_beats_the_allow_for_her_group() {
+    let m = shared_mount();
+    let report = m.path("finance/report.txt");
+    put_policy(
+        &m,
+        r#"{"Statement": [
+            {"Sid": "finance-group", "Effect": "Allow", "Principal": {"Group": ["2000"]}, "Action": "kms:Decrypt"},
+            {"Sid": "not-alice", "Effect": "Deny", "Principal": {"Uid": [1001]}, "Action": "kms:*"}]}"#,
+    );
+    assert_eq!(cat_as(CAROL, FINANCE_GID, &report).unwrap(), b"q3 numbers", "carol is in the group");
+    let err = cat_as(ALICE, FINANCE_GID, &report).unwrap_err();
+    assert!(err.contains("Permission denied"), "{err}");
+    assert!(cat_as(BOB, BOB, &report).is_err(), "bob is not in the group");
+    let denied = m.json(&["audit", "--denied"]);
+    assert!(denied
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|e| e["Uid"] == ALICE && e["Reason"].as_str().unwrap_or("").contains("explicit Deny")));
+}
+
+#[test]
+fn creating_needs_generate_data_key_and_path_conditions_apply() {
+    let m = shared_mount();
+    fs::create_dir(m.path("hr")).unwrap();
+    fs::set_permissions(m.path("hr"), fs::Permissions::from_mode(0o777)).unwrap();
+    put_policy(
+        &m,
+        r#"{"Statement": [
+            {"Sid": "list", "Effect": "Allow", "Principal": "*", "Action": "kms:Decrypt"},
+            {"Sid": "alice-writes-finance", "Effect": "Allow", "Principal": {"Uid": [1001]},
+             "Action": "kms:GenerateDataKey", "Condition": {"StringLike": {"kmsfs:Path": "/finance/*"}}}]}"#,
+    );
+    let touch =
+        |uid: u32, rel: &str| run_as(uid, uid, &["touch", m.path(rel).to_str().unwrap()]).status.success();
+    assert!(touch(ALICE, "finance/new.txt"), "alice may create under /finance");
+    assert!(!touch(ALICE, "hr/new.txt"), "but not under /hr");
+    assert!(!touch(BOB, "finance/bob.txt"), "bob may not create at all");
+    assert!(m.path("finance/new.txt").exists());
+    assert!(!m.path("hr/new.txt").exists() && !m.path("finance/bob.txt").exists());
+}
+
+#[test]
+fn bad_policies_are_refused_and_the_old_one_stays() {
+    let m = shared_mount();
+    put_policy(&m, ALICE_ONLY);
+    let before = m.ok(&["policy", "get", "alias/vol"]);
+    let cases = [
+        ("{ not json", "line 1"),
+        (
+            r#"{"Statement": [{"Effect": "Permit", "Principal": "*", "Action": "kms:Decrypt"}]}"#,
+            "Statement[0].Effect",
+        ),
+        (r#"{"Statement": [{"Effect": "Allow", "Principal": "*", "Action": "kms:Explode"}]}"#, "kms:Explode"),
+        (
+            r#"{"Statement": [{"Effect": "Allow", "Principal": {"Martian": ["x"]}, "Action": "kms:*"}]}"#,
+            "Martian",
+        ),
+        (
+            r#"{"Statement": [{"Effect": "Allow", "Principal": "*", "Action": "kms:*", "Condition": {"NumericLessThan": {"kmsfs:Path": "1"}}}]}"#,
+            "NumericLessThan",
+        ),
+    ];
+    let file = m.env.path("bad.json");
+    for (text, named) in cases {
+        fs::write(&file, text).unwrap();
+        let out = m.kmsfs(&["policy", "put", "alias/vol", file.to_str().unwrap()]);
+        assert_eq!(out.status.code(), Some(1), "{text}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(named), "error for {text} should name {named}: {err}");
+    }
+    fs::write(&file, format!(r#"{{"Id": "{}"}}"#, "x".repeat(33 * 1024))).unwrap();
+    let out = m.kmsfs(&["policy", "put", "alias/vol", file.to_str().unwrap()]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("32768"));
+    assert_eq!(m.ok(&["policy", "get", "alias/vol"]), before, "the old policy stays");
+    // And it still works as before.
+    assert_eq!(cat_as(ALICE, ALICE, &m.path("finance/report.txt")).unwrap(), b"q3 numbers");
+    let refused = m.json(&["audit", "--operation", "PutKeyPolicy"]);
+    assert!(refused.as_array().unwrap().iter().filter(|e| e["Outcome"] == "Error").count() >= 6);
+}
+
+#[test]
+fn grant_commands_validate_and_retire_is_for_the_grantee() {
+    let m = Mounted::new();
+    let bad = |args: &[&str], needle: &str| {
+        let out = m.kmsfs(args);
+        assert!(!out.status.success(), "{args:?} succeeded");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(needle), "{args:?}: {err}");
+    };
+    bad(
+        &["grant", "create", "--key", "alias/vol", "--grantee", "bob", "--operations", "Decrypt"],
+        "user:NAME",
+    );
+    bad(
+        &["grant", "create", "--key", "alias/vol", "--grantee", "uid:7", "--operations", "Destroy"],
+        "Destroy",
+    );
+    bad(
+        &[
+            "grant",
+            "create",
+            "--key",
+            "alias/vol",
+            "--grantee",
+            "uid:7",
+            "--operations",
+            "Decrypt",
+            "--expires",
+            "soon",
+        ],
+        "soon",
+    );
+    bad(
+        &["grant", "create", "--key", "alias/nope", "--grantee", "uid:7", "--operations", "Decrypt"],
+        "unknown alias",
+    );
+    let grant = m.json(&[
+        "grant",
+        "create",
+        "--key",
+        "alias/vol",
+        "--grantee",
+        "uid:7",
+        "--operations",
+        "Decrypt,GenerateDataKey",
+        "--name",
+        "spare key",
+    ]);
+    let token = grant["GrantToken"].as_str().unwrap();
+    // Root is not uid 7: only the grantee retires (an admin revokes instead).
+    bad(&["grant", "retire", token], "only the grantee");
+    let id = grant["GrantId"].as_str().unwrap();
+    m.ok(&["grant", "revoke", "alias/vol", id]);
+    assert!(m.json(&["grant", "list", "alias/vol"]).as_array().unwrap().is_empty());
+    bad(&["grant", "revoke", "alias/vol", id], "no grant");
+    // Root retires a grant made out to root.
+    let mine =
+        m.json(&["grant", "create", "--key", "alias/vol", "--grantee", "uid:0", "--operations", "Decrypt"]);
+    m.ok(&["grant", "retire", mine["GrantToken"].as_str().unwrap()]);
+    assert!(m.json(&["grant", "list", "alias/vol"]).as_array().unwrap().is_empty());
+}
+
+#[test]
+fn policies_apply_to_the_crypto_commands_too() {
+    let m = Mounted::new();
+    let out = common::run_with_stdin(m.env.cmd(&["encrypt", "--key", "alias/vol"]), b"secret");
+    assert!(out.status.success());
+    let blob = out.stdout;
+    put_policy(
+        &m,
+        r#"{"Statement": [{"Effect": "Allow", "Principal": {"Uid": [1001]}, "Action": "kms:*"}]}"#,
+    );
+    let out = common::run_with_stdin(m.env.cmd(&["decrypt"]), &blob);
+    assert_eq!(out.status.code(), Some(6), "access denied exit code");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no policy statement or grant allows kms:Decrypt"));
+    // Managed keys cannot be re-policied.
+    let managed = m.env.path("managed-vol");
+    m.ok(&["volume", "init", managed.to_str().unwrap()]);
+    let file = m.env.path("p.json");
+    fs::write(&file, r#"{"Statement": [{"Effect": "Allow", "Principal": "*", "Action": "kms:*"}]}"#).unwrap();
+    let out = m.kmsfs(&["policy", "put", "alias/kmsfs/managed-vol", file.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(6));
+}
