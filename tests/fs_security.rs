@@ -449,7 +449,8 @@ fn allow_other_admits_other_users_under_unix_permissions() {
     // The key's default policy admits only its creator (the dual permission model); let
     // every user use it, so that Unix permissions are what this test looks at.
     let policy = m.env.path("open-policy.json");
-    fs::write(&policy, r#"{"Statement": [{"Effect": "Allow", "Principal": "*", "Action": "kms:*"}]}"#).unwrap();
+    fs::write(&policy, r#"{"Statement": [{"Effect": "Allow", "Principal": "*", "Action": "kms:*"}]}"#)
+        .unwrap();
     m.ok(&["policy", "put", "alias/vol", policy.to_str().unwrap()]);
     fs::write(m.path("public.txt"), b"public").unwrap();
     fs::write(m.path("private.txt"), b"private").unwrap();
