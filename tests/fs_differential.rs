@@ -45,6 +45,32 @@ impl Rng {
 }
 
 const NAMES: [&str; 8] = ["a", "b", "c", "dd", "e", "file", "g", "h"];
+
+/// Names at the edges of how kmsfs stores them: 175 bytes is the longest stored directly,
+/// 176 the shortest stored as a hash with a sidecar, 255 is NAME_MAX (in 1-, 2-, 3- and
+/// 4-byte characters), and short multi-byte ones.
+fn edge_names() -> Vec<String> {
+    let fill = |tag: &str, c: char, len: usize| {
+        let mut s = tag.to_string();
+        while s.len() + c.len_utf8() <= len {
+            s.push(c);
+        }
+        while s.len() < len {
+            s.push('_');
+        }
+        s
+    };
+    vec![
+        "a".into(),
+        "Grüße-😀".into(),
+        fill("s175-", 's', 175),
+        fill("l176-", 'l', 176),
+        fill("m255-", 'm', 255),
+        fill("é255-", 'é', 255),
+        fill("語255-", '語', 255),
+        fill("😀255-", '😀', 255),
+    ]
+}
 const SLOTS: usize = 4;
 const MAX_DEPTH: usize = 3;
 
@@ -229,15 +255,20 @@ fn depth(path: &str) -> usize {
 struct Gen {
     rng: Rng,
     seed_counter: u64,
+    names: Vec<String>,
 }
 
 impl Gen {
-    /// A path that may or may not exist: an existing directory plus one of NAMES.
+    fn name(&mut self) -> String {
+        self.names[self.rng.below(self.names.len())].clone()
+    }
+
+    /// A path that may or may not exist: an existing directory plus one of the names.
     fn new_path(&mut self, s: &Scan) -> String {
         let dir = self.rng.pick(&s.dirs).cloned().unwrap_or_default();
-        let name = NAMES[self.rng.below(NAMES.len())];
+        let name = self.name();
         if dir.is_empty() {
-            name.to_string()
+            name
         } else {
             format!("{dir}/{name}")
         }
@@ -323,13 +354,9 @@ impl Gen {
                 68..=70 => Op::Rmdir { path: self.path_from(&s.dirs[1..], s) },
                 71..=74 => {
                     let target = if self.rng.chance(70) {
-                        NAMES[self.rng.below(NAMES.len())].to_string()
+                        self.name()
                     } else {
-                        format!(
-                            "{}/{}",
-                            NAMES[self.rng.below(NAMES.len())],
-                            NAMES[self.rng.below(NAMES.len())]
-                        )
+                        format!("{}/{}", self.name(), self.name())
                     };
                     Op::Symlink { target, path: self.new_path(s) }
                 }
@@ -430,6 +457,7 @@ fn compare_trees(a: &Path, b: &Path, rel: &str, diffs: &mut Vec<String>) {
 }
 
 struct Run {
+    test: &'static str,
     seed: u64,
     mnt: PathBuf,
     plain: PathBuf,
@@ -440,10 +468,11 @@ impl Run {
     fn fail(&self, what: String) -> ! {
         let recent: Vec<&String> = self.history.iter().collect();
         panic!(
-            "{what}\nseed {seed} (rerun: KMSFS_TEST_SEED={seed} cargo test --test fs_differential)\n\
+            "{what}\nseed {seed} (rerun: KMSFS_TEST_SEED={seed} cargo test --test fs_differential {test})\n\
              last operations:\n  {}",
             recent.iter().map(|s| s.as_str()).collect::<Vec<_>>().join("\n  "),
-            seed = self.seed
+            seed = self.seed,
+            test = self.test
         );
     }
 
@@ -468,18 +497,36 @@ fn seed_from_env() -> u64 {
 
 #[test]
 fn random_operations_match_a_plain_directory() {
+    differential(
+        "random_operations_match_a_plain_directory",
+        NAMES.iter().map(|n| n.to_string()).collect(),
+        3000,
+    );
+}
+
+/// The same with names of up to 255 bytes (stored as hashes with sidecars) and multi-byte
+/// characters; a seed of its own unless KMSFS_TEST_SEED is set.
+#[test]
+fn random_operations_on_long_and_unicode_names_match_a_plain_directory() {
+    differential("random_operations_on_long_and_unicode_names_match_a_plain_directory", edge_names(), 1500);
+}
+
+/// Applies a seeded stream of `ops` random operations (KMSFS_TEST_OPS overrides the number)
+/// on entries named from `names` to a mount and a plain directory, and compares them.
+fn differential(test: &'static str, names: Vec<String>, default_ops: usize) {
     let seed = seed_from_env();
-    let ops: usize = std::env::var("KMSFS_TEST_OPS").ok().and_then(|s| s.parse().ok()).unwrap_or(3000);
-    eprintln!("fs_differential seed {seed} ({ops} operations; rerun with KMSFS_TEST_SEED={seed})");
+    let ops: usize = std::env::var("KMSFS_TEST_OPS").ok().and_then(|s| s.parse().ok()).unwrap_or(default_ops);
+    eprintln!("{test}: seed {seed} ({ops} operations; rerun with KMSFS_TEST_SEED={seed})");
     let mut m = Mounted::new();
     let plain_dir = tempfile::tempdir().unwrap();
     let mut run = Run {
+        test,
         seed,
         mnt: m.mnt().to_path_buf(),
         plain: plain_dir.path().to_path_buf(),
         history: VecDeque::new(),
     };
-    let mut gen = Gen { rng: Rng::new(seed), seed_counter: seed % 1_000_000 };
+    let mut gen = Gen { rng: Rng::new(seed), seed_counter: seed % 1_000_000, names };
     let mut hm: Vec<Option<File>> = (0..SLOTS).map(|_| None).collect();
     let mut hp: Vec<Option<File>> = (0..SLOTS).map(|_| None).collect();
     let mut errors = 0;

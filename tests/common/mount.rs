@@ -136,6 +136,29 @@ impl Mounted {
         assert_eq!(rc, 0, "kill: {}", io::Error::last_os_error());
     }
 
+    /// Kills the daemon with SIGKILL, as a crash would (no unmount, no cleanup), and reaps it.
+    pub fn kill_daemon(&mut self) -> ExitStatus {
+        self.signal(libc::SIGKILL);
+        self.wait_exit(EXIT_TIMEOUT).unwrap_or_else(|| panic!("daemon still running after SIGKILL"))
+    }
+
+    /// Mounts again after the daemon died: waits for auto_unmount to take the dead mount
+    /// away, unmounts it with `fusermount3 -u` (lazily if need be) where it stays, then
+    /// starts a new daemon. Descriptors into the dead mount must be closed first.
+    pub fn restart_after_crash(&mut self) {
+        assert!(self.child.is_none(), "the daemon is still running");
+        if !wait_until(Duration::from_secs(3), || !is_mounted(&self.mnt)) {
+            for args in [["-u"], ["-uz"]] {
+                if is_mounted(&self.mnt) {
+                    let _ =
+                        Command::new("fusermount3").args(args).arg(&self.mnt).stderr(Stdio::null()).status();
+                }
+            }
+        }
+        assert!(!is_mounted(&self.mnt), "the dead mount at {} stays mounted", self.mnt.display());
+        self.start();
+    }
+
     /// Waits up to `timeout` for the daemon to exit; reaps it and returns its status.
     pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
         let deadline = Instant::now() + timeout;
