@@ -31,30 +31,68 @@ impl KmsFs {
             self.keyring.check_key(access, &state.key_id, "Decrypt").map_err(kms_errno)?;
             return Ok(state);
         }
+        // First use of this directory: one loader at a time, so that two first uses of a
+        // directory that needs repair cannot each create a different names key.
+        let _loading = self.dir_loading.lock().expect("dir loading lock");
+        if let Some(state) = self.dir_states.read().expect("dir states lock").get(&ino.0).cloned() {
+            self.keyring.check_key(access, &state.key_id, "Decrypt").map_err(kms_errno)?;
+            return Ok(state);
+        }
         let dir = self.backing(ino)?;
-        let meta = match DirMeta::load(&dir).map_err(|e| {
+        let copies = DirMeta::load_copies(&dir).map_err(|e| {
             log::warn!("{}: {e}; answering EIO", access.path);
             Errno::EIO
-        })? {
-            Some(meta) => meta,
-            None => return self.repair_dir_meta(access, ino, &dir),
-        };
-        let state = Arc::new(self.unwrap_dir_meta(access, &meta)?);
-        self.dir_states.write().expect("dir states lock").insert(ino.0, state.clone());
-        Ok(state)
+        })?;
+        if copies.is_empty() {
+            return self.repair_dir_meta(access, ino, &dir);
+        }
+        let mut last = Errno::EIO;
+        for (i, meta) in copies.iter().enumerate() {
+            match self.unwrap_dir_meta(access, meta) {
+                Ok(state) => {
+                    let state = Arc::new(state);
+                    self.dir_states.write().expect("dir states lock").insert(ino.0, state.clone());
+                    return Ok(state);
+                }
+                // Refused by key state or policy: the other copy names the same key.
+                Err(e) if e != Errno::EIO => return Err(e),
+                Err(e) => {
+                    if i + 1 < copies.len() {
+                        log::warn!(
+                            "{}: metadata copy {} does not authenticate; trying the other",
+                            access.path,
+                            i + 1
+                        );
+                    }
+                    last = e;
+                }
+            }
+        }
+        Err(last)
     }
 
+    /// Unwraps one metadata copy. The key id is taken from the authenticated blob, not from
+    /// the JSON beside it: a copy whose `key_id` was edited is refused.
     fn unwrap_dir_meta(&self, access: Access<'_>, meta: &DirMeta) -> FsResult<DirState> {
         let iv = meta.iv_bytes().ok_or(Errno::EIO)?;
         let blob = meta.names_key_blob().ok_or(Errno::EIO)?;
         let ctx = DirMeta::context(&self.config.volume_id, &meta.iv);
-        let (names_key, _) = self.keyring.decrypt_data_key(access, &blob, &ctx).map_err(|e| {
+        let (names_key, wrapped_by) = self.keyring.decrypt_data_key(access, &blob, &ctx).map_err(|e| {
             if let crate::Error::InvalidCiphertext(why) = &e {
                 log::warn!("{}: the directory's names key does not authenticate ({why})", access.path);
             }
             kms_errno(e)
         })?;
-        Ok(DirState { key_id: meta.key_id.clone(), iv, names: DirNames::new(&names_key, &iv), names_key })
+        if wrapped_by.key_id != meta.key_id {
+            log::warn!(
+                "{}: directory metadata names key {} but its names key is wrapped by {}; answering EIO",
+                access.path,
+                meta.key_id,
+                wrapped_by.key_id
+            );
+            return Err(Errno::EIO);
+        }
+        Ok(DirState { key_id: wrapped_by.key_id, iv, names: DirNames::new(&names_key, &iv), names_key })
     }
 
     /// Creates the metadata of a new directory `dir` (inode `ino`) under `key_id`.
@@ -88,6 +126,10 @@ impl KmsFs {
     /// the metadata write). If it holds nothing, give it fresh metadata under its parent's
     /// key; otherwise its names cannot be read, and only this directory reports EIO.
     fn repair_dir_meta(&self, access: Access<'_>, ino: INodeNo, dir: &Path) -> FsResult<Arc<DirState>> {
+        if self.options.read_only {
+            log::warn!("{}: directory metadata is missing; a read-only mount cannot repair it", access.path);
+            return Err(Errno::EIO);
+        }
         let holds_entries =
             std::fs::read_dir(dir).map_err(super::io_errno)?.filter_map(|e| e.ok()).any(|e| {
                 !matches!(super::dirnames::classify(&e.file_name()), super::dirnames::BackingEntry::Internal)
@@ -100,9 +142,25 @@ impl KmsFs {
             return Err(Errno::EIO);
         }
         let parent = self.inodes.parent(ino.0).ok_or(Errno::EIO)?;
-        let key_id = self.dir_state(access, INodeNo(parent))?.key_id.clone();
+        let key_id = self.parent_key(access, INodeNo(parent))?;
         log::warn!("{}: directory metadata was missing (interrupted mkdir); recreated it", access.path);
         self.create_dir_meta(access, ino.0, dir, &key_id, false)
+    }
+
+    /// The key of directory `parent`, loading it if needed. Called with the loading lock
+    /// held, so it must not take it again: the parent is cached already (it was looked up
+    /// before its child), else its metadata is read directly.
+    fn parent_key(&self, access: Access<'_>, parent: INodeNo) -> FsResult<String> {
+        if let Some(state) = self.dir_states.read().expect("dir states lock").get(&parent.0) {
+            return Ok(state.key_id.clone());
+        }
+        let dir = self.backing(parent)?;
+        for meta in DirMeta::load_copies(&dir).map_err(|_| Errno::EIO)? {
+            if let Ok(state) = self.unwrap_dir_meta(access, &meta) {
+                return Ok(state.key_id);
+            }
+        }
+        Err(Errno::EIO)
     }
 
     /// `setfattr -n user.kmsfs.key -v KEY DIR`: the directory's names key is re-wrapped

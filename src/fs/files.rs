@@ -117,7 +117,7 @@ impl KmsFs {
         }
         let path = self.backing(ino)?;
         let (file, writable) = open_backing(&path, self.options.read_only)?;
-        let key = self.load_key(&file, writable, access)?;
+        let key = self.load_key(ino, &file, writable, access)?;
         let fresh = Arc::new(OpenFile { file, writable, key, lock: RwLock::new(()), label });
         let mut map = self.open_files.lock().expect("open files lock");
         let (of, n) = map.entry(ino.0).or_insert_with(|| (fresh, 0));
@@ -137,14 +137,17 @@ impl KmsFs {
     }
 
     /// Reads the header and unwraps the data key, newest slot first.
-    fn load_key(&self, file: &File, writable: bool, access: Access<'_>) -> FsResult<FileKey> {
+    fn load_key(&self, ino: INodeNo, file: &File, writable: bool, access: Access<'_>) -> FsResult<FileKey> {
         if file.metadata().map_err(io_errno)?.len() == 0 {
             // Created but never given a header (a crash right after create): a new, empty file.
             if !writable {
                 log::warn!("{} has no header and cannot be repaired read-only; answering EIO", access.path);
                 return Err(Errno::EIO);
             }
-            return self.write_new_header(file, access, &self.config.default_key_id.clone());
+            // It gets the key of its directory, as at create.
+            let parent = self.inodes.parent(ino.0).ok_or(Errno::EIO)?;
+            let key_id = self.dir_state(access, INodeNo(parent))?.key_id.clone();
+            return self.write_new_header(file, access, &key_id);
         }
         let mut raw = [0u8; HEADER_LEN as usize];
         if let Err(e) = file.read_exact_at(&mut raw, 0) {

@@ -58,6 +58,8 @@ pub struct KmsFs {
     dirs: Mutex<HashMap<u64, Arc<DirHandle>>>,
     /// Each directory's key and names key, by inode.
     dir_states: RwLock<HashMap<u64, Arc<dirs::DirState>>>,
+    /// Held while a directory's state is loaded (or repaired) for the first time.
+    dir_loading: Mutex<()>,
     /// The cipher directory, opened once, for walking paths too long for one syscall.
     root_fd: std::os::fd::OwnedFd,
     next_fh: AtomicU64,
@@ -78,6 +80,7 @@ impl KmsFs {
         let root_fd = std::fs::File::open(&root)?.into();
         Ok(KmsFs {
             dir_states: RwLock::new(HashMap::new()),
+            dir_loading: Mutex::new(()),
             root_fd,
             inodes: InodeTable::new(root_meta.ino()),
             root,

@@ -80,25 +80,35 @@ impl DirMeta {
     /// neither exists (a directory whose creation was interrupted); an error if copies exist
     /// but none is readable.
     pub fn load(dir: &Path) -> Result<Option<DirMeta>> {
+        Ok(Self::load_copies(dir)?.into_iter().next())
+    }
+
+    /// Every copy that parses, primary first. Empty if neither exists (a directory whose
+    /// creation was interrupted); an error if copies exist but none parses. Callers that
+    /// unwrap the names key try the next copy when one does not authenticate.
+    pub fn load_copies(dir: &Path) -> Result<Vec<DirMeta>> {
         let mut seen = false;
+        let mut copies = Vec::new();
         for name in [DIR_META, DIR_META_BACKUP] {
             match std::fs::read_to_string(dir.join(name)) {
                 Ok(text) => {
                     seen = true;
-                    if let Some(meta) = Self::parse(&text) {
-                        return Ok(Some(meta));
+                    match Self::parse(&text) {
+                        Some(meta) => copies.push(meta),
+                        None => log::warn!("{}/{name} is damaged; trying the other copy", dir.display()),
                     }
-                    log::warn!("{}/{name} is damaged; trying the other copy", dir.display());
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                 Err(e) => return Err(Error::io(format!("cannot read {}/{name}", dir.display()), e)),
             }
         }
-        if seen {
-            Err(Error::InvalidCiphertext(format!("both metadata copies of {} are damaged", dir.display())))
-        } else {
-            Ok(None)
+        if seen && copies.is_empty() {
+            return Err(Error::InvalidCiphertext(format!(
+                "both metadata copies of {} are damaged",
+                dir.display()
+            )));
         }
+        Ok(copies)
     }
 
     /// Writes both copies, each atomically.

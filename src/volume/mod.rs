@@ -99,12 +99,12 @@ pub fn new_volume_id() -> String {
 /// Replaces `path` with `bytes` so that a crash leaves the old or the new contents, never a
 /// mix: write a temporary file, fsync it, rename it over, fsync the directory.
 pub fn write_atomically(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
+    // Unique per call: threads of one mount may write the same file at once.
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let unique = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let dir = path.parent().unwrap_or(Path::new("."));
-    let tmp = dir.join(format!(
-        ".{}.tmp-{}",
-        path.file_name().unwrap_or_default().to_string_lossy(),
-        std::process::id()
-    ));
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    let tmp = dir.join(format!(".{name}.tmp-{}-{unique}", std::process::id()));
     let result = (|| -> std::io::Result<()> {
         let mut f =
             std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(mode).open(&tmp)?;
