@@ -62,18 +62,20 @@ impl InodeTable {
         }
     }
 
-    /// The kernel forgot `n` lookups of `ino`.
-    pub fn forget(&self, ino: u64, n: u64) {
+    /// The kernel forgot `n` lookups of `ino`. Returns whether the inode is gone.
+    pub fn forget(&self, ino: u64, n: u64) -> bool {
         if ino == ROOT_INO {
-            return;
+            return false;
         }
         let mut map = self.inner.write().expect("inode table lock");
         if let Some(node) = map.get_mut(&ino) {
             node.lookups = node.lookups.saturating_sub(n);
             if node.lookups == 0 {
                 map.remove(&ino);
+                return true;
             }
         }
+        false
     }
 
     /// The backing path of `ino` relative to the cipher directory ("" for the root), or

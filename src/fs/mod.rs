@@ -61,7 +61,11 @@ pub struct KmsFs {
     /// Held while a directory's state is loaded (or repaired) for the first time.
     dir_loading: Mutex<()>,
     /// The cipher directory, opened once, for walking paths too long for one syscall.
-    root_fd: std::os::fd::OwnedFd,
+    root_fd: Arc<std::os::fd::OwnedFd>,
+    /// Descriptors of deep directories (backing path over SHORT_PATH), by inode. A
+    /// descriptor follows its directory through renames, so entries stay valid until the
+    /// kernel forgets the inode or the directory is removed.
+    deep_dirs: Mutex<HashMap<u64, Arc<std::os::fd::OwnedFd>>>,
     next_fh: AtomicU64,
     /// Running as root (e.g. with allow_other): new files belong to the caller.
     chown_to_caller: bool,
@@ -77,10 +81,11 @@ impl KmsFs {
         options: FsOptions,
     ) -> std::io::Result<KmsFs> {
         let root_meta = std::fs::metadata(&root)?;
-        let root_fd = std::fs::File::open(&root)?.into();
+        let root_fd = Arc::new(std::fs::File::open(&root)?.into());
         Ok(KmsFs {
             dir_states: RwLock::new(HashMap::new()),
             dir_loading: Mutex::new(()),
+            deep_dirs: Mutex::new(HashMap::new()),
             root_fd,
             inodes: InodeTable::new(root_meta.ino()),
             root,
@@ -117,14 +122,41 @@ impl KmsFs {
         if full.as_os_str().len() < SHORT_PATH {
             return Ok(BPath { path: full, _dir: None });
         }
-        let mut components: Vec<&OsStr> = rel.iter().collect();
-        let last = components.pop().ok_or(Errno::ENOENT)?;
-        let mut dir = self.root_fd.try_clone().map_err(io_errno)?;
-        for part in components {
-            dir = open_dir_at(&dir, part)?;
-        }
+        let last = rel.file_name().ok_or(Errno::ENOENT)?;
+        let dir = self.dir_fd(self.inodes.parent(ino.0).ok_or(Errno::ENOENT)?)?;
         let fd_path = PathBuf::from(format!("/proc/self/fd/{}", dir.as_raw_fd())).join(last);
-        Ok(BPath { path: fd_path, _dir: Some(Arc::new(dir)) })
+        Ok(BPath { path: fd_path, _dir: Some(dir) })
+    }
+
+    /// An O_PATH descriptor of directory `ino`: by path when short, else relative to its
+    /// parent's descriptor (cached, so a deep tree costs one openat per new level, not one
+    /// per level per operation).
+    fn dir_fd(&self, ino: u64) -> FsResult<Arc<std::os::fd::OwnedFd>> {
+        if ino == inodes::ROOT_INO {
+            return Ok(self.root_fd.clone());
+        }
+        if let Some(fd) = self.deep_dirs.lock().expect("deep dirs lock").get(&ino) {
+            return Ok(fd.clone());
+        }
+        let rel = self.inodes.path(ino).ok_or(Errno::ENOENT)?;
+        let fd = if self.root.join(&rel).as_os_str().len() < SHORT_PATH {
+            open_dir_at(&self.root_fd, rel.as_os_str())?
+        } else {
+            let parent = self.dir_fd(self.inodes.parent(ino).ok_or(Errno::ENOENT)?)?;
+            open_dir_at(&parent, rel.file_name().ok_or(Errno::ENOENT)?)?
+        };
+        let fd = Arc::new(fd);
+        let mut cache = self.deep_dirs.lock().expect("deep dirs lock");
+        if cache.len() >= MAX_DEEP_DIRS {
+            cache.clear(); // bounded: descriptors are a limited resource
+        }
+        cache.insert(ino, fd.clone());
+        Ok(fd)
+    }
+
+    /// Drops what is cached about an inode the kernel forgot or that was removed.
+    fn forget_cached(&self, ino: u64) {
+        self.deep_dirs.lock().expect("deep dirs lock").remove(&ino);
     }
 
     /// The plaintext name of a backing directory entry in `dir`, or `None` for kmsfs's own
@@ -283,6 +315,9 @@ fn process_groups(pid: u32) -> Vec<u32> {
         .unwrap_or_default()
 }
 
+/// Most deep-directory descriptors kept open at once.
+const MAX_DEEP_DIRS: usize = 4096;
+
 /// Longest backing path used directly; longer ones go through a directory descriptor.
 const SHORT_PATH: usize = 3500;
 
@@ -305,8 +340,8 @@ impl std::ops::Deref for BPath {
     }
 }
 
-/// Opens directory `name` inside `dir` for path walking only (O_PATH), never following a
-/// symlink.
+/// Opens directory `name` (a relative path) inside `dir` for path walking only (O_PATH),
+/// never following a symlink in its last component.
 fn open_dir_at(dir: &std::os::fd::OwnedFd, name: &OsStr) -> FsResult<std::os::fd::OwnedFd> {
     use std::os::fd::FromRawFd;
     use std::os::unix::ffi::OsStrExt;

@@ -345,6 +345,7 @@ impl KmsFs {
         if dir {
             self.remove_backing_dir(&c.path, &meta)?;
             self.dir_states.write().expect("dir states lock").remove(&ino);
+            self.forget_cached(ino);
         } else {
             std::fs::remove_file(&*c.path).map_err(io_errno)?;
         }
@@ -498,7 +499,9 @@ impl Filesystem for KmsFs {
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
-        self.inodes.forget(ino.0, nlookup);
+        if self.inodes.forget(ino.0, nlookup) {
+            self.forget_cached(ino.0);
+        }
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
