@@ -64,12 +64,7 @@ pub fn run(g: &Global, cmd: KeystoreCmd) -> Result<()> {
                 // Say so before asking for a passphrase that would be thrown away.
                 return Err(crate::keystore::already_exists(&path));
             }
-            let pass = passphrase::obtain(
-                g.passphrase_file.as_deref(),
-                "KMSFS_PASSPHRASE",
-                &format!("New passphrase for {}: ", path.display()),
-                true,
-            )?;
+            let pass = g.passphrase(true)?;
             let (ks, _root) = Keystore::create(&path, &pass, params)?;
             if g.json {
                 output::json(&ks.info()?);

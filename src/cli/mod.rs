@@ -56,6 +56,14 @@ impl Global {
     pub fn keystore_path(&self) -> PathBuf {
         self.keystore.clone().unwrap_or_else(keystore::default_path)
     }
+
+    /// The keystore passphrase (from --passphrase-file, KMSFS_PASSPHRASE or a prompt);
+    /// `new` asks twice, for a keystore being created.
+    pub fn passphrase(&self, new: bool) -> Result<passphrase::Passphrase> {
+        let prompt =
+            format!("{}assphrase for {}: ", if new { "New p" } else { "P" }, self.keystore_path().display());
+        passphrase::obtain(self.passphrase_file.as_deref(), "KMSFS_PASSPHRASE", &prompt, new)
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -113,12 +121,7 @@ impl Session {
     pub fn open(global: &Global) -> Result<Session> {
         let path = global.keystore_path();
         let ks = Keystore::open(&path)?;
-        let pass = passphrase::obtain(
-            global.passphrase_file.as_deref(),
-            "KMSFS_PASSPHRASE",
-            &format!("Passphrase for {}: ", path.display()),
-            false,
-        )?;
+        let pass = global.passphrase(false)?;
         let root = ks.unlock(&pass)?;
         let clock = SystemClock::from_env().map_err(Error::InvalidArgument)?;
         let me = Principal::current_process();

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use clap::Subcommand;
 
 use super::output;
-use super::{passphrase, Global, Session};
+use super::{Global, Session};
 use crate::error::{Error, Result};
 use crate::mount::{self, MountRequest};
 
@@ -73,12 +73,7 @@ pub fn run_volume(g: &Global, cmd: VolumeCmd) -> Result<()> {
 
 pub fn run_mount(g: &Global, args: MountArgs) -> Result<()> {
     let keystore = g.keystore_path();
-    let pass = passphrase::obtain(
-        g.passphrase_file.as_deref(),
-        "KMSFS_PASSPHRASE",
-        &format!("Passphrase for {}: ", keystore.display()),
-        false,
-    )?;
+    let pass = g.passphrase(false)?;
     let request = MountRequest {
         cipher_dir: args.cipher_dir,
         mountpoint: args.mountpoint,
