@@ -117,9 +117,4 @@ impl DirMeta {
         write_atomically(&dir.join(DIR_META), text.as_bytes(), 0o644)?;
         write_atomically(&dir.join(DIR_META_BACKUP), text.as_bytes(), 0o644)
     }
-
-    /// Whether a backing directory entry is kmsfs's own bookkeeping, never a user's entry.
-    pub fn is_internal(name: &[u8]) -> bool {
-        name.starts_with(b"kmsfs.") || name.starts_with(b".kmsfs.")
-    }
 }
