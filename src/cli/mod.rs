@@ -100,6 +100,8 @@ pub enum Command {
     /// Per-directory keys on a mounted volume
     #[command(subcommand)]
     Dir(volume_cmd::DirCmd),
+    /// Re-wrap an unmounted volume's keys (rotation catch-up, or move to another key)
+    Rewrap(volume_cmd::RewrapArgs),
     /// Key policies: who may use a key for what
     #[command(subcommand)]
     Policy(access_cmd::PolicyCmd),
@@ -169,6 +171,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Umount { mountpoint } => crate::mount::umount(&mountpoint),
         Command::File(cmd) => volume_cmd::run_file(g, cmd),
         Command::Dir(cmd) => volume_cmd::run_dir(g, cmd),
+        Command::Rewrap(args) => volume_cmd::run_rewrap(g, args),
         Command::Policy(cmd) => access_cmd::run_policy(&mut Session::open(g)?, cmd),
         Command::Grant(cmd) => access_cmd::run_grant(&mut Session::open(g)?, cmd),
     }

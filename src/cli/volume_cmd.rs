@@ -225,3 +225,105 @@ fn xattr_set(path: &std::path::Path, name: &str, value: &[u8]) -> std::io::Resul
     }
     Ok(())
 }
+
+#[derive(Debug, clap::Args)]
+#[command(
+    after_help = "Examples:\n  kmsfs rewrap ~/vault.enc                               # catch up with key rotation\n  kmsfs rewrap ~/vault.enc --path finance --to-key alias/finance"
+)]
+pub struct RewrapArgs {
+    /// The cipher directory (the volume must not be mounted)
+    pub cipher_dir: PathBuf,
+    /// Only this directory (a path inside the volume, e.g. finance/2026) and what is below it
+    #[arg(long)]
+    pub path: Option<PathBuf>,
+    /// Move every file and directory below PATH to this key [default: each keeps its key and
+    /// moves to the key's current version]
+    #[arg(long)]
+    pub to_key: Option<String>,
+}
+
+/// `kmsfs rewrap`: every data key and names key under the current key version or another
+/// key, without rewriting data.
+pub fn run_rewrap(g: &Global, args: RewrapArgs) -> Result<()> {
+    use std::io::IsTerminal;
+    use std::sync::Arc;
+
+    use crate::kms::audit_writer::AuditWriter;
+    use crate::kms::keyring::KeyRing;
+    use crate::volume::rewrap::{resolve_dir, Rewrapper};
+
+    let cipher_dir = std::fs::canonicalize(&args.cipher_dir)
+        .map_err(|e| Error::io(format!("cipher directory {}", args.cipher_dir.display()), e))?;
+    let config = crate::volume::VolumeConfig::load(&cipher_dir)?;
+    if crate::mount::is_mounted_cipher_dir(&cipher_dir) {
+        return Err(Error::InvalidArgument(format!(
+            "{} is mounted; unmount it first (kmsfs rewrap works on unmounted volumes)",
+            cipher_dir.display()
+        )));
+    }
+    let Session { kms, me, json } = Session::open(g)?;
+    if kms.keystore().keystore_id()? != config.keystore_id {
+        return Err(Error::InvalidArgument(format!(
+            "volume {} belongs to keystore {}, not to {}",
+            cipher_dir.display(),
+            config.keystore_id,
+            g.keystore_path().display()
+        )));
+    }
+    let to_key = args.to_key.as_deref().map(|k| kms.resolve_key_id(k)).transpose()?;
+    let (root, clock) = (kms.root_key().clone(), Arc::clone(kms.clock()));
+    let (sink, writer) = AuditWriter::spawn(kms, me.clone()).map_err(|e| Error::io("audit writer", e))?;
+    let ring = KeyRing::open(&g.keystore_path(), root, clock, sink)?;
+    let rel = args.path.clone().unwrap_or_default();
+    let start = resolve_dir(&ring, &me, &config, &cipher_dir, &rel)?;
+    let bar = if std::io::stderr().is_terminal() && !json {
+        let bar = indicatif::ProgressBar::new_spinner();
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("{spinner} {elapsed} {msg}")
+                .expect("valid progress template"),
+        );
+        Some(bar)
+    } else {
+        None
+    };
+    let mut progress = |r: &crate::volume::rewrap::RewrapReport| {
+        if let Some(bar) = &bar {
+            bar.set_message(format!(
+                "{} files, {} re-wrapped, {} directories",
+                r.files, r.files_rewrapped, r.directories
+            ));
+            bar.tick();
+        }
+    };
+    let plain_start = format!("/{}", rel.display());
+    let report = Rewrapper::new(&ring, &me, &config, to_key, &mut progress).run(&start, &plain_start)?;
+    if let Some(bar) = &bar {
+        bar.finish_and_clear();
+    }
+    drop(ring);
+    writer.finish();
+    if json {
+        output::json(&report);
+    } else {
+        println!(
+            "{} files ({} re-wrapped) and {} directories ({} re-wrapped) in {:.2} s: {:.0} files/s; no data block rewritten",
+            report.files,
+            report.files_rewrapped,
+            report.directories,
+            report.directories_rewrapped,
+            report.seconds,
+            report.files_per_second()
+        );
+        for e in &report.errors {
+            eprintln!("kmsfs: {e}");
+        }
+    }
+    if report.errors.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::InvalidArgument(format!(
+            "{} item(s) could not be re-wrapped (listed above); run again once fixed",
+            report.errors.len()
+        )))
+    }
+}

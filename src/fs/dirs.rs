@@ -8,11 +8,11 @@ use std::sync::Arc;
 
 use fuser::{Errno, INodeNo};
 
-use super::dirnames::DirNames;
 use super::{kms_errno, FsResult, KmsFs};
 use crate::crypto::{self, SecretKey};
 use crate::kms::keyring::Access;
 use crate::volume::dirmeta::{DirMeta, IV_LEN};
+use crate::volume::dirnames::DirNames;
 
 /// A directory's keys, unwrapped.
 pub struct DirState {
@@ -132,7 +132,10 @@ impl KmsFs {
         }
         let holds_entries =
             std::fs::read_dir(dir).map_err(super::io_errno)?.filter_map(|e| e.ok()).any(|e| {
-                !matches!(super::dirnames::classify(&e.file_name()), super::dirnames::BackingEntry::Internal)
+                !matches!(
+                    crate::volume::dirnames::classify(&e.file_name()),
+                    crate::volume::dirnames::BackingEntry::Internal
+                )
             });
         if holds_entries || ino.0 == super::inodes::ROOT_INO {
             log::warn!(

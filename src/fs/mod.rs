@@ -5,7 +5,6 @@
 //! for a policy, EIO for tampering).
 
 pub mod crypt_file;
-mod dirnames;
 mod dirs;
 mod files;
 pub mod inodes;
@@ -27,6 +26,7 @@ use fuser::{Errno, FileAttr, FileType, INodeNo, Request};
 use crate::format;
 use crate::kms::keyring::{Access, KeyRing};
 use crate::kms::Principal;
+use crate::volume::dirnames;
 use crate::volume::VolumeConfig;
 use dirnames::{BackingEntry, StoredName};
 use files::{DirHandle, Handle, OpenFile};

@@ -749,8 +749,8 @@ fn empty_out(path: &Path) -> FsResult<Vec<(std::ffi::OsString, Vec<u8>)>> {
     let mut internal = Vec::new();
     for entry in std::fs::read_dir(path).map_err(io_errno)? {
         let name = entry.map_err(io_errno)?.file_name();
-        match super::dirnames::classify(&name) {
-            super::dirnames::BackingEntry::Internal => internal.push(name),
+        match crate::volume::dirnames::classify(&name) {
+            crate::volume::dirnames::BackingEntry::Internal => internal.push(name),
             _ => return Err(Errno::ENOTEMPTY),
         }
     }

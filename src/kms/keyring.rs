@@ -163,6 +163,17 @@ impl KeyRing {
         }
     }
 
+    /// The current version of `key_id`, as the keystore says now.
+    pub fn current_version(&self, key_id: &str) -> Result<u32> {
+        self.refresh()?;
+        let cache = self.cache.read().expect("keyring cache lock");
+        cache
+            .keys
+            .get(key_id)
+            .map(|k| k.current_version)
+            .ok_or_else(|| Error::NotFound(format!("unknown key '{key_id}'")))
+    }
+
     /// Whether any policy or grant names groups, so callers' groups must be known.
     pub fn uses_groups(&self) -> bool {
         self.cache.read().expect("keyring cache lock").uses_groups

@@ -206,6 +206,14 @@ fn which(program: &str) -> Option<PathBuf> {
     std::env::var_os("PATH")?.to_str()?.split(':').map(|d| Path::new(d).join(program)).find(|p| p.exists())
 }
 
+/// Whether a cipher directory is mounted by kmsfs now (its fsname is `kmsfs:<dir>`).
+pub fn is_mounted_cipher_dir(cipher_dir: &Path) -> bool {
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else { return false };
+    let wanted = format!("kmsfs:{}", cipher_dir.display()).replace(' ', "\\040");
+    info.lines()
+        .any(|l| l.split(" - ").nth(1).and_then(|rest| rest.split(' ').nth(1)) == Some(wanted.as_str()))
+}
+
 /// Whether `path` is the root of a mount (listed in /proc/self/mountinfo).
 pub fn is_mount_point(path: &Path) -> bool {
     let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else { return false };

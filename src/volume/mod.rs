@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 pub mod dirmeta;
+pub mod dirnames;
+pub mod rewrap;
 
 use crate::crypto;
 use crate::error::{Error, Result};
