@@ -270,7 +270,12 @@ fn serve_inner(p: Prepared, report: &mut dyn FnMut(std::result::Result<(), Strin
     // The session has dropped the filesystem and with it every audit sink: drain them.
     writer.finish();
     log::info!("unmounted {}", p.mountpoint.display());
-    run.map_err(|e| Error::io("the FUSE session failed", e))
+    match run {
+        // After a (lazy) unmount the kernel may end the connection with ECONNABORTED
+        // instead of ENODEV: either way the session is over as asked.
+        Err(e) if e.raw_os_error() == Some(libc::ECONNABORTED) => Ok(()),
+        other => other.map_err(|e| Error::io("the FUSE session failed", e)),
+    }
 }
 
 /// The volume's names key, unwrapped once per mount (an audited Decrypt).
