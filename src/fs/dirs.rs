@@ -11,7 +11,7 @@ use fuser::{Errno, INodeNo};
 use super::{kms_errno, FsResult, KmsFs};
 use crate::crypto::{self, SecretKey};
 use crate::kms::keyring::Access;
-use crate::volume::dirmeta::{DirMeta, IV_LEN};
+use crate::volume::dirmeta::{DirKeys, DirMeta, IV_LEN};
 use crate::volume::dirnames::DirNames;
 
 /// A directory's keys, unwrapped.
@@ -21,6 +21,17 @@ pub struct DirState {
     pub names: DirNames,
     /// Kept to re-wrap under another master key (`dir set-key`); zeroized on drop.
     names_key: SecretKey,
+}
+
+impl From<DirKeys> for DirState {
+    fn from(k: DirKeys) -> Self {
+        DirState {
+            names: DirNames::new(&k.names_key, &k.iv),
+            key_id: k.key_id,
+            iv: k.iv,
+            names_key: k.names_key,
+        }
+    }
 }
 
 impl KmsFs {
@@ -46,53 +57,14 @@ impl KmsFs {
         if copies.is_empty() {
             return self.repair_dir_meta(access, ino, &dir);
         }
-        let mut last = Errno::EIO;
-        for (i, meta) in copies.iter().enumerate() {
-            match self.unwrap_dir_meta(access, meta) {
-                Ok(state) => {
-                    let state = Arc::new(state);
-                    self.dir_states.write().expect("dir states lock").insert(ino.0, state.clone());
-                    return Ok(state);
-                }
-                // Refused by key state or policy: the other copy names the same key.
-                Err(e) if e != Errno::EIO => return Err(e),
-                Err(e) => {
-                    if i + 1 < copies.len() {
-                        log::warn!(
-                            "{}: metadata copy {} does not authenticate; trying the other",
-                            access.path,
-                            i + 1
-                        );
-                    }
-                    last = e;
-                }
-            }
-        }
-        Err(last)
-    }
-
-    /// Unwraps one metadata copy. The key id is taken from the authenticated blob, not from
-    /// the JSON beside it: a copy whose `key_id` was edited is refused.
-    fn unwrap_dir_meta(&self, access: Access<'_>, meta: &DirMeta) -> FsResult<DirState> {
-        let iv = meta.iv_bytes().ok_or(Errno::EIO)?;
-        let blob = meta.names_key_blob().ok_or(Errno::EIO)?;
-        let ctx = DirMeta::context(&self.config.volume_id, &meta.iv);
-        let (names_key, wrapped_by) = self.keyring.decrypt_data_key(access, &blob, &ctx).map_err(|e| {
-            if let crate::Error::InvalidCiphertext(why) = &e {
-                log::warn!("{}: the directory's names key does not authenticate ({why})", access.path);
-            }
-            kms_errno(e)
-        })?;
-        if wrapped_by.key_id != meta.key_id {
-            log::warn!(
-                "{}: directory metadata names key {} but its names key is wrapped by {}; answering EIO",
-                access.path,
-                meta.key_id,
-                wrapped_by.key_id
-            );
-            return Err(Errno::EIO);
-        }
-        Ok(DirState { key_id: wrapped_by.key_id, iv, names: DirNames::new(&names_key, &iv), names_key })
+        let keys =
+            DirMeta::unwrap_any(&copies, &self.keyring, access, &self.config.volume_id).map_err(|e| {
+                log::warn!("{}: {e}", access.path);
+                kms_errno(e)
+            })?;
+        let state = Arc::new(DirState::from(keys));
+        self.dir_states.write().expect("dir states lock").insert(ino.0, state.clone());
+        Ok(state)
     }
 
     /// Creates the metadata of a new directory `dir` (inode `ino`) under `key_id`.
@@ -157,13 +129,10 @@ impl KmsFs {
         if let Some(state) = self.dir_states.read().expect("dir states lock").get(&parent.0) {
             return Ok(state.key_id.clone());
         }
-        let dir = self.backing(parent)?;
-        for meta in DirMeta::load_copies(&dir).map_err(|_| Errno::EIO)? {
-            if let Ok(state) = self.unwrap_dir_meta(access, &meta) {
-                return Ok(state.key_id);
-            }
-        }
-        Err(Errno::EIO)
+        let copies = DirMeta::load_copies(&self.backing(parent)?).map_err(|_| Errno::EIO)?;
+        DirMeta::unwrap_any(&copies, &self.keyring, access, &self.config.volume_id)
+            .map(|keys| keys.key_id)
+            .map_err(kms_errno)
     }
 
     /// `setfattr -n user.kmsfs.key -v KEY DIR`: the directory's names key is re-wrapped

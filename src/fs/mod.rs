@@ -28,7 +28,7 @@ use crate::kms::keyring::{Access, KeyRing};
 use crate::kms::Principal;
 use crate::volume::dirnames;
 use crate::volume::VolumeConfig;
-use dirnames::{BackingEntry, StoredName};
+use dirnames::{EntryName, StoredName};
 use files::{DirHandle, Handle, OpenFile};
 use inodes::InodeTable;
 use names::NameCipher;
@@ -162,17 +162,14 @@ impl KmsFs {
     /// The plaintext name of a backing directory entry in `dir`, or `None` for kmsfs's own
     /// files and for names that do not decrypt.
     fn plain_name(&self, state: &dirs::DirState, dir: &Path, backing: &OsStr) -> Option<OsString> {
-        let plain = match dirnames::classify(backing) {
-            BackingEntry::Internal => return None,
-            BackingEntry::Short(encoded) => state.names.decrypt(encoded),
-            BackingEntry::Long(entry) => std::fs::read_to_string(dir.join(dirnames::sidecar_of(entry)))
-                .ok()
-                .and_then(|full| state.names.decrypt(&full)),
-        };
-        if plain.is_none() {
-            log::warn!("{}: entry {backing:?} does not decrypt; hiding it", dir.display());
+        match state.names.entry_name(dir, backing) {
+            EntryName::Plain(name) => Some(name),
+            EntryName::Internal => None,
+            EntryName::Undecryptable => {
+                log::warn!("{}: entry {backing:?} does not decrypt; hiding it", dir.display());
+                None
+            }
         }
-        plain
     }
 
     /// Backing path and stored name of `name` in directory `parent`, after checking the

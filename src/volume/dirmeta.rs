@@ -118,3 +118,68 @@ impl DirMeta {
         write_atomically(&dir.join(DIR_META_BACKUP), text.as_bytes(), 0o644)
     }
 }
+
+/// A directory's keys, unwrapped from one of its metadata copies.
+pub struct DirKeys {
+    /// The master key that wraps the names key, as the authenticated blob says.
+    pub key_id: String,
+    pub key_version: u32,
+    pub explicit: bool,
+    pub iv: [u8; IV_LEN],
+    pub names_key: crate::crypto::SecretKey,
+}
+
+impl DirMeta {
+    /// Unwraps this copy's names key. The key id is taken from the authenticated blob, not
+    /// from the JSON beside it: a copy whose `key_id` was edited is refused.
+    pub fn unwrap(
+        &self,
+        ring: &crate::kms::keyring::KeyRing,
+        access: crate::kms::keyring::Access<'_>,
+        volume_id: &str,
+    ) -> Result<DirKeys> {
+        let iv = self
+            .iv_bytes()
+            .ok_or_else(|| Error::InvalidCiphertext("the directory IV is malformed".into()))?;
+        let blob = self
+            .names_key_blob()
+            .ok_or_else(|| Error::InvalidCiphertext("the directory names key is malformed".into()))?;
+        let ctx = Self::context(volume_id, &self.iv);
+        let (names_key, wrapped_by) = ring.decrypt_data_key(access, &blob, &ctx)?;
+        if wrapped_by.key_id != self.key_id {
+            return Err(Error::InvalidCiphertext(format!(
+                "directory metadata names key {} but its names key is wrapped by {}",
+                self.key_id, wrapped_by.key_id
+            )));
+        }
+        Ok(DirKeys {
+            key_id: wrapped_by.key_id,
+            key_version: wrapped_by.key_version,
+            explicit: self.explicit,
+            iv,
+            names_key,
+        })
+    }
+
+    /// Unwraps the first copy that authenticates. A refusal by key state or policy is
+    /// returned at once: the other copy names the same key.
+    pub fn unwrap_any(
+        copies: &[DirMeta],
+        ring: &crate::kms::keyring::KeyRing,
+        access: crate::kms::keyring::Access<'_>,
+        volume_id: &str,
+    ) -> Result<DirKeys> {
+        let mut last = Error::InvalidCiphertext(format!("{} has no directory metadata", access.path));
+        for (i, meta) in copies.iter().enumerate() {
+            match meta.unwrap(ring, access, volume_id) {
+                Ok(keys) => return Ok(keys),
+                Err(e @ (Error::KeyState(_) | Error::AccessDenied(_))) => return Err(e),
+                Err(e) => {
+                    log::warn!("{}: metadata copy {} cannot be used ({e})", access.path, i + 1);
+                    last = e;
+                }
+            }
+        }
+        Err(last)
+    }
+}

@@ -76,6 +76,15 @@ pub fn classify(name: &OsStr) -> BackingEntry<'_> {
     }
 }
 
+/// What a backing directory entry means to its directory.
+pub enum EntryName {
+    /// kmsfs bookkeeping: never shown.
+    Internal,
+    Plain(OsString),
+    /// A user entry whose name does not authenticate (tampered, or a damaged sidecar).
+    Undecryptable,
+}
+
 /// The names key and IV of one directory.
 pub struct DirNames {
     cipher: Cipher,
@@ -95,6 +104,19 @@ impl DirNames {
         }
         let hash = B64.encode(crypto::sha256(&[encoded.as_bytes()]));
         StoredName::Long { entry: OsString::from(format!("{LONG_PREFIX}{hash}")), full: encoded }
+    }
+
+    /// The plaintext name of backing entry `backing` in backing directory `dir` (a long
+    /// name is read from its sidecar).
+    pub fn entry_name(&self, dir: &std::path::Path, backing: &OsStr) -> EntryName {
+        let plain = match classify(backing) {
+            BackingEntry::Internal => return EntryName::Internal,
+            BackingEntry::Short(encoded) => self.decrypt(encoded),
+            BackingEntry::Long(entry) => {
+                std::fs::read_to_string(dir.join(sidecar_of(entry))).ok().and_then(|full| self.decrypt(&full))
+            }
+        };
+        plain.map_or(EntryName::Undecryptable, EntryName::Plain)
     }
 
     /// The plaintext of an encoded name, or `None` if it does not authenticate.

@@ -7,18 +7,17 @@
 //! the target key version are skipped, so an interrupted run is resumed by running it again.
 
 use std::collections::HashMap;
-use std::ffi::OsStr;
 use std::fs::OpenOptions;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use super::dirmeta::DirMeta;
-use super::dirnames::{self, BackingEntry, DirNames};
+use super::dirnames::{DirNames, EntryName};
 use super::VolumeConfig;
 use crate::error::{Error, Result};
 use crate::format::{FileHeader, HEADER_LEN};
-use crate::kms::blob::BlobHeader;
+use crate::keystore::hex;
 use crate::kms::keyring::{Access, KeyRing};
 use crate::kms::Principal;
 
@@ -104,10 +103,10 @@ impl<'a> Rewrapper<'a> {
     }
 
     /// The key and version `wrapped_by` should move to, or `None` if it is up to date.
-    fn target(&mut self, wrapped_by: &BlobHeader) -> Result<Option<String>> {
-        let key = self.to_key.clone().unwrap_or_else(|| wrapped_by.key_id.clone());
+    fn target(&mut self, key_id: &str, version: u32) -> Result<Option<String>> {
+        let key = self.to_key.clone().unwrap_or_else(|| key_id.to_string());
         let current = self.current_version(&key)?;
-        Ok((key != wrapped_by.key_id || wrapped_by.key_version != current).then_some(key))
+        Ok((key != key_id || version != current).then_some(key))
     }
 
     fn directory(&mut self, dir: &Path, plain: &str) {
@@ -129,7 +128,14 @@ impl<'a> Rewrapper<'a> {
         };
         for entry in entries.flatten() {
             let name = entry.file_name();
-            let Some(plain_name) = plain_name(&names, dir, &name) else { continue };
+            let plain_name = match names.entry_name(dir, &name) {
+                EntryName::Plain(n) => n,
+                EntryName::Internal => continue,
+                EntryName::Undecryptable => {
+                    self.report.errors.push(format!("{plain}: entry {name:?} does not decrypt"));
+                    continue;
+                }
+            };
             let child_plain = format!("{}/{}", plain.trim_end_matches('/'), plain_name.to_string_lossy());
             let path = dir.join(&name);
             match entry.file_type() {
@@ -151,28 +157,15 @@ impl<'a> Rewrapper<'a> {
     /// Re-wraps a directory's names key if needed; returns its names cipher.
     fn directory_keys(&mut self, dir: &Path, plain: &str) -> Result<DirNames> {
         let copies = DirMeta::load_copies(dir)?;
-        let mut last = Error::InvalidCiphertext(format!("{plain} has no directory metadata"));
-        for meta in copies {
-            let iv = meta.iv_bytes().ok_or_else(|| Error::InvalidCiphertext("bad IV".into()))?;
-            let blob =
-                meta.names_key_blob().ok_or_else(|| Error::InvalidCiphertext("bad names key".into()))?;
-            let ctx = DirMeta::context(&self.config.volume_id, &meta.iv);
-            let (names_key, wrapped_by) = match self.ring.decrypt_data_key(self.access(plain), &blob, &ctx) {
-                Ok(k) => k,
-                Err(e) => {
-                    last = e;
-                    continue;
-                }
-            };
-            if let Some(target) = self.target(&wrapped_by)? {
-                let new_blob = self.ring.wrap_data_key(self.access(plain), &target, &ctx, &names_key)?;
-                let explicit = meta.explicit || self.to_key.is_some();
-                DirMeta::new(&target, explicit, &iv, &new_blob).save(dir)?;
-                self.report.directories_rewrapped += 1;
-            }
-            return Ok(DirNames::new(&names_key, &iv));
+        let keys = DirMeta::unwrap_any(&copies, self.ring, self.access(plain), &self.config.volume_id)?;
+        if let Some(target) = self.target(&keys.key_id, keys.key_version)? {
+            let ctx = DirMeta::context(&self.config.volume_id, &hex(&keys.iv));
+            let new_blob = self.ring.wrap_data_key(self.access(plain), &target, &ctx, &keys.names_key)?;
+            let explicit = keys.explicit || self.to_key.is_some();
+            DirMeta::new(&target, explicit, &keys.iv, &new_blob).save(dir)?;
+            self.report.directories_rewrapped += 1;
         }
-        Err(last)
+        Ok(DirNames::new(&keys.names_key, &keys.iv))
     }
 
     /// Re-wraps one file's data key if needed. Returns whether it was rewritten.
@@ -197,22 +190,12 @@ impl<'a> Rewrapper<'a> {
         let (data_key, wrapped_by) = unwrapped.ok_or_else(|| {
             Error::InvalidCiphertext("no header slot unwraps (tampered, or its key is unusable)".into())
         })?;
-        let Some(target) = self.target(&wrapped_by)? else { return Ok(false) };
+        let Some(target) = self.target(&wrapped_by.key_id, wrapped_by.key_version)? else { return Ok(false) };
         let new_blob = self.ring.wrap_data_key(self.access(plain), &target, &ctx, &data_key)?;
         let slot = header.rewrap(new_blob);
         file.write_all_at(&header.encode_slot(slot), FileHeader::slot_offset(slot) as u64)
             .map_err(|e| Error::io("cannot write the header", e))?;
         Ok(true)
-    }
-}
-
-fn plain_name(names: &DirNames, dir: &Path, backing: &OsStr) -> Option<std::ffi::OsString> {
-    match dirnames::classify(backing) {
-        BackingEntry::Internal => None,
-        BackingEntry::Short(encoded) => names.decrypt(encoded),
-        BackingEntry::Long(entry) => std::fs::read_to_string(dir.join(dirnames::sidecar_of(entry)))
-            .ok()
-            .and_then(|full| names.decrypt(&full)),
     }
 }
 
@@ -228,14 +211,14 @@ pub fn resolve_dir(
     let mut plain = String::new();
     for part in rel.components() {
         let std::path::Component::Normal(name) = part else { continue };
-        let meta = DirMeta::load(&dir)?
-            .ok_or_else(|| Error::NotFound(format!("/{plain} has no directory metadata")))?;
-        let iv = meta.iv_bytes().ok_or_else(|| Error::InvalidCiphertext("bad IV".into()))?;
-        let blob = meta.names_key_blob().ok_or_else(|| Error::InvalidCiphertext("bad names key".into()))?;
-        let ctx = DirMeta::context(&config.volume_id, &meta.iv);
         let label = format!("/{plain}");
-        let (key, _) = ring.decrypt_data_key(Access { caller, path: &label }, &blob, &ctx)?;
-        let stored = DirNames::new(&key, &iv).encrypt(name);
+        let keys = DirMeta::unwrap_any(
+            &DirMeta::load_copies(&dir)?,
+            ring,
+            Access { caller, path: &label },
+            &config.volume_id,
+        )?;
+        let stored = DirNames::new(&keys.names_key, &keys.iv).encrypt(name);
         dir = dir.join(stored.entry());
         plain = format!("{plain}{}{}", if plain.is_empty() { "" } else { "/" }, name.to_string_lossy());
         if !dir.is_dir() {
