@@ -185,17 +185,7 @@ fn require_dir(path: &std::path::Path) -> Result<()> {
 /// Refuses paths outside a kmsfs mount, where `user.kmsfs.key` would be an ordinary xattr.
 fn require_kmsfs(path: &std::path::Path) -> Result<()> {
     let full = std::fs::canonicalize(path).map_err(|e| Error::io(path.display(), e))?;
-    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    let fstype = info
-        .lines()
-        .filter_map(|line| {
-            let mount_point = line.split(' ').nth(4)?.replace("\\040", " ");
-            let fstype = line.split(" - ").nth(1)?.split(' ').next()?;
-            full.starts_with(&mount_point).then(|| (mount_point.len(), fstype.to_string()))
-        })
-        .max_by_key(|(len, _)| *len)
-        .map(|(_, t)| t);
-    if fstype.as_deref() == Some("fuse.kmsfs") {
+    if crate::mount::is_on_kmsfs(&full) {
         Ok(())
     } else {
         Err(not_on_kmsfs(path))

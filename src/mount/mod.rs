@@ -206,19 +206,72 @@ fn which(program: &str) -> Option<PathBuf> {
     std::env::var_os("PATH")?.to_str()?.split(':').map(|d| Path::new(d).join(program)).find(|p| p.exists())
 }
 
-/// Whether a cipher directory is mounted by kmsfs now (its fsname is `kmsfs:<dir>`).
-pub fn is_mounted_cipher_dir(cipher_dir: &Path) -> bool {
-    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else { return false };
-    let wanted = format!("kmsfs:{}", cipher_dir.display()).replace(' ', "\\040");
-    info.lines()
-        .any(|l| l.split(" - ").nth(1).and_then(|rest| rest.split(' ').nth(1)) == Some(wanted.as_str()))
+/// One line of /proc/self/mountinfo.
+pub struct MountEntry {
+    pub mount_point: PathBuf,
+    pub fstype: String,
+    /// The mount source (for kmsfs: `kmsfs:<cipher dir>`).
+    pub source: String,
 }
 
-/// Whether `path` is the root of a mount (listed in /proc/self/mountinfo).
+/// The mounts this process sees.
+pub fn mount_table() -> Vec<MountEntry> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    info.lines()
+        .filter_map(|line| {
+            let (fields, rest) = line.split_once(" - ")?;
+            let mut rest = rest.split(' ');
+            Some(MountEntry {
+                mount_point: PathBuf::from(unescape(fields.split(' ').nth(4)?)),
+                fstype: rest.next()?.to_string(),
+                source: unescape(rest.next()?),
+            })
+        })
+        .collect()
+}
+
+/// mountinfo writes space, tab, newline and backslash as octal escapes (`\040`).
+fn unescape(field: &str) -> String {
+    let bytes = field.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let octal = bytes
+            .get(i + 1..i + 4)
+            .and_then(|d| std::str::from_utf8(d).ok())
+            .and_then(|d| u8::from_str_radix(d, 8).ok());
+        match (bytes[i], octal) {
+            (b'\\', Some(b)) => {
+                out.push(b);
+                i += 4;
+            }
+            (b, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Whether a cipher directory is mounted by kmsfs now (its fsname is `kmsfs:<dir>`).
+pub fn is_mounted_cipher_dir(cipher_dir: &Path) -> bool {
+    let wanted = format!("kmsfs:{}", cipher_dir.display());
+    mount_table().iter().any(|m| m.source == wanted)
+}
+
+/// Whether `path` is the root of a mount.
 pub fn is_mount_point(path: &Path) -> bool {
-    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else { return false };
-    let wanted = path.to_string_lossy().replace(' ', "\\040");
-    info.lines().any(|l| l.split(' ').nth(4) == Some(wanted.as_str()))
+    mount_table().iter().any(|m| m.mount_point == path)
+}
+
+/// Whether `path` lies on a kmsfs mount (the innermost mount containing it is kmsfs).
+pub fn is_on_kmsfs(path: &Path) -> bool {
+    mount_table()
+        .into_iter()
+        .filter(|m| path.starts_with(&m.mount_point))
+        .max_by_key(|m| m.mount_point.as_os_str().len())
+        .is_some_and(|m| m.fstype == "fuse.kmsfs")
 }
 
 /// Builds the filesystem and serves it until unmounted. `ready` hears once whether the
@@ -288,4 +341,16 @@ fn unwrap_names_key(kms: &mut Kms, me: &Principal, config: &VolumeConfig) -> Res
     let out = kms.decrypt(me, &blob, &ctx, None)?;
     SecretKey::from_slice(&out.plaintext)
         .ok_or_else(|| Error::InvalidCiphertext("the volume's names key has the wrong length".into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mountinfo_escapes_are_undone() {
+        assert_eq!(unescape("/tmp/with\\040space\\134x"), "/tmp/with space\\x");
+        assert_eq!(unescape("plain"), "plain");
+        assert!(mount_table().iter().any(|m| m.mount_point == Path::new("/")));
+    }
 }
