@@ -100,10 +100,6 @@ impl Kms {
         &self.ks
     }
 
-    pub fn keystore_mut(&mut self) -> &mut Keystore {
-        &mut self.ks
-    }
-
     pub fn root_key(&self) -> &SecretKey {
         &self.root
     }

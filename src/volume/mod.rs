@@ -78,10 +78,6 @@ impl VolumeConfig {
         write_atomically(&Self::path(cipher_dir), text.as_bytes(), 0o644)
     }
 
-    pub fn volume_id_bytes(&self) -> Vec<u8> {
-        self.volume_id.as_bytes().to_vec()
-    }
-
     /// The encryption context a file's data key is bound to: this volume and this file.
     pub fn file_context(&self, file_id: &[u8]) -> EncryptionContext {
         EncryptionContext::new().with("kmsfs:volume", &self.volume_id).with("kmsfs:file", &hex(file_id))
