@@ -1,5 +1,6 @@
-//! `kmsfs rewrap` on unmounted volumes: rotation catch-up and moving a directory to another
-//! key rewrite headers and directory metadata only, survive kill -9, and resume.
+//! `kmsfs rewrap` on unmounted and on live volumes: rotation catch-up and moving a directory
+//! to another key rewrite headers and directory metadata only, survive kill -9 (of the
+//! command or of the mount), and resume.
 
 mod common;
 
@@ -91,11 +92,7 @@ fn a_directory_moves_to_another_key() {
 
 #[test]
 fn refusals_are_clear() {
-    let m = Mounted::new();
-    let out = m.kmsfs(&["rewrap", &cipher(&m)]);
-    assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("is mounted"));
-    let mut m = m;
+    let mut m = Mounted::new();
     m.unmount();
     let out = m.kmsfs(&["rewrap", &cipher(&m), "--path", "no/such/dir"]);
     assert_eq!(out.status.code(), Some(5));
@@ -133,5 +130,136 @@ fn kill_9_during_rewrap_leaves_every_file_readable_and_a_rerun_finishes() {
     assert_eq!(again["FilesRewrapped"], 0, "the rerun finished the job");
     m.start();
     assert_eq!(key_of(&m, "finance/q1/f599").1, 2);
+    assert_eq!(fs::read(m.path("finance/q1/f599")).unwrap(), expected[599]);
+}
+
+/// How many of a backing file's two header slots hold a wrap.
+fn used_slots(backing: &std::path::Path) -> usize {
+    let bytes = fs::read(backing).unwrap();
+    [32usize, 160].iter().filter(|&&at| bytes[at..at + 8] != [0u8; 8]).count()
+}
+
+#[test]
+fn a_file_moved_to_another_key_answers_to_that_key_only() {
+    let mut m = Mounted::new();
+    populate(&m, 5);
+    m.ok(&["key", "create", "--alias", "alias/finance"]);
+    m.unmount();
+    m.ok(&["rewrap", &cipher(&m), "--path", "finance", "--to-key", "alias/finance"]);
+    m.start();
+    let backing = m.backing_of(&m.path("finance/q1/f2"));
+    assert_eq!(used_slots(&backing), 1, "the wrap under the old key is gone");
+    assert_eq!(used_slots(&m.backing_of(&m.path("hr/salaries"))), 1);
+    // With the new key disabled the file is closed, even though the volume key still works.
+    m.ok(&["key", "disable", "alias/finance"]);
+    m.remount();
+    let err = fs::read(m.path("finance/q1/f2")).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::ENOKEY), "{err}");
+    m.ok(&["key", "enable", "alias/finance"]);
+    assert_eq!(fs::read(m.path("finance/q1/f2")).unwrap(), "finance 2".repeat(3).into_bytes());
+}
+
+#[test]
+fn a_live_mount_catches_up_with_rotation_without_a_passphrase() {
+    let m = Mounted::new();
+    populate(&m, 40);
+    let before = data_blocks(&m);
+    m.ok(&["key", "rotate", "alias/vol"]);
+    // The mount does the work: the command needs neither keystore nor passphrase.
+    let out = m
+        .env
+        .cmd(&["--json", "rewrap", m.mnt().to_str().unwrap()])
+        .env_remove("KMSFS_PASSPHRASE")
+        .env("KMSFS_KEYSTORE", "/nonexistent")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["Live"], true);
+    assert_eq!(report["Files"], 42);
+    assert_eq!(report["FilesRewrapped"], 42);
+    assert_eq!(report["DirectoriesRewrapped"], 4);
+    assert_eq!(data_blocks(&m), before, "no data block may change");
+    assert_eq!(key_of(&m, "finance/q1/f7"), (m.key_id.clone(), 2));
+    assert_eq!(fs::read(m.path("finance/q1/f7")).unwrap(), "finance 7".repeat(8).into_bytes());
+    // The cipher directory of a mounted volume is re-wrapped through its mount.
+    let out = m.kmsfs(&["--json", "rewrap", &cipher(&m)]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("re-wrapping through the mount"));
+    let again: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(again["FilesRewrapped"], 0, "a second run has nothing to do");
+    assert_eq!(again["DirectoriesRewrapped"], 0);
+    // The volume's own names key moved too: symlinks and xattrs still read after a remount.
+    std::os::unix::fs::symlink("top.txt", m.path("link")).unwrap();
+    let mut m = m;
+    m.remount();
+    assert_eq!(fs::read_link(m.path("link")).unwrap(), std::path::Path::new("top.txt"));
+}
+
+#[test]
+fn a_live_directory_moves_to_another_key_and_new_files_follow() {
+    let m = Mounted::new();
+    populate(&m, 10);
+    let finance = m.ok(&["key", "create", "--alias", "alias/finance"]).trim().to_string();
+    let f3 = fs::File::open(m.path("finance/q1/f3")).unwrap(); // open during the move
+    let out = m.ok(&["rewrap", m.mnt().to_str().unwrap(), "--path", "finance", "--to-key", "alias/finance"]);
+    assert!(out.contains("10 files (10 re-wrapped)") && out.contains("through the mount"), "{out}");
+    drop(f3);
+    assert_eq!(key_of(&m, "finance/q1/f3").0, finance);
+    assert_eq!(key_of(&m, "hr/salaries").0, m.key_id, "outside --path nothing moves");
+    let top = m.json(&["dir", "get-key", m.path("finance").to_str().unwrap()]);
+    assert_eq!((top["KeyId"].as_str(), top["Explicit"].as_bool()), (Some(finance.as_str()), Some(true)));
+    let below = m.json(&["dir", "get-key", m.path("finance/q1").to_str().unwrap()]);
+    assert_eq!((below["KeyId"].as_str(), below["Explicit"].as_bool()), (Some(finance.as_str()), Some(false)));
+    // The mount's cached directory state moved too: a new file takes the new key at once.
+    fs::write(m.path("finance/q1/new"), b"after the move").unwrap();
+    assert_eq!(key_of(&m, "finance/q1/new").0, finance);
+    assert_eq!(used_slots(&m.backing_of(&m.path("finance/q1/f3"))), 1);
+    for i in 0..10 {
+        let want = format!("finance {i}").repeat(i % 50 + 1).into_bytes();
+        assert_eq!(fs::read(m.path(&format!("finance/q1/f{i}"))).unwrap(), want);
+    }
+    // Refusals are per item and clear: an unknown key, a disabled key.
+    let out = m.kmsfs(&["rewrap", m.mnt().to_str().unwrap(), "--to-key", "alias/missing"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown key"), "{out:?}");
+    m.ok(&["key", "disable", "alias/finance"]);
+    let out = m.kmsfs(&["rewrap", m.mnt().to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("disabled, pending deletion or destroyed"),
+        "{out:?}"
+    );
+}
+
+#[test]
+fn kill_9_of_the_mount_during_a_live_rewrap_loses_nothing() {
+    let mut m = Mounted::new();
+    populate(&m, 600);
+    let expected: Vec<Vec<u8>> =
+        (0..600).map(|i| format!("finance {i}").repeat(i % 50 + 1).into_bytes()).collect();
+    m.ok(&["key", "create", "--alias", "alias/finance"]);
+    let mnt = m.mnt().to_str().unwrap().to_string();
+    for delay_ms in [40u64, 150] {
+        let mut child = m
+            .env
+            .cmd(&["rewrap", &mnt, "--path", "finance", "--to-key", "alias/finance"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        m.kill_daemon();
+        let _ = child.wait();
+        m.restart_after_crash();
+        for (i, want) in expected.iter().enumerate() {
+            let got = fs::read(m.path(&format!("finance/q1/f{i}")));
+            assert_eq!(&got.unwrap(), want, "file {i} after kill -9 at {delay_ms} ms");
+        }
+    }
+    let report = m.json(&["rewrap", &mnt, "--path", "finance", "--to-key", "alias/finance"]);
+    assert!(report["Errors"].as_array().unwrap().is_empty(), "{report}");
+    let again = m.json(&["rewrap", &mnt, "--path", "finance", "--to-key", "alias/finance"]);
+    assert_eq!(again["FilesRewrapped"], 0, "the rerun finished the job");
+    assert_eq!(key_of(&m, "finance/q1/f599").0, key_of(&m, "finance/q1/f0").0);
     assert_eq!(fs::read(m.path("finance/q1/f599")).unwrap(), expected[599]);
 }

@@ -8,6 +8,7 @@ mod key_cmd;
 mod keystore_cmd;
 pub mod output;
 pub mod passphrase;
+mod rewrap_cmd;
 mod volume_cmd;
 
 use std::path::PathBuf;
@@ -100,8 +101,8 @@ pub enum Command {
     /// Per-directory keys on a mounted volume
     #[command(subcommand)]
     Dir(volume_cmd::DirCmd),
-    /// Re-wrap an unmounted volume's keys (rotation catch-up, or move to another key)
-    Rewrap(volume_cmd::RewrapArgs),
+    /// Re-wrap a volume's keys (rotation catch-up, or move to another key), mounted or not
+    Rewrap(rewrap_cmd::RewrapArgs),
     /// Key policies: who may use a key for what
     #[command(subcommand)]
     Policy(access_cmd::PolicyCmd),
@@ -171,7 +172,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Umount { mountpoint } => crate::mount::umount(&mountpoint),
         Command::File(cmd) => volume_cmd::run_file(g, cmd),
         Command::Dir(cmd) => volume_cmd::run_dir(g, cmd),
-        Command::Rewrap(args) => volume_cmd::run_rewrap(g, args),
+        Command::Rewrap(args) => rewrap_cmd::run(g, args),
         Command::Policy(cmd) => access_cmd::run_policy(&mut Session::open(g)?, cmd),
         Command::Grant(cmd) => access_cmd::run_grant(&mut Session::open(g)?, cmd),
     }

@@ -75,3 +75,38 @@ mod tests {
         assert_eq!(t.render(), "A          BB\nlong cell  x\n");
     }
 }
+
+/// A spinner with a message on stderr, shown only on a terminal and never with `--json`,
+/// so scripts see nothing of it.
+pub struct Progress {
+    bar: Option<indicatif::ProgressBar>,
+}
+
+impl Progress {
+    pub fn spinner(json: bool) -> Progress {
+        use std::io::IsTerminal;
+        let bar = (std::io::stderr().is_terminal() && !json).then(|| {
+            let bar = indicatif::ProgressBar::new_spinner();
+            bar.set_style(
+                indicatif::ProgressStyle::with_template("{spinner} {elapsed} {msg}")
+                    .expect("valid progress template"),
+            );
+            bar
+        });
+        Progress { bar }
+    }
+
+    /// Updates the message; `message` is only called when there is a terminal to show it.
+    pub fn show(&self, message: impl FnOnce() -> String) {
+        if let Some(bar) = &self.bar {
+            bar.set_message(message());
+            bar.tick();
+        }
+    }
+
+    pub fn finish(&self) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+    }
+}

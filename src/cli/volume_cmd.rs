@@ -7,7 +7,7 @@ use clap::Subcommand;
 use super::output;
 use super::{Global, Session};
 use crate::error::{Error, Result};
-use crate::mount::{self, MountRequest};
+use crate::mount::{self, control, MountRequest};
 
 #[derive(Debug, Subcommand)]
 pub enum VolumeCmd {
@@ -88,7 +88,7 @@ pub fn run_file(g: &Global, cmd: FileCmd) -> Result<()> {
     let FileCmd::Info { path } = cmd;
     require_kmsfs(&path)?;
     let read = |name: &str| -> Result<String> {
-        xattr_get(&path, name).map_err(|e| match e.raw_os_error() {
+        control::get(&path, name).map_err(|e| match e.raw_os_error() {
             Some(libc::ENODATA) | Some(libc::ENOTSUP) => Error::InvalidArgument(format!(
                 "{} is not a regular file on a mounted kmsfs volume",
                 path.display()
@@ -96,8 +96,8 @@ pub fn run_file(g: &Global, cmd: FileCmd) -> Result<()> {
             _ => Error::io(path.display(), e),
         })
     };
-    let key_id = read("user.kmsfs.key")?;
-    let version = read("user.kmsfs.key_version")?;
+    let key_id = read(control::KEY)?;
+    let version = read(control::KEY_VERSION)?;
     if g.json {
         output::json(
             &serde_json::json!({ "Path": path, "KeyId": key_id, "KeyVersion": version.parse::<u32>().ok() }),
@@ -106,20 +106,6 @@ pub fn run_file(g: &Global, cmd: FileCmd) -> Result<()> {
         output::fields(&[("Path", path.display().to_string()), ("KeyId", key_id), ("KeyVersion", version)]);
     }
     Ok(())
-}
-
-fn xattr_get(path: &std::path::Path, name: &str) -> std::io::Result<String> {
-    use std::os::unix::ffi::OsStrExt;
-    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes())?;
-    let c_name = std::ffi::CString::new(name)?;
-    let mut buf = vec![0u8; 256];
-    // SAFETY: both strings are NUL-terminated and `buf` has the length passed.
-    let n = unsafe { libc::getxattr(c_path.as_ptr(), c_name.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
-    if n < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    buf.truncate(n as usize);
-    Ok(String::from_utf8_lossy(&buf).into_owned())
 }
 
 #[derive(Debug, Subcommand)]
@@ -136,7 +122,7 @@ pub fn run_dir(g: &Global, cmd: DirCmd) -> Result<()> {
     match cmd {
         DirCmd::SetKey { path, key } => {
             require_dir(&path)?;
-            xattr_set(&path, "user.kmsfs.key", key.as_bytes()).map_err(|e| match e.raw_os_error() {
+            control::set(&path, control::KEY, key.as_bytes()).map_err(|e| match e.raw_os_error() {
                 Some(libc::EINVAL) => Error::NotFound(format!("unknown key '{key}' (see `kmsfs key list`)")),
                 Some(libc::ENOKEY) => Error::KeyState(format!(
                     "a key involved is not usable (disabled or pending deletion): the directory's current key, or {key}"
@@ -144,7 +130,7 @@ pub fn run_dir(g: &Global, cmd: DirCmd) -> Result<()> {
                 Some(libc::ENOTSUP) => not_on_kmsfs(&path),
                 _ => Error::io(path.display(), e),
             })?;
-            let key_id = read_key(&path, "user.kmsfs.key")?;
+            let key_id = read_key(&path, control::KEY)?;
             if g.json {
                 output::json(&serde_json::json!({ "Path": path, "KeyId": key_id, "Explicit": true }));
             } else {
@@ -158,8 +144,8 @@ pub fn run_dir(g: &Global, cmd: DirCmd) -> Result<()> {
         }
         DirCmd::GetKey { path } => {
             require_dir(&path)?;
-            let key_id = read_key(&path, "user.kmsfs.key")?;
-            let explicit = read_key(&path, "user.kmsfs.key_explicit")? == "true";
+            let key_id = read_key(&path, control::KEY)?;
+            let explicit = read_key(&path, control::KEY_EXPLICIT)? == "true";
             if g.json {
                 output::json(&serde_json::json!({ "Path": path, "KeyId": key_id, "Explicit": explicit }));
             } else {
@@ -197,123 +183,8 @@ fn not_on_kmsfs(path: &std::path::Path) -> Error {
 }
 
 fn read_key(path: &std::path::Path, name: &str) -> Result<String> {
-    xattr_get(path, name).map_err(|e| match e.raw_os_error() {
+    control::get(path, name).map_err(|e| match e.raw_os_error() {
         Some(libc::ENODATA) | Some(libc::ENOTSUP) => not_on_kmsfs(path),
         _ => Error::io(path.display(), e),
     })
-}
-
-fn xattr_set(path: &std::path::Path, name: &str, value: &[u8]) -> std::io::Result<()> {
-    use std::os::unix::ffi::OsStrExt;
-    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes())?;
-    let c_name = std::ffi::CString::new(name)?;
-    // SAFETY: NUL-terminated strings and a value slice of the length passed.
-    let rc =
-        unsafe { libc::setxattr(c_path.as_ptr(), c_name.as_ptr(), value.as_ptr().cast(), value.len(), 0) };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
-}
-
-#[derive(Debug, clap::Args)]
-#[command(
-    after_help = "Examples:\n  kmsfs rewrap ~/vault.enc                               # catch up with key rotation\n  kmsfs rewrap ~/vault.enc --path finance --to-key alias/finance"
-)]
-pub struct RewrapArgs {
-    /// The cipher directory (the volume must not be mounted)
-    pub cipher_dir: PathBuf,
-    /// Only this directory (a path inside the volume, e.g. finance/2026) and what is below it
-    #[arg(long)]
-    pub path: Option<PathBuf>,
-    /// Move every file and directory below PATH to this key [default: each keeps its key and
-    /// moves to the key's current version]
-    #[arg(long)]
-    pub to_key: Option<String>,
-}
-
-/// `kmsfs rewrap`: every data key and names key under the current key version or another
-/// key, without rewriting data.
-pub fn run_rewrap(g: &Global, args: RewrapArgs) -> Result<()> {
-    use std::io::IsTerminal;
-    use std::sync::Arc;
-
-    use crate::kms::audit_writer::AuditWriter;
-    use crate::kms::keyring::KeyRing;
-    use crate::volume::rewrap::{resolve_dir, Rewrapper};
-
-    let cipher_dir = std::fs::canonicalize(&args.cipher_dir)
-        .map_err(|e| Error::io(format!("cipher directory {}", args.cipher_dir.display()), e))?;
-    let config = crate::volume::VolumeConfig::load(&cipher_dir)?;
-    if crate::mount::is_mounted_cipher_dir(&cipher_dir) {
-        return Err(Error::InvalidArgument(format!(
-            "{} is mounted; unmount it first (kmsfs rewrap works on unmounted volumes)",
-            cipher_dir.display()
-        )));
-    }
-    let Session { kms, me, json } = Session::open(g)?;
-    if kms.keystore().keystore_id()? != config.keystore_id {
-        return Err(Error::InvalidArgument(format!(
-            "volume {} belongs to keystore {}, not to {}",
-            cipher_dir.display(),
-            config.keystore_id,
-            g.keystore_path().display()
-        )));
-    }
-    let to_key = args.to_key.as_deref().map(|k| kms.resolve_key_id(k)).transpose()?;
-    let (root, clock) = (kms.root_key().clone(), Arc::clone(kms.clock()));
-    let (sink, writer) = AuditWriter::spawn(kms, me.clone()).map_err(|e| Error::io("audit writer", e))?;
-    let ring = KeyRing::open(&g.keystore_path(), root, clock, sink)?;
-    let rel = args.path.clone().unwrap_or_default();
-    let start = resolve_dir(&ring, &me, &config, &cipher_dir, &rel)?;
-    let bar = if std::io::stderr().is_terminal() && !json {
-        let bar = indicatif::ProgressBar::new_spinner();
-        bar.set_style(
-            indicatif::ProgressStyle::with_template("{spinner} {elapsed} {msg}")
-                .expect("valid progress template"),
-        );
-        Some(bar)
-    } else {
-        None
-    };
-    let mut progress = |r: &crate::volume::rewrap::RewrapReport| {
-        if let Some(bar) = &bar {
-            bar.set_message(format!(
-                "{} files, {} re-wrapped, {} directories",
-                r.files, r.files_rewrapped, r.directories
-            ));
-            bar.tick();
-        }
-    };
-    let plain_start = format!("/{}", rel.display());
-    let report = Rewrapper::new(&ring, &me, &config, to_key, &mut progress).run(&start, &plain_start)?;
-    if let Some(bar) = &bar {
-        bar.finish_and_clear();
-    }
-    drop(ring);
-    writer.finish();
-    if json {
-        output::json(&report);
-    } else {
-        println!(
-            "{} files ({} re-wrapped) and {} directories ({} re-wrapped) in {:.2} s: {:.0} files/s; no data block rewritten",
-            report.files,
-            report.files_rewrapped,
-            report.directories,
-            report.directories_rewrapped,
-            report.seconds,
-            report.files_per_second()
-        );
-        for e in &report.errors {
-            eprintln!("kmsfs: {e}");
-        }
-    }
-    if report.errors.is_empty() {
-        Ok(())
-    } else {
-        Err(Error::InvalidArgument(format!(
-            "{} item(s) could not be re-wrapped (listed above); run again once fixed",
-            report.errors.len()
-        )))
-    }
 }

@@ -94,6 +94,19 @@ impl FileHeader {
         out
     }
 
+    /// Both slots' bytes, contiguous from `slot_offset(0)`: one write replaces both.
+    pub fn encode_slots(&self) -> [u8; 2 * SLOT_LEN] {
+        let mut out = [0u8; 2 * SLOT_LEN];
+        out[..SLOT_LEN].copy_from_slice(&self.encode_slot(0));
+        out[SLOT_LEN..].copy_from_slice(&self.encode_slot(1));
+        out
+    }
+
+    /// Empties slot `i` (its wrap is superseded by a wrap under another key).
+    pub fn clear_slot(&mut self, i: usize) {
+        self.slots[i] = HeaderSlot { seq: 0, blob: Vec::new() };
+    }
+
     pub fn parse(bytes: &[u8]) -> Result<FileHeader, HeaderError> {
         if bytes.len() < HEADER_LEN as usize {
             return Err(HeaderError::TooShort);
@@ -129,16 +142,23 @@ impl FileHeader {
 
     /// The non-empty slots, newest first: the order in which to try unwrapping.
     pub fn candidates(&self) -> Vec<&HeaderSlot> {
-        let mut slots: Vec<&HeaderSlot> = self.slots.iter().filter(|s| s.seq != 0).collect();
-        slots.sort_by_key(|s| std::cmp::Reverse(s.seq));
-        slots
+        self.slot_order().into_iter().map(|i| &self.slots[i]).collect()
     }
 
-    /// Puts `blob` into the older slot with the next sequence number; returns that slot's
-    /// index so the caller writes only it.
-    pub fn rewrap(&mut self, blob: Vec<u8>) -> usize {
+    /// Indices of the non-empty slots, newest first.
+    pub fn slot_order(&self) -> Vec<usize> {
+        let mut order: Vec<usize> = (0..2).filter(|&i| self.slots[i].seq != 0).collect();
+        order.sort_by_key(|&i| std::cmp::Reverse(self.slots[i].seq));
+        order
+    }
+
+    /// Puts `blob` into the slot other than `keep` (the one known to unwrap) with the next
+    /// sequence number; returns that slot's index so the caller writes only it. A crash
+    /// while that slot is written leaves `keep` intact, even when the slot being replaced
+    /// was the newer one and damaged.
+    pub fn rewrap(&mut self, keep: usize, blob: Vec<u8>) -> usize {
         assert!(blob.len() <= SLOT_BLOB_MAX, "wrapped key too large for a header slot");
-        let target = if self.slots[0].seq <= self.slots[1].seq { 0 } else { 1 };
+        let target = 1 - keep;
         let seq = self.slots[0].seq.max(self.slots[1].seq) + 1;
         self.slots[target] = HeaderSlot { seq, blob };
         target
@@ -154,11 +174,21 @@ mod tests {
         let mut h = FileHeader::new([3; FILE_ID_LEN], vec![1; 82]);
         let parsed = FileHeader::parse(&h.encode()).unwrap();
         assert_eq!(parsed, h);
-        assert_eq!(h.rewrap(vec![2; 82]), 1);
+        assert_eq!(h.rewrap(0, vec![2; 82]), 1);
         assert_eq!(h.candidates()[0].blob, vec![2; 82]);
-        assert_eq!(h.rewrap(vec![3; 82]), 0);
+        assert_eq!(h.slot_order(), vec![1, 0]);
+        assert_eq!(h.rewrap(1, vec![3; 82]), 0);
         assert_eq!(h.candidates()[0].seq, 3);
         assert_eq!(FileHeader::parse(&h.encode()).unwrap(), h);
+        // Moving to another key: the new slot alone remains.
+        let keep = h.slot_order()[0];
+        let new = h.rewrap(keep, vec![4; 82]);
+        h.clear_slot(keep);
+        let mut bytes = h.encode();
+        bytes[FileHeader::slot_offset(0)..][..2 * SLOT_LEN].copy_from_slice(&h.encode_slots());
+        let parsed = FileHeader::parse(&bytes).unwrap();
+        assert_eq!(parsed.slot_order(), vec![new]);
+        assert_eq!(parsed.candidates()[0].blob, vec![4; 82]);
     }
 
     #[test]
@@ -177,7 +207,7 @@ mod tests {
         assert_eq!(FileHeader::parse(&bad), Err(HeaderError::NoKey));
         // A torn slot length falls back to the other slot.
         let mut two = h.clone();
-        two.rewrap(vec![5; 82]);
+        two.rewrap(0, vec![5; 82]);
         let mut torn = two.encode();
         torn[FileHeader::slot_offset(1) + 8] = 0xff;
         let parsed = FileHeader::parse(&torn).unwrap();

@@ -9,28 +9,21 @@ use std::sync::Arc;
 use fuser::{Errno, INodeNo};
 
 use super::{kms_errno, FsResult, KmsFs};
-use crate::crypto::{self, SecretKey};
+use crate::crypto;
 use crate::kms::keyring::Access;
 use crate::volume::dirmeta::{DirKeys, DirMeta, IV_LEN};
 use crate::volume::dirnames::DirNames;
 
 /// A directory's keys, unwrapped.
+/// (The names key itself is not kept: a re-wrap reads it again from the metadata.)
 pub struct DirState {
     pub key_id: String,
-    pub iv: [u8; IV_LEN],
     pub names: DirNames,
-    /// Kept to re-wrap under another master key (`dir set-key`); zeroized on drop.
-    names_key: SecretKey,
 }
 
 impl From<DirKeys> for DirState {
     fn from(k: DirKeys) -> Self {
-        DirState {
-            names: DirNames::new(&k.names_key, &k.iv),
-            key_id: k.key_id,
-            iv: k.iv,
-            names_key: k.names_key,
-        }
+        DirState { names: DirNames::new(&k.names_key, &k.iv), key_id: k.key_id }
     }
 }
 
@@ -84,12 +77,7 @@ impl KmsFs {
             log::warn!("{}: cannot write directory metadata: {e}", access.path);
             Errno::EIO
         })?;
-        let state = Arc::new(DirState {
-            key_id: key_id.to_string(),
-            iv,
-            names: DirNames::new(&names_key, &iv),
-            names_key,
-        });
+        let state = Arc::new(DirState { key_id: key_id.to_string(), names: DirNames::new(&names_key, &iv) });
         self.dir_states.write().expect("dir states lock").insert(ino, state.clone());
         Ok(state)
     }
@@ -133,32 +121,5 @@ impl KmsFs {
         DirMeta::unwrap_any(&copies, &self.keyring, access, &self.config.volume_id)
             .map(|keys| keys.key_id)
             .map_err(kms_errno)
-    }
-
-    /// `setfattr -n user.kmsfs.key -v KEY DIR`: the directory's names key is re-wrapped
-    /// under KEY (names stay as they are) and new files and subdirectories use KEY.
-    pub(super) fn set_dir_key(&self, access: Access<'_>, ino: INodeNo, key_ref: &str) -> FsResult<()> {
-        let current = self.dir_state(access, ino)?;
-        let key_id = self.keyring.resolve(key_ref).map_err(|e| {
-            log::info!("{}: set-key {key_ref}: {e}", access.path);
-            Errno::EINVAL
-        })?;
-        let iv_hex = crate::keystore::hex(&current.iv);
-        let ctx = DirMeta::context(&self.config.volume_id, &iv_hex);
-        let blob =
-            self.keyring.wrap_data_key(access, &key_id, &ctx, &current.names_key).map_err(kms_errno)?;
-        let dir = self.backing(ino)?;
-        DirMeta::new(&key_id, true, &current.iv, &blob).save(&dir).map_err(|e| {
-            log::warn!("{}: cannot write directory metadata: {e}", access.path);
-            Errno::EIO
-        })?;
-        let state = Arc::new(DirState {
-            key_id,
-            iv: current.iv,
-            names: DirNames::new(&current.names_key, &current.iv),
-            names_key: current.names_key.clone(),
-        });
-        self.dir_states.write().expect("dir states lock").insert(ino.0, state);
-        Ok(())
     }
 }

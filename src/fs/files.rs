@@ -3,7 +3,6 @@
 
 use std::ffi::OsString;
 use std::fs::File;
-use std::io::ErrorKind;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::Path;
 use std::sync::atomic::Ordering;
@@ -14,8 +13,9 @@ use fuser::{Errno, FileType, INodeNo, Request};
 use super::crypt_file::CryptFile;
 use super::{io_errno, kms_errno, FsResult, KmsFs};
 use crate::crypto::{self, Cipher};
-use crate::format::{FileHeader, FILE_ID_LEN, HEADER_LEN};
+use crate::format::{FileHeader, FILE_ID_LEN};
 use crate::kms::keyring::Access;
+use crate::volume::rewrap::unwrap_header;
 use crate::Error;
 
 /// The data key of one file.
@@ -76,22 +76,7 @@ fn open_backing(path: &Path, read_only_mount: bool) -> FsResult<(File, bool)> {
     Ok((open_noatime(path, false).map_err(io_errno)?, false))
 }
 
-/// Opens without updating the access time: kmsfs's own reads (headers, read-modify-write
-/// of blocks) are not the user's reads. O_NOATIME needs ownership (or CAP_FOWNER), so it
-/// is dropped when refused.
-pub(super) fn open_noatime(path: &Path, write: bool) -> std::io::Result<File> {
-    let open = |extra: i32| {
-        std::fs::OpenOptions::new()
-            .read(true)
-            .write(write)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | extra)
-            .open(path)
-    };
-    match open(libc::O_NOATIME) {
-        Err(e) if e.raw_os_error() == Some(libc::EPERM) => open(0),
-        other => other,
-    }
-}
+pub(super) use crate::volume::open_noatime;
 
 impl KmsFs {
     /// The shared open state of `ino`, loading its key if no handle has it yet. Every call
@@ -149,33 +134,23 @@ impl KmsFs {
             let key_id = self.dir_state(access, INodeNo(parent))?.key_id.clone();
             return self.write_new_header(file, access, &key_id);
         }
-        let mut raw = [0u8; HEADER_LEN as usize];
-        if let Err(e) = file.read_exact_at(&mut raw, 0) {
-            if e.kind() == ErrorKind::UnexpectedEof {
-                log::warn!("{}: the file header is truncated; answering EIO", access.path);
-                return Err(Errno::EIO);
+        let found = match unwrap_header(&self.keyring, access, &self.config, file) {
+            // The header may have been read while a re-wrap was writing it: read it again
+            // once that write is done.
+            Err(Error::InvalidCiphertext(_)) => {
+                let _settled = self.rewrap_lock.lock().expect("rewrap lock");
+                unwrap_header(&self.keyring, access, &self.config, file)
             }
-            return Err(io_errno(e));
-        }
-        let header = FileHeader::parse(&raw).map_err(|e| {
-            log::warn!("{}: {e}; answering EIO", access.path);
-            Errno::EIO
+            other => other,
+        };
+        let found = found.map_err(|e| {
+            if let Error::InvalidCiphertext(why) = &e {
+                log::warn!("{}: {why}; answering EIO", access.path);
+            }
+            kms_errno(e)
         })?;
-        let ctx = self.config.file_context(&header.file_id);
-        let mut last_error = None;
-        for slot in header.candidates() {
-            match self.keyring.decrypt_data_key(access, &slot.blob, &ctx) {
-                Ok((key, blob)) => {
-                    return Ok(FileKey { file_id: header.file_id, cipher: key.cipher(), key_id: blob.key_id })
-                }
-                Err(e) => last_error = Some(e),
-            }
-        }
-        let err = last_error.expect("parse guarantees a candidate slot");
-        if let Error::InvalidCiphertext(why) = &err {
-            log::warn!("{}: the wrapped data key does not authenticate ({why}); answering EIO", access.path);
-        }
-        Err(kms_errno(err))
+        let cipher = found.data_key.cipher();
+        Ok(FileKey { file_id: found.header.file_id, cipher, key_id: found.wrapped_by.key_id })
     }
 
     /// Gives a new file its data key under `key_id` and writes its header.

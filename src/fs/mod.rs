@@ -10,6 +10,7 @@ mod files;
 pub mod inodes;
 pub mod names;
 mod ops;
+mod rewrap;
 mod xattr;
 
 use std::collections::HashMap;
@@ -60,6 +61,8 @@ pub struct KmsFs {
     dir_states: RwLock<HashMap<u64, Arc<dirs::DirState>>>,
     /// Held while a directory's state is loaded (or repaired) for the first time.
     dir_loading: Mutex<()>,
+    /// Held while a header or directory metadata is re-wrapped (`kmsfs rewrap`, `dir set-key`).
+    rewrap_lock: Mutex<()>,
     /// The cipher directory, opened once, for walking paths too long for one syscall.
     root_fd: Arc<std::os::fd::OwnedFd>,
     /// Descriptors of deep directories (backing path over SHORT_PATH), by inode. A
@@ -85,6 +88,7 @@ impl KmsFs {
         Ok(KmsFs {
             dir_states: RwLock::new(HashMap::new()),
             dir_loading: Mutex::new(()),
+            rewrap_lock: Mutex::new(()),
             deep_dirs: Mutex::new(HashMap::new()),
             root_fd,
             inodes: InodeTable::new(root_meta.ino()),

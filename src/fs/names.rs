@@ -16,6 +16,10 @@ pub const XATTR_KEY: &str = "user.kmsfs.key";
 pub const XATTR_KEY_VERSION: &str = "user.kmsfs.key_version";
 /// On directories: whether the key was set there (`dir set-key`) or inherited.
 pub const XATTR_KEY_EXPLICIT: &str = "user.kmsfs.key_explicit";
+/// Write-only control attribute: setting it re-wraps the file's data key (or the
+/// directory's names key) under the current version of its key, or under the key given as
+/// the value. `kmsfs rewrap` on a live mount sets it on every file and directory.
+pub const XATTR_REWRAP: &str = "user.kmsfs.rewrap";
 
 pub struct NameCipher {
     cipher: Cipher,

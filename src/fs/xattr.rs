@@ -9,7 +9,7 @@ use std::path::Path;
 
 use fuser::{Errno, INodeNo};
 
-use super::names::{XATTR_BACKING_PREFIX, XATTR_KEY, XATTR_KEY_EXPLICIT, XATTR_KEY_VERSION};
+use super::names::{XATTR_BACKING_PREFIX, XATTR_KEY, XATTR_KEY_EXPLICIT, XATTR_KEY_VERSION, XATTR_REWRAP};
 use super::{FsResult, KmsFs};
 use crate::format::{FileHeader, HEADER_LEN};
 use crate::kms::blob::BlobHeader;
@@ -100,10 +100,12 @@ impl KmsFs {
             if meta.is_dir() {
                 // A directory's key, from its metadata (no unwrap, so no key use).
                 let dir = DirMeta::load(&path).ok().flatten().ok_or(Errno::EIO)?;
+                let blob = dir.names_key_blob().ok_or(Errno::EIO)?;
+                let wrapped_by = BlobHeader::parse(&blob).map(|(h, _)| h).map_err(|_| Errno::EIO)?;
                 return match name {
                     XATTR_KEY => Ok(dir.key_id.into_bytes()),
-                    XATTR_KEY_EXPLICIT => Ok(dir.explicit.to_string().into_bytes()),
-                    _ => Err(Errno::ENODATA),
+                    XATTR_KEY_VERSION => Ok(wrapped_by.key_version.to_string().into_bytes()),
+                    _ => Ok(dir.explicit.to_string().into_bytes()),
                 };
             }
             let blob = self.file_key_blob(&path)?;
@@ -142,6 +144,13 @@ impl KmsFs {
             let caller = self.caller(req);
             let label = self.display_path(ino.0);
             return self.set_dir_key(Self::access(&caller, &label), ino, key_ref);
+        }
+        if name == XATTR_REWRAP {
+            // `kmsfs rewrap` on a live mount: empty value = current version of its own key.
+            let key_ref = std::str::from_utf8(value).map_err(|_| Errno::EINVAL)?.trim();
+            let caller = self.caller(req);
+            let label = self.display_path(ino.0);
+            return self.rewrap_inode(Self::access(&caller, &label), ino, key_ref);
         }
         if name.starts_with(XATTR_BACKING_PREFIX) {
             return Err(Errno::EPERM); // kmsfs's own namespace

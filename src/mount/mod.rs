@@ -2,6 +2,7 @@
 //! the user sees the error), then serves the volume, in the background by default, and
 //! returns once the mount is ready, as gocryptfs does.
 
+pub mod control;
 mod daemon;
 mod syslog;
 
@@ -255,9 +256,9 @@ fn unescape(field: &str) -> String {
 }
 
 /// Whether a cipher directory is mounted by kmsfs now (its fsname is `kmsfs:<dir>`).
-pub fn is_mounted_cipher_dir(cipher_dir: &Path) -> bool {
+pub fn mounted_at(cipher_dir: &Path) -> Option<PathBuf> {
     let wanted = format!("kmsfs:{}", cipher_dir.display());
-    mount_table().iter().any(|m| m.source == wanted)
+    mount_table().into_iter().find(|m| m.source == wanted).map(|m| m.mount_point)
 }
 
 /// Whether `path` is the root of a mount.

@@ -89,6 +89,23 @@ impl VolumeConfig {
     }
 }
 
+/// Opens a backing file without updating its access time: kmsfs's own reads (headers,
+/// read-modify-write of blocks) are not the user's reads. Never follows a symlink.
+/// O_NOATIME needs ownership (or CAP_FOWNER), so it is dropped when refused.
+pub fn open_noatime(path: &Path, write: bool) -> std::io::Result<std::fs::File> {
+    let open = |extra: i32| {
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(write)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | extra)
+            .open(path)
+    };
+    match open(libc::O_NOATIME) {
+        Err(e) if e.raw_os_error() == Some(libc::EPERM) => open(0),
+        other => other,
+    }
+}
+
 /// A fresh random volume id (hex).
 pub fn new_volume_id() -> String {
     hex(&crypto::random_bytes::<16>())

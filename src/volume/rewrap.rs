@@ -1,25 +1,186 @@
-//! Re-wrapping an unmounted volume: every file's data key and every directory's names key
-//! is wrapped again under the current version of its key (rotation catch-up) or under
-//! another key, without touching a single data block — O(files), not O(bytes).
+//! Re-wrapping: a file's data key, a directory's names key or the volume's names key is
+//! wrapped again under the current version of its key (rotation catch-up) or under another
+//! key, without touching a single data block — O(files), not O(bytes).
 //!
-//! Per file the new wrap goes into the header slot with the older sequence number, so a
-//! crash at any moment leaves the old or the new slot readable. Files already wrapped under
-//! the target key version are skipped, so an interrupted run is resumed by running it again.
+//! The per-item functions here are shared by the offline walker ([`Rewrapper`], for an
+//! unmounted volume) and by the mount (the `user.kmsfs.rewrap` control attribute, for a
+//! live volume), so both make the same crash-safe writes:
+//! - a file's new wrap goes into the header slot that is *not* the one that unwrapped, so
+//!   a crash at any moment leaves the old or the new slot readable;
+//! - a directory's metadata is replaced copy by copy, each atomically.
+//!
+//! Items already wrapped under the target key version are skipped, so an interrupted run is
+//! resumed by running it again.
 
-use std::collections::HashMap;
-use std::fs::OpenOptions;
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::fs::File;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use super::dirmeta::DirMeta;
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine;
+
+use super::dirmeta::{DirKeys, DirMeta};
 use super::dirnames::{DirNames, EntryName};
 use super::VolumeConfig;
+use crate::crypto::SecretKey;
 use crate::error::{Error, Result};
 use crate::format::{FileHeader, HEADER_LEN};
 use crate::keystore::hex;
+use crate::kms::blob::BlobHeader;
 use crate::kms::keyring::{Access, KeyRing};
 use crate::kms::Principal;
+
+/// The key a wrap by `key_id` at `version` should move to, or `None` if it is up to date:
+/// `to_key` if given, else the current version of its own key.
+pub fn target_key(
+    ring: &KeyRing,
+    to_key: Option<&str>,
+    key_id: &str,
+    version: u32,
+) -> Result<Option<String>> {
+    let key = to_key.unwrap_or(key_id);
+    let current = ring.current_version(key)?;
+    Ok((key != key_id || version != current).then(|| key.to_string()))
+}
+
+/// A file's header with its data key unwrapped from the newest slot that allows it.
+pub struct UnwrappedHeader {
+    pub header: FileHeader,
+    pub data_key: SecretKey,
+    pub wrapped_by: BlobHeader,
+    /// Index of the slot that unwrapped.
+    pub slot: usize,
+    /// Whether that slot is the newest (false: the newer slot is damaged or unusable).
+    pub newest: bool,
+}
+
+/// Reads a backing file's header and unwraps its data key from the newest slot. The older
+/// slot is tried only when the newest is damaged (torn by a crash mid-write, or names no
+/// known key): a refusal by key state or policy is final, so the older slot of a file that
+/// was moved to another key can never serve to get around the new key.
+pub fn unwrap_header(
+    ring: &KeyRing,
+    access: Access<'_>,
+    config: &VolumeConfig,
+    file: &File,
+) -> Result<UnwrappedHeader> {
+    let mut raw = [0u8; HEADER_LEN as usize];
+    file.read_exact_at(&mut raw, 0).map_err(|e| match e.kind() {
+        std::io::ErrorKind::UnexpectedEof => Error::InvalidCiphertext("the file header is truncated".into()),
+        _ => Error::io("cannot read the header", e),
+    })?;
+    let header = FileHeader::parse(&raw).map_err(|e| Error::InvalidCiphertext(e.to_string()))?;
+    let ctx = config.file_context(&header.file_id);
+    let mut first_error = None;
+    for (rank, slot) in header.slot_order().into_iter().enumerate() {
+        match ring.decrypt_data_key(access, &header.slots[slot].blob, &ctx) {
+            Ok((data_key, wrapped_by)) => {
+                return Ok(UnwrappedHeader { header, data_key, wrapped_by, slot, newest: rank == 0 })
+            }
+            Err(e @ (Error::KeyState(_) | Error::AccessDenied(_))) => return Err(e),
+            Err(e) => {
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    Err(first_error
+        .unwrap_or_else(|| Error::InvalidCiphertext("the header holds no wrapped data key".into())))
+}
+
+/// Re-wraps one file's data key if it is not under the target (or if its newest slot is
+/// damaged). `file` is the backing file, opened read-write. Returns whether it was written.
+///
+/// Within the same key the new wrap goes into the other slot and the old one stays as a
+/// fallback. Moving to another key clears the old slot in the same write (both slots share
+/// the header's first sector), so that destroying the new key really shreds the file and
+/// the old key's policy no longer applies to it.
+pub fn rewrap_file(
+    ring: &KeyRing,
+    access: Access<'_>,
+    config: &VolumeConfig,
+    file: &File,
+    to_key: Option<&str>,
+) -> Result<bool> {
+    let mut found = unwrap_header(ring, access, config, file)?;
+    let by = &found.wrapped_by;
+    let target = match target_key(ring, to_key, &by.key_id, by.key_version)? {
+        Some(key) => key,
+        // Up to date, but the newer slot does not unwrap: rewrite it so that both are good.
+        None if !found.newest => by.key_id.clone(),
+        None => return Ok(false),
+    };
+    let ctx = config.file_context(&found.header.file_id);
+    let new_blob = ring.wrap_data_key(access, &target, &ctx, &found.data_key)?;
+    let slot = found.header.rewrap(found.slot, new_blob);
+    let (offset, bytes) = if target != by.key_id {
+        found.header.clear_slot(found.slot);
+        (FileHeader::slot_offset(0), found.header.encode_slots().to_vec())
+    } else {
+        (FileHeader::slot_offset(slot), found.header.encode_slot(slot).to_vec())
+    };
+    file.write_all_at(&bytes, offset as u64).map_err(|e| Error::io("cannot write the header", e))?;
+    Ok(true)
+}
+
+/// Opens a backing file for [`rewrap_file`].
+pub fn open_for_rewrap(path: &Path) -> Result<File> {
+    super::open_noatime(path, true).map_err(|e| Error::io("cannot open", e))
+}
+
+/// Re-wraps a directory's names key if it is not under the target; `mark_explicit` records
+/// that the key was chosen for this directory (`dir set-key`). Returns the directory's keys
+/// as they now are, and whether its metadata was written.
+pub fn rewrap_dir(
+    ring: &KeyRing,
+    access: Access<'_>,
+    volume_id: &str,
+    dir: &Path,
+    to_key: Option<&str>,
+    mark_explicit: bool,
+) -> Result<(DirKeys, bool)> {
+    let copies = DirMeta::load_copies(dir)?;
+    let mut keys = DirMeta::unwrap_any(&copies, ring, access, volume_id)?;
+    let target = target_key(ring, to_key, &keys.key_id, keys.key_version)?;
+    let explicit = keys.explicit || mark_explicit;
+    if target.is_none() && explicit == keys.explicit {
+        return Ok((keys, false));
+    }
+    let key = target.unwrap_or_else(|| keys.key_id.clone());
+    let ctx = DirMeta::context(volume_id, &hex(&keys.iv));
+    let blob = ring.wrap_data_key(access, &key, &ctx, &keys.names_key)?;
+    DirMeta::new(&key, explicit, &keys.iv, &blob).save(dir)?;
+    keys.key_version = BlobHeader::parse(&blob)?.0.key_version;
+    keys.key_id = key;
+    keys.explicit = explicit;
+    Ok((keys, true))
+}
+
+/// Re-wraps the volume's own names key (symlink targets, xattrs) in `kmsfs.volume`. Moving
+/// it to another key makes that key the volume's default key too. Returns whether the
+/// configuration was written.
+pub fn rewrap_volume_key(
+    ring: &KeyRing,
+    access: Access<'_>,
+    cipher_dir: &Path,
+    to_key: Option<&str>,
+) -> Result<bool> {
+    let mut config = VolumeConfig::load(cipher_dir)?;
+    let blob = B64
+        .decode(&config.names_key)
+        .map_err(|_| Error::InvalidCiphertext("the volume names key is malformed".into()))?;
+    let ctx = config.names_context();
+    let (names_key, wrapped_by) = ring.decrypt_data_key(access, &blob, &ctx)?;
+    let Some(target) = target_key(ring, to_key, &wrapped_by.key_id, wrapped_by.key_version)? else {
+        return Ok(false);
+    };
+    config.names_key = B64.encode(ring.wrap_data_key(access, &target, &ctx, &names_key)?);
+    if to_key.is_some() {
+        config.default_key_id = target;
+    }
+    config.save(cipher_dir)?;
+    Ok(true)
+}
 
 /// What a run did.
 #[derive(Debug, Default, Clone, serde::Serialize)]
@@ -29,6 +190,10 @@ pub struct RewrapReport {
     pub files_rewrapped: u64,
     pub directories: u64,
     pub directories_rewrapped: u64,
+    /// Whether the volume's own names key was re-wrapped (runs over the whole volume).
+    pub volume_key_rewrapped: bool,
+    /// Whether the run went through a live mount.
+    pub live: bool,
     pub errors: Vec<String>,
     pub seconds: f64,
 }
@@ -43,7 +208,7 @@ impl RewrapReport {
     }
 }
 
-/// One run over a volume.
+/// One run over an unmounted volume.
 pub struct Rewrapper<'a> {
     pub ring: &'a KeyRing,
     pub caller: &'a Principal,
@@ -53,7 +218,6 @@ pub struct Rewrapper<'a> {
     /// Called after each file or directory, for a progress display.
     pub progress: &'a mut dyn FnMut(&RewrapReport),
     report: RewrapReport,
-    current_versions: HashMap<String, u32>,
 }
 
 impl<'a> Rewrapper<'a> {
@@ -64,24 +228,24 @@ impl<'a> Rewrapper<'a> {
         to_key: Option<String>,
         progress: &'a mut dyn FnMut(&RewrapReport),
     ) -> Self {
-        Rewrapper {
-            ring,
-            caller,
-            config,
-            to_key,
-            progress,
-            report: RewrapReport::default(),
-            current_versions: HashMap::new(),
-        }
+        Rewrapper { ring, caller, config, to_key, progress, report: RewrapReport::default() }
     }
 
-    /// Re-wraps everything below `start` (a backing directory), then syncs the file system.
-    pub fn run(mut self, start: &Path, plain_start: &str) -> Result<RewrapReport> {
+    /// Re-wraps everything below `start` (a backing directory; the volume key too when it
+    /// is the cipher directory itself), then syncs the file system.
+    pub fn run(mut self, cipher_dir: &Path, start: &Path, plain_start: &str) -> Result<RewrapReport> {
         let began = Instant::now();
-        self.directory(start, plain_start);
+        if start == cipher_dir {
+            let access = Access { caller: self.caller, path: "/" };
+            match rewrap_volume_key(self.ring, access, cipher_dir, self.to_key.as_deref()) {
+                Ok(done) => self.report.volume_key_rewrapped = done,
+                Err(e) => self.report.errors.push(format!("volume names key: {e}")),
+            }
+        }
+        self.directory(start, plain_start, true);
         // One sync at the end instead of one per file: a crash before it loses only new
         // slots, and the old ones are still there.
-        if let Ok(f) = std::fs::File::open(start) {
+        if let Ok(f) = File::open(start) {
             // SAFETY: syncfs on an open descriptor.
             unsafe { libc::syncfs(std::os::fd::AsRawFd::as_raw_fd(&f)) };
         }
@@ -89,35 +253,23 @@ impl<'a> Rewrapper<'a> {
         Ok(self.report)
     }
 
-    fn access<'b>(&'b self, path: &'b str) -> Access<'b> {
-        Access { caller: self.caller, path }
-    }
-
-    fn current_version(&mut self, key_id: &str) -> Result<u32> {
-        if let Some(v) = self.current_versions.get(key_id) {
-            return Ok(*v);
-        }
-        let v = self.ring.current_version(key_id)?;
-        self.current_versions.insert(key_id.to_string(), v);
-        Ok(v)
-    }
-
-    /// The key and version `wrapped_by` should move to, or `None` if it is up to date.
-    fn target(&mut self, key_id: &str, version: u32) -> Result<Option<String>> {
-        let key = self.to_key.clone().unwrap_or_else(|| key_id.to_string());
-        let current = self.current_version(&key)?;
-        Ok((key != key_id || version != current).then_some(key))
-    }
-
-    fn directory(&mut self, dir: &Path, plain: &str) {
+    fn directory(&mut self, dir: &Path, plain: &str, top: bool) {
         self.report.directories += 1;
-        let names = match self.directory_keys(dir, plain) {
-            Ok(n) => n,
-            Err(e) => {
-                self.report.errors.push(format!("{plain}: {e}"));
-                return;
-            }
-        };
+        let access = Access { caller: self.caller, path: plain };
+        // Moving a tree to a key marks its top directory as set there; below, the key is
+        // inherited as if the tree had been created under it.
+        let mark = top && self.to_key.is_some();
+        let names =
+            match rewrap_dir(self.ring, access, &self.config.volume_id, dir, self.to_key.as_deref(), mark) {
+                Ok((keys, written)) => {
+                    self.report.directories_rewrapped += written as u64;
+                    DirNames::new(&keys.names_key, &keys.iv)
+                }
+                Err(e) => {
+                    self.report.errors.push(format!("{plain}: {e}"));
+                    return;
+                }
+            };
         (self.progress)(&self.report);
         let entries = match std::fs::read_dir(dir) {
             Ok(e) => e,
@@ -139,12 +291,15 @@ impl<'a> Rewrapper<'a> {
             let child_plain = format!("{}/{}", plain.trim_end_matches('/'), plain_name.to_string_lossy());
             let path = dir.join(&name);
             match entry.file_type() {
-                Ok(t) if t.is_dir() => self.directory(&path, &child_plain),
+                Ok(t) if t.is_dir() => self.directory(&path, &child_plain, false),
                 Ok(t) if t.is_file() => {
                     self.report.files += 1;
-                    match self.file(&path, &child_plain) {
-                        Ok(true) => self.report.files_rewrapped += 1,
-                        Ok(false) => {}
+                    let access = Access { caller: self.caller, path: &child_plain };
+                    let result = open_for_rewrap(&path).and_then(|f| {
+                        rewrap_file(self.ring, access, self.config, &f, self.to_key.as_deref())
+                    });
+                    match result {
+                        Ok(written) => self.report.files_rewrapped += written as u64,
                         Err(e) => self.report.errors.push(format!("{child_plain}: {e}")),
                     }
                     (self.progress)(&self.report);
@@ -152,50 +307,6 @@ impl<'a> Rewrapper<'a> {
                 _ => {}
             }
         }
-    }
-
-    /// Re-wraps a directory's names key if needed; returns its names cipher.
-    fn directory_keys(&mut self, dir: &Path, plain: &str) -> Result<DirNames> {
-        let copies = DirMeta::load_copies(dir)?;
-        let keys = DirMeta::unwrap_any(&copies, self.ring, self.access(plain), &self.config.volume_id)?;
-        if let Some(target) = self.target(&keys.key_id, keys.key_version)? {
-            let ctx = DirMeta::context(&self.config.volume_id, &hex(&keys.iv));
-            let new_blob = self.ring.wrap_data_key(self.access(plain), &target, &ctx, &keys.names_key)?;
-            let explicit = keys.explicit || self.to_key.is_some();
-            DirMeta::new(&target, explicit, &keys.iv, &new_blob).save(dir)?;
-            self.report.directories_rewrapped += 1;
-        }
-        Ok(DirNames::new(&keys.names_key, &keys.iv))
-    }
-
-    /// Re-wraps one file's data key if needed. Returns whether it was rewritten.
-    fn file(&mut self, path: &Path, plain: &str) -> Result<bool> {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-            .open(path)
-            .map_err(|e| Error::io("cannot open", e))?;
-        let mut raw = [0u8; HEADER_LEN as usize];
-        file.read_exact_at(&mut raw, 0).map_err(|e| Error::io("cannot read the header", e))?;
-        let mut header = FileHeader::parse(&raw).map_err(|e| Error::InvalidCiphertext(e.to_string()))?;
-        let ctx = self.config.file_context(&header.file_id);
-        let mut unwrapped = None;
-        for slot in header.candidates() {
-            if let Ok(found) = self.ring.decrypt_data_key(self.access(plain), &slot.blob, &ctx) {
-                unwrapped = Some(found);
-                break;
-            }
-        }
-        let (data_key, wrapped_by) = unwrapped.ok_or_else(|| {
-            Error::InvalidCiphertext("no header slot unwraps (tampered, or its key is unusable)".into())
-        })?;
-        let Some(target) = self.target(&wrapped_by.key_id, wrapped_by.key_version)? else { return Ok(false) };
-        let new_blob = self.ring.wrap_data_key(self.access(plain), &target, &ctx, &data_key)?;
-        let slot = header.rewrap(new_blob);
-        file.write_all_at(&header.encode_slot(slot), FileHeader::slot_offset(slot) as u64)
-            .map_err(|e| Error::io("cannot write the header", e))?;
-        Ok(true)
     }
 }
 

@@ -1,0 +1,138 @@
+//! `kmsfs rewrap`: every data key and names key under the current key version or another
+//! key, without rewriting data. Through the mount when the volume is mounted, directly on
+//! the cipher directory when it is not.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use super::output;
+use super::{Global, Session};
+use crate::error::{Error, Result};
+use crate::kms::audit_writer::AuditWriter;
+use crate::kms::keyring::KeyRing;
+use crate::mount::control;
+use crate::volume::rewrap::{resolve_dir, RewrapReport, Rewrapper};
+use crate::volume::VolumeConfig;
+
+#[derive(Debug, clap::Args)]
+#[command(after_help = "\
+Examples:
+  kmsfs rewrap ~/vault.enc                     # catch up with key rotation (unmounted)
+  kmsfs rewrap ~/vault                         # the same on the mounted volume
+  kmsfs dir set-key ~/vault/finance alias/finance
+  kmsfs rewrap ~/vault --path finance --to-key alias/finance
+
+Each file's data key is wrapped again in its header (the data blocks are not rewritten),
+one header slot at a time, so an interrupted run leaves every file readable; run it again
+to finish. On a mounted volume no passphrase is needed: the mount does the work, under
+the caller's key policies.")]
+pub struct RewrapArgs {
+    /// The cipher directory (unmounted or mounted), or a mount point (or a directory in it)
+    #[arg(value_name = "CIPHERDIR|MOUNTPATH")]
+    pub target: PathBuf,
+    /// Only this directory (a path inside the volume, e.g. finance/2026) and what is below it
+    #[arg(long)]
+    pub path: Option<PathBuf>,
+    /// Move every file and directory below PATH to this key [default: each keeps its key and
+    /// moves to the key's current version]
+    #[arg(long)]
+    pub to_key: Option<String>,
+}
+
+pub fn run(g: &Global, args: RewrapArgs) -> Result<()> {
+    let target = std::fs::canonicalize(&args.target).map_err(|e| Error::io(args.target.display(), e))?;
+    let rel = args.path.clone().unwrap_or_default();
+    if rel.is_absolute() || rel.components().any(|c| matches!(c, std::path::Component::ParentDir)) {
+        return Err(Error::InvalidArgument(format!(
+            "--path {} must be relative to the volume's root, without '..'",
+            rel.display()
+        )));
+    }
+    let bar = output::Progress::spinner(g.json);
+    let mut progress = |r: &RewrapReport| {
+        bar.show(|| {
+            format!("{} files, {} re-wrapped, {} directories", r.files, r.files_rewrapped, r.directories)
+        })
+    };
+    let live_start = if crate::mount::is_on_kmsfs(&target) {
+        Some(target.join(&rel))
+    } else if let Some(mount_point) = crate::mount::mounted_at(&target) {
+        eprintln!(
+            "kmsfs: {} is mounted at {}; re-wrapping through the mount",
+            target.display(),
+            mount_point.display()
+        );
+        Some(mount_point.join(&rel))
+    } else {
+        None
+    };
+    let report = match live_start {
+        Some(start) => {
+            if !start.is_dir() {
+                return Err(Error::NotFound(format!("{} is not a directory of the volume", start.display())));
+            }
+            control::rewrap_live(&start, args.to_key.as_deref(), &mut progress)
+        }
+        None => rewrap_offline(g, &target, &rel, args.to_key.as_deref(), &mut progress)?,
+    };
+    bar.finish();
+    print_report(g.json, &report);
+    if report.errors.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::InvalidArgument(format!(
+            "{} item(s) could not be re-wrapped (listed above); run again once fixed",
+            report.errors.len()
+        )))
+    }
+}
+
+fn rewrap_offline(
+    g: &Global,
+    cipher_dir: &Path,
+    rel: &Path,
+    to_key: Option<&str>,
+    progress: &mut dyn FnMut(&RewrapReport),
+) -> Result<RewrapReport> {
+    let config = VolumeConfig::load(cipher_dir)?;
+    let Session { kms, me, .. } = Session::open(g)?;
+    if kms.keystore().keystore_id()? != config.keystore_id {
+        return Err(Error::InvalidArgument(format!(
+            "volume {} belongs to keystore {}, not to {}",
+            cipher_dir.display(),
+            config.keystore_id,
+            g.keystore_path().display()
+        )));
+    }
+    let to_key = to_key.map(|k| kms.resolve_key_id(k)).transpose()?;
+    let (root, clock) = (kms.root_key().clone(), Arc::clone(kms.clock()));
+    let (sink, writer) = AuditWriter::spawn(kms, me.clone()).map_err(|e| Error::io("audit writer", e))?;
+    let ring = KeyRing::open(&g.keystore_path(), root, clock, sink)?;
+    let start = resolve_dir(&ring, &me, &config, cipher_dir, rel)?;
+    let plain_start = format!("/{}", rel.display());
+    let report = Rewrapper::new(&ring, &me, &config, to_key, progress).run(cipher_dir, &start, &plain_start);
+    drop(ring);
+    writer.finish();
+    report
+}
+
+fn print_report(json: bool, report: &RewrapReport) {
+    if json {
+        output::json(report);
+        return;
+    }
+    println!(
+        "{} files ({} re-wrapped) and {} directories ({} re-wrapped) in {:.2} s: {:.0} files/s; \
+         no data block rewritten{}",
+        report.files,
+        report.files_rewrapped,
+        report.directories,
+        report.directories_rewrapped,
+        report.seconds,
+        report.files_per_second(),
+        if report.live { " (through the mount)" } else { "" }
+    );
+    for e in &report.errors {
+        eprintln!("kmsfs: {e}");
+    }
+}

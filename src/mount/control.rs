@@ -1,0 +1,147 @@
+//! The client side of a mounted volume's control attributes: `user.kmsfs.key`,
+//! `user.kmsfs.key_version`, `user.kmsfs.key_explicit` (read), and `user.kmsfs.key` on a
+//! directory / `user.kmsfs.rewrap` (write). Admin commands that work on a live mount go
+//! through these, so the mount applies the caller's policies and keeps its caches true.
+
+use std::ffi::CString;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::time::Instant;
+
+use crate::volume::rewrap::RewrapReport;
+
+pub const KEY: &str = "user.kmsfs.key";
+pub const KEY_VERSION: &str = "user.kmsfs.key_version";
+pub const KEY_EXPLICIT: &str = "user.kmsfs.key_explicit";
+pub const REWRAP: &str = "user.kmsfs.rewrap";
+
+fn c_strings(path: &Path, name: &str) -> std::io::Result<(CString, CString)> {
+    Ok((CString::new(path.as_os_str().as_bytes())?, CString::new(name)?))
+}
+
+/// Reads attribute `name` of `path` (not following a final symlink).
+pub fn get(path: &Path, name: &str) -> std::io::Result<String> {
+    let (c_path, c_name) = c_strings(path, name)?;
+    let mut buf = vec![0u8; 256];
+    // SAFETY: both strings are NUL-terminated and `buf` has the length passed.
+    let n = unsafe { libc::lgetxattr(c_path.as_ptr(), c_name.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    if n < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    buf.truncate(n as usize);
+    Ok(String::from_utf8_lossy(&buf).into_owned())
+}
+
+/// Sets attribute `name` of `path` (not following a final symlink).
+pub fn set(path: &Path, name: &str, value: &[u8]) -> std::io::Result<()> {
+    let (c_path, c_name) = c_strings(path, name)?;
+    // SAFETY: NUL-terminated strings and a value slice of the length passed.
+    let rc =
+        unsafe { libc::lsetxattr(c_path.as_ptr(), c_name.as_ptr(), value.as_ptr().cast(), value.len(), 0) };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// What an errno from a control attribute means, for a person.
+pub fn explain(e: &std::io::Error) -> String {
+    match e.raw_os_error() {
+        Some(libc::ENOKEY) => "its key is disabled, pending deletion or destroyed".into(),
+        Some(libc::EACCES) => "access denied (key policy, grants or file permissions)".into(),
+        Some(libc::EIO) => "damaged or tampered (run `kmsfs fsck` on the cipher directory)".into(),
+        Some(libc::EINVAL) => "unknown key".into(),
+        _ => e.to_string(),
+    }
+}
+
+/// Which key and version wrap `path`'s key, as the mount reports it.
+fn wrapped_by(path: &Path) -> std::io::Result<(String, String)> {
+    Ok((get(path, KEY)?, get(path, KEY_VERSION)?))
+}
+
+/// `kmsfs rewrap` on a live mount: asks the mount to re-wrap every directory and file
+/// below `start` (a directory on the mount). With `to_key`, `start` is set to that key
+/// (as `kmsfs dir set-key`) and everything below moves to it. Stays on this mount.
+pub fn rewrap_live(
+    start: &Path,
+    to_key: Option<&str>,
+    progress: &mut dyn FnMut(&RewrapReport),
+) -> RewrapReport {
+    let began = Instant::now();
+    let mut walk = LiveRewrap { to_key, progress, report: RewrapReport { live: true, ..Default::default() } };
+    match std::fs::metadata(start) {
+        Ok(meta) => walk.directory(start, meta.dev(), true),
+        Err(e) => walk.report.errors.push(format!("{}: {e}", start.display())),
+    }
+    walk.report.seconds = began.elapsed().as_secs_f64();
+    walk.report
+}
+
+struct LiveRewrap<'a> {
+    to_key: Option<&'a str>,
+    progress: &'a mut dyn FnMut(&RewrapReport),
+    report: RewrapReport,
+}
+
+impl LiveRewrap<'_> {
+    /// Re-wraps one item; returns whether its wrap changed.
+    fn item(&mut self, path: &Path, top: bool) -> Result<bool, String> {
+        let fail = |e: std::io::Error| format!("{}: {}", path.display(), explain(&e));
+        let before = wrapped_by(path).map_err(fail)?;
+        match (top, self.to_key) {
+            (true, Some(key)) => set(path, KEY, key.as_bytes()),
+            _ => set(path, REWRAP, self.to_key.unwrap_or("").as_bytes()),
+        }
+        .map_err(fail)?;
+        Ok(wrapped_by(path).map_err(fail)? != before)
+    }
+
+    fn directory(&mut self, dir: &Path, dev: u64, top: bool) {
+        self.report.directories += 1;
+        match self.item(dir, top) {
+            Ok(changed) => self.report.directories_rewrapped += changed as u64,
+            Err(e) => {
+                // A directory whose key cannot be used cannot be listed either.
+                self.report.errors.push(e);
+                return;
+            }
+        }
+        (self.progress)(&self.report);
+        let entries = match std::fs::read_dir(dir) {
+            Ok(entries) => entries,
+            Err(e) => {
+                self.report.errors.push(format!("{}: {}", dir.display(), explain(&e)));
+                return;
+            }
+        };
+        for entry in entries {
+            let entry = match entry {
+                Ok(entry) => entry,
+                Err(e) => {
+                    self.report.errors.push(format!("{}: {}", dir.display(), explain(&e)));
+                    continue;
+                }
+            };
+            let path = entry.path();
+            match entry.file_type() {
+                Ok(t) if t.is_dir() => {
+                    // Another file system mounted inside the volume is not the volume's.
+                    if std::fs::symlink_metadata(&path).is_ok_and(|m| m.dev() == dev) {
+                        self.directory(&path, dev, false);
+                    }
+                }
+                Ok(t) if t.is_file() => {
+                    self.report.files += 1;
+                    match self.item(&path, false) {
+                        Ok(changed) => self.report.files_rewrapped += changed as u64,
+                        Err(e) => self.report.errors.push(e),
+                    }
+                    (self.progress)(&self.report);
+                }
+                _ => {}
+            }
+        }
+    }
+}
