@@ -64,18 +64,6 @@ pub fn or_dash(value: Option<String>) -> String {
     value.unwrap_or_else(|| "-".into())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn columns_line_up() {
-        let mut t = Table::new(&["A", "BB"]);
-        t.row(vec!["long cell".into(), "x".into()]);
-        assert_eq!(t.render(), "A          BB\nlong cell  x\n");
-    }
-}
-
 /// A spinner with a message on stderr, shown only on a terminal and never with `--json`,
 /// so scripts see nothing of it.
 pub struct Progress {
@@ -108,5 +96,17 @@ impl Progress {
         if let Some(bar) = &self.bar {
             bar.finish_and_clear();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn columns_line_up() {
+        let mut t = Table::new(&["A", "BB"]);
+        t.row(vec!["long cell".into(), "x".into()]);
+        assert_eq!(t.render(), "A          BB\nlong cell  x\n");
     }
 }

@@ -126,11 +126,9 @@ impl LiveRewrap<'_> {
             };
             let path = entry.path();
             match entry.file_type() {
-                Ok(t) if t.is_dir() => {
-                    // Another file system mounted inside the volume is not the volume's.
-                    if std::fs::symlink_metadata(&path).is_ok_and(|m| m.dev() == dev) {
-                        self.directory(&path, dev, false);
-                    }
+                // Another file system mounted inside the volume is not the volume's.
+                Ok(t) if t.is_dir() && std::fs::symlink_metadata(&path).is_ok_and(|m| m.dev() == dev) => {
+                    self.directory(&path, dev, false)
                 }
                 Ok(t) if t.is_file() => {
                     self.report.files += 1;
