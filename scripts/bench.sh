@@ -4,11 +4,15 @@
 # kmsfs / gocryptfs (below 1.0 means kmsfs is faster).
 #
 # Phases (gocryptfs's canonical workload): write BENCH_MB MiB with dd conv=fsync, read it back
-# after dropping caches, untar a source tree, ls -lR, cat every file, rm -rf.
+# after dropping caches, untar a source tree, ls -lR, cat every file, rm -rf. Then random 4 KiB
+# reads and writes with fio (randrw, psync, page cache on) on a BENCH_FIO_MB MiB file for
+# BENCH_FIO_SECS seconds, reported as IOPS and MB/s with the ratio kmsfs / gocryptfs (there
+# above 1.0 means kmsfs is faster). BENCH_FIO_MB=0 skips the fio phase.
 #
-#   scripts/bench.sh                   # 1 round, 1024 MiB
+#   scripts/bench.sh                   # 1 round, 1024 MiB, fio 256 MiB for 20 s
 #   BENCH_ROUNDS=5 BENCH_MB=1024 scripts/bench.sh
 #   BENCH_TARBALL=/path/to/src.tar.xz scripts/bench.sh
+#   BENCH_FIO_MB=1024 BENCH_FIO_SECS=60 scripts/bench.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 KMSFS_BENCH=1 scripts/install-deps.sh
@@ -17,6 +21,8 @@ KMSFS=$PWD/target/release/kmsfs
 
 ROUNDS=${BENCH_ROUNDS:-1}
 MB=${BENCH_MB:-1024}
+FIO_MB=${BENCH_FIO_MB:-256}
+FIO_SECS=${BENCH_FIO_SECS:-20}
 WORK=${BENCH_DIR:-$(mktemp -d /var/tmp/kmsfs-bench.XXXXXX)}
 TARBALL=${BENCH_TARBALL:-}
 if [ -z "$TARBALL" ]; then
@@ -68,6 +74,34 @@ phase() {
   echo "$t1 - $t0" | bc -l
 }
 
+# fio_phase DIR: random 4 KiB reads and writes on one file in DIR; prints
+# "read_iops write_iops read_MB/s write_MB/s" (MB = 10^6 bytes).
+fio_phase() {
+  local dir=$1 out res
+  local args=(--name=randrw --rw=randrw --bs=4k --size="${FIO_MB}M" --ioengine=psync --direct=0
+    --filename="$dir/fio.dat")
+  out=$(mktemp "$WORK/fio.XXXXXX.json")
+  # Lay the file out first and drop caches, so that no file system starts with its data (or,
+  # for kmsfs and gocryptfs, its ciphertext) in the page cache: fio itself only invalidates
+  # the cache of the file it opens, which would leave plain at a disadvantage.
+  fio "${args[@]}" --create_only=1 >/dev/null || { echo "fio layout failed in $dir" >&2; return 1; }
+  drop_caches
+  fio "${args[@]}" --runtime="$FIO_SECS" --time_based --output-format=json --output="$out" >/dev/null \
+    || { echo "fio failed in $dir" >&2; return 1; }
+  rm -f "$dir/fio.dat"
+  res=$(python3 - "$out" <<'PY'
+import json, sys
+job = json.load(open(sys.argv[1]))["jobs"][0]
+if job.get("error"):
+    sys.exit(f"fio failed: error {job['error']}")
+r, w = job["read"], job["write"]
+print(f"{r['iops']:.1f} {w['iops']:.1f} {r['bw_bytes'] / 1e6:.2f} {w['bw_bytes'] / 1e6:.2f}")
+PY
+  ) || { echo "cannot parse fio output $out" >&2; return 1; }
+  rm -f "$out"
+  echo "$res"
+}
+
 median() { sort -g | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
 
 setup
@@ -79,6 +113,14 @@ for r in $(seq "$ROUNDS"); do
       T[$fs,$p]+="$(phase "$p" "$WORK/$fs/mnt") "
     done
   done
+  if [ "$FIO_MB" -gt 0 ]; then
+    for fs in plain kmsfs gocryptfs; do
+      res=$(fio_phase "$WORK/$fs/mnt")
+      read -r riops wiops rmbs wmbs <<<"$res"
+      T[$fs,fio_riops]+="$riops "; T[$fs,fio_wiops]+="$wiops "
+      T[$fs,fio_rmbs]+="$rmbs "; T[$fs,fio_wmbs]+="$wmbs "
+    done
+  fi
 done
 
 rss_kib=$(awk '/VmHWM/ {print $2}' "/proc/$KMSFS_PID/status")
@@ -92,5 +134,16 @@ for p in "${PHASES[@]}"; do
 done
 if [ "$MB" -gt 0 ]; then
   echo "throughput (MB/s): write kmsfs $(echo "$MB*1.048576 / $(echo "${T[kmsfs,write]}" | tr ' ' '\n' | grep . | median)" | bc -l | xargs printf '%.0f'), gocryptfs $(echo "$MB*1.048576 / $(echo "${T[gocryptfs,write]}" | tr ' ' '\n' | grep . | median)" | bc -l | xargs printf '%.0f')"
+fi
+if [ "$FIO_MB" -gt 0 ]; then
+  echo "fio randrw 4 KiB, psync, buffered, ${FIO_MB} MiB file, ${FIO_SECS} s (higher is better;"
+  echo "kmsfs/gocryptfs above 1.0 means kmsfs is faster)"
+  printf '%-11s %10s %10s %10s %16s\n' metric plain kmsfs gocryptfs 'kmsfs/gocryptfs'
+  for k in riops:'read IOPS' wiops:'write IOPS' rmbs:'read MB/s' wmbs:'write MB/s'; do
+    m_plain=$(echo "${T[plain,fio_${k%%:*}]}" | tr ' ' '\n' | grep . | median)
+    m_k=$(echo "${T[kmsfs,fio_${k%%:*}]}" | tr ' ' '\n' | grep . | median)
+    m_g=$(echo "${T[gocryptfs,fio_${k%%:*}]}" | tr ' ' '\n' | grep . | median)
+    printf '%-11s %10.1f %10.1f %10.1f %16.2f\n' "${k#*:}" "$m_plain" "$m_k" "$m_g" "$(echo "$m_k / $m_g" | bc -l)"
+  done
 fi
 echo "kmsfs daemon peak RSS: $((rss_kib / 1024)) MiB"

@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # Installs what kmsfs needs at run and test time on Debian: fuse3 (fusermount3, /dev/fuse
 # helpers), attr (getfattr/setfattr for tests), sqlite3 (inspection), and the tools the
-# integration tests drive (git, e2fsprogs). Idempotent; a no-op when everything is present.
+# integration tests drive (git, xz-utils; losetup, mount and umount from mount, mountpoint
+# from util-linux, mkfs.ext4 and e2fsck from e2fsprogs for tests/fs_blockdev.rs). With
+# KMSFS_BENCH=1 also what scripts/bench.sh runs (gocryptfs, fio, bc, python3 to read fio's
+# JSON). Idempotent; a no-op when everything is present.
 set -euo pipefail
 
-packages=(fuse3 attr sqlite3 git xz-utils)
-[ "${KMSFS_BENCH:-0}" = 1 ] && packages+=(gocryptfs fio bc)
+packages=(fuse3 attr sqlite3 git xz-utils mount util-linux e2fsprogs)
+[ "${KMSFS_BENCH:-0}" = 1 ] && packages+=(gocryptfs fio bc python3)
 
 missing=()
 for p in "${packages[@]}"; do
