@@ -52,6 +52,10 @@ pub enum Error {
     #[error("{0}")]
     Io(String),
 
+    /// A check (`kmsfs fsck`) found problems that remain.
+    #[error("{0}")]
+    ProblemsRemain(String),
+
     #[error("keystore database error: {0}")]
     Sqlite(#[from] rusqlite::Error),
 }
@@ -65,6 +69,7 @@ impl Error {
             Error::NotFound(_) | Error::KeystoreMissing(_) => 5,
             Error::AccessDenied(_) => 6,
             Error::InvalidCiphertext(_) => 7,
+            Error::ProblemsRemain(_) => 8,
             _ => 1,
         }
     }

@@ -4,6 +4,7 @@ mod access_cmd;
 mod alias_cmd;
 mod audit_cmd;
 mod crypto_cmd;
+mod fsck_cmd;
 mod key_cmd;
 mod keystore_cmd;
 pub mod output;
@@ -101,6 +102,8 @@ pub enum Command {
     /// Per-directory keys on a mounted volume
     #[command(subcommand)]
     Dir(volume_cmd::DirCmd),
+    /// Check a volume: every header, block and name; --repair fixes what is safe
+    Fsck(fsck_cmd::FsckArgs),
     /// Re-wrap a volume's keys (rotation catch-up, or move to another key), mounted or not
     Rewrap(rewrap_cmd::RewrapArgs),
     /// Key policies: who may use a key for what
@@ -130,6 +133,41 @@ impl Session {
         let me = Principal::current_process();
         let kms = Kms::new(ks, root, Arc::new(clock), &me)?;
         Ok(Session { kms, me, json: global.json })
+    }
+}
+
+/// An unmounted volume opened for a walk over its cipher directory (`rewrap`, `fsck`):
+/// its configuration, a key ring like a mount's, and the audit writer behind it.
+pub struct VolumeSession {
+    pub config: crate::volume::VolumeConfig,
+    pub me: Principal,
+    pub ring: crate::kms::keyring::KeyRing,
+    writer: crate::kms::audit_writer::AuditWriter,
+}
+
+impl VolumeSession {
+    pub fn open(global: &Global, cipher_dir: &std::path::Path) -> Result<VolumeSession> {
+        let config = crate::volume::VolumeConfig::load(cipher_dir)?;
+        let Session { kms, me, .. } = Session::open(global)?;
+        if kms.keystore().keystore_id()? != config.keystore_id {
+            return Err(Error::InvalidArgument(format!(
+                "volume {} belongs to keystore {}, not to {}",
+                cipher_dir.display(),
+                config.keystore_id,
+                global.keystore_path().display()
+            )));
+        }
+        let (root, clock) = (kms.root_key().clone(), Arc::clone(kms.clock()));
+        let (sink, writer) = crate::kms::audit_writer::AuditWriter::spawn(kms, me.clone())
+            .map_err(|e| Error::io("audit writer", e))?;
+        let ring = crate::kms::keyring::KeyRing::open(&global.keystore_path(), root, clock, sink)?;
+        Ok(VolumeSession { config, me, ring, writer })
+    }
+
+    /// Flushes the audit trail of the walk.
+    pub fn close(self) {
+        drop(self.ring);
+        self.writer.finish();
     }
 }
 
@@ -173,6 +211,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::File(cmd) => volume_cmd::run_file(g, cmd),
         Command::Dir(cmd) => volume_cmd::run_dir(g, cmd),
         Command::Rewrap(args) => rewrap_cmd::run(g, args),
+        Command::Fsck(args) => fsck_cmd::run_fsck(g, args),
         Command::Policy(cmd) => access_cmd::run_policy(&mut Session::open(g)?, cmd),
         Command::Grant(cmd) => access_cmd::run_grant(&mut Session::open(g)?, cmd),
     }

@@ -3,16 +3,12 @@
 //! the cipher directory when it is not.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use super::output;
-use super::{Global, Session};
+use super::{Global, VolumeSession};
 use crate::error::{Error, Result};
-use crate::kms::audit_writer::AuditWriter;
-use crate::kms::keyring::KeyRing;
 use crate::mount::control;
 use crate::volume::rewrap::{resolve_dir, RewrapReport, Rewrapper};
-use crate::volume::VolumeConfig;
 
 #[derive(Debug, clap::Args)]
 #[command(after_help = "\
@@ -31,6 +27,7 @@ pub struct RewrapArgs {
     #[arg(value_name = "CIPHERDIR|MOUNTPATH")]
     pub target: PathBuf,
     /// Only this directory (a path inside the volume, e.g. finance/2026) and what is below it
+    /// (on a mounted volume also a single file)
     #[arg(long)]
     pub path: Option<PathBuf>,
     /// Move every file and directory below PATH to this key [default: each keeps its key and
@@ -68,8 +65,11 @@ pub fn run(g: &Global, args: RewrapArgs) -> Result<()> {
     };
     let report = match live_start {
         Some(start) => {
-            if !start.is_dir() {
-                return Err(Error::NotFound(format!("{} is not a directory of the volume", start.display())));
+            if !start.is_dir() && !start.is_file() {
+                return Err(Error::NotFound(format!(
+                    "{} is not a file or directory of the volume",
+                    start.display()
+                )));
             }
             control::rewrap_live(&start, args.to_key.as_deref(), &mut progress)
         }
@@ -94,25 +94,13 @@ fn rewrap_offline(
     to_key: Option<&str>,
     progress: &mut dyn FnMut(&RewrapReport),
 ) -> Result<RewrapReport> {
-    let config = VolumeConfig::load(cipher_dir)?;
-    let Session { kms, me, .. } = Session::open(g)?;
-    if kms.keystore().keystore_id()? != config.keystore_id {
-        return Err(Error::InvalidArgument(format!(
-            "volume {} belongs to keystore {}, not to {}",
-            cipher_dir.display(),
-            config.keystore_id,
-            g.keystore_path().display()
-        )));
-    }
-    let to_key = to_key.map(|k| kms.resolve_key_id(k)).transpose()?;
-    let (root, clock) = (kms.root_key().clone(), Arc::clone(kms.clock()));
-    let (sink, writer) = AuditWriter::spawn(kms, me.clone()).map_err(|e| Error::io("audit writer", e))?;
-    let ring = KeyRing::open(&g.keystore_path(), root, clock, sink)?;
-    let start = resolve_dir(&ring, &me, &config, cipher_dir, rel)?;
+    let v = VolumeSession::open(g, cipher_dir)?;
+    let to_key = to_key.map(|k| v.ring.resolve(k)).transpose()?;
+    let start = resolve_dir(&v.ring, &v.me, &v.config, cipher_dir, rel)?;
     let plain_start = format!("/{}", rel.display());
-    let report = Rewrapper::new(&ring, &me, &config, to_key, progress).run(cipher_dir, &start, &plain_start);
-    drop(ring);
-    writer.finish();
+    let report =
+        Rewrapper::new(&v.ring, &v.me, &v.config, to_key, progress).run(cipher_dir, &start, &plain_start);
+    v.close();
     report
 }
 

@@ -24,6 +24,8 @@ pub enum VolumeCmd {
         #[arg(long)]
         name: Option<String>,
     },
+    /// Remove the files and directories whose key was destroyed (crypto-shredded)
+    PruneShredded(super::fsck_cmd::PruneArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -68,6 +70,7 @@ pub fn run_volume(g: &Global, cmd: VolumeCmd) -> Result<()> {
             }
             Ok(())
         }
+        VolumeCmd::PruneShredded(args) => super::fsck_cmd::run_prune(g, args),
     }
 }
 

@@ -174,6 +174,12 @@ impl KeyRing {
             .ok_or_else(|| Error::NotFound(format!("unknown key '{key_id}'")))
     }
 
+    /// The state of `key_id` as the keystore says now (`None`: no such key here).
+    pub fn key_state(&self, key_id: &str) -> Option<KeyState> {
+        self.refresh().ok()?;
+        self.cache.read().expect("keyring cache lock").keys.get(key_id).map(|k| k.state)
+    }
+
     /// Whether any policy or grant names groups, so callers' groups must be known.
     pub fn uses_groups(&self) -> bool {
         self.cache.read().expect("keyring cache lock").uses_groups

@@ -62,7 +62,7 @@ fn wrapped_by(path: &Path) -> std::io::Result<(String, String)> {
 }
 
 /// `kmsfs rewrap` on a live mount: asks the mount to re-wrap every directory and file
-/// below `start` (a directory on the mount). With `to_key`, `start` is set to that key
+/// below `start` (a directory on the mount), or the file `start`. With `to_key`, `start` is set to that key
 /// (as `kmsfs dir set-key`) and everything below moves to it. Stays on this mount.
 pub fn rewrap_live(
     start: &Path,
@@ -71,8 +71,16 @@ pub fn rewrap_live(
 ) -> RewrapReport {
     let began = Instant::now();
     let mut walk = LiveRewrap { to_key, progress, report: RewrapReport { live: true, ..Default::default() } };
-    match std::fs::metadata(start) {
-        Ok(meta) => walk.directory(start, meta.dev(), true),
+    match std::fs::symlink_metadata(start) {
+        Ok(meta) if meta.is_dir() => walk.directory(start, meta.dev(), true),
+        Ok(meta) if meta.is_file() => {
+            walk.report.files = 1;
+            match walk.item(start, false) {
+                Ok(changed) => walk.report.files_rewrapped = changed as u64,
+                Err(e) => walk.report.errors.push(e),
+            }
+        }
+        Ok(_) => walk.report.errors.push(format!("{}: not a file or directory", start.display())),
         Err(e) => walk.report.errors.push(format!("{}: {e}", start.display())),
     }
     walk.report.seconds = began.elapsed().as_secs_f64();

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 pub mod dirmeta;
 pub mod dirnames;
+pub mod fsck;
 pub mod rewrap;
 
 use crate::crypto;

@@ -1,0 +1,517 @@
+//! `kmsfs fsck`: checks every directory's metadata and names, every file's header and
+//! every block of an (ideally unmounted) volume, and reports per item what is wrong and
+//! whether it can be read. With `repair`, fixes what is safe: leftovers of interrupted
+//! operations (temp files, orphan long-name sidecars, a damaged metadata copy, a header
+//! slot torn by an interrupted re-wrap, an empty file whose create was cut short). Data
+//! goes away only with `force` (files that can never be read again) or `prune_shredded`
+//! (files whose key was destroyed: crypto-shredded).
+
+use std::collections::HashSet;
+use std::ffi::OsStr;
+use std::fs::File;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::Path;
+use std::time::Instant;
+
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine;
+
+use super::dirmeta::{DirKeys, DirMeta, DIR_META, DIR_META_BACKUP, IV_LEN};
+use super::dirnames::{sidecar_of, DirNames, EntryName, LONG_PREFIX, SIDECAR_SUFFIX};
+use super::rewrap::{rewrap_file, unwrap_header};
+use super::{open_noatime, VolumeConfig, CONFIG_NAME};
+use crate::crypto;
+use crate::error::Error;
+use crate::format::{self, FileHeader, FILE_ID_LEN, HEADER_LEN};
+use crate::fs::names::NameCipher;
+use crate::keystore::hex;
+use crate::keystore::records::KeyState;
+use crate::kms::blob::BlobHeader;
+use crate::kms::keyring::{Access, KeyRing};
+use crate::kms::Principal;
+
+/// What a run may change.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct FsckOptions {
+    /// Fix what is safe; never removes data.
+    pub repair: bool,
+    /// With `repair`: also remove what can never be read again.
+    pub force: bool,
+    /// Remove only what is crypto-shredded (its key destroyed), nothing else.
+    pub prune_shredded: bool,
+}
+
+/// The verdict on one item.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Status {
+    Ok,
+    /// A block (or the file's length) does not authenticate.
+    Tampered,
+    /// No header slot unwraps: the file cannot be read.
+    HeaderDamaged,
+    /// A zero-length file: its create was interrupted before the header was written.
+    MissingHeader,
+    /// The newer header slot is damaged (an interrupted re-wrap); the older one works.
+    InterruptedRewrap,
+    KeyDisabled,
+    KeyPendingDeletion,
+    /// The key was destroyed: unrecoverable (crypto-shredded).
+    KeyDestroyed,
+    /// The key is not in this keystore.
+    KeyUnknown,
+    /// A key policy or grant refuses the caller: not checked.
+    AccessDenied,
+    /// An entry whose encrypted name does not authenticate (or whose sidecar is gone).
+    NameDamaged,
+    /// A long-name sidecar without its entry.
+    OrphanSidecar,
+    /// A temporary file left by an interrupted metadata write.
+    TempFile,
+    /// One of a directory's two metadata copies is missing, damaged or stale.
+    MetadataCopyDamaged,
+    /// A directory without usable metadata: its names cannot be read.
+    MetadataDamaged,
+    /// A symlink target that does not authenticate.
+    SymlinkDamaged,
+}
+
+impl Status {
+    /// Never readable again, whatever is done.
+    pub fn unrecoverable(self) -> bool {
+        matches!(self, Status::KeyDestroyed | Status::HeaderDamaged)
+    }
+}
+
+/// One item's line in the report.
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct Finding {
+    /// The plaintext path where known, else the backing path (relative to the cipher dir).
+    pub path: String,
+    pub kind: &'static str,
+    pub status: Status,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub detail: String,
+    /// What `repair`, `force` or `prune_shredded` did about it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub action: Option<String>,
+}
+
+impl Finding {
+    fn remains(&self) -> bool {
+        self.status != Status::Ok && self.action.is_none()
+    }
+}
+
+#[derive(Debug, Default, serde::Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct FsckReport {
+    pub files: u64,
+    pub directories: u64,
+    pub symlinks: u64,
+    pub bytes_checked: u64,
+    /// Problems left after this run (0: the volume is clean).
+    pub problems_remaining: u64,
+    pub repaired: u64,
+    pub seconds: f64,
+    /// Every file, with its status; every other item only when something is wrong with it.
+    pub items: Vec<Finding>,
+}
+
+impl FsckReport {
+    pub fn problems(&self) -> impl Iterator<Item = &Finding> {
+        self.items.iter().filter(|f| f.status != Status::Ok)
+    }
+}
+
+/// One run over a volume.
+pub struct Fsck<'a> {
+    ring: &'a KeyRing,
+    caller: &'a Principal,
+    config: &'a VolumeConfig,
+    options: FsckOptions,
+    /// The volume's names key (symlink targets), if it unwraps.
+    names: Option<NameCipher>,
+    seen_inodes: HashSet<(u64, u64)>,
+    progress: &'a mut dyn FnMut(&FsckReport),
+    report: FsckReport,
+}
+
+impl<'a> Fsck<'a> {
+    pub fn new(
+        ring: &'a KeyRing,
+        caller: &'a Principal,
+        config: &'a VolumeConfig,
+        options: FsckOptions,
+        progress: &'a mut dyn FnMut(&FsckReport),
+    ) -> Self {
+        Fsck {
+            ring,
+            caller,
+            config,
+            options,
+            names: None,
+            seen_inodes: HashSet::new(),
+            progress,
+            report: FsckReport::default(),
+        }
+    }
+
+    pub fn run(mut self, cipher_dir: &Path) -> FsckReport {
+        let began = Instant::now();
+        self.volume_key();
+        self.directory(cipher_dir, "/", None);
+        self.report.problems_remaining = self.report.items.iter().filter(|f| f.remains()).count() as u64;
+        self.report.repaired = self.report.items.iter().filter(|f| f.action.is_some()).count() as u64;
+        self.report.seconds = began.elapsed().as_secs_f64();
+        self.report
+    }
+
+    fn access<'b>(&'b self, path: &'b str) -> Access<'b> {
+        Access { caller: self.caller, path }
+    }
+
+    fn note(
+        &mut self,
+        path: &str,
+        kind: &'static str,
+        status: Status,
+        detail: String,
+        action: Option<String>,
+    ) {
+        self.report.items.push(Finding { path: path.to_string(), kind, status, detail, action });
+    }
+
+    /// The volume's own names key, for symlink targets.
+    fn volume_key(&mut self) {
+        let blob = B64.decode(&self.config.names_key).unwrap_or_default();
+        match self.ring.decrypt_data_key(self.access("/"), &blob, &self.config.names_context()) {
+            Ok((key, _)) => self.names = Some(NameCipher::new(&key)),
+            Err(e) => {
+                let (status, detail) = self.key_problem(&e, &blob);
+                self.note(CONFIG_NAME, "volume", status, format!("volume names key: {detail}"), None);
+            }
+        }
+    }
+
+    /// Classifies a refusal to unwrap `blob`.
+    fn key_problem(&self, e: &Error, blob: &[u8]) -> (Status, String) {
+        let key_id = BlobHeader::parse(blob).ok().map(|(h, _)| h.key_id);
+        let status = match e {
+            Error::KeyState(_) => match key_id.as_deref().and_then(|k| self.ring.key_state(k)) {
+                Some(KeyState::PendingDeletion) => Status::KeyPendingDeletion,
+                Some(KeyState::Destroyed) => Status::KeyDestroyed,
+                _ => Status::KeyDisabled,
+            },
+            Error::AccessDenied(_) => Status::AccessDenied,
+            Error::NotFound(_) => Status::KeyUnknown,
+            _ => Status::HeaderDamaged,
+        };
+        (status, e.to_string())
+    }
+
+    /// Checks a directory's metadata, then everything in it. `parent_key`: the key new
+    /// metadata would be created under (`None` at the root).
+    fn directory(&mut self, dir: &Path, plain: &str, parent_key: Option<&str>) {
+        self.report.directories += 1;
+        (self.progress)(&self.report);
+        let Some(keys) = self.directory_keys(dir, plain, parent_key) else { return };
+        let names = DirNames::new(&keys.names_key, &keys.iv);
+        let mut entries: Vec<_> = match std::fs::read_dir(dir) {
+            Ok(e) => e.flatten().collect(),
+            Err(e) => {
+                self.note(plain, "directory", Status::MetadataDamaged, format!("cannot list: {e}"), None);
+                return;
+            }
+        };
+        entries.sort_by_key(|e| e.file_name());
+        for entry in entries {
+            let name = entry.file_name();
+            let path = dir.join(&name);
+            let plain_name = match names.entry_name(dir, &name) {
+                EntryName::Plain(n) => n,
+                EntryName::Internal => {
+                    self.internal(dir, &name, plain);
+                    continue;
+                }
+                EntryName::Undecryptable => {
+                    let label = format!("{}/<{}>", plain.trim_end_matches('/'), name.to_string_lossy());
+                    let why = if name.as_bytes().starts_with(LONG_PREFIX.as_bytes())
+                        && !dir.join(sidecar_of(&name)).exists()
+                    {
+                        "its long-name sidecar is missing"
+                    } else {
+                        "the encrypted name does not authenticate"
+                    };
+                    self.note(&label, "entry", Status::NameDamaged, why.into(), None);
+                    continue;
+                }
+            };
+            let child = format!("{}/{}", plain.trim_end_matches('/'), plain_name.to_string_lossy());
+            let Ok(meta) = std::fs::symlink_metadata(&path) else { continue };
+            if meta.is_dir() {
+                self.directory(&path, &child, Some(&keys.key_id));
+                if self.options.prune_shredded || self.options.force {
+                    self.remove_if_shredded_dir(&path, &child);
+                }
+            } else if meta.is_file() {
+                if !self.seen_inodes.insert((meta.dev(), meta.ino())) {
+                    continue; // a hard link already checked
+                }
+                self.report.files += 1;
+                self.file(&path, &child, &keys.key_id, meta.len());
+                (self.progress)(&self.report);
+            } else if meta.file_type().is_symlink() {
+                self.report.symlinks += 1;
+                self.symlink(&path, &child);
+            }
+        }
+    }
+
+    /// The directory's keys, after checking (and repairing) its two metadata copies.
+    fn directory_keys(&mut self, dir: &Path, plain: &str, parent_key: Option<&str>) -> Option<DirKeys> {
+        let copies = match DirMeta::load_copies(dir) {
+            Ok(c) => c,
+            Err(e) => {
+                self.note(plain, "directory", Status::MetadataDamaged, e.to_string(), None);
+                return None;
+            }
+        };
+        if copies.is_empty() {
+            return self.missing_metadata(dir, plain, parent_key);
+        }
+        let keys = match DirMeta::unwrap_any(&copies, self.ring, self.access(plain), &self.config.volume_id) {
+            Ok(keys) => keys,
+            Err(e) => {
+                let blob = copies[0].names_key_blob().unwrap_or_default();
+                let (status, detail) = self.key_problem(&e, &blob);
+                let status = if status == Status::HeaderDamaged { Status::MetadataDamaged } else { status };
+                self.note(
+                    plain,
+                    "directory",
+                    status,
+                    format!("{detail}; its contents cannot be checked"),
+                    None,
+                );
+                return None;
+            }
+        };
+        let good = copies.iter().find(|c| c.key_id == keys.key_id && c.iv_bytes() == Some(keys.iv));
+        let consistent = copies.len() == 2 && copies[0] == copies[1];
+        if !consistent {
+            let action = match good {
+                Some(good) if self.options.repair => {
+                    good.save(dir).ok().map(|_| "both copies rewritten from the one that unwraps".to_string())
+                }
+                _ => None,
+            };
+            let detail = format!("{} of 2 metadata copies usable or the copies differ", copies.len());
+            self.note(plain, "directory", Status::MetadataCopyDamaged, detail, action);
+        }
+        Some(keys)
+    }
+
+    /// A directory without metadata (interrupted mkdir). Empty: repair gives it fresh
+    /// metadata under its parent's key. Not empty: its names are lost.
+    fn missing_metadata(&mut self, dir: &Path, plain: &str, parent_key: Option<&str>) -> Option<DirKeys> {
+        let empty = std::fs::read_dir(dir).map(|mut e| e.next().is_none()).unwrap_or(false);
+        let detail =
+            if empty { "no metadata (interrupted mkdir)" } else { "no metadata: its names cannot be read" };
+        let mut action = None;
+        let mut keys = None;
+        if let (true, true, Some(key_id)) = (empty, self.options.repair, parent_key) {
+            let iv = crypto::random_bytes::<IV_LEN>();
+            let ctx = DirMeta::context(&self.config.volume_id, &hex(&iv));
+            if let Ok((names_key, blob)) = self.ring.generate_data_key(self.access(plain), key_id, &ctx) {
+                if DirMeta::new(key_id, false, &iv, &blob).save(dir).is_ok() {
+                    action = Some(format!("new metadata under its parent's key {key_id}"));
+                    let key_version = BlobHeader::parse(&blob).map(|(h, _)| h.key_version).unwrap_or(0);
+                    keys =
+                        Some(DirKeys { key_id: key_id.into(), key_version, explicit: false, iv, names_key });
+                }
+            }
+        }
+        self.note(plain, "directory", Status::MetadataDamaged, detail.into(), action);
+        keys
+    }
+
+    /// kmsfs's own files in a directory: metadata, sidecars, leftovers.
+    fn internal(&mut self, dir: &Path, name: &OsStr, plain: &str) {
+        let bytes = name.as_bytes();
+        let label = format!("{}/{}", plain.trim_end_matches('/'), name.to_string_lossy());
+        if [DIR_META.as_bytes(), DIR_META_BACKUP.as_bytes(), CONFIG_NAME.as_bytes()].contains(&bytes) {
+            return;
+        }
+        let path = dir.join(name);
+        let (status, detail) =
+            if bytes.starts_with(LONG_PREFIX.as_bytes()) && bytes.ends_with(SIDECAR_SUFFIX.as_bytes()) {
+                let entry = &bytes[..bytes.len() - SIDECAR_SUFFIX.len()];
+                if dir.join(OsStr::from_bytes(entry)).symlink_metadata().is_ok() {
+                    return;
+                }
+                (Status::OrphanSidecar, "a long-name sidecar without its entry")
+            } else if bytes.starts_with(b".") && bytes.windows(5).any(|w| w == b".tmp-") {
+                (Status::TempFile, "left by an interrupted metadata write")
+            } else {
+                return; // not kmsfs's: left alone, as a backup tool's file would be
+            };
+        let action = self
+            .options
+            .repair
+            .then(|| std::fs::remove_file(&path).ok().map(|_| "removed".to_string()))
+            .flatten();
+        self.note(&label, "internal", status, detail.into(), action);
+    }
+
+    fn symlink(&mut self, path: &Path, plain: &str) {
+        let Some(names) = &self.names else { return };
+        let readable =
+            std::fs::read_link(path).ok().and_then(|t| names.decrypt_target(t.as_os_str())).is_some();
+        if !readable {
+            self.note(
+                plain,
+                "symlink",
+                Status::SymlinkDamaged,
+                "the target does not authenticate".into(),
+                None,
+            );
+        }
+    }
+
+    fn file(&mut self, path: &Path, plain: &str, dir_key: &str, len: u64) {
+        let writable = self.options.repair || self.options.prune_shredded;
+        let file = match open_noatime(path, writable) {
+            Ok(f) => f,
+            Err(e) => {
+                return self.note(plain, "file", Status::HeaderDamaged, format!("cannot open: {e}"), None)
+            }
+        };
+        let (status, detail) = self.check_file(&file, plain, len);
+        let action = match status {
+            Status::InterruptedRewrap if self.options.repair => {
+                rewrap_file(self.ring, self.access(plain), self.config, &file, None)
+                    .ok()
+                    .map(|_| "damaged header slot rewritten".to_string())
+            }
+            Status::MissingHeader if self.options.repair => {
+                self.fresh_header(&file, plain, dir_key).then(|| "given a header: an empty file".to_string())
+            }
+            Status::KeyDestroyed if self.options.prune_shredded || self.options.force => {
+                remove_entry(path).then(|| "removed (crypto-shredded)".to_string())
+            }
+            s if s.unrecoverable() && self.options.force => {
+                remove_entry(path).then(|| "removed (--force)".to_string())
+            }
+            _ => None,
+        };
+        self.note(plain, "file", status, detail, action);
+    }
+
+    /// Header and every block of one file.
+    fn check_file(&mut self, file: &File, plain: &str, len: u64) -> (Status, String) {
+        if len == 0 {
+            return (Status::MissingHeader, "no header (its create was interrupted)".into());
+        }
+        let found = match unwrap_header(self.ring, self.access(plain), self.config, file) {
+            Ok(found) => found,
+            Err(e) => {
+                let mut raw = [0u8; HEADER_LEN as usize];
+                let blob =
+                    match file.read_exact_at(&mut raw, 0).ok().and_then(|_| FileHeader::parse(&raw).ok()) {
+                        Some(h) => h.candidates()[0].blob.clone(),
+                        None => Vec::new(),
+                    };
+                return self.key_problem(&e, &blob);
+            }
+        };
+        let size = format::plaintext_size(len);
+        if format::cipher_size(size) != len {
+            return (
+                Status::Tampered,
+                format!("length {len} is not a whole number of blocks (cut or extended)"),
+            );
+        }
+        let cipher = found.data_key.cipher();
+        let file_id: [u8; FILE_ID_LEN] = found.header.file_id;
+        let blocks = format::block_count(size).max(1);
+        let mut sealed = vec![0u8; format::CIPHER_BLOCK_SIZE as usize];
+        let mut plain_block = vec![0u8; format::BLOCK_SIZE as usize];
+        for index in 0..blocks {
+            let last = index + 1 == blocks;
+            let this =
+                if last { len - format::block_offset(index) } else { format::CIPHER_BLOCK_SIZE } as usize;
+            let out_len = this - crypto::SEAL_OVERHEAD;
+            let read = file.read_exact_at(&mut sealed[..this], format::block_offset(index));
+            let ok = read.is_ok()
+                && format::open_block(
+                    &cipher,
+                    &file_id,
+                    index,
+                    last,
+                    &sealed[..this],
+                    &mut plain_block[..out_len],
+                )
+                .is_ok();
+            if !ok {
+                let start = index * format::BLOCK_SIZE;
+                return (
+                    Status::Tampered,
+                    format!(
+                        "block {index} (bytes {start}..{}) does not authenticate",
+                        start + out_len as u64
+                    ),
+                );
+            }
+            self.report.bytes_checked += out_len as u64;
+        }
+        if !found.newest {
+            return (
+                Status::InterruptedRewrap,
+                "the newer header slot is damaged; the older one unwraps".into(),
+            );
+        }
+        (Status::Ok, String::new())
+    }
+
+    /// Gives a zero-length file the header and empty last block of an empty file, under
+    /// its directory's key (as the mount does on first open).
+    fn fresh_header(&self, file: &File, plain: &str, key_id: &str) -> bool {
+        let file_id = crypto::random_bytes::<FILE_ID_LEN>();
+        let ctx = self.config.file_context(&file_id);
+        let Ok((data_key, blob)) = self.ring.generate_data_key(self.access(plain), key_id, &ctx) else {
+            return false;
+        };
+        let mut bytes = FileHeader::new(file_id, blob).encode().to_vec();
+        let mut empty = vec![0u8; crypto::SEAL_OVERHEAD];
+        format::seal_block(&data_key.cipher(), &file_id, 0, true, &[], &mut empty);
+        bytes.extend_from_slice(&empty);
+        file.write_all_at(&bytes, 0).is_ok() && file.sync_all().is_ok()
+    }
+
+    /// A directory whose names key is destroyed is removed whole (nothing in it can be
+    /// named or read again).
+    fn remove_if_shredded_dir(&mut self, path: &Path, plain: &str) {
+        let Some(finding) =
+            self.report.items.iter_mut().rev().find(|f| f.path == plain && f.kind == "directory")
+        else {
+            return;
+        };
+        if finding.status == Status::KeyDestroyed
+            && finding.action.is_none()
+            && std::fs::remove_dir_all(path).is_ok()
+        {
+            finding.action = Some("removed with everything in it (crypto-shredded)".into());
+        }
+    }
+}
+
+/// Removes a file and, for a long name, its sidecar.
+fn remove_entry(path: &Path) -> bool {
+    let removed = std::fs::remove_file(path).is_ok();
+    if removed && path.file_name().is_some_and(|n| n.as_bytes().starts_with(LONG_PREFIX.as_bytes())) {
+        let _ = std::fs::remove_file(path.with_file_name(sidecar_of(path.file_name().unwrap_or_default())));
+    }
+    removed
+}
