@@ -3,6 +3,7 @@
 mod access_cmd;
 mod alias_cmd;
 mod audit_cmd;
+mod copy_cmd;
 mod crypto_cmd;
 mod fsck_cmd;
 mod key_cmd;
@@ -125,14 +126,35 @@ impl Session {
     /// Opens and unlocks the keystore (asking for the passphrase if needed) and runs the
     /// housekeeping that is due.
     pub fn open(global: &Global) -> Result<Session> {
-        let path = global.keystore_path();
-        let ks = Keystore::open(&path)?;
-        let pass = global.passphrase(false)?;
+        Self::open_at(&global.keystore_path(), || global.passphrase(false), global.json)
+    }
+
+    /// Opens the keystore at `path`; `passphrase` is asked only once the file is found.
+    pub fn open_at(
+        path: &std::path::Path,
+        passphrase: impl FnOnce() -> Result<passphrase::Passphrase>,
+        json: bool,
+    ) -> Result<Session> {
+        let ks = Keystore::open(path)?;
+        let pass = passphrase()?;
         let root = ks.unlock(&pass)?;
         let clock = SystemClock::from_env().map_err(Error::InvalidArgument)?;
         let me = Principal::current_process();
         let kms = Kms::new(ks, root, Arc::new(clock), &me)?;
-        Ok(Session { kms, me, json: global.json })
+        Ok(Session { kms, me, json })
+    }
+
+    /// Turns the session into a key ring like a mount's (for walks over many files), with
+    /// its audit events written by a background writer.
+    pub fn into_ring(
+        self,
+        path: &std::path::Path,
+    ) -> Result<(crate::kms::keyring::KeyRing, crate::kms::audit_writer::AuditWriter)> {
+        let Session { kms, me, .. } = self;
+        let (root, clock) = (kms.root_key().clone(), Arc::clone(kms.clock()));
+        let (sink, writer) = crate::kms::audit_writer::AuditWriter::spawn(kms, me)
+            .map_err(|e| Error::io("audit writer", e))?;
+        Ok((crate::kms::keyring::KeyRing::open(path, root, clock, sink)?, writer))
     }
 }
 
@@ -148,8 +170,8 @@ pub struct VolumeSession {
 impl VolumeSession {
     pub fn open(global: &Global, cipher_dir: &std::path::Path) -> Result<VolumeSession> {
         let config = crate::volume::VolumeConfig::load(cipher_dir)?;
-        let Session { kms, me, .. } = Session::open(global)?;
-        if kms.keystore().keystore_id()? != config.keystore_id {
+        let session = Session::open(global)?;
+        if session.kms.keystore().keystore_id()? != config.keystore_id {
             return Err(Error::InvalidArgument(format!(
                 "volume {} belongs to keystore {}, not to {}",
                 cipher_dir.display(),
@@ -157,10 +179,8 @@ impl VolumeSession {
                 global.keystore_path().display()
             )));
         }
-        let (root, clock) = (kms.root_key().clone(), Arc::clone(kms.clock()));
-        let (sink, writer) = crate::kms::audit_writer::AuditWriter::spawn(kms, me.clone())
-            .map_err(|e| Error::io("audit writer", e))?;
-        let ring = crate::kms::keyring::KeyRing::open(&global.keystore_path(), root, clock, sink)?;
+        let me = session.me.clone();
+        let (ring, writer) = session.into_ring(&global.keystore_path())?;
         Ok(VolumeSession { config, me, ring, writer })
     }
 

@@ -24,6 +24,8 @@ pub enum VolumeCmd {
         #[arg(long)]
         name: Option<String>,
     },
+    /// Copy a volume (a snapshot) for another key and/or another keystore
+    Copy(super::copy_cmd::CopyArgs),
     /// Remove the files and directories whose key was destroyed (crypto-shredded)
     PruneShredded(super::fsck_cmd::PruneArgs),
 }
@@ -70,6 +72,7 @@ pub fn run_volume(g: &Global, cmd: VolumeCmd) -> Result<()> {
             }
             Ok(())
         }
+        VolumeCmd::Copy(args) => super::copy_cmd::run(g, args),
         VolumeCmd::PruneShredded(args) => super::fsck_cmd::run_prune(g, args),
     }
 }

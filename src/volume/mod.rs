@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+pub mod copy;
 pub mod dirmeta;
 pub mod dirnames;
 pub mod fsck;

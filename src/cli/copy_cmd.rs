@@ -1,0 +1,152 @@
+//! `kmsfs volume copy`: a snapshot copy of an unmounted volume for another key and/or
+//! another keystore.
+
+use std::path::{Path, PathBuf};
+
+use super::{output, passphrase, Global, Session, VolumeSession};
+use crate::error::{Error, Result};
+use crate::kms::Clock;
+use crate::volume::copy::{destination_config, Copier, CopyReport, Side};
+
+#[derive(Debug, clap::Args)]
+#[command(after_help = "\
+Examples:
+  kmsfs volume copy ~/vault.enc /backup/vault.enc --to-key alias/backup
+  kmsfs volume copy ~/vault.enc /mnt/usb/vault.enc --to-keystore /mnt/usb/keystore.db \\
+      --to-key alias/offsite --to-passphrase-file /root/offsite.pass
+
+Data blocks are copied as they are (holes stay holes); every wrapped key is unwrapped
+with the source keystore and wrapped again for the destination. The copy gets a new
+volume id and mounts with the destination keystore only. The source is only read.")]
+pub struct CopyArgs {
+    /// The source cipher directory (not mounted)
+    pub source: PathBuf,
+    /// The new cipher directory (absent or empty)
+    pub destination: PathBuf,
+    /// Wrap everything under this key of the destination keystore [default: each item
+    /// keeps its key; required with --to-keystore]
+    #[arg(long)]
+    pub to_key: Option<String>,
+    /// The destination keystore [default: the source's keystore]
+    #[arg(long, value_name = "PATH")]
+    pub to_keystore: Option<PathBuf>,
+    /// The destination keystore's passphrase file [default: KMSFS_TO_PASSPHRASE, or a prompt]
+    #[arg(long, env = "KMSFS_TO_PASSPHRASE_FILE", value_name = "PATH")]
+    pub to_passphrase_file: Option<PathBuf>,
+    /// The copy's name [default: the source volume's name]
+    #[arg(long)]
+    pub name: Option<String>,
+}
+
+pub fn run(g: &Global, args: CopyArgs) -> Result<()> {
+    let source = std::fs::canonicalize(&args.source).map_err(|e| Error::io(args.source.display(), e))?;
+    if let Some(at) = crate::mount::mounted_at(&source) {
+        return Err(Error::InvalidArgument(format!(
+            "{} is mounted at {}; unmount it first (`kmsfs umount {}`) so the copy is consistent",
+            source.display(),
+            at.display(),
+            at.display()
+        )));
+    }
+    let destination = prepare_destination(&source, &args.destination)?;
+    let other_keystore = match &args.to_keystore {
+        Some(path) => {
+            std::fs::canonicalize(path).map_err(|e| Error::io(path.display(), e))?
+                != std::fs::canonicalize(g.keystore_path()).unwrap_or_default()
+        }
+        None => false,
+    };
+    if other_keystore && args.to_key.is_none() {
+        return Err(Error::InvalidArgument(
+            "--to-key is required with --to-keystore: keys do not exist across keystores".into(),
+        ));
+    }
+    let src = VolumeSession::open(g, &source)?;
+    let dst_session = match (&args.to_keystore, other_keystore) {
+        (Some(path), true) => {
+            let prompt = format!("Passphrase for {}: ", path.display());
+            let file = args.to_passphrase_file.as_deref();
+            let session = Session::open_at(
+                path,
+                || passphrase::obtain(file, "KMSFS_TO_PASSPHRASE", &prompt, false),
+                g.json,
+            )?;
+            let keystore_id = session.kms.keystore().keystore_id()?;
+            let me = session.me.clone();
+            let (ring, writer) = session.into_ring(path)?;
+            Some((keystore_id, me, ring, writer))
+        }
+        _ => None,
+    };
+    let (dst_ring, dst_me, dst_keystore_id) = match &dst_session {
+        Some((id, me, ring, _)) => (ring, me, id.clone()),
+        None => (&src.ring, &src.me, src.config.keystore_id.clone()),
+    };
+    let to_key = args.to_key.as_deref().map(|k| dst_ring.resolve(k)).transpose()?;
+    let now = crate::kms::SystemClock::from_env().map_err(Error::InvalidArgument)?.now_secs();
+    let src_side = Side { ring: &src.ring, caller: &src.me, config: &src.config };
+    let mut config =
+        destination_config(&src_side, dst_ring, dst_me, &dst_keystore_id, to_key.as_deref(), now)?;
+    if let Some(name) = &args.name {
+        config.name = crate::volume::alias_safe_name(name);
+    }
+    std::fs::create_dir_all(&destination).map_err(|e| Error::io(destination.display(), e))?;
+    let bar = output::Progress::spinner(g.json);
+    let mut progress = |r: &CopyReport| {
+        bar.show(|| format!("{} files, {} directories, {} MiB", r.files, r.directories, r.bytes_copied >> 20))
+    };
+    let dst_side = Side { ring: dst_ring, caller: dst_me, config: &config };
+    let report = Copier::new(src_side, dst_side, to_key, &mut progress).run(&source, &destination);
+    bar.finish();
+    if let Some((_, _, ring, writer)) = dst_session {
+        drop(ring);
+        writer.finish();
+    }
+    src.close();
+    let report = report?;
+    if g.json {
+        output::json(&report);
+    } else {
+        println!(
+            "copied {} files, {} directories, {} symlinks ({} MiB of ciphertext) in {:.2} s to {}",
+            report.files,
+            report.directories,
+            report.symlinks,
+            report.bytes_copied >> 20,
+            report.seconds,
+            destination.display()
+        );
+        println!("volume id {}, files wrapped under key {}", report.volume_id, report.default_key_id);
+        for e in &report.errors {
+            eprintln!("kmsfs: {e}");
+        }
+    }
+    if report.errors.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::InvalidArgument(format!(
+            "{} item(s) could not be copied (listed above); {} is incomplete and not a volume",
+            report.errors.len(),
+            destination.display()
+        )))
+    }
+}
+
+/// The destination must be absent or empty, and neither inside the source nor around it.
+fn prepare_destination(source: &Path, destination: &Path) -> Result<PathBuf> {
+    let absolute = std::path::absolute(destination).map_err(|e| Error::io(destination.display(), e))?;
+    let resolved = std::fs::canonicalize(&absolute).unwrap_or(absolute);
+    if resolved.starts_with(source) || source.starts_with(&resolved) {
+        return Err(Error::InvalidArgument(format!(
+            "{} and {} overlap; copy to a directory outside the volume",
+            source.display(),
+            resolved.display()
+        )));
+    }
+    if let Ok(mut entries) = std::fs::read_dir(&resolved) {
+        if entries.next().is_some() {
+            return Err(Error::InvalidArgument(format!("{} is not empty", resolved.display())));
+        }
+    }
+    Ok(resolved)
+}

@@ -1,0 +1,347 @@
+//! `kmsfs volume copy`: the snapshot copy of a volume to another key and/or another
+//! keystore (AWS's cross-account/region snapshot copy). Ciphertext blocks are copied as
+//! they are (holes stay holes); every wrapped key — each file's data key, each directory's
+//! names key, the volume's names key — is unwrapped with the source keystore and wrapped
+//! again for the destination under a new volume id. Names, symlink targets and xattrs stay
+//! as stored, because the names keys themselves are kept. The source is only read.
+
+use std::collections::HashMap;
+use std::ffi::CString;
+use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
+use std::path::Path;
+use std::time::Instant;
+
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine;
+
+use super::dirmeta::DirMeta;
+use super::dirnames::{DirNames, EntryName, SIDECAR_SUFFIX};
+use super::rewrap::unwrap_header;
+use super::{open_noatime, VolumeConfig};
+use crate::error::{Error, Result};
+use crate::format::{FileHeader, HEADER_LEN};
+use crate::keystore::hex;
+use crate::kms::keyring::{Access, KeyRing};
+use crate::kms::Principal;
+
+/// One volume of the copy, with the key ring that opens it.
+pub struct Side<'a> {
+    pub ring: &'a KeyRing,
+    pub caller: &'a Principal,
+    pub config: &'a VolumeConfig,
+}
+
+impl Side<'_> {
+    fn access<'b>(&'b self, path: &'b str) -> Access<'b> {
+        Access { caller: self.caller, path }
+    }
+}
+
+#[derive(Debug, Default, serde::Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct CopyReport {
+    pub volume_id: String,
+    pub default_key_id: String,
+    pub files: u64,
+    pub directories: u64,
+    pub symlinks: u64,
+    pub bytes_copied: u64,
+    pub errors: Vec<String>,
+    pub seconds: f64,
+}
+
+/// The destination's configuration: a new volume id, the volume names key wrapped for the
+/// destination, under `to_key` or the source's default key.
+pub fn destination_config(
+    src: &Side<'_>,
+    dst_ring: &KeyRing,
+    dst_caller: &Principal,
+    dst_keystore_id: &str,
+    to_key: Option<&str>,
+    now: i64,
+) -> Result<VolumeConfig> {
+    let blob = B64
+        .decode(&src.config.names_key)
+        .map_err(|_| Error::InvalidCiphertext("the source volume names key is malformed".into()))?;
+    let (names_key, _) = src.ring.decrypt_data_key(src.access("/"), &blob, &src.config.names_context())?;
+    let default_key_id = to_key.unwrap_or(&src.config.default_key_id).to_string();
+    let mut config = VolumeConfig {
+        volume_id: super::new_volume_id(),
+        default_key_id: default_key_id.clone(),
+        keystore_id: dst_keystore_id.to_string(),
+        created: crate::kms::clock::format_date(now),
+        names_key: String::new(),
+        ..src.config.clone()
+    };
+    let wrapped = dst_ring.wrap_data_key(
+        Access { caller: dst_caller, path: "/" },
+        &default_key_id,
+        &config.names_context(),
+        &names_key,
+    )?;
+    config.names_key = B64.encode(wrapped);
+    Ok(config)
+}
+
+pub struct Copier<'a> {
+    src: Side<'a>,
+    dst: Side<'a>,
+    /// Everything moves to this key; `None`: each item keeps its key (same keystore only).
+    to_key: Option<String>,
+    /// Hard links: the first copy of each source inode.
+    links: HashMap<(u64, u64), std::path::PathBuf>,
+    progress: &'a mut dyn FnMut(&CopyReport),
+    report: CopyReport,
+}
+
+impl<'a> Copier<'a> {
+    pub fn new(
+        src: Side<'a>,
+        dst: Side<'a>,
+        to_key: Option<String>,
+        progress: &'a mut dyn FnMut(&CopyReport),
+    ) -> Self {
+        let report = CopyReport {
+            volume_id: dst.config.volume_id.clone(),
+            default_key_id: dst.config.default_key_id.clone(),
+            ..Default::default()
+        };
+        Copier { src, dst, to_key, links: HashMap::new(), progress, report }
+    }
+
+    /// Copies the tree of `src_dir` into the empty directory `dst_dir`, then writes the
+    /// destination's `kmsfs.volume` last (a cut-short copy is not a volume) and syncs.
+    pub fn run(mut self, src_dir: &Path, dst_dir: &Path) -> Result<CopyReport> {
+        let began = Instant::now();
+        self.directory(src_dir, dst_dir, "/")?;
+        if self.report.errors.is_empty() {
+            self.dst.config.save(dst_dir)?;
+        }
+        if let Ok(f) = File::open(dst_dir) {
+            // SAFETY: syncfs on an open descriptor.
+            unsafe { libc::syncfs(f.as_raw_fd()) };
+        }
+        self.report.seconds = began.elapsed().as_secs_f64();
+        Ok(self.report)
+    }
+
+    fn target<'k>(&'k self, own: &'k str) -> &'k str {
+        self.to_key.as_deref().unwrap_or(own)
+    }
+
+    fn directory(&mut self, src: &Path, dst: &Path, plain: &str) -> Result<()> {
+        self.report.directories += 1;
+        let keys = DirMeta::unwrap_any(
+            &DirMeta::load_copies(src)?,
+            self.src.ring,
+            self.src.access(plain),
+            &self.src.config.volume_id,
+        )?;
+        let ctx = DirMeta::context(&self.dst.config.volume_id, &hex(&keys.iv));
+        let key = self.target(&keys.key_id).to_string();
+        let blob = self.dst.ring.wrap_data_key(self.dst.access(plain), &key, &ctx, &keys.names_key)?;
+        DirMeta::new(&key, keys.explicit, &keys.iv, &blob).save(dst)?;
+        let names = DirNames::new(&keys.names_key, &keys.iv);
+        let mut entries: Vec<_> =
+            std::fs::read_dir(src).map_err(|e| Error::io(plain, e))?.flatten().collect();
+        entries.sort_by_key(|e| e.file_name());
+        for entry in entries {
+            let name = entry.file_name();
+            let is_sidecar = name.as_bytes().ends_with(SIDECAR_SUFFIX.as_bytes());
+            let child = match names.entry_name(src, &name) {
+                EntryName::Plain(n) => format!("{}/{}", plain.trim_end_matches('/'), n.to_string_lossy()),
+                // Long-name sidecars travel with their entries; other bookkeeping is new.
+                EntryName::Internal if is_sidecar => {
+                    self.item(&src.join(&name), &dst.join(&name), plain, |c, s, d, _| c.plain_file(s, d));
+                    continue;
+                }
+                EntryName::Internal => continue,
+                EntryName::Undecryptable => {
+                    self.report.errors.push(format!("{plain}: entry {name:?} does not decrypt; not copied"));
+                    continue;
+                }
+            };
+            self.item(&src.join(&name), &dst.join(&name), &child, |c, s, d, p| c.entry(s, d, p));
+            (self.progress)(&self.report);
+        }
+        copy_attributes(src, dst).map_err(|e| Error::io(format!("{plain}: attributes"), e))?;
+        Ok(())
+    }
+
+    /// Runs one item's copy, recording its error instead of stopping the whole copy.
+    fn item(
+        &mut self,
+        src: &Path,
+        dst: &Path,
+        plain: &str,
+        copy: impl FnOnce(&mut Self, &Path, &Path, &str) -> Result<()>,
+    ) {
+        if let Err(e) = copy(self, src, dst, plain) {
+            self.report.errors.push(format!("{plain}: {e}"));
+        }
+    }
+
+    fn entry(&mut self, src: &Path, dst: &Path, plain: &str) -> Result<()> {
+        let meta = std::fs::symlink_metadata(src).map_err(|e| Error::io("stat", e))?;
+        let kind = meta.file_type();
+        if kind.is_dir() {
+            std::fs::create_dir(dst).map_err(|e| Error::io("mkdir", e))?;
+            return self.directory(src, dst, plain);
+        }
+        if meta.nlink() > 1 && !kind.is_dir() {
+            if let Some(first) = self.links.get(&(meta.dev(), meta.ino())) {
+                return std::fs::hard_link(first, dst).map_err(|e| Error::io("link", e));
+            }
+            self.links.insert((meta.dev(), meta.ino()), dst.to_path_buf());
+        }
+        if kind.is_file() {
+            self.report.files += 1;
+            self.file(src, dst, plain)?;
+        } else if kind.is_symlink() {
+            self.report.symlinks += 1;
+            let target = std::fs::read_link(src).map_err(|e| Error::io("readlink", e))?;
+            std::os::unix::fs::symlink(target, dst).map_err(|e| Error::io("symlink", e))?;
+        } else {
+            // FIFOs and sockets (and device nodes, as root): recreated alike.
+            let path = c_path(dst)?;
+            // SAFETY: a NUL-terminated path; mode and rdev from the source's stat.
+            if unsafe { libc::mknod(path.as_ptr(), meta.mode(), meta.rdev() as libc::dev_t) } != 0 {
+                return Err(Error::io("mknod", std::io::Error::last_os_error()));
+            }
+        }
+        copy_attributes(src, dst).map_err(|e| Error::io("attributes", e))
+    }
+
+    /// One file: its data key wrapped again for the destination, its blocks as they are.
+    fn file(&mut self, src: &Path, dst: &Path, plain: &str) -> Result<()> {
+        let from = open_noatime(src, false).map_err(|e| Error::io("open", e))?;
+        let found = unwrap_header(self.src.ring, self.src.access(plain), self.src.config, &from)?;
+        let file_id = found.header.file_id;
+        let key = self.target(&found.wrapped_by.key_id).to_string();
+        let ctx = self.dst.config.file_context(&file_id);
+        let blob = self.dst.ring.wrap_data_key(self.dst.access(plain), &key, &ctx, &found.data_key)?;
+        let to = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .mode(0o600)
+            .open(dst)
+            .map_err(|e| Error::io("create", e))?;
+        to.write_all_at(&FileHeader::new(file_id, blob).encode(), 0)
+            .map_err(|e| Error::io("write header", e))?;
+        let len = from.metadata().map_err(|e| Error::io("stat", e))?.len();
+        self.report.bytes_copied +=
+            copy_sparse(&from, &to, HEADER_LEN, len).map_err(|e| Error::io("copy", e))?;
+        to.set_len(len).map_err(|e| Error::io("set length", e))?;
+        Ok(())
+    }
+
+    /// A file copied byte for byte (long-name sidecars).
+    fn plain_file(&mut self, src: &Path, dst: &Path) -> Result<()> {
+        std::fs::copy(src, dst).map(|_| ()).map_err(|e| Error::io("copy", e))
+    }
+}
+
+fn c_path(path: &Path) -> Result<CString> {
+    CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| Error::InvalidArgument("a path holds a NUL byte".into()))
+}
+
+/// Copies `from[start..len]` to the same offsets of `to`, skipping holes; returns the
+/// number of bytes copied.
+fn copy_sparse(from: &File, to: &File, start: u64, len: u64) -> std::io::Result<u64> {
+    let (src, dst) = (from.as_raw_fd(), to.as_raw_fd());
+    let mut copied = 0;
+    let mut at = start as i64;
+    while (at as u64) < len {
+        // SAFETY: lseek on an open descriptor.
+        let data = unsafe { libc::lseek(src, at, libc::SEEK_DATA) };
+        if data < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::ENXIO) {
+                break; // only a hole is left
+            }
+            return Err(e);
+        }
+        // SAFETY: as above.
+        let hole = unsafe { libc::lseek(src, data, libc::SEEK_HOLE) }.min(len as i64);
+        let (mut off_in, mut off_out) = (data, data);
+        while off_in < hole {
+            let want = (hole - off_in) as usize;
+            // SAFETY: valid descriptors and offsets owned by this function.
+            let n = unsafe { libc::copy_file_range(src, &mut off_in, dst, &mut off_out, want, 0) };
+            if n < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if n == 0 {
+                break;
+            }
+            copied += n as u64;
+        }
+        at = hole;
+    }
+    Ok(copied)
+}
+
+/// Mode, ownership (as root), xattrs (kmsfs's encrypted ones) and times of `src` onto `dst`.
+fn copy_attributes(src: &Path, dst: &Path) -> std::io::Result<()> {
+    let meta = std::fs::symlink_metadata(src)?;
+    let path = CString::new(dst.as_os_str().as_bytes())?;
+    // SAFETY: NUL-terminated paths and plain integer arguments throughout.
+    unsafe {
+        if libc::geteuid() == 0 {
+            libc::lchown(path.as_ptr(), meta.uid(), meta.gid());
+        }
+        if !meta.file_type().is_symlink() {
+            libc::chmod(path.as_ptr(), meta.mode() & 0o7777);
+        }
+    }
+    for name in xattr_names(src)? {
+        let value = xattr_value(src, &name)?;
+        let c_name = CString::new(name)?;
+        // SAFETY: NUL-terminated strings and a value slice of the length passed.
+        unsafe { libc::lsetxattr(path.as_ptr(), c_name.as_ptr(), value.as_ptr().cast(), value.len(), 0) };
+    }
+    let times = [
+        libc::timespec { tv_sec: meta.atime(), tv_nsec: meta.atime_nsec() },
+        libc::timespec { tv_sec: meta.mtime(), tv_nsec: meta.mtime_nsec() },
+    ];
+    // SAFETY: as above; AT_SYMLINK_NOFOLLOW sets a symlink's own times.
+    unsafe { libc::utimensat(libc::AT_FDCWD, path.as_ptr(), times.as_ptr(), libc::AT_SYMLINK_NOFOLLOW) };
+    Ok(())
+}
+
+fn xattr_names(path: &Path) -> std::io::Result<Vec<Vec<u8>>> {
+    let c = CString::new(path.as_os_str().as_bytes())?;
+    // SAFETY: a size query, then a fill of a buffer of the length passed.
+    let size = unsafe { libc::llistxattr(c.as_ptr(), std::ptr::null_mut(), 0) };
+    if size <= 0 {
+        return Ok(Vec::new());
+    }
+    let mut buf = vec![0u8; size as usize];
+    let n = unsafe { libc::llistxattr(c.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    if n < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    buf.truncate(n as usize);
+    Ok(buf.split(|&b| b == 0).filter(|n| n.starts_with(b"user.")).map(<[u8]>::to_vec).collect())
+}
+
+fn xattr_value(path: &Path, name: &[u8]) -> std::io::Result<Vec<u8>> {
+    let (c, n) = (CString::new(path.as_os_str().as_bytes())?, CString::new(name)?);
+    // SAFETY: as in xattr_names.
+    let size = unsafe { libc::lgetxattr(c.as_ptr(), n.as_ptr(), std::ptr::null_mut(), 0) };
+    if size < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let mut buf = vec![0u8; size as usize];
+    let got = unsafe { libc::lgetxattr(c.as_ptr(), n.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    if got < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    buf.truncate(got as usize);
+    Ok(buf)
+}
