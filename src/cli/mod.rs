@@ -9,6 +9,7 @@ mod keystore_cmd;
 pub mod output;
 pub mod passphrase;
 mod rewrap_cmd;
+mod shell_cmd;
 mod volume_cmd;
 
 use std::path::PathBuf;
@@ -109,6 +110,10 @@ pub enum Command {
     /// Grants: extra, revocable, expiring permissions on a key
     #[command(subcommand)]
     Grant(access_cmd::GrantCmd),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell)
+    Completions(shell_cmd::CompletionsArgs),
+    /// Print the manual page, or write one page per command into a directory
+    Man(shell_cmd::ManArgs),
 }
 
 /// An unlocked KMS, the user running the command, and how to print.
@@ -175,5 +180,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Rewrap(args) => rewrap_cmd::run(g, args),
         Command::Policy(cmd) => access_cmd::run_policy(&mut Session::open(g)?, cmd),
         Command::Grant(cmd) => access_cmd::run_grant(&mut Session::open(g)?, cmd),
+        Command::Completions(args) => shell_cmd::completions(args),
+        Command::Man(args) => shell_cmd::man(g, args),
     }
 }
