@@ -10,6 +10,7 @@ pub mod output;
 pub mod passphrase;
 mod rewrap_cmd;
 mod shell_cmd;
+mod status_cmd;
 mod volume_cmd;
 
 use std::path::PathBuf;
@@ -114,6 +115,9 @@ pub enum Command {
     Completions(shell_cmd::CompletionsArgs),
     /// Print the manual page, or write one page per command into a directory
     Man(shell_cmd::ManArgs),
+    /// Show the keystore, its keys, pending deletions, expiring grants and mounted volumes
+    #[command(after_help = status_cmd::AFTER_HELP)]
+    Status,
 }
 
 /// An unlocked KMS, the user running the command, and how to print.
@@ -182,5 +186,6 @@ fn run(cli: Cli) -> Result<()> {
         Command::Grant(cmd) => access_cmd::run_grant(&mut Session::open(g)?, cmd),
         Command::Completions(args) => shell_cmd::completions(args),
         Command::Man(args) => shell_cmd::man(g, args),
+        Command::Status => status_cmd::run(&mut Session::open(g)?),
     }
 }
