@@ -11,6 +11,8 @@ mod keystore_cmd;
 pub mod output;
 pub mod passphrase;
 mod rewrap_cmd;
+mod shell_cmd;
+mod status_cmd;
 mod volume_cmd;
 
 use std::path::PathBuf;
@@ -113,6 +115,13 @@ pub enum Command {
     /// Grants: extra, revocable, expiring permissions on a key
     #[command(subcommand)]
     Grant(access_cmd::GrantCmd),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell)
+    Completions(shell_cmd::CompletionsArgs),
+    /// Print the manual page, or write one page per command into a directory
+    Man(shell_cmd::ManArgs),
+    /// Show the keystore, its keys, pending deletions, expiring grants and mounted volumes
+    #[command(after_help = status_cmd::AFTER_HELP)]
+    Status,
 }
 
 /// An unlocked KMS, the user running the command, and how to print.
@@ -234,5 +243,8 @@ fn run(cli: Cli) -> Result<()> {
         Command::Fsck(args) => fsck_cmd::run_fsck(g, args),
         Command::Policy(cmd) => access_cmd::run_policy(&mut Session::open(g)?, cmd),
         Command::Grant(cmd) => access_cmd::run_grant(&mut Session::open(g)?, cmd),
+        Command::Completions(args) => shell_cmd::completions(args),
+        Command::Man(args) => shell_cmd::man(g, args),
+        Command::Status => status_cmd::run(&mut Session::open(g)?),
     }
 }

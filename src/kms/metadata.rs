@@ -50,7 +50,7 @@ impl KeyMetadata {
     }
 }
 
-fn with_aliases(conn: &rusqlite::Connection, key: KeyRecord) -> Result<KeyMetadata> {
+pub(super) fn with_aliases(conn: &rusqlite::Connection, key: KeyRecord) -> Result<KeyMetadata> {
     let aliases = records::list_aliases(conn, Some(&key.key_id))?.into_iter().map(|a| a.alias_name).collect();
     Ok(KeyMetadata::from_record(key, aliases))
 }

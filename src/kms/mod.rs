@@ -19,6 +19,7 @@ pub mod lifecycle;
 pub mod metadata;
 pub mod policy;
 pub mod principal;
+pub mod status;
 
 use std::sync::Arc;
 

@@ -261,6 +261,25 @@ pub fn mounted_at(cipher_dir: &Path) -> Option<PathBuf> {
     mount_table().into_iter().find(|m| m.source == wanted).map(|m| m.mount_point)
 }
 
+/// A mounted kmsfs volume, as the mount table shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KmsfsMount {
+    pub mount_point: PathBuf,
+    pub cipher_dir: PathBuf,
+}
+
+/// Every kmsfs volume mounted now (that this process can see), in mount-table order.
+pub fn kmsfs_mounts() -> Vec<KmsfsMount> {
+    mount_table()
+        .into_iter()
+        .filter(|m| m.fstype.starts_with("fuse"))
+        .filter_map(|m| {
+            let cipher_dir = PathBuf::from(m.source.strip_prefix("kmsfs:")?);
+            Some(KmsfsMount { mount_point: m.mount_point, cipher_dir })
+        })
+        .collect()
+}
+
 /// Whether `path` is the root of a mount.
 pub fn is_mount_point(path: &Path) -> bool {
     mount_table().iter().any(|m| m.mount_point == path)
