@@ -8,7 +8,7 @@
 #   BENCH_FILES=50000 scripts/bench-rewrap.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/install-deps.sh >/dev/null
+KMSFS_BENCH=1 scripts/install-deps.sh >/dev/null
 cargo build --release --quiet
 KMSFS=$PWD/target/release/kmsfs
 FILES=${BENCH_FILES:-10000}

@@ -16,6 +16,8 @@ pub const XATTR_KEY: &str = "user.kmsfs.key";
 pub const XATTR_KEY_VERSION: &str = "user.kmsfs.key_version";
 /// On directories: whether the key was set there (`dir set-key`) or inherited.
 pub const XATTR_KEY_EXPLICIT: &str = "user.kmsfs.key_explicit";
+/// "KEY_ID VERSION" in one read (what `kmsfs rewrap` compares before and after).
+pub const XATTR_WRAPPED_BY: &str = "user.kmsfs.wrapped_by";
 /// Write-only control attribute: setting it re-wraps the file's data key (or the
 /// directory's names key) under the current version of its key, or under the key given as
 /// the value. `kmsfs rewrap` on a live mount sets it on every file and directory.

@@ -9,7 +9,9 @@ use std::path::Path;
 
 use fuser::{Errno, INodeNo};
 
-use super::names::{XATTR_BACKING_PREFIX, XATTR_KEY, XATTR_KEY_EXPLICIT, XATTR_KEY_VERSION, XATTR_REWRAP};
+use super::names::{
+    XATTR_BACKING_PREFIX, XATTR_KEY, XATTR_KEY_EXPLICIT, XATTR_KEY_VERSION, XATTR_REWRAP, XATTR_WRAPPED_BY,
+};
 use super::{FsResult, KmsFs};
 use crate::format::{FileHeader, HEADER_LEN};
 use crate::kms::blob::BlobHeader;
@@ -94,7 +96,7 @@ impl KmsFs {
 
     pub(super) fn get_xattr(&self, ino: INodeNo, name: &OsStr) -> FsResult<Vec<u8>> {
         let name = name.to_str().ok_or(Errno::ENODATA)?;
-        if name == XATTR_KEY || name == XATTR_KEY_VERSION || name == XATTR_KEY_EXPLICIT {
+        if [XATTR_KEY, XATTR_KEY_VERSION, XATTR_KEY_EXPLICIT, XATTR_WRAPPED_BY].contains(&name) {
             let (meta, path) = self.stat_ino(ino)?;
             let path = path.ok_or(Errno::ENODATA)?;
             if meta.is_dir() {
@@ -105,6 +107,9 @@ impl KmsFs {
                 return match name {
                     XATTR_KEY => Ok(dir.key_id.into_bytes()),
                     XATTR_KEY_VERSION => Ok(wrapped_by.key_version.to_string().into_bytes()),
+                    XATTR_WRAPPED_BY => {
+                        Ok(format!("{} {}", wrapped_by.key_id, wrapped_by.key_version).into_bytes())
+                    }
                     _ => Ok(dir.explicit.to_string().into_bytes()),
                 };
             }
@@ -112,6 +117,7 @@ impl KmsFs {
             return match name {
                 XATTR_KEY => Ok(blob.key_id.into_bytes()),
                 XATTR_KEY_VERSION => Ok(blob.key_version.to_string().into_bytes()),
+                XATTR_WRAPPED_BY => Ok(format!("{} {}", blob.key_id, blob.key_version).into_bytes()),
                 _ => Err(Errno::ENODATA),
             };
         }

@@ -13,6 +13,10 @@ use super::{AuditEvent, Kms, Principal};
 const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(3600);
 /// Largest batch written in one transaction.
 const MAX_BATCH: usize = 4096;
+/// How long a batch gathers events after its first one: at most ~50 commits (each an
+/// fsync of the WAL) per second however busy the mount, at the price of losing at most
+/// this much of the trail in a crash.
+const GATHER: Duration = Duration::from_millis(20);
 
 /// Where the mount sends audit events. Cheap to clone; sending never blocks.
 #[derive(Clone, Debug)]
@@ -65,14 +69,23 @@ fn run(mut kms: Kms, caller: Principal, rx: Receiver<AuditEvent>) {
             Err(RecvTimeoutError::Disconnected) => return,
         };
         let mut batch = vec![first];
+        let deadline = Instant::now() + GATHER;
+        let mut disconnected = false;
         while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
+            match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
                 Ok(event) => batch.push(event),
-                Err(_) => break,
+                Err(RecvTimeoutError::Timeout) => break,
+                Err(RecvTimeoutError::Disconnected) => {
+                    disconnected = true;
+                    break;
+                }
             }
         }
         if let Err(e) = kms.append_audit(&batch) {
             log::error!("cannot write {} audit event(s) to the keystore: {e}", batch.len());
+        }
+        if disconnected {
+            return;
         }
     }
 }

@@ -11,10 +11,10 @@ use std::time::Instant;
 
 use crate::volume::rewrap::RewrapReport;
 
-pub const KEY: &str = "user.kmsfs.key";
-pub const KEY_VERSION: &str = "user.kmsfs.key_version";
-pub const KEY_EXPLICIT: &str = "user.kmsfs.key_explicit";
-pub const REWRAP: &str = "user.kmsfs.rewrap";
+pub use crate::fs::names::{
+    XATTR_KEY as KEY, XATTR_KEY_EXPLICIT as KEY_EXPLICIT, XATTR_KEY_VERSION as KEY_VERSION,
+    XATTR_REWRAP as REWRAP, XATTR_WRAPPED_BY as WRAPPED_BY,
+};
 
 fn c_strings(path: &Path, name: &str) -> std::io::Result<(CString, CString)> {
     Ok((CString::new(path.as_os_str().as_bytes())?, CString::new(name)?))
@@ -56,9 +56,9 @@ pub fn explain(e: &std::io::Error) -> String {
     }
 }
 
-/// Which key and version wrap `path`'s key, as the mount reports it.
-fn wrapped_by(path: &Path) -> std::io::Result<(String, String)> {
-    Ok((get(path, KEY)?, get(path, KEY_VERSION)?))
+/// Which key and version wrap `path`'s key ("KEY_ID VERSION"), as the mount reports it.
+fn wrapped_by(path: &Path) -> std::io::Result<String> {
+    get(path, WRAPPED_BY)
 }
 
 /// `kmsfs rewrap` on a live mount: asks the mount to re-wrap every directory and file
