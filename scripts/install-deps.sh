@@ -2,7 +2,9 @@
 # Installs what kmsfs needs at run and test time on Debian: fuse3 (fusermount3, /dev/fuse
 # helpers), attr (getfattr/setfattr for tests), sqlite3 (inspection), and the tools the
 # integration tests drive (git, xz-utils; losetup, mount and umount from mount, mountpoint
-# from util-linux, mkfs.ext4 and e2fsck from e2fsprogs for tests/fs_blockdev.rs). With
+# from util-linux, mkfs.ext4 and e2fsck from e2fsprogs for tests/fs_blockdev.rs; mount(8)
+# and fuse3's mount.fuse3 for tests/boot_mount.rs, which installs /sbin/mount.fuse.kmsfs
+# itself for its duration; scripts/install.sh installs it for real). With
 # KMSFS_BENCH=1 also what scripts/bench.sh runs (gocryptfs, fio, bc, python3 to read fio's
 # JSON). Idempotent; a no-op when everything is present.
 set -euo pipefail

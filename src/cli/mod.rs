@@ -8,6 +8,7 @@ mod crypto_cmd;
 mod fsck_cmd;
 mod key_cmd;
 mod keystore_cmd;
+pub mod mount_helper;
 pub mod output;
 pub mod passphrase;
 mod rewrap_cmd;
@@ -202,6 +203,9 @@ impl VolumeSession {
 
 /// Runs the command line and returns the process exit code.
 pub fn main() -> i32 {
+    if let Some(code) = mount_helper::main_if_invoked() {
+        return code;
+    }
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {

@@ -65,6 +65,18 @@ pub fn mount(request: MountRequest, passphrase: &[u8]) -> Result<()> {
     }
 }
 
+/// Checks a request as `mount` would (paths, keystore, passphrase, options) without
+/// mounting: what `mount -f` (fake) asks of a mount helper.
+pub fn check(request: &MountRequest, passphrase: &[u8]) -> Result<()> {
+    prepare(request, passphrase).map(drop)
+}
+
+/// Checks `-o` options without mounting, so that a bad option is reported before the
+/// passphrase is asked for or derived.
+pub fn check_options(options: &[String]) -> Result<()> {
+    parse_options(options, Path::new("/")).map(drop)
+}
+
 /// Unmounts a kmsfs mount point.
 pub fn umount(mountpoint: &Path) -> Result<()> {
     let status = std::process::Command::new("fusermount3").arg("-u").arg(mountpoint).status();
@@ -257,8 +269,7 @@ fn unescape(field: &str) -> String {
 
 /// Whether a cipher directory is mounted by kmsfs now (its fsname is `kmsfs:<dir>`).
 pub fn mounted_at(cipher_dir: &Path) -> Option<PathBuf> {
-    let wanted = format!("kmsfs:{}", cipher_dir.display());
-    mount_table().into_iter().find(|m| m.source == wanted).map(|m| m.mount_point)
+    kmsfs_mounts().into_iter().find(|m| m.cipher_dir == cipher_dir).map(|m| m.mount_point)
 }
 
 /// A mounted kmsfs volume, as the mount table shows it.
@@ -278,6 +289,11 @@ pub fn kmsfs_mounts() -> Vec<KmsfsMount> {
             Some(KmsfsMount { mount_point: m.mount_point, cipher_dir })
         })
         .collect()
+}
+
+/// Whether `cipher_dir` is mounted by kmsfs at `mountpoint` (both canonical).
+pub fn is_mounted_at(cipher_dir: &Path, mountpoint: &Path) -> bool {
+    kmsfs_mounts().iter().any(|m| m.cipher_dir == cipher_dir && m.mount_point == mountpoint)
 }
 
 /// Whether `path` is the root of a mount.
