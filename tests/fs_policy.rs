@@ -151,12 +151,16 @@ fn explicit_deny_for_alice_beats_the_allow_for_her_group() {
     let err = cat_as(ALICE, FINANCE_GID, &report).unwrap_err();
     assert!(err.contains("Permission denied"), "{err}");
     assert!(cat_as(BOB, BOB, &report).is_err(), "bob is not in the group");
-    let denied = m.json(&["audit", "--denied"]);
-    assert!(denied
-        .as_array()
-        .unwrap()
-        .iter()
-        .any(|e| e["Uid"] == ALICE && e["Reason"].as_str().unwrap_or("").contains("explicit Deny")));
+    // The mount writes its audit events in batches, a few milliseconds later.
+    let audited = wait_until(Duration::from_secs(5), || {
+        let denied = m.json(&["audit", "--denied"]);
+        denied
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["Uid"] == ALICE && e["Reason"].as_str().unwrap_or("").contains("explicit Deny"))
+    });
+    assert!(audited, "alice's refusal is in the audit trail");
 }
 
 #[test]

@@ -14,6 +14,7 @@ use crate::kms::EncryptionContext;
 #[derive(Debug, Subcommand)]
 pub enum PolicyCmd {
     /// Print a key's policy (JSON)
+    #[command(after_help = "Example:\n  kmsfs policy get alias/finance > policy.json")]
     Get { key: String },
     /// Replace a key's policy with the JSON document in FILE (max 32 KiB)
     #[command(after_help = "Example policy (alice may read and write files, bob may not):
@@ -57,10 +58,13 @@ pub enum GrantCmd {
         name: String,
     },
     /// List a key's grants
+    #[command(after_help = "Example:\n  kmsfs grant list alias/finance --json")]
     List { key: String },
     /// Give up a grant you hold (by grant id or token)
+    #[command(after_help = "Example:\n  kmsfs grant retire GRANT_ID")]
     Retire { grant: String },
     /// Remove a grant (administrators)
+    #[command(after_help = "Example:\n  kmsfs grant revoke alias/finance GRANT_ID")]
     Revoke { key: String, grant_id: String },
 }
 

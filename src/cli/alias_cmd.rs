@@ -15,10 +15,15 @@ pub enum AliasCmd {
     )]
     Create { alias: String, key: String },
     /// Point an existing alias at another key
+    #[command(
+        after_help = "Example:\n  kmsfs alias update alias/finance 1234abcd-...   # key id or another alias"
+    )]
     Update { alias: String, key: String },
     /// Remove an alias (the key stays)
+    #[command(after_help = "Example:\n  kmsfs alias delete alias/finance")]
     Delete { alias: String },
     /// List aliases
+    #[command(after_help = "Example:\n  kmsfs alias list --key alias/finance")]
     List {
         /// Only the aliases of this key
         #[arg(long)]

@@ -39,6 +39,7 @@ pub struct AuditArgs {
 #[derive(Debug, Subcommand)]
 pub enum AuditCmd {
     /// Check the hash chain: exit 1 if any event was edited, inserted or removed
+    #[command(after_help = "Example:\n  kmsfs audit verify")]
     Verify,
 }
 

@@ -24,20 +24,29 @@ pub enum KeyCmd {
         description: String,
     },
     /// List every key with its state
+    #[command(
+        after_help = "Example:\n  kmsfs key list --json | jq -r '.[] | select(.KeyState == \"Enabled\") | .KeyId'"
+    )]
     List,
     /// Show a key's metadata
     #[command(after_help = "Example:\n  kmsfs key describe alias/finance --json")]
     Describe { key: String },
     /// Allow cryptographic use of a disabled key again
+    #[command(after_help = "Example:\n  kmsfs key enable alias/finance")]
     Enable { key: String },
     /// Refuse every cryptographic use of a key (reversible)
+    #[command(
+        after_help = "Example:\n  kmsfs key disable alias/finance     # open files fail with ENOKEY from the next open"
+    )]
     Disable { key: String },
     /// Rotate now: a new version becomes current, older versions keep decrypting
+    #[command(after_help = "Example:\n  kmsfs key rotate alias/finance && kmsfs rewrap ~/vault")]
     Rotate { key: String },
     /// Automatic rotation settings
     #[command(subcommand)]
     Rotation(RotationCmd),
     /// List a key's versions
+    #[command(after_help = "Example:\n  kmsfs key rotations alias/finance")]
     Rotations { key: String },
     /// Schedule a key for destruction after a waiting period of 7 to 30 days
     #[command(after_help = "Example:\n  kmsfs key schedule-deletion alias/old --pending-window-days 7")]
@@ -48,22 +57,27 @@ pub enum KeyCmd {
         pending_window_days: i64,
     },
     /// Keep a key that is pending deletion; it returns Disabled
+    #[command(after_help = "Example:\n  kmsfs key cancel-deletion alias/old && kmsfs key enable alias/old")]
     CancelDeletion { key: String },
     /// Destroy now every key whose deletion date has passed (also done on every keystore open)
+    #[command(after_help = "Example:\n  kmsfs key purge-expired")]
     PurgeExpired,
 }
 
 #[derive(Debug, Subcommand)]
 pub enum RotationCmd {
     /// Rotate the key automatically every PERIOD days (90 to 2560)
+    #[command(after_help = "Example:\n  kmsfs key rotation enable alias/finance --period-days 180")]
     Enable {
         key: String,
         #[arg(long, default_value_t = DEFAULT_ROTATION_PERIOD_DAYS, allow_negative_numbers = true)]
         period_days: i64,
     },
     /// Stop automatic rotation
+    #[command(after_help = "Example:\n  kmsfs key rotation disable alias/finance")]
     Disable { key: String },
     /// Show whether and when the key rotates
+    #[command(after_help = "Example:\n  kmsfs key rotation status alias/finance")]
     Status { key: String },
 }
 

@@ -18,6 +18,7 @@ pub enum KeystoreCmd {
     #[command(after_help = "Example:\n  KMSFS_PASSPHRASE_FILE=~/.kmsfs-pass kmsfs keystore init")]
     Init(KdfArgs),
     /// Change the keystore passphrase (and optionally the argon2 costs)
+    #[command(after_help = "Example:\n  kmsfs keystore passwd --new-passphrase-file ~/.kmsfs-new-pass")]
     Passwd {
         /// Read the new passphrase from this file instead of KMSFS_NEW_PASSPHRASE or a prompt
         #[arg(long, value_name = "PATH")]
@@ -26,6 +27,7 @@ pub enum KeystoreCmd {
         kdf: KdfArgs,
     },
     /// Show the keystore's location, id, schema version and argon2 costs
+    #[command(after_help = "Example:\n  kmsfs keystore info --json")]
     Info,
 }
 

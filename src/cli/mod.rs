@@ -99,6 +99,7 @@ pub enum Command {
     /// Mount a volume: show the cipher directory decrypted at MOUNTPOINT
     Mount(volume_cmd::MountArgs),
     /// Unmount a mounted volume
+    #[command(after_help = "Example:\n  kmsfs umount ~/vault")]
     Umount { mountpoint: PathBuf },
     /// Inspect files on a mounted volume
     #[command(subcommand)]
@@ -250,5 +251,30 @@ fn run(cli: Cli) -> Result<()> {
         Command::Completions(args) => shell_cmd::completions(args),
         Command::Man(args) => shell_cmd::man(g, args),
         Command::Status => status_cmd::run(&mut Session::open(g)?),
+    }
+}
+
+#[cfg(test)]
+mod help_tests {
+    use clap::CommandFactory;
+
+    /// Every command a user can run shows an example in its `--help`.
+    #[test]
+    fn every_command_has_an_example() {
+        fn leaves(cmd: &clap::Command, path: String, out: &mut Vec<(String, String)>) {
+            let subs: Vec<_> = cmd.get_subcommands().filter(|c| c.get_name() != "help").collect();
+            if subs.is_empty() {
+                let help = cmd.get_after_help().map(|h| h.to_string()).unwrap_or_default();
+                out.push((path.clone(), help));
+            }
+            for sub in subs {
+                leaves(sub, format!("{path} {}", sub.get_name()), out);
+            }
+        }
+        let mut all = Vec::new();
+        leaves(&super::Cli::command(), "kmsfs".into(), &mut all);
+        let missing: Vec<_> =
+            all.iter().filter(|(_, help)| !help.contains("Example")).map(|(p, _)| p.as_str()).collect();
+        assert!(missing.is_empty(), "commands without an example in --help: {missing:?}");
     }
 }

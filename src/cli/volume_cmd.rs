@@ -93,6 +93,12 @@ pub fn run_mount(g: &Global, args: MountArgs) -> Result<()> {
 pub fn run_file(g: &Global, cmd: FileCmd) -> Result<()> {
     let FileCmd::Info { path } = cmd;
     require_kmsfs(&path)?;
+    if !std::fs::metadata(&path).map_err(|e| Error::io(path.display(), e))?.is_file() {
+        return Err(Error::InvalidArgument(format!(
+            "{} is not a regular file (for a directory: `kmsfs dir get-key`)",
+            path.display()
+        )));
+    }
     let read = |name: &str| -> Result<String> {
         control::get(&path, name).map_err(|e| match e.raw_os_error() {
             Some(libc::ENODATA) | Some(libc::ENOTSUP) => Error::InvalidArgument(format!(
@@ -121,6 +127,7 @@ pub enum DirCmd {
     #[command(after_help = "Example:\n  kmsfs dir set-key ~/vault/finance alias/finance")]
     SetKey { path: PathBuf, key: String },
     /// Show which key protects a directory of a mounted volume
+    #[command(after_help = "Example:\n  kmsfs dir get-key ~/vault/finance --json")]
     GetKey { path: PathBuf },
 }
 
