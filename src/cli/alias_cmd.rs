@@ -36,15 +36,17 @@ pub fn run(s: &mut Session, cmd: AliasCmd) -> Result<()> {
     let message = match cmd {
         AliasCmd::Create { alias, key } => {
             s.kms.create_alias(&me, &alias, &key)?;
-            format!("{alias} -> {}", s.kms.resolve_key_id(&alias)?)
+            let target = s.kms.resolve_key_id(&alias)?;
+            (serde_json::json!({ "AliasName": alias, "TargetKeyId": target }), format!("{alias} -> {target}"))
         }
         AliasCmd::Update { alias, key } => {
             s.kms.update_alias(&me, &alias, &key)?;
-            format!("{alias} -> {}", s.kms.resolve_key_id(&alias)?)
+            let target = s.kms.resolve_key_id(&alias)?;
+            (serde_json::json!({ "AliasName": alias, "TargetKeyId": target }), format!("{alias} -> {target}"))
         }
         AliasCmd::Delete { alias } => {
             s.kms.delete_alias(&me, &alias)?;
-            format!("alias {alias} deleted")
+            (serde_json::json!({ "AliasName": alias, "Deleted": true }), format!("alias {alias} deleted"))
         }
         AliasCmd::List { key } => {
             let aliases = s.kms.list_aliases(&me, key.as_deref())?;
@@ -60,8 +62,11 @@ pub fn run(s: &mut Session, cmd: AliasCmd) -> Result<()> {
             return Ok(());
         }
     };
-    if !s.json {
-        println!("{message}");
+    let (json, text) = message;
+    if s.json {
+        output::json(&json);
+    } else {
+        println!("{text}");
     }
     Ok(())
 }

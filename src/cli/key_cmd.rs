@@ -110,11 +110,11 @@ pub fn run(s: &mut Session, cmd: KeyCmd) -> Result<()> {
         }
         KeyCmd::Enable { key } => {
             s.kms.enable_key(&me, &key)?;
-            say(s, &format!("key {key} is enabled"));
+            say(s, &me, &key, &format!("key {key} is enabled"))?;
         }
         KeyCmd::Disable { key } => {
             s.kms.disable_key(&me, &key)?;
-            say(s, &format!("key {key} is disabled"));
+            say(s, &me, &key, &format!("key {key} is disabled"))?;
         }
         KeyCmd::Rotate { key } => {
             let version = s.kms.rotate_key(&me, &key)?;
@@ -126,11 +126,16 @@ pub fn run(s: &mut Session, cmd: KeyCmd) -> Result<()> {
         }
         KeyCmd::Rotation(RotationCmd::Enable { key, period_days }) => {
             let next = s.kms.enable_key_rotation(&me, &key, period_days)?;
-            say(s, &format!("key {key} rotates every {period_days} days; next on {}", format_date(next)));
+            say(
+                s,
+                &me,
+                &key,
+                &format!("key {key} rotates every {period_days} days; next on {}", format_date(next)),
+            )?;
         }
         KeyCmd::Rotation(RotationCmd::Disable { key }) => {
             s.kms.disable_key_rotation(&me, &key)?;
-            say(s, &format!("automatic rotation of key {key} is off"));
+            say(s, &me, &key, &format!("automatic rotation of key {key} is off"))?;
         }
         KeyCmd::Rotation(RotationCmd::Status { key }) => {
             let meta = s.kms.describe_key(&me, &key)?;
@@ -182,7 +187,7 @@ pub fn run(s: &mut Session, cmd: KeyCmd) -> Result<()> {
         }
         KeyCmd::CancelDeletion { key } => {
             s.kms.cancel_key_deletion(&me, &key)?;
-            say(s, &format!("deletion of key {key} cancelled; the key is Disabled (`kmsfs key enable {key}` to use it)"));
+            say(s, &me, &key, &format!("deletion of key {key} cancelled; the key is Disabled (`kmsfs key enable {key}` to use it)"))?;
         }
         KeyCmd::PurgeExpired => {
             // Opening the keystore already destroyed what was due; report that too.
@@ -202,11 +207,14 @@ pub fn run(s: &mut Session, cmd: KeyCmd) -> Result<()> {
     Ok(())
 }
 
-/// A one-line confirmation for people; scripts reading `--json` get nothing to parse.
-fn say(s: &Session, message: &str) {
-    if !s.json {
+/// A one-line confirmation for people; with `--json`, the key's metadata as it now is.
+fn say(s: &mut Session, me: &crate::kms::Principal, key: &str, message: &str) -> Result<()> {
+    if s.json {
+        output::json(&s.kms.describe_key(me, key)?);
+    } else {
         println!("{message}");
     }
+    Ok(())
 }
 
 fn print_key_table(keys: &[KeyMetadata]) {
