@@ -10,7 +10,7 @@
 set -euo pipefail
 
 packages=(fuse3 attr sqlite3 git xz-utils mount util-linux e2fsprogs)
-[ "${KMSFS_BENCH:-0}" = 1 ] && packages+=(gocryptfs fio bc python3)
+[ "${KMSFS_BENCH:-0}" = 1 ] && packages+=(gocryptfs securefs fio bc python3)
 
 missing=()
 for p in "${packages[@]}"; do
