@@ -413,7 +413,7 @@ impl KmsFs {
         }
         let saved = empty_out(path)?;
         std::fs::remove_dir(path).map_err(|e| {
-            restore(path, saved);
+            restore(saved);
             io_errno(e)
         })
     }
@@ -442,13 +442,15 @@ impl KmsFs {
             && !flags.contains(RenameFlags::RENAME_NOREPLACE)
             && moved.is_dir()
             && replaced.as_ref().is_some_and(|m| m.is_dir() && m.ino() != moved.ino());
-        let saved = if replaces_dir { empty_out(&to.path)? } else { Vec::new() };
+        let saved = if replaces_dir { Some(empty_out(&to.path)?) } else { None };
         self.write_sidecar(&to.path, &to.stored)?;
         let (c_from, c_to) = (cpath(&from.path)?, cpath(&to.path)?);
         if let Err(e) = check(unsafe {
             libc::renameat2(libc::AT_FDCWD, c_from.as_ptr(), libc::AT_FDCWD, c_to.as_ptr(), flags.bits())
         }) {
-            restore(&to.path, saved);
+            if let Some(saved) = saved {
+                restore(saved);
+            }
             if replaced.is_none() {
                 self.remove_sidecar(&to.path, &to.stored);
             }
@@ -799,7 +801,7 @@ impl Filesystem for KmsFs {
 /// Removes kmsfs's own files from a backing directory that holds no user entry (else
 /// ENOTEMPTY) and returns them, to be put back if what follows fails. Works on the directory
 /// as opened, so a symlink swapped in for it cannot send the reads and removals elsewhere.
-fn empty_out(path: &Path) -> FsResult<Vec<(std::ffi::OsString, Vec<u8>)>> {
+fn empty_out(path: &Path) -> FsResult<Emptied> {
     let dir = pin_dir(path)?;
     let mut internal = Vec::new();
     for entry in std::fs::read_dir(&dir.path).map_err(io_errno)? {
@@ -824,14 +826,19 @@ fn empty_out(path: &Path) -> FsResult<Vec<(std::ffi::OsString, Vec<u8>)>> {
     for (name, _) in &saved {
         let _ = std::fs::remove_file(dir.path.join(name));
     }
-    Ok(saved)
+    Ok(Emptied { dir, saved })
 }
 
-/// Puts back what [`empty_out`] removed.
-fn restore(path: &Path, saved: Vec<(std::ffi::OsString, Vec<u8>)>) {
-    let Ok(dir) = pin_dir(path) else { return };
-    for (name, bytes) in saved {
-        let _ = crate::volume::write_atomically(&dir.path.join(name), &bytes, 0o644);
+/// What [`empty_out`] removed, and from which directory (as opened).
+struct Emptied {
+    dir: PinnedDir,
+    saved: Vec<(std::ffi::OsString, Vec<u8>)>,
+}
+
+/// Puts back what [`empty_out`] removed, into the same directory.
+fn restore(emptied: Emptied) {
+    for (name, bytes) in emptied.saved {
+        let _ = crate::volume::write_atomically(&emptied.dir.path.join(name), &bytes, 0o644);
     }
 }
 
