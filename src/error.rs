@@ -19,6 +19,14 @@ pub enum Error {
     #[error("{path} is not a kmsfs keystore: {reason}")]
     NotAKeystore { path: PathBuf, reason: String },
 
+    /// The keystore file can be read or written by its group or by others (like ssh with a
+    /// private key, kmsfs refuses to use it).
+    #[error(
+        "keystore {path} is accessible by group or others (mode {mode:04o}); refusing to use it: \
+         run `chmod 600 {path}`"
+    )]
+    InsecureKeystore { path: PathBuf, mode: u32 },
+
     #[error("keystore {path} is corrupt: {reason}")]
     CorruptKeystore { path: PathBuf, reason: String },
 

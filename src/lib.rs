@@ -8,6 +8,7 @@ pub mod crypto;
 pub mod error;
 pub mod format;
 pub mod fs;
+pub mod harden;
 pub mod keystore;
 pub mod kms;
 pub mod mount;

@@ -67,13 +67,19 @@ fn passphrase_file_and_passwd() {
 #[test]
 fn corrupt_or_foreign_keystores_get_clear_errors() {
     let env = TestEnv::without_keystore();
+    // Private files (mode 0600), else the refusal of an exposed keystore comes first.
+    let private = |p: &std::path::Path| {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o600)).unwrap();
+    };
     std::fs::write(&env.keystore, vec![0x5au8; 8192]).unwrap();
+    private(&env.keystore);
     let err = env.fails(&["key", "list"], 1);
     assert!(err.contains("not a kmsfs keystore"), "{err}");
 
     let other = rusqlite::Connection::open(env.path("other.db")).unwrap();
     other.execute_batch("CREATE TABLE t (x); INSERT INTO t VALUES (1);").unwrap();
     drop(other);
+    private(&env.path("other.db"));
     let err = env.fails(&["--keystore", env.path("other.db").to_str().unwrap(), "key", "list"], 1);
     assert!(err.contains("another application"), "{err}");
 

@@ -475,3 +475,112 @@ fn allow_other_admits_other_users_under_unix_permissions() {
     let backing = fs::metadata(m.backing_of(&theirs)).unwrap();
     assert_eq!(backing.uid(), NOBODY, "the backing file belongs to the creator too");
 }
+
+/// Metadata of `path` that a followed chmod, chown or utimes would change.
+fn owner_mode_mtime(path: &Path) -> (u32, u32, u32, i64, i64) {
+    let m = fs::metadata(path).unwrap();
+    (m.mode() & 0o7777, m.uid(), m.gid(), m.mtime(), m.mtime_nsec())
+}
+
+fn set_times(path: &Path, secs: i64) -> i32 {
+    let c = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
+    let t = libc::timespec { tv_sec: secs, tv_nsec: 0 };
+    let rc = unsafe { libc::utimensat(libc::AT_FDCWD, c.as_ptr(), [t, t].as_ptr(), 0) };
+    if rc == 0 {
+        0
+    } else {
+        common::mount::last_errno()
+    }
+}
+
+#[test]
+fn setattr_never_follows_a_symlink_planted_in_the_cipher_directory() {
+    // A writer of the cipher directory (a user whose backing directory the root daemon
+    // chowned to them) replaces a backing file with a symlink to a file outside. The root
+    // daemon must not chmod, chown or touch that file when the plaintext file is changed.
+    let m = Mounted::new();
+    let outside = m.env.path("outside.txt");
+    fs::write(&outside, b"not in the volume").unwrap();
+    fs::set_permissions(&outside, fs::Permissions::from_mode(0o600)).unwrap();
+    let before = owner_mode_mtime(&outside);
+    // Sixteen files, each with a symlink beside its backing file to swap it with.
+    let names: Vec<String> = (0..16).map(|i| format!("victim{i}.txt")).collect();
+    let mut pairs = Vec::new();
+    for name in &names {
+        fs::write(m.path(name), b"inside").unwrap();
+        let backing = m.backing_of(&m.path(name));
+        let link = backing.with_file_name(format!("{}-link", backing.file_name().unwrap().to_str().unwrap()));
+        std::os::unix::fs::symlink(&outside, &link).unwrap();
+        pairs.push((backing, link));
+    }
+    let exchange = |a: &Path, b: &Path| {
+        let (a, b) = (
+            std::ffi::CString::new(a.to_str().unwrap()).unwrap(),
+            std::ffi::CString::new(b.to_str().unwrap()).unwrap(),
+        );
+        let rc = unsafe {
+            libc::renameat2(libc::AT_FDCWD, a.as_ptr(), libc::AT_FDCWD, b.as_ptr(), libc::RENAME_EXCHANGE)
+        };
+        assert_eq!(rc, 0, "renameat2: {}", std::io::Error::last_os_error());
+    };
+
+    // Replaced while the mount is idle: whatever the answers, the outside file is untouched.
+    let (backing, link) = &pairs[0];
+    exchange(backing, link);
+    assert!(fs::symlink_metadata(backing).unwrap().file_type().is_symlink());
+    let _ = fs::set_permissions(m.path(&names[0]), fs::Permissions::from_mode(0o777));
+    let _ = std::os::unix::fs::chown(m.path(&names[0]), Some(65534), Some(65534));
+    let _ = set_times(&m.path(&names[0]), 1_000_000);
+    assert_eq!(owner_mode_mtime(&outside), before, "chmod/chown/utimes went through the symlink");
+    exchange(backing, link);
+
+    // The symlink put in place for an instant, again and again, while chmod runs: now and
+    // then the daemon's stat sees the file and its chmod the link. A chmod by path follows the
+    // link in that window (this caught the old code in 4 runs of 4). Short pulses, because a
+    // stat that sees the link is answered with a symlink's attributes, which the kernel takes
+    // as a changed inode, and several files for the same reason: such a name is unusable until
+    // its entry times out.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let swapper = {
+        let (stop, pairs) = (stop.clone(), pairs.clone());
+        std::thread::spawn(move || {
+            let mut swaps = 0u64; // rounds of link-in, link-out over every file
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                for (backing, link) in &pairs {
+                    exchange(backing, link);
+                    exchange(backing, link);
+                }
+                swaps += 1;
+            }
+            swaps
+        })
+    };
+    let started = std::time::Instant::now();
+    let (mut chmods, mut succeeded) = (0u32, 0u32);
+    while started.elapsed() < Duration::from_secs(3) {
+        let mode = if chmods % 2 == 0 { 0o640 } else { 0o644 };
+        let name = &names[chmods as usize % names.len()];
+        if fs::set_permissions(m.path(name), fs::Permissions::from_mode(mode)).is_ok() {
+            succeeded += 1;
+        }
+        chmods += 1;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let swaps = swapper.join().unwrap();
+    assert_eq!(
+        owner_mode_mtime(&outside),
+        before,
+        "a chmod through the mount changed the file outside ({chmods} chmods, {succeeded} succeeded, \
+         {swaps} swaps)"
+    );
+    for (backing, link) in &pairs {
+        assert!(fs::symlink_metadata(backing).unwrap().is_file());
+        fs::remove_file(link).unwrap();
+    }
+    // The volume still works, and the file's own mode can be set.
+    assert!(wait_until(Duration::from_secs(3), || {
+        fs::set_permissions(m.path(&names[0]), fs::Permissions::from_mode(0o604)).is_ok()
+    }));
+    assert_eq!(fs::metadata(m.path(&names[0])).unwrap().mode() & 0o777, 0o604);
+    assert_eq!(fs::read(m.path(&names[0])).unwrap(), b"inside");
+}

@@ -204,6 +204,10 @@ impl VolumeSession {
 
 /// Runs the command line and returns the process exit code.
 pub fn main() -> i32 {
+    // Before any passphrase is read and while the process has one thread: no core dumps or
+    // inspection by other users, and passphrases out of the environment block.
+    crate::harden::make_undumpable();
+    passphrase::take_from_environment();
     if let Some(code) = mount_helper::main_if_invoked() {
         return code;
     }

@@ -314,7 +314,7 @@ fn mount_as_helper(args: &HelperArgs) -> std::result::Result<(), Failure> {
     if args.fake {
         mount::check(&request, &pass).map_err(Failure::Mount)
     } else {
-        mount::mount(request, &pass).map_err(Failure::Mount)
+        mount::mount(request, pass).map_err(Failure::Mount)
     }
 }
 
@@ -326,7 +326,7 @@ fn obtain_passphrase(file: Option<&Path>, keystore: &Path) -> Result<Passphrase>
         warn_if_exposed(&path);
         return passphrase::from_file(&path);
     }
-    if std::env::var_os("KMSFS_PASSPHRASE").is_none() && !std::io::stdin().is_terminal() {
+    if !passphrase::in_environment("KMSFS_PASSPHRASE") && !std::io::stdin().is_terminal() {
         return Err(Error::InvalidArgument(
             "no passphrase: add passphrase_file=PATH to the mount options (a root-owned file, mode 0600)"
                 .into(),

@@ -87,7 +87,7 @@ pub fn run_mount(g: &Global, args: MountArgs) -> Result<()> {
         foreground: args.foreground,
         options: args.options,
     };
-    mount::mount(request, &pass)
+    mount::mount(request, pass)
 }
 
 pub fn run_file(g: &Global, cmd: FileCmd) -> Result<()> {

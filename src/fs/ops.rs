@@ -3,10 +3,10 @@
 
 use std::ffi::{CString, OsStr};
 use std::io;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, DirEntryExt, MetadataExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -32,6 +32,54 @@ fn cpath(path: &Path) -> FsResult<CString> {
 enum Target {
     Path(CString),
     Fd(Arc<super::OpenFile>),
+}
+
+/// chmod of `path` that never follows a symlink in its last component (as gocryptfs,
+/// glibc's fchmodat(AT_SYMLINK_NOFOLLOW) and qemu's 9p server do it): open it with
+/// `O_PATH | O_NOFOLLOW` (needs no read permission and opens no device), check on the
+/// descriptor that it is not a symlink, and chmod `/proc/self/fd/N`, which names exactly the
+/// inode opened (`fchmod` does not take O_PATH descriptors). A symlink found there is left
+/// alone: ELOOP.
+fn chmod_nofollow(path: &CString, mode: u32) -> FsResult<()> {
+    let fd = open_nofollow(path, libc::O_PATH)?;
+    // SAFETY: fstat fills a zeroed stat for an open descriptor.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    check(unsafe { libc::fstat(fd.as_raw_fd(), &mut st) })?;
+    if st.st_mode & libc::S_IFMT == libc::S_IFLNK {
+        return Err(Errno::ELOOP);
+    }
+    let proc_path = cpath(&proc_fd_path(&fd))?;
+    // SAFETY: NUL-terminated path.
+    check(unsafe { libc::chmod(proc_path.as_ptr(), mode) })
+}
+
+/// Opens `path` with `flags | O_NOFOLLOW | O_CLOEXEC`.
+fn open_nofollow(path: &CString, flags: libc::c_int) -> FsResult<OwnedFd> {
+    // SAFETY: NUL-terminated path; the descriptor returned is owned below.
+    let fd = unsafe { libc::open(path.as_ptr(), flags | libc::O_NOFOLLOW | libc::O_CLOEXEC) };
+    if fd < 0 {
+        return Err(io_errno(io::Error::last_os_error()));
+    }
+    // SAFETY: a new descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// A backing directory opened without following a symlink in its last component, and the
+/// `/proc/self/fd/N` path that names exactly that directory for path-taking APIs (read_dir,
+/// read, remove_file): renaming it away and putting a symlink in its place changes nothing
+/// for them.
+struct PinnedDir {
+    _fd: OwnedFd,
+    path: PathBuf,
+}
+
+fn pin_dir(path: &Path) -> FsResult<PinnedDir> {
+    let fd = open_nofollow(&cpath(path)?, libc::O_PATH | libc::O_DIRECTORY)?;
+    Ok(PinnedDir { path: proc_fd_path(&fd), _fd: fd })
+}
+
+fn proc_fd_path(fd: &OwnedFd) -> PathBuf {
+    PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()))
 }
 
 fn check(rc: libc::c_int) -> FsResult<()> {
@@ -101,11 +149,14 @@ impl KmsFs {
         if let Some(size) = size {
             self.truncate(req, ino, fh, size)?;
         }
+        // None of these follows a symlink in the last component of the backing path, which a
+        // writer of the cipher directory may put there after the stat above: chmod goes
+        // through an O_PATH descriptor, chown is lchown, utimensat has AT_SYMLINK_NOFOLLOW.
         if let Some(mode) = mode.filter(|_| !meta.file_type().is_symlink()) {
-            check(match &target {
-                Target::Path(p) => unsafe { libc::chmod(p.as_ptr(), mode & 0o7777) },
-                Target::Fd(of) => unsafe { libc::fchmod(of.file.as_raw_fd(), mode & 0o7777) },
-            })?;
+            match &target {
+                Target::Path(p) => chmod_nofollow(p, mode & 0o7777)?,
+                Target::Fd(of) => check(unsafe { libc::fchmod(of.file.as_raw_fd(), mode & 0o7777) })?,
+            }
         }
         if uid.is_some() || gid.is_some() {
             let (u, g) = (uid.unwrap_or(u32::MAX), gid.unwrap_or(u32::MAX));
@@ -362,7 +413,7 @@ impl KmsFs {
         }
         let saved = empty_out(path)?;
         std::fs::remove_dir(path).map_err(|e| {
-            restore(path, saved);
+            restore(saved);
             io_errno(e)
         })
     }
@@ -391,13 +442,15 @@ impl KmsFs {
             && !flags.contains(RenameFlags::RENAME_NOREPLACE)
             && moved.is_dir()
             && replaced.as_ref().is_some_and(|m| m.is_dir() && m.ino() != moved.ino());
-        let saved = if replaces_dir { empty_out(&to.path)? } else { Vec::new() };
+        let saved = if replaces_dir { Some(empty_out(&to.path)?) } else { None };
         self.write_sidecar(&to.path, &to.stored)?;
         let (c_from, c_to) = (cpath(&from.path)?, cpath(&to.path)?);
         if let Err(e) = check(unsafe {
             libc::renameat2(libc::AT_FDCWD, c_from.as_ptr(), libc::AT_FDCWD, c_to.as_ptr(), flags.bits())
         }) {
-            restore(&to.path, saved);
+            if let Some(saved) = saved {
+                restore(saved);
+            }
             if replaced.is_none() {
                 self.remove_sidecar(&to.path, &to.stored);
             }
@@ -448,7 +501,8 @@ impl KmsFs {
         let parent = self.inodes.parent(ino.0).unwrap_or(ROOT_INO);
         let mut entries =
             vec![(ino.0, FileType::Directory, ".".into()), (parent, FileType::Directory, "..".into())];
-        for entry in std::fs::read_dir(&*path).map_err(io_errno)? {
+        let pinned = pin_dir(&path)?;
+        for entry in std::fs::read_dir(&pinned.path).map_err(io_errno)? {
             let entry = entry.map_err(io_errno)?;
             let Some(name) = self.plain_name(&state, &path, &entry.file_name()) else { continue };
             let kind = entry.file_type().ok().and_then(FileType::from_std).unwrap_or(FileType::RegularFile);
@@ -666,9 +720,10 @@ impl Filesystem for KmsFs {
     }
 
     fn fsyncdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
-        let result = self
-            .backing(ino)
-            .and_then(|path| std::fs::File::open(&*path).and_then(|d| d.sync_all()).map_err(io_errno));
+        let result = self.backing(ino).and_then(|path| {
+            let dir = open_nofollow(&cpath(&path)?, libc::O_RDONLY | libc::O_DIRECTORY)?;
+            check(unsafe { libc::fsync(dir.as_raw_fd()) })
+        });
         reply!(reply, result, |_| reply.ok());
     }
 
@@ -744,28 +799,46 @@ impl Filesystem for KmsFs {
 }
 
 /// Removes kmsfs's own files from a backing directory that holds no user entry (else
-/// ENOTEMPTY) and returns them, to be put back if what follows fails.
-fn empty_out(path: &Path) -> FsResult<Vec<(std::ffi::OsString, Vec<u8>)>> {
+/// ENOTEMPTY) and returns them, to be put back if what follows fails. Works on the directory
+/// as opened, so a symlink swapped in for it cannot send the reads and removals elsewhere.
+fn empty_out(path: &Path) -> FsResult<Emptied> {
+    let dir = pin_dir(path)?;
     let mut internal = Vec::new();
-    for entry in std::fs::read_dir(path).map_err(io_errno)? {
+    for entry in std::fs::read_dir(&dir.path).map_err(io_errno)? {
         let name = entry.map_err(io_errno)?.file_name();
         match crate::volume::dirnames::classify(&name) {
             crate::volume::dirnames::BackingEntry::Internal => internal.push(name),
             _ => return Err(Errno::ENOTEMPTY),
         }
     }
-    let saved: Vec<_> =
-        internal.into_iter().map(|n| (n.clone(), std::fs::read(path.join(&n)).unwrap_or_default())).collect();
+    let saved: Vec<_> = internal
+        .into_iter()
+        .map(|n| {
+            let bytes = crate::volume::open_noatime(&dir.path.join(&n), false)
+                .and_then(|mut f| {
+                    let mut bytes = Vec::new();
+                    std::io::Read::read_to_end(&mut f, &mut bytes).map(|_| bytes)
+                })
+                .unwrap_or_default();
+            (n, bytes)
+        })
+        .collect();
     for (name, _) in &saved {
-        let _ = std::fs::remove_file(path.join(name));
+        let _ = std::fs::remove_file(dir.path.join(name));
     }
-    Ok(saved)
+    Ok(Emptied { dir, saved })
 }
 
-/// Puts back what [`empty_out`] removed.
-fn restore(path: &Path, saved: Vec<(std::ffi::OsString, Vec<u8>)>) {
-    for (name, bytes) in saved {
-        let _ = crate::volume::write_atomically(&path.join(name), &bytes, 0o644);
+/// What [`empty_out`] removed, and from which directory (as opened).
+struct Emptied {
+    dir: PinnedDir,
+    saved: Vec<(std::ffi::OsString, Vec<u8>)>,
+}
+
+/// Puts back what [`empty_out`] removed, into the same directory.
+fn restore(emptied: Emptied) {
+    for (name, bytes) in emptied.saved {
+        let _ = crate::volume::write_atomically(&emptied.dir.path.join(name), &bytes, 0o644);
     }
 }
 

@@ -11,7 +11,7 @@ pub mod schema;
 
 use std::fs::OpenOptions;
 use std::io::ErrorKind;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -108,6 +108,14 @@ impl Keystore {
                 return Err(Error::NotAKeystore {
                     path: path.to_path_buf(),
                     reason: "it is not a regular file".into(),
+                })
+            }
+            // The passphrase is all that protects it; a file others may read invites offline
+            // guessing, one others may write lets them re-enable keys or rewrite policies.
+            Ok(m) if m.permissions().mode() & 0o077 != 0 => {
+                return Err(Error::InsecureKeystore {
+                    path: path.to_path_buf(),
+                    mode: m.permissions().mode() & 0o7777,
                 })
             }
             Ok(_) => {}

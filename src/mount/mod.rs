@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use fuser::{MountOption, SessionACL};
+use zeroize::Zeroizing;
 
 use crate::crypto::SecretKey;
 use crate::error::{Error, Result};
@@ -47,9 +48,12 @@ struct Prepared {
 }
 
 /// Mounts a volume. In the background (default) this returns when the mount is ready;
-/// with `foreground` it returns when the volume is unmounted.
-pub fn mount(request: MountRequest, passphrase: &[u8]) -> Result<()> {
-    let prepared = prepare(&request, passphrase)?;
+/// with `foreground` it returns when the volume is unmounted. The passphrase is taken by
+/// value and zeroized once the keystore is unlocked: the daemon forked below never returns
+/// to the caller's frame, so a borrowed copy would live on in its memory.
+pub fn mount(request: MountRequest, passphrase: Zeroizing<Vec<u8>>) -> Result<()> {
+    let prepared = prepare(&request, &passphrase)?;
+    drop(passphrase);
     if request.foreground {
         serve(prepared, |ready| {
             if ready.is_ok() {
@@ -327,6 +331,12 @@ fn serve(p: Prepared, ready: impl FnOnce(std::result::Result<(), String>)) -> Re
 }
 
 fn serve_inner(p: Prepared, report: &mut dyn FnMut(std::result::Result<(), String>)) -> Result<()> {
+    // Before the master keys are unwrapped; the root key already in memory is covered too.
+    // Memory locks are not inherited across fork, so this runs in the serving process.
+    match crate::harden::lock_memory() {
+        Ok(()) => log::info!("memory locked (mlockall): key material stays out of swap"),
+        Err(why) => log::warn!("{why}"),
+    }
     let signals = daemon::block_termination_signals();
     let clock: Arc<dyn Clock> = Arc::new(SystemClock::from_env().map_err(Error::InvalidArgument)?);
     let me = Principal::current_process();

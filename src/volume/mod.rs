@@ -115,25 +115,38 @@ pub fn new_volume_id() -> String {
 
 /// Replaces `path` with `bytes` so that a crash leaves the old or the new contents, never a
 /// mix: write a temporary file, fsync it, rename it over, fsync the directory.
+///
+/// The temporary name is unique per call and unpredictable (process id, a counter and random
+/// bytes), and the temporary file is created with `O_CREAT | O_EXCL | O_NOFOLLOW`: a file or
+/// symlink someone planted under that name makes the write fail and is left alone, instead of
+/// being truncated or followed (a root daemon would otherwise write through it).
 pub fn write_atomically(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
     // Unique per call: threads of one mount may write the same file at once.
     static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let unique = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let dir = path.parent().unwrap_or(Path::new("."));
     let name = path.file_name().unwrap_or_default().to_string_lossy();
-    let tmp = dir.join(format!(".{name}.tmp-{}-{unique}", std::process::id()));
-    let result = (|| -> std::io::Result<()> {
-        let mut f =
-            std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(mode).open(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)?;
-        std::fs::File::open(dir)?.sync_all()
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
+    let random = hex(&crypto::random_bytes::<6>());
+    let tmp = dir.join(format!(".{name}.tmp-{}-{unique}-{random}", std::process::id()));
+    write_via_temp(path, &tmp, bytes, mode)
+        .map_err(|e| Error::io(format!("cannot write {}", path.display()), e))
+}
+
+/// [`write_atomically`] through the temporary file `tmp`, which must not exist yet. Removes
+/// `tmp` on failure only if this call created it.
+fn write_via_temp(path: &Path, tmp: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(tmp)?;
+    let written = f.write_all(bytes).and_then(|()| f.sync_all()).and_then(|()| std::fs::rename(tmp, path));
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(tmp);
+        return Err(e);
     }
-    result.map_err(|e| Error::io(format!("cannot write {}", path.display()), e))
+    std::fs::File::open(path.parent().unwrap_or(Path::new(".")))?.sync_all()
 }
 
 /// A managed-key alias name derived from a directory name: alias characters only.
@@ -204,4 +217,51 @@ pub fn init_volume(
     dirmeta::DirMeta::new(&default_key_id, true, &iv, &root_names).save(&cipher_dir)?;
     config.save(&cipher_dir)?;
     Ok(config)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn a_symlink_planted_at_the_temporary_name_is_neither_followed_nor_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, b"not yours").unwrap();
+        std::fs::set_permissions(&victim, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let target = dir.path().join("kmsfs.dir");
+        std::fs::write(&target, b"old").unwrap();
+        for (tmp_name, points_to) in
+            [(".kmsfs.dir.tmp-planted", victim.clone()), (".kmsfs.dir.tmp-dangling", dir.path().join("new"))]
+        {
+            let tmp = dir.path().join(tmp_name);
+            std::os::unix::fs::symlink(&points_to, &tmp).unwrap();
+            let err = write_via_temp(&target, &tmp, b"written through", 0o644).unwrap_err();
+            assert_eq!(err.kind(), std::io::ErrorKind::AlreadyExists, "{tmp_name}: {err}");
+            assert_eq!(std::fs::read_link(&tmp).unwrap(), points_to, "the planted link is left alone");
+        }
+        assert_eq!(std::fs::read(&victim).unwrap(), b"not yours", "the link's target is not written");
+        let mode = std::fs::metadata(&victim).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        assert!(!dir.path().join("new").exists(), "nothing is created through a dangling link");
+        assert_eq!(std::fs::read(&target).unwrap(), b"old", "the file to replace is unchanged");
+
+        // A plain file planted there is not truncated either.
+        let tmp = dir.path().join(".kmsfs.dir.tmp-file");
+        std::fs::write(&tmp, b"planted").unwrap();
+        assert!(write_via_temp(&target, &tmp, b"x", 0o644).is_err());
+        assert_eq!(std::fs::read(&tmp).unwrap(), b"planted");
+    }
+
+    #[test]
+    fn write_atomically_replaces_and_leaves_no_temporary_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("kmsfs.volume");
+        write_atomically(&target, b"one", 0o644).unwrap();
+        write_atomically(&target, b"two", 0o644).unwrap();
+        assert_eq!(std::fs::read(&target).unwrap(), b"two");
+        let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("kmsfs.volume")]);
+    }
 }

@@ -25,6 +25,8 @@ pub struct Mounted {
     mnt: PathBuf,
     log: PathBuf,
     options: Vec<String>,
+    /// RUST_LOG of the daemon.
+    rust_log: String,
     child: Option<Child>,
 }
 
@@ -35,6 +37,11 @@ impl Mounted {
 
     /// Mounts with `-o OPT,...` (e.g. `allow_other`).
     pub fn with_options(options: &[&str]) -> Self {
+        Self::with_log_level(options, "info")
+    }
+
+    /// Mounts with `-o OPT,...` and the daemon's RUST_LOG set to `level` (e.g. `debug`).
+    pub fn with_log_level(options: &[&str], level: &str) -> Self {
         let env = TestEnv::new();
         let key_id = env.create_key("alias/vol");
         let cipher = env.path("cipher");
@@ -52,6 +59,7 @@ impl Mounted {
             mnt,
             log,
             options: options.iter().map(|s| s.to_string()).collect(),
+            rust_log: level.to_string(),
             child: None,
         };
         m.start();
@@ -71,7 +79,7 @@ impl Mounted {
         let child = self
             .env
             .cmd(&args)
-            .env("RUST_LOG", "info")
+            .env("RUST_LOG", &self.rust_log)
             .stdout(Stdio::from(log.try_clone().unwrap()))
             .stderr(Stdio::from(log))
             .spawn()
