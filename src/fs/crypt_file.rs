@@ -44,7 +44,7 @@ impl CryptFile<'_> {
 
     /// An empty file must hold exactly its sealed empty last block: a file cut down to its
     /// header (or to any length between) is damage, not an empty file.
-    fn check_empty(&self) -> io::Result<()> {
+    pub fn check_empty(&self) -> io::Result<()> {
         let mut sealed = [0u8; SEAL_OVERHEAD];
         if self.file.metadata()?.len() != cipher_size(0)
             || self.file.read_exact_at(&mut sealed, block_offset(0)).is_err()
