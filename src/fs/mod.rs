@@ -195,7 +195,7 @@ impl KmsFs {
             let path = entry_path.with_file_name(sidecar);
             crate::volume::write_atomically(&path, full.as_bytes(), 0o644).map_err(|e| {
                 log::warn!("cannot write {}: {e}", path.display());
-                Errno::EIO
+                kms_errno(e) // EIO, or ENOSPC/EDQUOT when out of space
             })?;
         }
         Ok(())
