@@ -273,6 +273,19 @@ impl KmsFs {
         Ok(self.attr(ino, &meta, Some(path)))
     }
 
+    /// `entry` for an object this request has just created (see `InodeTable::created`).
+    fn new_entry(
+        &self,
+        parent: INodeNo,
+        stored: &StoredName,
+        plain: &OsStr,
+        path: &Path,
+    ) -> FsResult<FileAttr> {
+        let meta = std::fs::symlink_metadata(path).map_err(io_errno)?;
+        self.inodes.created(self.inodes.fuse_ino(meta.ino()));
+        self.entry(parent, stored, plain, path)
+    }
+
     /// Gives a new backing object to the calling user when the daemon runs as root.
     /// In a setgid directory the group is the directory's (which the backing filesystem
     /// already gave it), as POSIX says.
