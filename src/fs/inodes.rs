@@ -49,11 +49,15 @@ impl InodeTable {
     /// removed object's number to the next new one, and the kernel may still hold the removed
     /// one under that number (a directory someone has open or is in): the new object then
     /// gets a new generation, so the kernel takes it for a new inode instead of reviving the
-    /// removed one (a removed directory refuses every create in it with ENOENT).
+    /// removed one (a removed directory refuses every create in it with ENOENT). The names
+    /// recorded for the number are the removed object's: they go now, not when the thread
+    /// removing it gets round to `unlinked` (until then they would lead to a path that is
+    /// gone: ENOENT for the new object).
     pub fn created(&self, ino: u64) {
         let mut map = self.inner.write().expect("inode table lock");
         if let Some(node) = map.get_mut(&ino) {
             node.generation = self.next_generation.fetch_add(1, Ordering::Relaxed);
+            node.names.clear();
         }
     }
 
@@ -189,11 +193,14 @@ mod tests {
         t.created(20); // a new object nobody knew: nothing to tell apart
         t.remember(20, ROOT_INO, n("old"), n("Old"));
         assert_eq!(t.generation(20), 0);
-        t.unlinked(20, ROOT_INO, n("old")); // removed; the kernel still holds it
-        t.created(20); // the backing file system hands the number to a new object
+        // Removed (the kernel still holds it), and the number handed to a new object before
+        // the thread that removed the old one has updated the table.
+        t.created(20);
         t.remember(20, ROOT_INO, n("new"), n("New"));
         let g = t.generation(20);
         assert_ne!(g, 0);
+        assert_eq!(t.path(20).unwrap(), PathBuf::from("new"));
+        t.unlinked(20, ROOT_INO, n("old"));
         assert_eq!(t.path(20).unwrap(), PathBuf::from("new"));
         t.remember(20, ROOT_INO, n("new"), n("New")); // later lookups keep it
         assert_eq!(t.generation(20), g);
