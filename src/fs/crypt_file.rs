@@ -150,10 +150,11 @@ impl CryptFile<'_> {
 
     /// Runs `grow`, which makes a file of plaintext size `size` longer. If it fails (ENOSPC,
     /// say) after writing part of its blocks, the file is put back to its old length and last
-    /// block: a write that ran out of space must not leave a torn tail that makes the file
-    /// read as EIO.
+    /// block, byte for byte: a write that ran out of space must not leave a torn tail that
+    /// makes the file read as EIO.
     fn growing(&self, size: u64, grow: impl FnOnce() -> io::Result<()>) -> io::Result<()> {
-        let (at, len) = (block_offset(block_count(size).max(1) - 1), cipher_size(size));
+        let len = self.file.metadata()?.len();
+        let at = block_offset(block_count(size).max(1) - 1).min(len);
         let mut tail = vec![0u8; (len - at) as usize];
         let tail = self.file.read_exact_at(&mut tail, at).ok().map(|_| tail);
         let result = grow();
