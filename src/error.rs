@@ -60,6 +60,11 @@ pub enum Error {
     #[error("{0}")]
     Io(String),
 
+    /// The file system is out of space or quota (the errno, ENOSPC or EDQUOT, is kept so the
+    /// mount answers with it rather than with EIO).
+    #[error("{0}")]
+    NoSpace(String, i32),
+
     /// A check (`kmsfs fsck`) found problems that remain.
     #[error("{0}")]
     ProblemsRemain(String),
@@ -89,11 +94,15 @@ impl Error {
             Error::AccessDenied(_) => libc::EACCES,
             Error::NotFound(_) => libc::ENOENT,
             Error::InvalidArgument(_) => libc::EINVAL,
+            Error::NoSpace(_, errno) => *errno,
             _ => libc::EIO,
         }
     }
 
     pub fn io(context: impl std::fmt::Display, err: std::io::Error) -> Self {
-        Error::Io(format!("{context}: {err}"))
+        match err.raw_os_error() {
+            Some(errno @ (libc::ENOSPC | libc::EDQUOT)) => Error::NoSpace(format!("{context}: {err}"), errno),
+            _ => Error::Io(format!("{context}: {err}")),
+        }
     }
 }

@@ -44,7 +44,7 @@ impl CryptFile<'_> {
 
     /// An empty file must hold exactly its sealed empty last block: a file cut down to its
     /// header (or to any length between) is damage, not an empty file.
-    fn check_empty(&self) -> io::Result<()> {
+    pub fn check_empty(&self) -> io::Result<()> {
         let mut sealed = [0u8; SEAL_OVERHEAD];
         if self.file.metadata()?.len() != cipher_size(0)
             || self.file.read_exact_at(&mut sealed, block_offset(0)).is_err()
@@ -148,12 +148,40 @@ impl CryptFile<'_> {
         self.write_blocks(old_last, &[block], next)
     }
 
+    /// Runs `grow`, which makes a file of plaintext size `size` longer. If it fails (ENOSPC,
+    /// say) after writing part of its blocks, the file is put back to its old length and last
+    /// block, byte for byte: a write that ran out of space must not leave a torn tail that
+    /// makes the file read as EIO.
+    fn growing(&self, size: u64, grow: impl FnOnce() -> io::Result<()>) -> io::Result<()> {
+        let len = self.file.metadata()?.len();
+        let at = block_offset(block_count(size).max(1) - 1).min(len);
+        let mut tail = vec![0u8; (len - at) as usize];
+        let tail = self.file.read_exact_at(&mut tail, at).ok().map(|_| tail);
+        let result = grow();
+        if let (Err(e), Some(tail)) = (&result, tail) {
+            if let Err(r) = self.file.set_len(len).and_then(|_| self.file.write_all_at(&tail, at)) {
+                log::warn!(
+                    "{}: a write failed ({e}) and its old end could not be put back ({r})",
+                    self.label
+                );
+            }
+        }
+        result
+    }
+
     /// Writes `data` at `offset`, growing the file (with holes) as needed.
     pub fn write_at(&self, offset: u64, data: &[u8]) -> io::Result<()> {
         if data.is_empty() {
             return Ok(());
         }
         let size = self.plaintext_len()?;
+        if offset + data.len() as u64 > size {
+            return self.growing(size, || self.write_range(size, offset, data));
+        }
+        self.write_range(size, offset, data)
+    }
+
+    fn write_range(&self, size: u64, offset: u64, data: &[u8]) -> io::Result<()> {
         let end = offset + data.len() as u64;
         let new_size = size.max(end);
         let first = offset / BLOCK_SIZE;
@@ -195,11 +223,16 @@ impl CryptFile<'_> {
             return self.file.set_len(cipher_size(new_size));
         }
         // Growing: the old last block loses its flag, the new last block is zeros.
-        self.retire_last_block(size, new_last)?;
-        let mut block =
-            if block_count(size) == new_last + 1 { self.existing_block(new_last, size)? } else { Vec::new() };
-        block.resize(keep, 0);
-        self.write_blocks(new_last, &[block], new_last)
+        self.growing(size, || {
+            self.retire_last_block(size, new_last)?;
+            let mut block = if block_count(size) == new_last + 1 {
+                self.existing_block(new_last, size)?
+            } else {
+                Vec::new()
+            };
+            block.resize(keep, 0);
+            self.write_blocks(new_last, &[block], new_last)
+        })
     }
 }
 

@@ -75,7 +75,7 @@ impl KmsFs {
         let (names_key, blob) = self.keyring.generate_data_key(access, key_id, &ctx).map_err(kms_errno)?;
         DirMeta::new(key_id, explicit, &iv, &blob).save(dir).map_err(|e| {
             log::warn!("{}: cannot write directory metadata: {e}", access.path);
-            Errno::EIO
+            kms_errno(e) // EIO, or ENOSPC/EDQUOT when out of space
         })?;
         let state = Arc::new(DirState { key_id: key_id.to_string(), names: DirNames::new(&names_key, &iv) });
         self.dir_states.write().expect("dir states lock").insert(ino, state.clone());

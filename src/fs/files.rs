@@ -150,7 +150,14 @@ impl KmsFs {
             kms_errno(e)
         })?;
         let cipher = found.data_key.cipher();
-        Ok(FileKey { file_id: found.header.file_id, cipher, key_id: found.wrapped_by.key_id })
+        let key = FileKey { file_id: found.header.file_id, cipher, key_id: found.wrapped_by.key_id };
+        // The kernel never asks to read a file whose size is 0, so a file cut down to its bare
+        // header (or to anything shorter than the empty block) is caught here, at open.
+        let crypt = CryptFile { file, cipher: &key.cipher, file_id: &key.file_id, label: access.path };
+        if crypt.plaintext_len().map_err(io_errno)? == 0 {
+            crypt.check_empty().map_err(io_errno)?;
+        }
+        Ok(key)
     }
 
     /// Gives a new file its data key under `key_id` and writes its header.

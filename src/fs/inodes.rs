@@ -9,6 +9,7 @@
 use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::RwLock;
 
 pub const ROOT_INO: u64 = 1;
@@ -27,18 +28,42 @@ struct Inode {
     names: Vec<Name>,
     /// The kernel's lookup count: the entry goes when it drops to zero.
     lookups: u64,
+    /// FUSE generation: (inode number, generation) must name one object for the kernel.
+    generation: u64,
 }
 
 pub struct InodeTable {
     backing_root_ino: u64,
     inner: RwLock<HashMap<u64, Inode>>,
+    next_generation: AtomicU64,
 }
 
 impl InodeTable {
     pub fn new(backing_root_ino: u64) -> Self {
         let mut map = HashMap::new();
-        map.insert(ROOT_INO, Inode { names: Vec::new(), lookups: 1 });
-        InodeTable { backing_root_ino, inner: RwLock::new(map) }
+        map.insert(ROOT_INO, Inode { names: Vec::new(), lookups: 1, generation: 0 });
+        InodeTable { backing_root_ino, inner: RwLock::new(map), next_generation: AtomicU64::new(1) }
+    }
+
+    /// This mount just created a backing object numbered `ino`. Backing file systems hand a
+    /// removed object's number to the next new one, and the kernel may still hold the removed
+    /// one under that number (a directory someone has open or is in): the new object then
+    /// gets a new generation, so the kernel takes it for a new inode instead of reviving the
+    /// removed one (a removed directory refuses every create in it with ENOENT). The names
+    /// recorded for the number are the removed object's: they go now, not when the thread
+    /// removing it gets round to `unlinked` (until then they would lead to a path that is
+    /// gone: ENOENT for the new object).
+    pub fn created(&self, ino: u64) {
+        let mut map = self.inner.write().expect("inode table lock");
+        if let Some(node) = map.get_mut(&ino) {
+            node.generation = self.next_generation.fetch_add(1, Ordering::Relaxed);
+            node.names.clear();
+        }
+    }
+
+    /// The generation to report with `ino`.
+    pub fn generation(&self, ino: u64) -> u64 {
+        self.inner.read().expect("inode table lock").get(&ino).map_or(0, |n| n.generation)
     }
 
     /// The FUSE inode number for a backing `st_ino`.
@@ -159,5 +184,27 @@ mod tests {
         t.forget(12, 1);
         assert_eq!(t.path(12), None);
         assert_eq!(t.path(ROOT_INO).unwrap(), PathBuf::from(""));
+    }
+
+    #[test]
+    fn a_number_reused_while_the_kernel_holds_it_gets_a_new_generation() {
+        let t = InodeTable::new(500);
+        let n = OsStr::new;
+        t.created(20); // a new object nobody knew: nothing to tell apart
+        t.remember(20, ROOT_INO, n("old"), n("Old"));
+        assert_eq!(t.generation(20), 0);
+        // Removed (the kernel still holds it), and the number handed to a new object before
+        // the thread that removed the old one has updated the table.
+        t.created(20);
+        t.remember(20, ROOT_INO, n("new"), n("New"));
+        let g = t.generation(20);
+        assert_ne!(g, 0);
+        assert_eq!(t.path(20).unwrap(), PathBuf::from("new"));
+        t.unlinked(20, ROOT_INO, n("old"));
+        assert_eq!(t.path(20).unwrap(), PathBuf::from("new"));
+        t.remember(20, ROOT_INO, n("new"), n("New")); // later lookups keep it
+        assert_eq!(t.generation(20), g);
+        assert!(!t.forget(20, 2));
+        assert!(t.forget(20, 1));
     }
 }

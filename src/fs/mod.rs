@@ -195,7 +195,7 @@ impl KmsFs {
             let path = entry_path.with_file_name(sidecar);
             crate::volume::write_atomically(&path, full.as_bytes(), 0o644).map_err(|e| {
                 log::warn!("cannot write {}: {e}", path.display());
-                Errno::EIO
+                kms_errno(e) // EIO, or ENOSPC/EDQUOT when out of space
             })?;
         }
         Ok(())
@@ -271,6 +271,19 @@ impl KmsFs {
         let ino = self.inodes.fuse_ino(meta.ino());
         self.inodes.remember(ino, parent.0, stored.entry(), plain);
         Ok(self.attr(ino, &meta, Some(path)))
+    }
+
+    /// `entry` for an object this request has just created (see `InodeTable::created`).
+    fn new_entry(
+        &self,
+        parent: INodeNo,
+        stored: &StoredName,
+        plain: &OsStr,
+        path: &Path,
+    ) -> FsResult<FileAttr> {
+        let meta = std::fs::symlink_metadata(path).map_err(io_errno)?;
+        self.inodes.created(self.inodes.fuse_ino(meta.ino()));
+        self.entry(parent, stored, plain, path)
     }
 
     /// Gives a new backing object to the calling user when the daemon runs as root.

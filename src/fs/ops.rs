@@ -20,7 +20,6 @@ use super::files::DirHandle;
 use super::inodes::ROOT_INO;
 use super::{io_errno, FsResult, KmsFs, TTL};
 
-const GEN: Generation = Generation(0);
 /// Largest read and write the kernel sends in one request.
 const MAX_IO: u32 = 1 << 20;
 
@@ -237,6 +236,7 @@ impl KmsFs {
             self.create_backing_file(req, &c, mode & !umask, &self.display_child(parent, name))?;
         let meta = file.metadata().map_err(io_errno)?;
         let ino = self.inodes.fuse_ino(meta.ino());
+        self.inodes.created(ino);
         self.inodes.remember(ino, parent.0, c.stored.entry(), name);
         let attr = self.attr(ino, &meta, None);
         let label = self.display_path(ino);
@@ -329,7 +329,7 @@ impl KmsFs {
             self.remove_sidecar(&c.path, &c.stored);
             return Err(e);
         }
-        self.entry(parent, &c.stored, name, &c.path)
+        self.new_entry(parent, &c.stored, name, &c.path)
     }
 
     fn do_mknod(
@@ -354,7 +354,7 @@ impl KmsFs {
             }
             self.chown_new(req, &c.path)?;
         }
-        self.entry(parent, &c.stored, name, &c.path)
+        self.new_entry(parent, &c.stored, name, &c.path)
     }
 
     fn do_symlink(&self, req: &Request, parent: INodeNo, name: &OsStr, target: &Path) -> FsResult<FileAttr> {
@@ -370,7 +370,7 @@ impl KmsFs {
             return Err(io_errno(e));
         }
         self.chown_new(req, &c.path)?;
-        self.entry(parent, &c.stored, name, &c.path)
+        self.new_entry(parent, &c.stored, name, &c.path)
     }
 
     fn do_readlink(&self, ino: INodeNo) -> FsResult<Vec<u8>> {
@@ -541,6 +541,16 @@ macro_rules! reply {
     };
 }
 
+impl KmsFs {
+    fn generation(&self, attr: &FileAttr) -> Generation {
+        Generation(self.inodes.generation(attr.ino.0))
+    }
+
+    fn reply_entry(&self, reply: ReplyEntry, result: FsResult<FileAttr>) {
+        reply!(reply, result, |a| reply.entry(&TTL, &a, self.generation(&a)));
+    }
+}
+
 impl Filesystem for KmsFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> io::Result<()> {
         let _ = config.set_max_write(MAX_IO);
@@ -549,7 +559,7 @@ impl Filesystem for KmsFs {
     }
 
     fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        reply!(reply, self.do_lookup(req, parent, name), |a| reply.entry(&TTL, &a, GEN));
+        self.reply_entry(reply, self.do_lookup(req, parent, name));
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
@@ -598,11 +608,11 @@ impl Filesystem for KmsFs {
         rdev: u32,
         reply: ReplyEntry,
     ) {
-        reply!(reply, self.do_mknod(req, parent, name, mode, umask, rdev), |a| reply.entry(&TTL, &a, GEN));
+        self.reply_entry(reply, self.do_mknod(req, parent, name, mode, umask, rdev));
     }
 
     fn mkdir(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, reply: ReplyEntry) {
-        reply!(reply, self.do_mkdir(req, parent, name, mode, umask), |a| reply.entry(&TTL, &a, GEN));
+        self.reply_entry(reply, self.do_mkdir(req, parent, name, mode, umask));
     }
 
     fn unlink(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
@@ -614,7 +624,7 @@ impl Filesystem for KmsFs {
     }
 
     fn symlink(&self, req: &Request, parent: INodeNo, link_name: &OsStr, target: &Path, reply: ReplyEntry) {
-        reply!(reply, self.do_symlink(req, parent, link_name, target), |a| reply.entry(&TTL, &a, GEN));
+        self.reply_entry(reply, self.do_symlink(req, parent, link_name, target));
     }
 
     fn rename(
@@ -631,7 +641,7 @@ impl Filesystem for KmsFs {
     }
 
     fn link(&self, req: &Request, ino: INodeNo, newparent: INodeNo, newname: &OsStr, reply: ReplyEntry) {
-        reply!(reply, self.do_link(req, ino, newparent, newname), |a| reply.entry(&TTL, &a, GEN));
+        self.reply_entry(reply, self.do_link(req, ino, newparent, newname));
     }
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
@@ -778,7 +788,7 @@ impl Filesystem for KmsFs {
         reply!(reply, self.do_create(req, parent, name, mode, umask, flags), |(attr, fh)| reply.created(
             &TTL,
             &attr,
-            GEN,
+            self.generation(&attr),
             FileHandle(fh),
             FopenFlags::empty()
         ));

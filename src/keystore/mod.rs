@@ -129,7 +129,21 @@ impl Keystore {
         if app_id != schema::APPLICATION_ID {
             return Err(not_a_keystore("it is an SQLite database of another application".into()));
         }
+        // SQLite writes whole pages; reads past the end of a cut file come back as zeros.
+        let page_size: u32 = ks.conn.pragma_query_value(None, "page_size", |r| r.get(0))?;
+        let page_size = u64::from(page_size);
+        let len = std::fs::metadata(path)
+            .map_err(|e| Error::io(format!("cannot open {}", path.display()), e))?
+            .len();
+        if page_size > 0 && len % page_size != 0 {
+            return Err(ks.corrupt(format!(
+                "its length ({len} bytes) is not a whole number of {page_size}-byte pages: it was cut short"
+            )));
+        }
         let version = ks.schema_version()?;
+        if version < 0 {
+            return Err(ks.corrupt(format!("its schema version {version} is not a valid version")));
+        }
         if version > schema::current_version() {
             return Err(Error::CorruptKeystore {
                 path: path.to_path_buf(),

@@ -251,6 +251,10 @@ pub struct VerifyReport {
 
 /// Walks the whole chain and reports every place where it does not hold.
 pub fn verify(conn: &Connection, key: &SecretKey) -> Result<VerifyReport> {
+    // The rows and the head from one snapshot (one read transaction): an event appended in
+    // between, by a mount or another command, must not look like a cut tail.
+    let snapshot = conn.unchecked_transaction()?;
+    let conn: &Connection = &snapshot;
     let mut problems = Vec::new();
     let mut stmt = conn.prepare(&format!("SELECT {COLUMNS} FROM audit ORDER BY seq"))?;
     let mut rows = stmt.query([])?;

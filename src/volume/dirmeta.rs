@@ -67,7 +67,8 @@ impl DirMeta {
             .with("kmsfs:purpose", "names")
     }
 
-    fn parse(text: &str) -> Option<DirMeta> {
+    /// Parses one metadata copy; `None` if it is not well-formed.
+    pub fn parse(text: &str) -> Option<DirMeta> {
         let meta: DirMeta = serde_json::from_str(text).ok()?;
         (meta.format == "kmsfs-dir"
             && meta.version == 1

@@ -57,8 +57,13 @@ impl VolumeConfig {
             }
             Err(e) => return Err(Error::io(format!("cannot read {}", path.display()), e)),
         };
+        Self::parse(&text, &path)
+    }
+
+    /// Parses and checks the text of a `kmsfs.volume` file (`path` names it in errors).
+    pub fn parse(text: &str, path: &Path) -> Result<VolumeConfig> {
         let bad = |why: String| Error::InvalidArgument(format!("{} is damaged: {why}", path.display()));
-        let config: VolumeConfig = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
+        let config: VolumeConfig = serde_json::from_str(text).map_err(|e| bad(e.to_string()))?;
         if config.format != "kmsfs-volume" {
             return Err(bad(format!("format is '{}', not 'kmsfs-volume'", config.format)));
         }

@@ -37,14 +37,24 @@ impl Mounted {
 
     /// Mounts with `-o OPT,...` (e.g. `allow_other`).
     pub fn with_options(options: &[&str]) -> Self {
-        Self::with_log_level(options, "info")
+        Self::build(options, None, "info")
     }
 
     /// Mounts with `-o OPT,...` and the daemon's RUST_LOG set to `level` (e.g. `debug`).
     pub fn with_log_level(options: &[&str], level: &str) -> Self {
+        Self::build(options, None, level)
+    }
+
+    /// Mounts a volume whose cipher directory is `parent/cipher` (e.g. on a small tmpfs), with
+    /// the keystore, mount point and log in the usual temporary directory.
+    pub fn with_cipher_parent(parent: &Path) -> Self {
+        Self::build(&[], Some(parent), "info")
+    }
+
+    fn build(options: &[&str], cipher_parent: Option<&Path>, level: &str) -> Self {
         let env = TestEnv::new();
         let key_id = env.create_key("alias/vol");
-        let cipher = env.path("cipher");
+        let cipher = cipher_parent.map(|p| p.join("cipher")).unwrap_or_else(|| env.path("cipher"));
         env.ok(&["volume", "init", cipher.to_str().unwrap(), "--key", "alias/vol"]);
         let mnt = env.path("mnt");
         std::fs::create_dir(&mnt).unwrap();
