@@ -185,8 +185,26 @@ impl Default for KdfParams {
 }
 
 impl KdfParams {
-    /// Checks the parameters against argon2's own limits, with a readable message.
+    /// Upper bounds: far above any sensible cost (minutes on a fast machine), low enough
+    /// that a keystore edited to absurd costs is refused instead of hanging every command.
+    pub const MAX_MEMORY_KIB: u32 = 4 * 1024 * 1024;
+    pub const MAX_ITERATIONS: u32 = 100;
+    pub const MAX_PARALLELISM: u32 = 64;
+
+    /// Checks the parameters against argon2's own limits and kmsfs's upper bounds, with a
+    /// readable message.
     pub fn validate(&self) -> Result<(), String> {
+        if self.memory_kib > Self::MAX_MEMORY_KIB
+            || self.iterations > Self::MAX_ITERATIONS
+            || self.parallelism > Self::MAX_PARALLELISM
+        {
+            return Err(format!(
+                "argon2 parameters out of range ({self:?}; at most {} KiB, {} iterations, {} lanes)",
+                Self::MAX_MEMORY_KIB,
+                Self::MAX_ITERATIONS,
+                Self::MAX_PARALLELISM
+            ));
+        }
         argon2::Params::new(self.memory_kib, self.iterations, self.parallelism, Some(KEY_LEN))
             .map(|_| ())
             .map_err(|e| format!("invalid argon2 parameters ({self:?}): {e}"))
@@ -195,6 +213,7 @@ impl KdfParams {
 
 /// Derives a key from a passphrase with argon2id.
 pub fn derive_key(passphrase: &[u8], salt: &[u8], params: KdfParams) -> Result<SecretKey, String> {
+    params.validate()?;
     let argon_params =
         argon2::Params::new(params.memory_kib, params.iterations, params.parallelism, Some(KEY_LEN))
             .map_err(|e| format!("invalid argon2 parameters: {e}"))?;

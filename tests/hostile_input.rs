@@ -286,6 +286,12 @@ fn malformed_keystores_are_refused_clearly_without_panic_or_hang() {
             false,
         ),
         (
+            // 4,000,000 argon2 passes would take days: refused, not waited for.
+            "kdf iterations absurdly high".into(),
+            sql("UPDATE meta SET value = X'34303030303030' WHERE name = 'kdf_iterations';"),
+            false,
+        ),
+        (
             "kdf cost of the wrong type".into(),
             sql("UPDATE meta SET value = 'lots' WHERE name = 'kdf_memory_kib';"),
             false,
