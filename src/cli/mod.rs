@@ -182,14 +182,11 @@ impl VolumeSession {
     pub fn open(global: &Global, cipher_dir: &std::path::Path) -> Result<VolumeSession> {
         let config = crate::volume::VolumeConfig::load(cipher_dir)?;
         let session = Session::open(global)?;
-        if session.kms.keystore().keystore_id()? != config.keystore_id {
-            return Err(Error::InvalidArgument(format!(
-                "volume {} belongs to keystore {}, not to {}",
-                cipher_dir.display(),
-                config.keystore_id,
-                global.keystore_path().display()
-            )));
-        }
+        config.require_keystore(
+            cipher_dir,
+            &global.keystore_path(),
+            &session.kms.keystore().keystore_id()?,
+        )?;
         let me = session.me.clone();
         let (ring, writer) = session.into_ring(&global.keystore_path())?;
         Ok(VolumeSession { config, me, ring, writer })

@@ -144,15 +144,7 @@ fn prepare(request: &MountRequest, passphrase: &[u8]) -> Result<Prepared> {
     let keystore = std::fs::canonicalize(&request.keystore).unwrap_or_else(|_| request.keystore.clone());
     let ks = Keystore::open(&keystore)?;
     let root = ks.unlock(passphrase)?;
-    let keystore_id = ks.keystore_id()?;
-    if keystore_id != config.keystore_id {
-        return Err(Error::InvalidArgument(format!(
-            "volume {} belongs to keystore {}, but {} is keystore {keystore_id}; pass the right --keystore",
-            cipher_dir.display(),
-            config.keystore_id,
-            keystore.display()
-        )));
-    }
+    config.require_keystore(&cipher_dir, &keystore, &ks.keystore_id()?)?;
     let (mount_options, acl, read_only) = parse_options(&request.options, &cipher_dir)?;
     Ok(Prepared { cipher_dir, mountpoint, keystore, config, root, mount_options, acl, read_only })
 }

@@ -85,6 +85,20 @@ impl VolumeConfig {
         write_atomically(&Self::path(cipher_dir), text.as_bytes(), 0o644)
     }
 
+    /// Refuses a keystore other than the one this volume's keys live in (`keystore_id` is
+    /// that of the keystore at `keystore`).
+    pub fn require_keystore(&self, cipher_dir: &Path, keystore: &Path, keystore_id: &str) -> Result<()> {
+        if keystore_id == self.keystore_id {
+            return Ok(());
+        }
+        Err(Error::InvalidArgument(format!(
+            "volume {} belongs to keystore {}, but {} is keystore {keystore_id}; pass the right --keystore",
+            cipher_dir.display(),
+            self.keystore_id,
+            keystore.display()
+        )))
+    }
+
     /// The encryption context a file's data key is bound to: this volume and this file.
     pub fn file_context(&self, file_id: &[u8]) -> EncryptionContext {
         EncryptionContext::new().with("kmsfs:volume", &self.volume_id).with("kmsfs:file", &hex(file_id))
