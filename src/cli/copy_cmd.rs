@@ -72,19 +72,18 @@ pub fn run(g: &Global, args: CopyArgs) -> Result<()> {
                 g.json,
             )?;
             let keystore_id = session.kms.keystore().keystore_id()?;
-            let me = session.me.clone();
-            let (ring, writer) = session.into_ring(path)?;
-            Some((keystore_id, me, ring, writer))
+            Some((keystore_id, session.into_ring(path)?))
         }
         _ => None,
     };
-    let (dst_ring, dst_me, dst_keystore_id) = match &dst_session {
-        Some((id, me, ring, _)) => (ring, me, id.clone()),
-        None => (&src.ring, &src.me, src.config.keystore_id.clone()),
+    let (dst_keys, dst_keystore_id) = match &dst_session {
+        Some((id, keys)) => (keys, id.clone()),
+        None => (&src.keys, src.config.keystore_id.clone()),
     };
+    let (dst_ring, dst_me) = (&dst_keys.ring, &dst_keys.me);
     let to_key = args.to_key.as_deref().map(|k| dst_ring.resolve(k)).transpose()?;
     let now = crate::kms::SystemClock::from_env().map_err(Error::InvalidArgument)?.now_secs();
-    let src_side = Side { ring: &src.ring, caller: &src.me, config: &src.config };
+    let src_side = Side { ring: &src.keys.ring, caller: &src.keys.me, config: &src.config };
     let mut config =
         destination_config(&src_side, dst_ring, dst_me, &dst_keystore_id, to_key.as_deref(), now)?;
     if let Some(name) = &args.name {
@@ -98,11 +97,10 @@ pub fn run(g: &Global, args: CopyArgs) -> Result<()> {
     let dst_side = Side { ring: dst_ring, caller: dst_me, config: &config };
     let report = Copier::new(src_side, dst_side, to_key, &mut progress).run(&source, &destination);
     bar.finish();
-    if let Some((_, _, ring, writer)) = dst_session {
-        drop(ring);
-        writer.finish();
+    if let Some((_, keys)) = dst_session {
+        keys.close();
     }
-    src.close();
+    src.keys.close();
     let report = report?;
     if g.json {
         output::json(&report);

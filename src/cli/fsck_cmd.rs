@@ -105,9 +105,9 @@ fn check(g: &Global, cipher_dir: &Path, options: FsckOptions) -> Result<FsckRepo
             format!("{} files, {} directories, {} MiB checked", r.files, r.directories, r.bytes_checked >> 20)
         })
     };
-    let report = Fsck::new(&v.ring, &v.me, &v.config, options, &mut progress).run(&cipher_dir);
+    let report = Fsck::new(&v.keys.ring, &v.keys.me, &v.config, options, &mut progress).run(&cipher_dir);
     bar.finish();
-    v.close();
+    v.keys.close();
     Ok(report)
 }
 

@@ -155,27 +155,39 @@ impl Session {
         Ok(Session { kms, me, json })
     }
 
-    /// Turns the session into a key ring like a mount's (for walks over many files), with
-    /// its audit events written by a background writer.
-    pub fn into_ring(
-        self,
-        path: &std::path::Path,
-    ) -> Result<(crate::kms::keyring::KeyRing, crate::kms::audit_writer::AuditWriter)> {
+    /// Turns the session (of the keystore at `path`) into a key ring like a mount's, for
+    /// walks over many files, with its audit events written by a background writer.
+    pub fn into_ring(self, path: &std::path::Path) -> Result<RingSession> {
         let Session { kms, me, .. } = self;
         let (root, clock) = (kms.root_key().clone(), Arc::clone(kms.clock()));
-        let (sink, writer) = crate::kms::audit_writer::AuditWriter::spawn(kms, me)
+        let (sink, writer) = crate::kms::audit_writer::AuditWriter::spawn(kms, me.clone())
             .map_err(|e| Error::io("audit writer", e))?;
-        Ok((crate::kms::keyring::KeyRing::open(path, root, clock, sink)?, writer))
+        let ring = crate::kms::keyring::KeyRing::open(path, root, clock, sink)?;
+        Ok(RingSession { me, ring, writer })
     }
 }
 
-/// An unmounted volume opened for a walk over its cipher directory (`rewrap`, `fsck`):
-/// its configuration, a key ring like a mount's, and the audit writer behind it.
-pub struct VolumeSession {
-    pub config: crate::volume::VolumeConfig,
+/// A key ring for a walk over many files, and the audit writer behind it.
+pub struct RingSession {
     pub me: Principal,
     pub ring: crate::kms::keyring::KeyRing,
     writer: crate::kms::audit_writer::AuditWriter,
+}
+
+impl RingSession {
+    /// Flushes the audit trail of the walk: the ring (holding the writer's sink) goes first,
+    /// so that the writer sees the end of its channel.
+    pub fn close(self) {
+        drop(self.ring);
+        self.writer.finish();
+    }
+}
+
+/// An unmounted volume opened for a walk over its cipher directory (`rewrap`, `fsck`,
+/// `volume copy`): its configuration and a key ring of its keystore.
+pub struct VolumeSession {
+    pub config: crate::volume::VolumeConfig,
+    pub keys: RingSession,
 }
 
 impl VolumeSession {
@@ -187,15 +199,7 @@ impl VolumeSession {
             &global.keystore_path(),
             &session.kms.keystore().keystore_id()?,
         )?;
-        let me = session.me.clone();
-        let (ring, writer) = session.into_ring(&global.keystore_path())?;
-        Ok(VolumeSession { config, me, ring, writer })
-    }
-
-    /// Flushes the audit trail of the walk.
-    pub fn close(self) {
-        drop(self.ring);
-        self.writer.finish();
+        Ok(VolumeSession { config, keys: session.into_ring(&global.keystore_path())? })
     }
 }
 

@@ -95,12 +95,12 @@ fn rewrap_offline(
     progress: &mut dyn FnMut(&RewrapReport),
 ) -> Result<RewrapReport> {
     let v = VolumeSession::open(g, cipher_dir)?;
-    let to_key = to_key.map(|k| v.ring.resolve(k)).transpose()?;
-    let start = resolve_dir(&v.ring, &v.me, &v.config, cipher_dir, rel)?;
+    let (ring, me) = (&v.keys.ring, &v.keys.me);
+    let to_key = to_key.map(|k| ring.resolve(k)).transpose()?;
+    let start = resolve_dir(ring, me, &v.config, cipher_dir, rel)?;
     let plain_start = format!("/{}", rel.display());
-    let report =
-        Rewrapper::new(&v.ring, &v.me, &v.config, to_key, progress).run(cipher_dir, &start, &plain_start);
-    v.close();
+    let report = Rewrapper::new(ring, me, &v.config, to_key, progress).run(cipher_dir, &start, &plain_start);
+    v.keys.close();
     report
 }
 
