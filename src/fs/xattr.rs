@@ -26,18 +26,8 @@ fn last_errno() -> Errno {
 }
 
 /// Calls an xattr syscall that fills a buffer, growing the buffer until it fits.
-fn read_into(mut call: impl FnMut(*mut libc::c_void, usize) -> isize) -> FsResult<Vec<u8>> {
-    let needed = call(std::ptr::null_mut(), 0);
-    if needed < 0 {
-        return Err(last_errno());
-    }
-    let mut buf = vec![0u8; needed as usize + 256];
-    let got = call(buf.as_mut_ptr().cast(), buf.len());
-    if got < 0 {
-        return Err(last_errno());
-    }
-    buf.truncate(got as usize);
-    Ok(buf)
+fn read_into(call: impl FnMut(*mut libc::c_void, usize) -> isize) -> FsResult<Vec<u8>> {
+    crate::volume::os::read_growing(call).map_err(super::io_errno)
 }
 
 /// Where an xattr call goes: the backing path, or the open fd of an unlinked file.

@@ -19,6 +19,7 @@ use base64::Engine;
 
 use super::dirmeta::DirMeta;
 use super::dirnames::{DirNames, EntryName, SIDECAR_SUFFIX};
+use super::os::read_growing;
 use super::rewrap::unwrap_header;
 use super::{open_noatime, VolumeConfig};
 use crate::error::{Error, Result};
@@ -120,10 +121,7 @@ impl<'a> Copier<'a> {
         if self.report.errors.is_empty() {
             self.dst.config.save(dst_dir)?;
         }
-        if let Ok(f) = File::open(dst_dir) {
-            // SAFETY: syncfs on an open descriptor.
-            unsafe { libc::syncfs(f.as_raw_fd()) };
-        }
+        super::os::sync_filesystem(dst_dir);
         self.report.seconds = began.elapsed().as_secs_f64();
         Ok(self.report)
     }
@@ -314,34 +312,17 @@ fn copy_attributes(src: &Path, dst: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
+/// The `user.` xattrs of `path` (kmsfs's encrypted ones); none where listing fails.
 fn xattr_names(path: &Path) -> std::io::Result<Vec<Vec<u8>>> {
     let c = CString::new(path.as_os_str().as_bytes())?;
-    // SAFETY: a size query, then a fill of a buffer of the length passed.
-    let size = unsafe { libc::llistxattr(c.as_ptr(), std::ptr::null_mut(), 0) };
-    if size <= 0 {
-        return Ok(Vec::new());
-    }
-    let mut buf = vec![0u8; size as usize];
-    let n = unsafe { libc::llistxattr(c.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
-    if n < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    buf.truncate(n as usize);
-    Ok(buf.split(|&b| b == 0).filter(|n| n.starts_with(b"user.")).map(<[u8]>::to_vec).collect())
+    // SAFETY: a NUL-terminated path and a buffer of the length passed.
+    let list =
+        read_growing(|buf, len| unsafe { libc::llistxattr(c.as_ptr(), buf.cast(), len) }).unwrap_or_default();
+    Ok(list.split(|&b| b == 0).filter(|n| n.starts_with(b"user.")).map(<[u8]>::to_vec).collect())
 }
 
 fn xattr_value(path: &Path, name: &[u8]) -> std::io::Result<Vec<u8>> {
     let (c, n) = (CString::new(path.as_os_str().as_bytes())?, CString::new(name)?);
-    // SAFETY: as in xattr_names.
-    let size = unsafe { libc::lgetxattr(c.as_ptr(), n.as_ptr(), std::ptr::null_mut(), 0) };
-    if size < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    let mut buf = vec![0u8; size as usize];
-    let got = unsafe { libc::lgetxattr(c.as_ptr(), n.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
-    if got < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    buf.truncate(got as usize);
-    Ok(buf)
+    // SAFETY: NUL-terminated strings and a buffer of the length passed.
+    read_growing(|buf, len| unsafe { libc::lgetxattr(c.as_ptr(), n.as_ptr(), buf, len) })
 }

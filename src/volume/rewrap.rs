@@ -245,10 +245,7 @@ impl<'a> Rewrapper<'a> {
         self.directory(start, plain_start, true);
         // One sync at the end instead of one per file: a crash before it loses only new
         // slots, and the old ones are still there.
-        if let Ok(f) = File::open(start) {
-            // SAFETY: syncfs on an open descriptor.
-            unsafe { libc::syncfs(std::os::fd::AsRawFd::as_raw_fd(&f)) };
-        }
+        super::os::sync_filesystem(start);
         self.report.seconds = began.elapsed().as_secs_f64();
         Ok(self.report)
     }
