@@ -17,10 +17,7 @@ impl KmsFs {
     /// `setfattr -n user.kmsfs.key -v KEY DIR`: the directory's names key is re-wrapped
     /// under KEY (names stay as they are) and new files and subdirectories use KEY.
     pub(super) fn set_dir_key(&self, access: Access<'_>, ino: INodeNo, key_ref: &str) -> FsResult<()> {
-        let key_id = self.keyring.resolve(key_ref).map_err(|e| {
-            log::info!("{}: set-key {key_ref}: {e}", access.path);
-            Errno::EINVAL
-        })?;
+        let key_id = self.resolve_target(access, "set-key", key_ref)?;
         self.rewrap_directory(access, ino, Some(&key_id), true)
     }
 
@@ -30,10 +27,7 @@ impl KmsFs {
     pub(super) fn rewrap_inode(&self, access: Access<'_>, ino: INodeNo, key_ref: &str) -> FsResult<()> {
         let to_key = match key_ref {
             "" => None,
-            k => Some(self.keyring.resolve(k).map_err(|e| {
-                log::info!("{}: rewrap to {k}: {e}", access.path);
-                Errno::EINVAL
-            })?),
+            k => Some(self.resolve_target(access, "rewrap to", k)?),
         };
         let (meta, path) = self.stat_ino(ino)?;
         if meta.is_dir() {
@@ -81,6 +75,14 @@ impl KmsFs {
             self.dir_states.write().expect("dir states lock").insert(ino.0, state);
         }
         Ok(())
+    }
+
+    /// The key id a control attribute names; an unknown key is EINVAL (the CLI says so).
+    fn resolve_target(&self, access: Access<'_>, what: &str, key_ref: &str) -> FsResult<String> {
+        self.keyring.resolve(key_ref).map_err(|e| {
+            log::info!("{}: {what} {key_ref}: {e}", access.path);
+            Errno::EINVAL
+        })
     }
 
     fn rewrap_errno(&self, access: Access<'_>, e: Error) -> Errno {
