@@ -77,9 +77,8 @@ struct Volume {
 impl Volume {
     fn new() -> Self {
         let env = TestEnv::new();
-        env.create_key("alias/vol");
         let cipher = env.path("cipher");
-        env.ok(&["volume", "init", cipher.to_str().unwrap(), "--key", "alias/vol"]);
+        env.init_volume(&cipher);
         let mnt = env.path("mnt");
         fs::create_dir(&mnt).unwrap();
         let pass_file = env.path("passphrase");

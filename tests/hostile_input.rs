@@ -235,9 +235,8 @@ fn cut_to(len: u64) -> Damage {
 fn malformed_keystores_are_refused_clearly_without_panic_or_hang() {
     // A good keystore with a key and a volume under it, checkpointed into one file.
     let env = TestEnv::new();
-    env.create_key("alias/vol");
     let cipher = env.path("cipher");
-    env.ok(&["volume", "init", cipher.to_str().unwrap(), "--key", "alias/vol"]);
+    env.init_volume(&cipher);
     {
         let conn = rusqlite::Connection::open(&env.keystore).unwrap();
         conn.pragma_update(None, "journal_mode", "DELETE").unwrap();

@@ -126,9 +126,8 @@ fn mode_of(path: &Path) -> u32 {
 #[test]
 fn a_keystore_that_others_can_read_or_write_is_refused() {
     let env = TestEnv::new();
-    env.create_key("alias/vol");
     let cipher = env.path("cipher");
-    env.ok(&["volume", "init", cipher.to_str().unwrap(), "--key", "alias/vol"]);
+    env.init_volume(&cipher);
     let mnt = env.path("mnt");
     fs::create_dir(&mnt).unwrap();
     let _guard = MountGuard::new(&mnt);

@@ -70,6 +70,13 @@ impl TestEnv {
         self.ok(&["key", "create", "--alias", alias]).trim().to_string()
     }
 
+    /// The customer key `alias/vol` and a volume under it in `cipher`; returns the key id.
+    pub fn init_volume(&self, cipher: &Path) -> String {
+        let key_id = self.create_key("alias/vol");
+        self.ok(&["volume", "init", cipher.to_str().unwrap(), "--key", "alias/vol"]);
+        key_id
+    }
+
     pub fn json(&self, args: &[&str]) -> serde_json::Value {
         let mut all = vec!["--json"];
         all.extend_from_slice(args);

@@ -53,9 +53,8 @@ impl Mounted {
 
     fn build(options: &[&str], cipher_parent: Option<&Path>, level: &str) -> Self {
         let env = TestEnv::new();
-        let key_id = env.create_key("alias/vol");
         let cipher = cipher_parent.map(|p| p.join("cipher")).unwrap_or_else(|| env.path("cipher"));
-        env.ok(&["volume", "init", cipher.to_str().unwrap(), "--key", "alias/vol"]);
+        let key_id = env.init_volume(&cipher);
         let mnt = env.path("mnt");
         std::fs::create_dir(&mnt).unwrap();
         // mountinfo lists canonical paths.
