@@ -45,7 +45,7 @@ usage: mount.fuse.kmsfs CIPHERDIR MOUNTPOINT [-sfnv] [-o OPT[,OPT...]]
 
 kmsfs options:   keystore=PATH, passphrase_file=PATH (a root-owned file, mode 0600)
 mount options:   allow_other, allow_root, ro, rw, nosuid, suid, nodev, dev, noexec, exec,
-                 noatime, atime, sync, async
+                 noatime, atime, sync, async, writeback_cache
 ignored:         defaults, auto, noauto, nofail, _netdev, user, users, nouser, user=NAME,
                  owner, group, comment=..., x-*, X-*
 

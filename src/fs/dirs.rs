@@ -43,13 +43,16 @@ impl KmsFs {
             return Ok(state);
         }
         let dir = self.backing(ino)?;
-        let copies = DirMeta::load_copies(&dir).map_err(|e| {
-            log::warn!("{}: {e}; answering EIO", access.path);
-            Errno::EIO
-        })?;
-        if copies.is_empty() {
-            return self.repair_dir_meta(access, ino, &dir);
-        }
+        let copies = match DirMeta::load_copies(&dir) {
+            Ok(copies) if !copies.is_empty() => copies,
+            Ok(_) => return self.repair_dir_meta(access, ino, &dir),
+            Err(e) => {
+                // Both copies torn: a crash during the mkdir that wrote them. Only an empty
+                // directory gets new ones (repair refuses with EIO when it holds entries).
+                log::warn!("{}: {e}", access.path);
+                return self.repair_dir_meta(access, ino, &dir);
+            }
+        };
         let keys =
             DirMeta::unwrap_any(&copies, &self.keyring, access, &self.config.volume_id).map_err(|e| {
                 log::warn!("{}: {e}", access.path);
@@ -73,7 +76,7 @@ impl KmsFs {
         let iv_hex = crate::keystore::hex(&iv);
         let ctx = DirMeta::context(&self.config.volume_id, &iv_hex);
         let (names_key, blob) = self.keyring.generate_data_key(access, key_id, &ctx).map_err(kms_errno)?;
-        DirMeta::new(key_id, explicit, &iv, &blob).save(dir).map_err(|e| {
+        DirMeta::new(key_id, explicit, &iv, &blob).save_new(dir).map_err(|e| {
             log::warn!("{}: cannot write directory metadata: {e}", access.path);
             kms_errno(e) // EIO, or ENOSPC/EDQUOT when out of space
         })?;
@@ -82,8 +85,8 @@ impl KmsFs {
         Ok(state)
     }
 
-    /// A directory without metadata: its creation was interrupted (kill -9 between mkdir and
-    /// the metadata write). If it holds nothing, give it fresh metadata under its parent's
+    /// A directory without (readable) metadata: its creation was interrupted (kill -9 between
+    /// mkdir and the metadata write, or during it). If it holds nothing, give it fresh metadata under its parent's
     /// key; otherwise its names cannot be read, and only this directory reports EIO.
     fn repair_dir_meta(&self, access: Access<'_>, ino: INodeNo, dir: &Path) -> FsResult<Arc<DirState>> {
         if self.options.read_only {
@@ -99,14 +102,17 @@ impl KmsFs {
             });
         if holds_entries || ino.0 == super::inodes::ROOT_INO {
             log::warn!(
-                "{}: directory metadata is missing and the directory is not empty; answering EIO",
+                "{}: directory metadata is missing or damaged and the directory is not empty; answering EIO",
                 access.path
             );
             return Err(Errno::EIO);
         }
         let parent = self.inodes.parent(ino.0).ok_or(Errno::EIO)?;
         let key_id = self.parent_key(access, INodeNo(parent))?;
-        log::warn!("{}: directory metadata was missing (interrupted mkdir); recreated it", access.path);
+        log::warn!(
+            "{}: directory metadata was missing or torn (interrupted mkdir); recreated it",
+            access.path
+        );
         self.create_dir_meta(access, ino.0, dir, &key_id, false)
     }
 

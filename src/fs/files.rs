@@ -1,14 +1,13 @@
 //! Open files: one backing fd and one data key per inode, shared by all its handles and
 //! zeroized when the last handle closes.
 
-use std::ffi::OsString;
 use std::fs::File;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, RwLock};
 
-use fuser::{Errno, FileType, INodeNo, Request};
+use fuser::{Errno, INodeNo, Request};
 
 use super::crypt_file::CryptFile;
 use super::{io_errno, kms_errno, FsResult, KmsFs};
@@ -56,11 +55,6 @@ pub struct Handle {
     pub append: bool,
 }
 
-/// A snapshot of a directory, taken at opendir and served to readdir.
-pub struct DirHandle {
-    pub entries: Vec<(u64, FileType, OsString)>,
-}
-
 /// Opens a backing file read-write if possible (so every handle can share it), else
 /// read-only.
 fn open_backing(path: &Path, read_only_mount: bool) -> FsResult<(File, bool)> {
@@ -101,6 +95,7 @@ impl KmsFs {
             return Ok(of);
         }
         let path = self.backing(ino)?;
+        self.read_siblings_ahead(ino.0, &path);
         let (file, writable) = open_backing(&path, self.options.read_only)?;
         let key = self.load_key(ino, &file, writable, access)?;
         let fresh = Arc::new(OpenFile { file, writable, key, lock: RwLock::new(()), label });
@@ -108,6 +103,14 @@ impl KmsFs {
         let (of, n) = map.entry(ino.0).or_insert_with(|| (fresh, 0));
         *n += 1;
         Ok(of.clone())
+    }
+
+    /// Tells the read-ahead which file of its directory is being opened.
+    fn read_siblings_ahead(&self, ino: u64, path: &super::BPath) {
+        let (Some(prefetch), true) = (&self.prefetch, path.is_direct()) else { return };
+        if let (Some((dir, stored)), Some(dir_path)) = (self.inodes.first_name(ino), path.parent()) {
+            prefetch.opening(dir, dir_path, &stored);
+        }
     }
 
     /// Drops one reference; the last one closes the fd and zeroizes the data key.

@@ -129,6 +129,12 @@ impl InodeTable {
         Some(parts.iter().rev().collect())
     }
 
+    /// The directory `ino` was (first) looked up in, and its name there (as stored).
+    pub fn first_name(&self, ino: u64) -> Option<(u64, OsString)> {
+        let map = self.inner.read().expect("inode table lock");
+        map.get(&ino)?.names.first().map(|n| (n.parent, n.stored.clone()))
+    }
+
     /// The directory `ino` was (first) looked up in.
     pub fn parent(&self, ino: u64) -> Option<u64> {
         let map = self.inner.read().expect("inode table lock");

@@ -8,9 +8,12 @@ pub mod crypt_file;
 mod dirs;
 mod files;
 pub mod inodes;
+mod listing;
 pub mod names;
 mod ops;
+mod prefetch;
 mod rewrap;
+mod trash;
 mod xattr;
 
 use std::collections::HashMap;
@@ -30,21 +33,35 @@ use crate::kms::Principal;
 use crate::volume::dirnames;
 use crate::volume::VolumeConfig;
 use dirnames::{EntryName, StoredName};
-use files::{DirHandle, Handle, OpenFile};
+use files::{Handle, OpenFile};
 use inodes::InodeTable;
+use listing::DirHandle;
 use names::NameCipher;
 use std::os::fd::AsRawFd;
 
-/// How long the kernel may cache attributes and names. Short, because admin commands and
-/// other processes may change the backing directory underneath.
-pub const TTL: Duration = Duration::from_secs(1);
+/// How long the kernel may cache attributes and names. Every change made through the mount
+/// updates or invalidates the kernel's copy itself, so this bounds only how long a change
+/// made beside the mount (in the cipher directory itself, which is not supported while
+/// mounted) can go unseen, and how long a name already looked up stays visible to `stat`
+/// after its directory's key is disabled: opens, creates and listings are refused at once.
+/// Not short, because every expiry costs a LOOKUP round trip per name when the name is used
+/// again (gocryptfs uses 1 s, securefs 30 s): 10 s covers the gap between a listing and the
+/// use of its names in `find | xargs cat`, `rm -rf` and `ls -l`, which readdirplus answers
+/// with attributes, and bounds how long a name seen to change type underneath the mount
+/// stays unusable.
+pub const TTL: Duration = Duration::from_secs(10);
 
 pub type FsResult<T> = Result<T, Errno>;
 
 /// Mount-time choices.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Copy, Default)]
 pub struct FsOptions {
     pub read_only: bool,
+    /// `-o writeback_cache`: the kernel gathers writes in its page cache and sends them at
+    /// writeback, close and fsync (faster small-file and streaming writes), at a price: a
+    /// write that runs out of space or fails is reported by the close or fsync after it, not
+    /// by the write itself, and a daemon killed before a close loses what was not yet sent.
+    pub writeback_cache: bool,
 }
 
 pub struct KmsFs {
@@ -73,6 +90,25 @@ pub struct KmsFs {
     /// Running as root (e.g. with allow_other): new files belong to the caller.
     chown_to_caller: bool,
     options: FsOptions,
+    /// What the kernel agreed to at INIT.
+    kernel: KernelFeatures,
+    /// Where removed entries go to be removed for good in the background (`None` when
+    /// mounted read-only, or if it cannot be created: then removals are direct).
+    trash: Option<trash::Trash>,
+    /// Reads the next files of a directory ahead while they are opened in listing order.
+    prefetch: Option<prefetch::Prefetcher>,
+}
+
+/// Kernel features that change what the filesystem must do itself.
+#[derive(Debug, Clone, Copy, Default)]
+struct KernelFeatures {
+    /// Writes gather in the kernel's page cache and arrive as large WRITEs at writeback, at
+    /// offsets the kernel chose: the kernel applies O_APPEND itself.
+    writeback_cache: bool,
+    /// The kernel leaves clearing set-user-ID and set-group-ID bits on write and truncate to
+    /// the filesystem (FUSE_HANDLE_KILLPRIV_V2), and so need not ask for
+    /// `security.capability` (a GETXATTR round trip) before every write.
+    kill_privs: bool,
 }
 
 impl KmsFs {
@@ -85,6 +121,12 @@ impl KmsFs {
     ) -> std::io::Result<KmsFs> {
         let root_meta = std::fs::metadata(&root)?;
         let root_fd = Arc::new(std::fs::File::open(&root)?.into());
+        let trash = match options.read_only {
+            true => None,
+            false => trash::Trash::open(&root)
+                .inspect_err(|e| log::warn!("no background removal ({e}); removing files directly"))
+                .ok(),
+        };
         Ok(KmsFs {
             dir_states: RwLock::new(HashMap::new()),
             dir_loading: Mutex::new(()),
@@ -102,6 +144,11 @@ impl KmsFs {
             next_fh: AtomicU64::new(1),
             chown_to_caller: unsafe { libc::geteuid() } == 0,
             options,
+            kernel: KernelFeatures::default(),
+            trash,
+            prefetch: prefetch::Prefetcher::start()
+                .inspect_err(|e| log::warn!("no read-ahead across files ({e})"))
+                .ok(),
         })
     }
 
@@ -301,6 +348,40 @@ impl KmsFs {
         Ok(())
     }
 
+    /// Removes a backing file (or an emptied directory): into the trash if there is one.
+    fn discard(&self, path: &Path) -> FsResult<()> {
+        match &self.trash {
+            Some(trash) => trash.put(path),
+            None if std::fs::symlink_metadata(path).is_ok_and(|m| m.is_dir()) => std::fs::remove_dir(path),
+            None => std::fs::remove_file(path),
+        }
+        .map_err(io_errno)
+    }
+
+    /// Runs `op`; if it runs out of space while removed files are still being freed in the
+    /// background, waits for that and runs it once more (XFS does the same with its
+    /// background inode freeing). `op` must leave nothing behind when it fails, as every
+    /// request here does.
+    fn with_space<T>(&self, op: impl Fn() -> FsResult<T>) -> FsResult<T> {
+        match op() {
+            Err(e) if e == Errno::ENOSPC || e == Errno::EDQUOT => match &self.trash {
+                Some(trash) if trash.busy() => {
+                    trash.wait_empty();
+                    op()
+                }
+                _ => Err(e),
+            },
+            other => other,
+        }
+    }
+
+    /// Waits until removed files have been freed (before `statfs`, so `df` after `rm` is true).
+    fn settle_removals(&self) {
+        if let Some(trash) = &self.trash {
+            trash.wait_empty();
+        }
+    }
+
     fn check_writable(&self) -> FsResult<()> {
         if self.options.read_only {
             Err(Errno::EROFS)
@@ -342,6 +423,12 @@ pub struct BPath {
 }
 
 impl BPath {
+    /// Whether the path names its object directly, not through a directory descriptor
+    /// (which is valid only while this value lives).
+    fn is_direct(&self) -> bool {
+        self._dir.is_none()
+    }
+
     fn join(&self, name: impl AsRef<Path>) -> BPath {
         BPath { path: self.path.join(name), _dir: self._dir.clone() }
     }

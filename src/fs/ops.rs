@@ -5,19 +5,18 @@ use std::ffi::{CString, OsStr};
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{DirBuilderExt, DirEntryExt, MetadataExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::SystemTime;
 
 use fuser::{
-    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, KernelConfig,
+    Errno, FileAttr, FileHandle, Filesystem, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig,
     LockOwner, OpenAccMode, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory,
-    ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request,
+    TimeOrNow, WriteFlags,
 };
 
-use super::files::DirHandle;
-use super::inodes::ROOT_INO;
 use super::{io_errno, FsResult, KmsFs, TTL};
 
 /// Largest read and write the kernel sends in one request.
@@ -67,18 +66,44 @@ fn open_nofollow(path: &CString, flags: libc::c_int) -> FsResult<OwnedFd> {
 /// `/proc/self/fd/N` path that names exactly that directory for path-taking APIs (read_dir,
 /// read, remove_file): renaming it away and putting a symlink in its place changes nothing
 /// for them.
-struct PinnedDir {
+pub(super) struct PinnedDir {
     _fd: OwnedFd,
-    path: PathBuf,
+    pub path: PathBuf,
 }
 
-fn pin_dir(path: &Path) -> FsResult<PinnedDir> {
+pub(super) fn pin_dir(path: &Path) -> FsResult<PinnedDir> {
     let fd = open_nofollow(&cpath(path)?, libc::O_PATH | libc::O_DIRECTORY)?;
     Ok(PinnedDir { path: proc_fd_path(&fd), _fd: fd })
 }
 
 fn proc_fd_path(fd: &OwnedFd) -> PathBuf {
-    PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+    proc_fd_path_raw(fd.as_raw_fd())
+}
+
+fn proc_fd_path_raw(fd: libc::c_int) -> PathBuf {
+    PathBuf::from(format!("/proc/self/fd/{fd}"))
+}
+
+/// Clears the set-user-ID bit, and the set-group-ID bit of a group-executable file, as the
+/// kernel does when an unprivileged process writes to or truncates a file (with
+/// FUSE_HANDLE_KILLPRIV_V2 the kernel leaves it to the filesystem). A backing file system
+/// does it by itself for a daemon without CAP_FSETID; this covers a daemon running as root.
+fn kill_suid_sgid(fd: &impl AsRawFd) -> FsResult<()> {
+    // SAFETY: fstat fills a zeroed stat for an open descriptor.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    check(unsafe { libc::fstat(fd.as_raw_fd(), &mut st) })?;
+    let mut kill = st.st_mode & libc::S_ISUID;
+    if st.st_mode & (libc::S_ISGID | libc::S_IXGRP) == libc::S_ISGID | libc::S_IXGRP {
+        kill |= libc::S_ISGID;
+    }
+    if kill == 0 || st.st_mode & libc::S_IFMT != libc::S_IFREG {
+        return Ok(());
+    }
+    let mode = st.st_mode & 0o7777 & !kill;
+    // fchmod does not take O_PATH descriptors; /proc/self/fd/N names exactly that inode.
+    let path = cpath(&proc_fd_path_raw(fd.as_raw_fd()))?;
+    // SAFETY: NUL-terminated path.
+    check(unsafe { libc::chmod(path.as_ptr(), mode) })
 }
 
 fn check(rc: libc::c_int) -> FsResult<()> {
@@ -109,6 +134,12 @@ fn timespec(t: Option<TimeOrNow>) -> libc::timespec {
 }
 
 impl KmsFs {
+    /// Whether this filesystem must clear set-ID bits for `req` (the kernel's test is
+    /// CAP_FSETID; the caller's uid stands in for it here).
+    fn kills_privs_for(&self, req: &Request) -> bool {
+        self.kernel.kill_privs && req.uid() != 0
+    }
+
     fn do_lookup(&self, req: &Request, parent: INodeNo, name: &OsStr) -> FsResult<FileAttr> {
         let c = self.child(req, parent, name)?;
         self.entry(parent, &c.stored, name, &c.path)
@@ -147,6 +178,12 @@ impl KmsFs {
         };
         if let Some(size) = size {
             self.truncate(req, ino, fh, size)?;
+        }
+        if size.is_some() && self.kills_privs_for(req) {
+            match &target {
+                Target::Path(p) => kill_suid_sgid(&open_nofollow(p, libc::O_PATH)?)?,
+                Target::Fd(of) => kill_suid_sgid(&of.file)?,
+            }
         }
         // None of these follows a symlink in the last component of the backing path, which a
         // writer of the cipher directory may put there after the stat above: chmod goes
@@ -209,11 +246,14 @@ impl KmsFs {
             if write && flags.0 & libc::O_TRUNC != 0 {
                 let _guard = of.lock.write().expect("file lock");
                 of.crypt().set_len(0).map_err(io_errno)?;
+                if self.kills_privs_for(req) {
+                    kill_suid_sgid(&of.file)?;
+                }
             }
             Ok(())
         })();
         match result {
-            Ok(()) => Ok(self.add_handle(ino.0, of, write, flags.0 & libc::O_APPEND != 0)),
+            Ok(()) => Ok(self.add_handle(ino.0, of, write, self.appends(flags.0))),
             Err(e) => {
                 self.release_open_file(ino.0);
                 Err(e)
@@ -248,7 +288,14 @@ impl KmsFs {
             of.clone()
         };
         let write = flags & libc::O_ACCMODE != libc::O_RDONLY;
-        Ok((attr, self.add_handle(ino, of, write, flags & libc::O_APPEND != 0)))
+        Ok((attr, self.add_handle(ino, of, write, self.appends(flags))))
+    }
+
+    /// Whether writes through a handle opened with `flags` go to the end of the file
+    /// whatever their offset. Not with the write-back cache: the kernel has applied O_APPEND
+    /// already, and a WRITE at writeback carries data of any handle.
+    fn appends(&self, flags: i32) -> bool {
+        flags & libc::O_APPEND != 0 && !self.kernel.writeback_cache
     }
 
     fn do_read(&self, fh: FileHandle, offset: u64, size: u32) -> FsResult<Vec<u8>> {
@@ -257,12 +304,15 @@ impl KmsFs {
         of.crypt().read_at(offset, size as usize).map_err(io_errno)
     }
 
-    fn do_write(&self, fh: FileHandle, offset: u64, data: &[u8]) -> FsResult<u32> {
+    fn do_write(&self, fh: FileHandle, offset: u64, data: &[u8], kill_privs: bool) -> FsResult<u32> {
         let (of, write, append) = self.handle(fh.0)?;
         if !write {
             return Err(Errno::EBADF);
         }
         let _guard = of.lock.write().expect("file lock");
+        if kill_privs {
+            kill_suid_sgid(&of.file)?;
+        }
         let crypt = of.crypt();
         // O_APPEND: the end as it is now, not as the kernel last saw it (another process
         // may have appended meanwhile).
@@ -397,19 +447,39 @@ impl KmsFs {
             self.remove_backing_dir(&c.path, &meta)?;
             self.dir_states.write().expect("dir states lock").remove(&ino);
             self.forget_cached(ino);
+            if let Some(prefetch) = &self.prefetch {
+                prefetch.forget(ino);
+            }
+        } else if meta.is_dir() {
+            return Err(Errno::EISDIR);
         } else {
-            std::fs::remove_file(&*c.path).map_err(io_errno)?;
+            self.discard(&c.path)?;
         }
         self.remove_sidecar(&c.path, &c.stored);
         self.inodes.unlinked(ino, parent.0, c.stored.entry());
         Ok(())
     }
 
-    /// rmdir of a backing directory that holds only kmsfs's own files (its metadata). If
-    /// the final rmdir fails (an entry appeared meanwhile), the metadata is put back.
+    /// rmdir of a backing directory that holds only kmsfs's own files (its metadata): into
+    /// the trash with them if there is one (the kernel holds the directory locked, so no
+    /// entry can appear in it through the mount meanwhile). Without a trash the metadata is
+    /// removed first, and put back if the final rmdir fails (an entry appeared meanwhile).
     fn remove_backing_dir(&self, path: &Path, meta: &std::fs::Metadata) -> FsResult<()> {
         if !meta.is_dir() {
             return Err(Errno::ENOTDIR);
+        }
+        if self.trash.is_some() {
+            let dir = pin_dir(path)?;
+            for entry in std::fs::read_dir(&dir.path).map_err(io_errno)? {
+                let name = entry.map_err(io_errno)?.file_name();
+                if !matches!(
+                    crate::volume::dirnames::classify(&name),
+                    crate::volume::dirnames::BackingEntry::Internal
+                ) {
+                    return Err(Errno::ENOTEMPTY);
+                }
+            }
+            return self.discard(path);
         }
         let saved = empty_out(path)?;
         std::fs::remove_dir(path).map_err(|e| {
@@ -493,37 +563,8 @@ impl KmsFs {
         self.entry(newparent, &c.stored, newname, &c.path)
     }
 
-    fn do_opendir(&self, req: &Request, ino: INodeNo) -> FsResult<u64> {
-        let caller = self.caller(req);
-        let label = self.display_path(ino.0);
-        let state = self.dir_state(Self::access(&caller, &label), ino)?;
-        let path = self.backing(ino)?;
-        let parent = self.inodes.parent(ino.0).unwrap_or(ROOT_INO);
-        let mut entries =
-            vec![(ino.0, FileType::Directory, ".".into()), (parent, FileType::Directory, "..".into())];
-        let pinned = pin_dir(&path)?;
-        for entry in std::fs::read_dir(&pinned.path).map_err(io_errno)? {
-            let entry = entry.map_err(io_errno)?;
-            let Some(name) = self.plain_name(&state, &path, &entry.file_name()) else { continue };
-            let kind = entry.file_type().ok().and_then(FileType::from_std).unwrap_or(FileType::RegularFile);
-            entries.push((self.inodes.fuse_ino(entry.ino()), kind, name));
-        }
-        let fh = self.next_fh.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        self.dirs.lock().expect("dir handles lock").insert(fh, Arc::new(DirHandle { entries }));
-        Ok(fh)
-    }
-
-    fn do_readdir(&self, fh: FileHandle, offset: u64, reply: &mut ReplyDirectory) -> FsResult<()> {
-        let dir = self.dirs.lock().expect("dir handles lock").get(&fh.0).cloned().ok_or(Errno::EBADF)?;
-        for (i, (ino, kind, name)) in dir.entries.iter().enumerate().skip(offset as usize) {
-            if reply.add(INodeNo(*ino), (i + 1) as u64, *kind, name) {
-                break;
-            }
-        }
-        Ok(())
-    }
-
     fn do_statfs(&self) -> FsResult<libc::statvfs> {
+        self.settle_removals();
         let c = cpath(&self.root)?;
         let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
         check(unsafe { libc::statvfs(c.as_ptr(), &mut st) })?;
@@ -555,6 +596,29 @@ impl Filesystem for KmsFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> io::Result<()> {
         let _ = config.set_max_write(MAX_IO);
         let _ = config.set_max_readahead(MAX_IO);
+        // Each saves round trips where the kernel offers it: listings that carry attributes
+        // (no LOOKUP per entry), lookups in one directory not serialised, symlink targets
+        // kept in the page cache (a symlink's target never changes in place).
+        // The write-back cache (when asked for: see `FsOptions::writeback_cache`) gathers
+        // small writes into large WRITEs sent in parallel, and spares the GETATTR that an
+        // invalidated size costs before every setattr; with
+        // HANDLE_KILLPRIV_V2 the kernel stops asking for `security.capability` before every
+        // write (this filesystem clears set-ID bits itself, see `kill_suid_sgid`).
+        let wanted = InitFlags::FUSE_DO_READDIRPLUS
+            | InitFlags::FUSE_PARALLEL_DIROPS
+            | InitFlags::FUSE_CACHE_SYMLINKS
+            | InitFlags::FUSE_WRITEBACK_CACHE
+            | InitFlags::FUSE_HANDLE_KILLPRIV_V2;
+        let mut granted = wanted & config.capabilities();
+        if !self.options.writeback_cache {
+            granted.remove(InitFlags::FUSE_WRITEBACK_CACHE);
+        }
+        let _ = config.add_capabilities(granted);
+        self.kernel = super::KernelFeatures {
+            writeback_cache: granted.contains(InitFlags::FUSE_WRITEBACK_CACHE),
+            kill_privs: granted.contains(InitFlags::FUSE_HANDLE_KILLPRIV_V2),
+        };
+        log::debug!("kernel features: {:?}", self.kernel);
         Ok(())
     }
 
@@ -590,7 +654,7 @@ impl Filesystem for KmsFs {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
-        let result = self.do_setattr(req, ino, mode, uid, gid, size, atime, mtime, fh);
+        let result = self.with_space(|| self.do_setattr(req, ino, mode, uid, gid, size, atime, mtime, fh));
         reply!(reply, result, |a| reply.attr(&TTL, &a));
     }
 
@@ -608,11 +672,11 @@ impl Filesystem for KmsFs {
         rdev: u32,
         reply: ReplyEntry,
     ) {
-        self.reply_entry(reply, self.do_mknod(req, parent, name, mode, umask, rdev));
+        self.reply_entry(reply, self.with_space(|| self.do_mknod(req, parent, name, mode, umask, rdev)));
     }
 
     fn mkdir(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, reply: ReplyEntry) {
-        self.reply_entry(reply, self.do_mkdir(req, parent, name, mode, umask));
+        self.reply_entry(reply, self.with_space(|| self.do_mkdir(req, parent, name, mode, umask)));
     }
 
     fn unlink(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
@@ -624,7 +688,7 @@ impl Filesystem for KmsFs {
     }
 
     fn symlink(&self, req: &Request, parent: INodeNo, link_name: &OsStr, target: &Path, reply: ReplyEntry) {
-        self.reply_entry(reply, self.do_symlink(req, parent, link_name, target));
+        self.reply_entry(reply, self.with_space(|| self.do_symlink(req, parent, link_name, target)));
     }
 
     fn rename(
@@ -637,11 +701,12 @@ impl Filesystem for KmsFs {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
-        reply!(reply, self.do_rename(req, parent, name, newparent, newname, flags), |_| reply.ok());
+        let result = self.with_space(|| self.do_rename(req, parent, name, newparent, newname, flags));
+        reply!(reply, result, |_| reply.ok());
     }
 
     fn link(&self, req: &Request, ino: INodeNo, newparent: INodeNo, newname: &OsStr, reply: ReplyEntry) {
-        self.reply_entry(reply, self.do_link(req, ino, newparent, newname));
+        self.reply_entry(reply, self.with_space(|| self.do_link(req, ino, newparent, newname)));
     }
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
@@ -669,12 +734,14 @@ impl Filesystem for KmsFs {
         fh: FileHandle,
         offset: u64,
         data: &[u8],
-        _write_flags: WriteFlags,
+        write_flags: WriteFlags,
         _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        reply!(reply, self.do_write(fh, offset, data), |n| reply.written(n));
+        let kill_privs = write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID);
+        let result = self.with_space(|| self.do_write(fh, offset, data, kill_privs));
+        reply!(reply, result, |n| reply.written(n));
     }
 
     fn flush(
@@ -685,6 +752,10 @@ impl Filesystem for KmsFs {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
+        // Nothing to do here, but answered: with the write-back cache the kernel writes a
+        // file's dirty pages at close only on the way to sending FLUSH, so a close that
+        // returned has handed every byte to the daemon (a killed daemon loses nothing
+        // closed). ENOSYS would save this round trip and lose that.
         reply.ok();
     }
 
@@ -712,6 +783,20 @@ impl Filesystem for KmsFs {
 
     fn readdir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
         match self.do_readdir(fh, offset, &mut reply) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
+        match self.do_readdirplus(fh, offset, &mut reply) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(e),
         }
@@ -760,7 +845,7 @@ impl Filesystem for KmsFs {
         _position: u32,
         reply: ReplyEmpty,
     ) {
-        reply!(reply, self.set_xattr(req, ino, name, value, flags), |_| reply.ok());
+        reply!(reply, self.with_space(|| self.set_xattr(req, ino, name, value, flags)), |_| reply.ok());
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
@@ -785,7 +870,8 @@ impl Filesystem for KmsFs {
         flags: i32,
         reply: ReplyCreate,
     ) {
-        reply!(reply, self.do_create(req, parent, name, mode, umask, flags), |(attr, fh)| reply.created(
+        let result = self.with_space(|| self.do_create(req, parent, name, mode, umask, flags));
+        reply!(reply, result, |(attr, fh)| reply.created(
             &TTL,
             &attr,
             self.generation(&attr),
@@ -804,7 +890,7 @@ impl Filesystem for KmsFs {
         mode: i32,
         reply: ReplyEmpty,
     ) {
-        reply!(reply, self.do_fallocate(fh, offset, length, mode), |_| reply.ok());
+        reply!(reply, self.with_space(|| self.do_fallocate(fh, offset, length, mode)), |_| reply.ok());
     }
 }
 

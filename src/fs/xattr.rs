@@ -112,8 +112,11 @@ impl KmsFs {
             };
         }
         if !name.starts_with("user.") {
-            // security.capability and friends: kmsfs stores none.
-            return Err(Errno::ENODATA);
+            // security.*, system.posix_acl_* and trusted.*: kmsfs supports none of these
+            // namespaces (setxattr refuses them too). ENOTSUP, not ENODATA: `ls -l` and
+            // libacl remember "not supported" for the whole file system and stop asking,
+            // where ENODATA would cost two GETXATTR round trips per file listed.
+            return Err(Errno::ENOTSUP);
         }
         let (target, _) = self.xtarget(ino)?;
         let backing = self.names.encrypt_xattr_name(name);

@@ -44,7 +44,7 @@ struct Prepared {
     root: SecretKey,
     mount_options: Vec<MountOption>,
     acl: SessionACL,
-    read_only: bool,
+    fs_options: FsOptions,
 }
 
 /// Mounts a volume. In the background (default) this returns when the mount is ready;
@@ -145,14 +145,16 @@ fn prepare(request: &MountRequest, passphrase: &[u8]) -> Result<Prepared> {
     let ks = Keystore::open(&keystore)?;
     let root = ks.unlock(passphrase)?;
     config.require_keystore(&cipher_dir, &keystore, &ks.keystore_id()?)?;
-    let (mount_options, acl, read_only) = parse_options(&request.options, &cipher_dir)?;
-    Ok(Prepared { cipher_dir, mountpoint, keystore, config, root, mount_options, acl, read_only })
+    let (mount_options, acl, fs_options) = parse_options(&request.options, &cipher_dir)?;
+    Ok(Prepared { cipher_dir, mountpoint, keystore, config, root, mount_options, acl, fs_options })
 }
 
 /// Turns `-o` options into FUSE mount options. kmsfs always mounts with
 /// default_permissions (the kernel checks Unix permissions) and, where fusermount allows
-/// it, auto_unmount (a killed daemon leaves no dead mount point behind).
-fn parse_options(options: &[String], cipher_dir: &Path) -> Result<(Vec<MountOption>, SessionACL, bool)> {
+/// it, auto_unmount (a killed daemon leaves no dead mount point behind); and noatime unless
+/// told `atime`, which says what kmsfs does: it reads its backing files with O_NOATIME and
+/// keeps no access times.
+fn parse_options(options: &[String], cipher_dir: &Path) -> Result<(Vec<MountOption>, SessionACL, FsOptions)> {
     let mut out = vec![
         MountOption::FSName(format!("kmsfs:{}", cipher_dir.display())),
         MountOption::Subtype("kmsfs".into()),
@@ -160,6 +162,8 @@ fn parse_options(options: &[String], cipher_dir: &Path) -> Result<(Vec<MountOpti
     ];
     let mut acl = SessionACL::Owner;
     let mut read_only = false;
+    let mut atime = false;
+    let mut writeback_cache = false;
     for opt in options.iter().map(|o| o.trim()).filter(|o| !o.is_empty()) {
         out.push(match opt {
             "allow_other" => {
@@ -171,6 +175,10 @@ fn parse_options(options: &[String], cipher_dir: &Path) -> Result<(Vec<MountOpti
                 continue;
             }
             "default_permissions" | "rw" => continue,
+            "writeback_cache" => {
+                writeback_cache = true;
+                continue;
+            }
             "ro" => {
                 read_only = true;
                 MountOption::RO
@@ -181,17 +189,24 @@ fn parse_options(options: &[String], cipher_dir: &Path) -> Result<(Vec<MountOpti
             "dev" => MountOption::Dev,
             "noexec" => MountOption::NoExec,
             "exec" => MountOption::Exec,
-            "noatime" => MountOption::NoAtime,
-            "atime" => MountOption::Atime,
+            "noatime" => continue,
+            "atime" => {
+                atime = true;
+                MountOption::Atime
+            }
             "sync" => MountOption::Sync,
             "async" => MountOption::Async,
             other => {
                 return Err(Error::InvalidArgument(format!(
                     "unknown mount option '{other}' (kmsfs takes allow_other, allow_root, ro, rw, \
-                     nosuid, suid, nodev, dev, noexec, exec, noatime, atime, sync, async)"
+                     nosuid, suid, nodev, dev, noexec, exec, noatime, atime, sync, async, \
+                     writeback_cache)"
                 )))
             }
         });
+    }
+    if !atime {
+        out.push(MountOption::NoAtime);
     }
     if auto_unmount_possible() {
         if acl == SessionACL::Owner {
@@ -199,7 +214,7 @@ fn parse_options(options: &[String], cipher_dir: &Path) -> Result<(Vec<MountOpti
         }
         out.push(MountOption::AutoUnmount);
     }
-    Ok((out, acl, read_only))
+    Ok((out, acl, FsOptions { read_only, writeback_cache }))
 }
 
 /// fusermount3 handles auto_unmount only together with allow_other/allow_root, which a
@@ -329,6 +344,7 @@ fn serve_inner(p: Prepared, report: &mut dyn FnMut(std::result::Result<(), Strin
         Ok(()) => log::info!("memory locked (mlockall): key material stays out of swap"),
         Err(why) => log::warn!("{why}"),
     }
+    limit_malloc_arenas();
     let signals = daemon::block_termination_signals();
     let clock: Arc<dyn Clock> = Arc::new(SystemClock::from_env().map_err(Error::InvalidArgument)?);
     let me = Principal::current_process();
@@ -337,20 +353,15 @@ fn serve_inner(p: Prepared, report: &mut dyn FnMut(std::result::Result<(), Strin
     let (sink, writer) =
         AuditWriter::spawn(kms, me).map_err(|e| Error::io("cannot start the audit writer", e))?;
     let keyring = Arc::new(KeyRing::open(&p.keystore, p.root.clone(), clock, sink)?);
-    let fs = KmsFs::new(
-        p.cipher_dir.clone(),
-        p.config,
-        keyring,
-        NameCipher::new(&names_key),
-        FsOptions { read_only: p.read_only },
-    )
-    .map_err(|e| Error::io(format!("cannot read {}", p.cipher_dir.display()), e))?;
+    let fs = KmsFs::new(p.cipher_dir.clone(), p.config, keyring, NameCipher::new(&names_key), p.fs_options)
+        .map_err(|e| Error::io(format!("cannot read {}", p.cipher_dir.display()), e))?;
     drop(names_key);
 
     let mut config = fuser::Config::default();
     config.mount_options = p.mount_options;
     config.acl = p.acl;
-    config.n_threads = Some(FUSE_THREADS);
+    config.n_threads =
+        Some(std::env::var("KMSFS_THREADS").ok().and_then(|v| v.parse().ok()).unwrap_or(FUSE_THREADS));
     config.clone_fd = true;
     let session = fuser::Session::new(fs, &p.mountpoint, &config)
         .map_err(|e| Error::io(format!("cannot mount at {}", p.mountpoint.display()), e))?;
@@ -366,6 +377,18 @@ fn serve_inner(p: Prepared, report: &mut dyn FnMut(std::result::Result<(), Strin
         // instead of ENODEV: either way the session is over as asked.
         Err(e) if e.raw_os_error() == Some(libc::ECONNABORTED) => Ok(()),
         other => other.map_err(|e| Error::io("the FUSE session failed", e)),
+    }
+}
+
+/// Two malloc arenas for the whole daemon instead of glibc's default of up to eight per
+/// core: each FUSE thread's short-lived request buffers (up to 1 MiB) would otherwise be
+/// spread over arenas of their own, and the peak RSS grows with them (issue 7 budgets the
+/// daemon's peak RSS at 64 MiB). Must run before the threads start.
+fn limit_malloc_arenas() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: mallopt only sets an allocator parameter.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 2);
     }
 }
 

@@ -118,6 +118,44 @@ impl DirMeta {
         write_atomically(&dir.join(DIR_META), text.as_bytes(), 0o644)?;
         write_atomically(&dir.join(DIR_META_BACKUP), text.as_bytes(), 0o644)
     }
+
+    /// Writes both copies into a directory that has none (a new one): each created with
+    /// O_EXCL, then both fsynced and the directory too. Two journal commits instead of the
+    /// four of [`DirMeta::save`]'s temp-and-rename (mkdir took 1.5 ms, most of an untar's
+    /// directory cost); nothing is replaced, so there is no old content to keep. Durable
+    /// before the mkdir returns, so before any entry can be made in the directory: a crash
+    /// never leaves entries whose names key is lost. A crash during this call leaves an empty
+    /// directory with missing or torn copies, which the mount recreates on first use.
+    /// Falls back to [`DirMeta::save`] if a copy exists already.
+    pub fn save_new(&self, dir: &Path) -> Result<()> {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let text = serde_json::to_string_pretty(self).expect("metadata serializes");
+        let mut files = Vec::with_capacity(2);
+        for name in [DIR_META, DIR_META_BACKUP] {
+            let path = dir.join(name);
+            let created = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o644)
+                .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+                .open(&path);
+            let mut f = match created {
+                Ok(f) => f,
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return self.save(dir),
+                Err(e) => return Err(Error::io(format!("cannot write {}", path.display()), e)),
+            };
+            f.write_all(text.as_bytes())
+                .map_err(|e| Error::io(format!("cannot write {}", path.display()), e))?;
+            files.push((path, f));
+        }
+        for (path, f) in &files {
+            f.sync_all().map_err(|e| Error::io(format!("cannot write {}", path.display()), e))?;
+        }
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| Error::io(format!("cannot sync {}", dir.display()), e))
+    }
 }
 
 /// A directory's keys, unwrapped from one of its metadata copies.
