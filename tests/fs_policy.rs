@@ -306,3 +306,47 @@ fn policies_apply_to_the_crypto_commands_too() {
     let out = m.kmsfs(&["policy", "put", "alias/kmsfs/managed-vol", file.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(6));
 }
+
+/// With FUSE_HANDLE_KILLPRIV_V2 the daemon, not the kernel, clears set-ID bits: a write or
+/// truncate by an unprivileged user clears set-user-ID (and set-group-ID on a
+/// group-executable file), as on any Linux file system; root's writes keep them.
+#[test]
+fn an_unprivileged_write_or_truncate_clears_set_id_bits() {
+    use std::os::unix::fs::MetadataExt;
+    let m = shared_mount();
+    put_policy(
+        &m,
+        r#"{"Version": "2012-10-17", "Statement": [{"Sid": "root-and-alice", "Effect": "Allow",
+            "Principal": {"Uid": [0, 1001]}, "Action": ["kms:Decrypt", "kms:GenerateDataKey*"]}]}"#,
+    );
+    let mode = |name: &str| fs::metadata(m.path(name)).unwrap().mode() & 0o7777;
+    let prepare = |name: &str, bits: u32| {
+        fs::write(m.path(name), b"#!/bin/sh\n").unwrap();
+        std::os::unix::fs::chown(m.path(name), Some(ALICE), Some(ALICE)).unwrap();
+        fs::set_permissions(m.path(name), fs::Permissions::from_mode(bits)).unwrap();
+        assert_eq!(mode(name), bits);
+    };
+    prepare("finance/tool", 0o6755);
+    let append = format!("echo more >> {}", m.path("finance/tool").display());
+    assert!(run_as(ALICE, ALICE, &["sh", "-c", &append]).status.success());
+    assert_eq!(mode("finance/tool"), 0o0755, "alice's write cleared set-user-ID and set-group-ID");
+    assert_eq!(fs::read(m.path("finance/tool")).unwrap(), b"#!/bin/sh\nmore\n");
+
+    prepare("finance/cut", 0o4750);
+    let cut = run_as(ALICE, ALICE, &["truncate", "-s", "3", m.path("finance/cut").to_str().unwrap()]);
+    assert!(cut.status.success(), "{}", String::from_utf8_lossy(&cut.stderr));
+    assert_eq!(mode("finance/cut"), 0o0750, "alice's truncate cleared set-user-ID");
+
+    // Set-group-ID without group execute is mandatory locking's mark, not a privilege: kept.
+    prepare("finance/lock", 0o2644);
+    let append = format!("echo more >> {}", m.path("finance/lock").display());
+    assert!(run_as(ALICE, ALICE, &["sh", "-c", &append]).status.success());
+    assert_eq!(mode("finance/lock"), 0o2644);
+
+    // Root (CAP_FSETID) writes without clearing them.
+    prepare("finance/root", 0o4755);
+    let mut f = fs::OpenOptions::new().append(true).open(m.path("finance/root")).unwrap();
+    std::io::Write::write_all(&mut f, b"root\n").unwrap();
+    drop(f);
+    assert_eq!(mode("finance/root"), 0o4755);
+}

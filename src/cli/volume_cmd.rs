@@ -40,7 +40,8 @@ pub struct MountArgs {
     /// Stay in the foreground (logs to stderr) instead of running as a daemon
     #[arg(short, long)]
     pub foreground: bool,
-    /// Mount options: allow_other, allow_root, ro, nosuid, nodev, noexec, noatime, ...
+    /// Mount options: allow_other, allow_root, ro, nosuid, nodev, noexec, atime, ...;
+    /// writeback_cache for faster writes whose errors show at fsync/close
     #[arg(short = 'o', value_name = "OPT[,OPT...]", value_delimiter = ',')]
     pub options: Vec<String>,
 }

@@ -67,9 +67,12 @@ impl CryptFile<'_> {
         let end = size.min(offset + len as u64);
         let first = offset / BLOCK_SIZE;
         let last = (end - 1) / BLOCK_SIZE;
-        let plain = self.read_blocks(first, last, size)?;
+        let mut plain = self.read_blocks(first, last, size)?;
+        // Cut to the range asked for in place: no second buffer of up to 1 MiB per read.
         let skip = (offset - first * BLOCK_SIZE) as usize;
-        Ok(plain[skip..skip + (end - offset) as usize].to_vec())
+        plain.truncate(skip + (end - offset) as usize);
+        plain.drain(..skip);
+        Ok(plain)
     }
 
     /// Decrypts blocks `first..=last` of a file of plaintext size `size`.

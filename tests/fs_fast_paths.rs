@@ -1,0 +1,199 @@
+//! The performance paths of issue 7 keep the file system's meaning: listings that carry
+//! attributes (readdirplus), unsupported xattr namespaces answered once for all, removal in
+//! the background through `kmsfs.trash`, read-ahead across a directory's files, and the
+//! opt-in `-o writeback_cache`.
+
+mod common;
+
+use std::ffi::CString;
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::Path;
+use std::time::Duration;
+
+use common::mount::{pattern, wait_until, Mounted};
+
+const TRASH: &str = "kmsfs.trash";
+
+fn cstr(p: &Path) -> CString {
+    CString::new(p.as_os_str().as_bytes()).unwrap()
+}
+
+/// getxattr's result: the value's length, or the errno.
+fn getxattr(path: &Path, name: &str) -> Result<usize, i32> {
+    let (p, n) = (cstr(path), CString::new(name).unwrap());
+    let mut buf = [0u8; 256];
+    // SAFETY: NUL-terminated strings and a buffer of the length given.
+    let rc = unsafe { libc::getxattr(p.as_ptr(), n.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    if rc < 0 {
+        Err(common::mount::last_errno())
+    } else {
+        Ok(rc as usize)
+    }
+}
+
+fn statfs(path: &Path) {
+    let p = cstr(path);
+    // SAFETY: a NUL-terminated path and a zeroed struct for the kernel to fill.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    assert_eq!(unsafe { libc::statvfs(p.as_ptr(), &mut st) }, 0);
+}
+
+fn trash_entries(m: &Mounted) -> usize {
+    fs::read_dir(m.cipher().join(TRASH)).map(|d| d.count()).unwrap_or(0)
+}
+
+#[test]
+fn listings_carry_the_attributes_that_stat_gives() {
+    let mut m = Mounted::new();
+    let sizes = [0usize, 1, 4095, 4096, 5000, 100_000];
+    fs::create_dir(m.path("d")).unwrap();
+    for (i, &len) in sizes.iter().enumerate() {
+        fs::write(m.path(&format!("d/f{i}")), pattern(i as u64, len)).unwrap();
+    }
+    fs::set_permissions(m.path("d/f1"), std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let target = "a/target/of/twenty+b";
+    std::os::unix::fs::symlink(target, m.path("d/link")).unwrap();
+    fs::create_dir(m.path("d/sub")).unwrap();
+    // Nothing cached in the kernel: the listing below is what brings the names in.
+    m.remount();
+    let mut seen = 0;
+    for entry in fs::read_dir(m.path("d")).unwrap() {
+        let entry = entry.unwrap();
+        let listed = entry.metadata().unwrap();
+        let name = entry.file_name().into_string().unwrap();
+        let expected_len = match name.as_str() {
+            "link" => target.len() as u64,
+            "sub" => listed.len(), // a directory's size is the backing one's
+            f => sizes[f[1..].parse::<usize>().unwrap()] as u64,
+        };
+        assert_eq!(listed.len(), expected_len, "{name}: the listed size is the plaintext size");
+        let stat = fs::symlink_metadata(entry.path()).unwrap();
+        assert_eq!(
+            (listed.ino(), listed.mode(), listed.len(), listed.mtime(), listed.nlink()),
+            (stat.ino(), stat.mode(), stat.len(), stat.mtime(), stat.nlink()),
+            "{name}: listing and stat agree"
+        );
+        seen += 1;
+    }
+    assert_eq!(seen, sizes.len() + 2);
+    assert_eq!(fs::metadata(m.path("d/f1")).unwrap().mode() & 0o777, 0o600);
+    assert_eq!(fs::read_link(m.path("d/link")).unwrap(), Path::new(target));
+    // The names taken from the listing work like looked-up ones.
+    assert_eq!(fs::read(m.path("d/f5")).unwrap(), pattern(5, 100_000));
+    fs::rename(m.path("d/f2"), m.path("d/sub/moved")).unwrap();
+    assert_eq!(fs::read(m.path("d/sub/moved")).unwrap(), pattern(2, 4095));
+}
+
+#[test]
+fn only_user_xattrs_are_supported() {
+    let m = Mounted::new();
+    let f = m.path("file");
+    fs::write(&f, b"x").unwrap();
+    for name in ["security.selinux", "security.capability", "system.posix_acl_access", "trusted.x"] {
+        assert_eq!(getxattr(&f, name), Err(libc::EOPNOTSUPP), "{name}");
+    }
+    assert_eq!(getxattr(&f, "user.absent"), Err(libc::ENODATA));
+    let status =
+        std::process::Command::new("setfattr").args(["-n", "user.note", "-v", "hello"]).arg(&f).status();
+    assert!(status.unwrap().success());
+    assert_eq!(getxattr(&f, "user.note"), Ok(5));
+}
+
+#[test]
+fn removed_files_leave_through_the_trash_and_names_are_free_at_once() {
+    let mut m = Mounted::new();
+    fs::create_dir_all(m.path("tree/a/b")).unwrap();
+    for i in 0..300 {
+        fs::write(m.path(&format!("tree/a/f{i}")), pattern(i, 3000)).unwrap();
+    }
+    fs::write(m.path("tree/a/b/deep"), b"deep").unwrap();
+    let mut held = File::open(m.path("tree/a/f7")).unwrap();
+    fs::remove_dir_all(m.path("tree")).unwrap();
+    assert!(!m.path("tree").exists(), "the names are gone when rm returns");
+    // A removed name can be taken again at once.
+    fs::create_dir_all(m.path("tree/a")).unwrap();
+    fs::write(m.path("tree/a/f1"), b"new").unwrap();
+    assert_eq!(fs::read(m.path("tree/a/f1")).unwrap(), b"new");
+    // A file open when it was removed stays readable.
+    let mut data = Vec::new();
+    held.read_to_end(&mut data).unwrap();
+    assert_eq!(data, pattern(7, 3000));
+    // statfs waits until the removals are done: df after rm is right.
+    statfs(m.mnt());
+    assert_eq!(trash_entries(&m), 0, "statfs returned before the trash was emptied");
+    let root: Vec<_> = fs::read_dir(m.mnt()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(root, vec![std::ffi::OsString::from("tree")], "the trash is not listed");
+    drop(held);
+
+    // What a killed daemon left in the trash is removed by the next mount.
+    m.unmount();
+    let leftover = m.cipher().join(TRASH).join("left-by-a-crash");
+    fs::create_dir_all(leftover.join("sub")).unwrap();
+    fs::write(leftover.join("sub/file"), b"ciphertext").unwrap();
+    fs::write(m.cipher().join(TRASH).join("a-file"), b"ciphertext").unwrap();
+    m.start();
+    assert!(wait_until(Duration::from_secs(10), || trash_entries(&m) == 0), "leftovers stay in the trash");
+    // fsck takes the trash for kmsfs's own.
+    m.unmount();
+    let out = m.kmsfs(&["fsck", m.cipher().to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+}
+
+#[test]
+fn files_read_in_listing_order_are_exact() {
+    // The read-ahead works on the files ahead of the one opened; what is read must not change.
+    let mut m = Mounted::new();
+    fs::create_dir(m.path("many")).unwrap();
+    for i in 0..120 {
+        fs::write(m.path(&format!("many/f{i}")), pattern(i, 1000 + 977 * i as usize)).unwrap();
+    }
+    m.remount();
+    let mut read = 0;
+    for entry in fs::read_dir(m.path("many")).unwrap() {
+        let path = entry.unwrap().path();
+        let i: u64 = path.file_name().unwrap().to_str().unwrap()[1..].parse().unwrap();
+        assert_eq!(fs::read(&path).unwrap(), pattern(i, 1000 + 977 * i as usize), "{}", path.display());
+        read += 1;
+    }
+    assert_eq!(read, 120);
+}
+
+#[test]
+fn a_writeback_cache_mount_keeps_every_byte_and_appends_in_order() {
+    let mut m = Mounted::with_options(&["writeback_cache"]);
+    // Appends from two handles interleave in the order they were made.
+    let open_append = || OpenOptions::new().create(true).append(true).open(m.path("log")).unwrap();
+    let (mut a, mut b) = (open_append(), open_append());
+    let mut expected = Vec::new();
+    for i in 0..200u64 {
+        let line = format!("line {i} {}\n", "x".repeat((i % 37) as usize));
+        if i % 2 == 0 { &mut a } else { &mut b }.write_all(line.as_bytes()).unwrap();
+        expected.extend_from_slice(line.as_bytes());
+    }
+    drop((a, b));
+    assert_eq!(fs::read(m.path("log")).unwrap(), expected);
+    // Overwrites in the middle, a write-only handle that does not cover whole pages, a
+    // truncate and an extension: the kernel reads pages it only partly has.
+    let mut model = pattern(1, 300_000);
+    fs::write(m.path("data"), &model).unwrap();
+    let mut w = OpenOptions::new().write(true).custom_flags(libc::O_NOFOLLOW).open(m.path("data")).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&w, b"patched", 5000).unwrap();
+    model[5000..5007].copy_from_slice(b"patched");
+    w.set_len(200_001).unwrap();
+    model.truncate(200_001);
+    std::os::unix::fs::FileExt::write_all_at(&w, b"tail", 250_000).unwrap();
+    model.resize(250_000, 0);
+    model.extend_from_slice(b"tail");
+    w.flush().unwrap();
+    drop(w);
+    assert_eq!(fs::read(m.path("data")).unwrap(), model);
+    assert_eq!(fs::metadata(m.path("data")).unwrap().len(), model.len() as u64);
+    // Everything reached the cipher directory: a mount without the cache reads the same.
+    m.unmount();
+    let m = Mounted::remount_with(m, &[]);
+    assert_eq!(fs::read(m.path("log")).unwrap(), expected);
+    assert_eq!(fs::read(m.path("data")).unwrap(), model);
+}
