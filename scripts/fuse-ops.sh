@@ -27,7 +27,7 @@ for line in sys.stdin:
         t0, op = sent.pop(req)
         total[op] += t - t0
         count[op] += 1
-print(f"{\"request\":20} {\"count\":>8} {\"mean us\":>9} {\"total s\":>8}")
+print("%-20s %8s %9s %8s" % ("request", "count", "mean us", "total s"))
 for op, n in count.most_common():
     print(f"{op:20} {n:8} {total[op] / n * 1e6:9.1f} {total[op]:8.2f}")
 '
