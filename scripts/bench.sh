@@ -165,17 +165,21 @@ rss_mib() { [ -n "${1:-}" ] && awk '/VmHWM/ {printf "%d", $2 / 1024}' "/proc/$1/
 # ratio A B: A / B with two decimals
 ratio() { printf '%.2f' "$(echo "$1 / $2" | bc -l)"; }
 WB_HEAD=""; [ "$WRITEBACK" = 1 ] && WB_HEAD="kmsfs+wb wb/best"
+# wb_cells KEY BEST FORMAT: the kmsfs+wb cells of a row (value in FORMAT, ratio to BEST);
+# nothing when that column is off.
+wb_cells() {
+  [ "$WRITEBACK" = 1 ] || return 0
+  local m
+  m=$(med "kmsfs_wb,$1")
+  printf " $3 %9s" "$m" "$(ratio "$m" "$2")"
+}
 echo "kmsfs bench: $ROUNDS round(s), ${MB} MiB, tarball $TARBALL_NAME, $(nproc) cores"
 printf '%-6s %10s %10s %10s %10s %11s %10s %9s\n' phase plain kmsfs gocryptfs securefs 'kmsfs/best' $WB_HEAD
 for p in "${PHASES[@]}"; do
   m_plain=$(med "plain,$p"); m_k=$(med "kmsfs,$p"); m_g=$(med "gocryptfs,$p"); m_s=$(med "securefs,$p")
   best=$(printf '%s\n%s\n' "$m_g" "$m_s" | sort -g | head -n1)
-  line=$(printf '%-6s %9.2fs %9.2fs %9.2fs %9.2fs %11s' "$p" "$m_plain" "$m_k" "$m_g" "$m_s" "$(ratio "$m_k" "$best")")
-  if [ "$WRITEBACK" = 1 ]; then
-    m_w=$(med "kmsfs_wb,$p")
-    line+=$(printf ' %9.2fs %9s' "$m_w" "$(ratio "$m_w" "$best")")
-  fi
-  echo "$line"
+  printf '%-6s %9.2fs %9.2fs %9.2fs %9.2fs %11s%s\n' "$p" "$m_plain" "$m_k" "$m_g" "$m_s" \
+    "$(ratio "$m_k" "$best")" "$(wb_cells "$p" "$best" '%9.2fs')"
 done
 echo "(times are medians; kmsfs/best = kmsfs time / the faster of gocryptfs and securefs: below"
 echo " 0.80 meets issue 7's 1.25x target; kmsfs+wb: kmsfs mounted with -o writeback_cache)"
@@ -191,12 +195,8 @@ if [ "$FIO_MB" -gt 0 ]; then
     m_plain=$(med "plain,fio_${k%%:*}"); m_k=$(med "kmsfs,fio_${k%%:*}")
     m_g=$(med "gocryptfs,fio_${k%%:*}"); m_s=$(med "securefs,fio_${k%%:*}")
     best=$(printf '%s\n%s\n' "$m_g" "$m_s" | sort -g | tail -n1)
-    line=$(printf '%-11s %10.1f %10.1f %10.1f %10.1f %11s' "${k#*:}" "$m_plain" "$m_k" "$m_g" "$m_s" "$(ratio "$m_k" "$best")")
-    if [ "$WRITEBACK" = 1 ]; then
-      m_w=$(med "kmsfs_wb,fio_${k%%:*}")
-      line+=$(printf ' %10.1f %9s' "$m_w" "$(ratio "$m_w" "$best")")
-    fi
-    echo "$line"
+    printf '%-11s %10.1f %10.1f %10.1f %10.1f %11s%s\n' "${k#*:}" "$m_plain" "$m_k" "$m_g" "$m_s" \
+      "$(ratio "$m_k" "$best")" "$(wb_cells "fio_${k%%:*}" "$best" '%10.1f')"
   done
 fi
 echo "kmsfs daemon peak RSS: $(rss_mib "$KMSFS_PID") MiB${KMSFS_WB_PID:+, kmsfs+wb $(rss_mib "$KMSFS_WB_PID") MiB}"

@@ -86,8 +86,9 @@ impl KmsFs {
     }
 
     /// A directory without (readable) metadata: its creation was interrupted (kill -9 between
-    /// mkdir and the metadata write, or during it). If it holds nothing, give it fresh metadata under its parent's
-    /// key; otherwise its names cannot be read, and only this directory reports EIO.
+    /// mkdir and the metadata write, or during it). If it holds nothing, give it fresh
+    /// metadata under its parent's key; otherwise its names cannot be read, and only this
+    /// directory reports EIO.
     fn repair_dir_meta(&self, access: Access<'_>, ino: INodeNo, dir: &Path) -> FsResult<Arc<DirState>> {
         if self.options.read_only {
             log::warn!("{}: directory metadata is missing; a read-only mount cannot repair it", access.path);

@@ -348,11 +348,11 @@ impl KmsFs {
         Ok(())
     }
 
-    /// Removes a backing file (or an emptied directory): into the trash if there is one.
+    /// Removes a backing file, or (only with a trash) an emptied directory: into the trash
+    /// if there is one, else at once.
     fn discard(&self, path: &Path) -> FsResult<()> {
         match &self.trash {
             Some(trash) => trash.put(path),
-            None if std::fs::symlink_metadata(path).is_ok_and(|m| m.is_dir()) => std::fs::remove_dir(path),
             None => std::fs::remove_file(path),
         }
         .map_err(io_errno)

@@ -76,12 +76,8 @@ pub(super) fn pin_dir(path: &Path) -> FsResult<PinnedDir> {
     Ok(PinnedDir { path: proc_fd_path(&fd), _fd: fd })
 }
 
-fn proc_fd_path(fd: &OwnedFd) -> PathBuf {
-    proc_fd_path_raw(fd.as_raw_fd())
-}
-
-fn proc_fd_path_raw(fd: libc::c_int) -> PathBuf {
-    PathBuf::from(format!("/proc/self/fd/{fd}"))
+fn proc_fd_path(fd: &impl AsRawFd) -> PathBuf {
+    PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()))
 }
 
 /// Clears the set-user-ID bit, and the set-group-ID bit of a group-executable file, as the
@@ -101,7 +97,7 @@ fn kill_suid_sgid(fd: &impl AsRawFd) -> FsResult<()> {
     }
     let mode = st.st_mode & 0o7777 & !kill;
     // fchmod does not take O_PATH descriptors; /proc/self/fd/N names exactly that inode.
-    let path = cpath(&proc_fd_path_raw(fd.as_raw_fd()))?;
+    let path = cpath(&proc_fd_path(fd))?;
     // SAFETY: NUL-terminated path.
     check(unsafe { libc::chmod(path.as_ptr(), mode) })
 }
@@ -469,16 +465,7 @@ impl KmsFs {
             return Err(Errno::ENOTDIR);
         }
         if self.trash.is_some() {
-            let dir = pin_dir(path)?;
-            for entry in std::fs::read_dir(&dir.path).map_err(io_errno)? {
-                let name = entry.map_err(io_errno)?.file_name();
-                if !matches!(
-                    crate::volume::dirnames::classify(&name),
-                    crate::volume::dirnames::BackingEntry::Internal
-                ) {
-                    return Err(Errno::ENOTEMPTY);
-                }
-            }
+            internal_entries(&pin_dir(path)?)?;
             return self.discard(path);
         }
         let saved = empty_out(path)?;
@@ -597,22 +584,21 @@ impl Filesystem for KmsFs {
         let _ = config.set_max_write(MAX_IO);
         let _ = config.set_max_readahead(MAX_IO);
         // Each saves round trips where the kernel offers it: listings that carry attributes
-        // (no LOOKUP per entry), lookups in one directory not serialised, symlink targets
-        // kept in the page cache (a symlink's target never changes in place).
-        // The write-back cache (when asked for: see `FsOptions::writeback_cache`) gathers
-        // small writes into large WRITEs sent in parallel, and spares the GETATTR that an
-        // invalidated size costs before every setattr; with
-        // HANDLE_KILLPRIV_V2 the kernel stops asking for `security.capability` before every
-        // write (this filesystem clears set-ID bits itself, see `kill_suid_sgid`).
-        let wanted = InitFlags::FUSE_DO_READDIRPLUS
+        // (no LOOKUP per entry); lookups in one directory not serialised; symlink targets
+        // kept in the page cache (a symlink's target never changes in place); with
+        // HANDLE_KILLPRIV_V2 no GETXATTR of `security.capability` before every write (this
+        // filesystem clears set-ID bits itself, see `kill_suid_sgid`). The write-back cache,
+        // when asked for (`FsOptions::writeback_cache`), gathers small writes into large
+        // WRITEs sent in parallel and spares the GETATTR that an invalidated size costs
+        // before every setattr.
+        let mut wanted = InitFlags::FUSE_DO_READDIRPLUS
             | InitFlags::FUSE_PARALLEL_DIROPS
             | InitFlags::FUSE_CACHE_SYMLINKS
-            | InitFlags::FUSE_WRITEBACK_CACHE
             | InitFlags::FUSE_HANDLE_KILLPRIV_V2;
-        let mut granted = wanted & config.capabilities();
-        if !self.options.writeback_cache {
-            granted.remove(InitFlags::FUSE_WRITEBACK_CACHE);
+        if self.options.writeback_cache {
+            wanted |= InitFlags::FUSE_WRITEBACK_CACHE;
         }
+        let granted = wanted & config.capabilities();
         let _ = config.add_capabilities(granted);
         self.kernel = super::KernelFeatures {
             writeback_cache: granted.contains(InitFlags::FUSE_WRITEBACK_CACHE),
@@ -899,15 +885,7 @@ impl Filesystem for KmsFs {
 /// as opened, so a symlink swapped in for it cannot send the reads and removals elsewhere.
 fn empty_out(path: &Path) -> FsResult<Emptied> {
     let dir = pin_dir(path)?;
-    let mut internal = Vec::new();
-    for entry in std::fs::read_dir(&dir.path).map_err(io_errno)? {
-        let name = entry.map_err(io_errno)?.file_name();
-        match crate::volume::dirnames::classify(&name) {
-            crate::volume::dirnames::BackingEntry::Internal => internal.push(name),
-            _ => return Err(Errno::ENOTEMPTY),
-        }
-    }
-    let saved: Vec<_> = internal
+    let saved: Vec<_> = internal_entries(&dir)?
         .into_iter()
         .map(|n| {
             let bytes = crate::volume::open_noatime(&dir.path.join(&n), false)
@@ -923,6 +901,20 @@ fn empty_out(path: &Path) -> FsResult<Emptied> {
         let _ = std::fs::remove_file(dir.path.join(name));
     }
     Ok(Emptied { dir, saved })
+}
+
+/// The names in a backing directory (as opened), all of them kmsfs's own; ENOTEMPTY if it
+/// holds a user entry.
+fn internal_entries(dir: &PinnedDir) -> FsResult<Vec<std::ffi::OsString>> {
+    let mut internal = Vec::new();
+    for entry in std::fs::read_dir(&dir.path).map_err(io_errno)? {
+        let name = entry.map_err(io_errno)?.file_name();
+        match crate::volume::dirnames::classify(&name) {
+            crate::volume::dirnames::BackingEntry::Internal => internal.push(name),
+            _ => return Err(Errno::ENOTEMPTY),
+        }
+    }
+    Ok(internal)
 }
 
 /// What [`empty_out`] removed, and from which directory (as opened).

@@ -93,15 +93,8 @@ impl Prefetcher {
 }
 
 fn read_ahead(path: &std::path::Path) {
-    use std::os::unix::fs::OpenOptionsExt;
     // O_NONBLOCK: should a FIFO have taken the file's place, the open must not hang.
-    let open = |extra: i32| {
-        std::fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK | extra)
-            .open(path)
-    };
-    let Ok(file) = open(libc::O_NOATIME).or_else(|_| open(0)) else { return };
+    let Ok(file) = crate::volume::open_noatime_with(path, false, libc::O_NONBLOCK) else { return };
     // SAFETY: an open descriptor; the advice only starts reads into the page cache.
     unsafe {
         libc::posix_fadvise(file.as_raw_fd(), 0, BYTES, libc::POSIX_FADV_WILLNEED);

@@ -108,10 +108,13 @@ impl Trash {
     fn enqueue(&self, name: OsString) {
         self.pending.add();
         let queue = self.queue.lock().expect("trash queue lock").clone();
-        let sent = queue.map(|q| q.send(name.clone()));
-        if !matches!(sent, Some(Ok(()))) {
+        let unsent = match queue {
+            Some(q) => q.send(name).err().map(|e| e.0),
+            None => Some(name),
+        };
+        if let Some(name) = unsent {
             // The thread is gone (it never is while mounted): remove it here.
-            remove(&self.dir.join(&name));
+            remove(&self.dir.join(name));
             self.pending.done();
         }
     }

@@ -360,8 +360,7 @@ fn serve_inner(p: Prepared, report: &mut dyn FnMut(std::result::Result<(), Strin
     let mut config = fuser::Config::default();
     config.mount_options = p.mount_options;
     config.acl = p.acl;
-    config.n_threads =
-        Some(std::env::var("KMSFS_THREADS").ok().and_then(|v| v.parse().ok()).unwrap_or(FUSE_THREADS));
+    config.n_threads = Some(FUSE_THREADS);
     config.clone_fd = true;
     let session = fuser::Session::new(fs, &p.mountpoint, &config)
         .map_err(|e| Error::io(format!("cannot mount at {}", p.mountpoint.display()), e))?;

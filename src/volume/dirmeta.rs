@@ -129,28 +129,21 @@ impl DirMeta {
     /// Falls back to [`DirMeta::save`] if a copy exists already.
     pub fn save_new(&self, dir: &Path) -> Result<()> {
         use std::io::Write;
-        use std::os::unix::fs::OpenOptionsExt;
         let text = serde_json::to_string_pretty(self).expect("metadata serializes");
+        let failed = |path: &Path, e| Error::io(format!("cannot write {}", path.display()), e);
         let mut files = Vec::with_capacity(2);
         for name in [DIR_META, DIR_META_BACKUP] {
             let path = dir.join(name);
-            let created = std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o644)
-                .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-                .open(&path);
-            let mut f = match created {
+            let mut f = match super::create_exclusive(&path, 0o644) {
                 Ok(f) => f,
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return self.save(dir),
-                Err(e) => return Err(Error::io(format!("cannot write {}", path.display()), e)),
+                Err(e) => return Err(failed(&path, e)),
             };
-            f.write_all(text.as_bytes())
-                .map_err(|e| Error::io(format!("cannot write {}", path.display()), e))?;
+            f.write_all(text.as_bytes()).map_err(|e| failed(&path, e))?;
             files.push((path, f));
         }
         for (path, f) in &files {
-            f.sync_all().map_err(|e| Error::io(format!("cannot write {}", path.display()), e))?;
+            f.sync_all().map_err(|e| failed(path, e))?;
         }
         std::fs::File::open(dir)
             .and_then(|d| d.sync_all())

@@ -115,11 +115,16 @@ impl VolumeConfig {
 /// read-modify-write of blocks) are not the user's reads. Never follows a symlink.
 /// O_NOATIME needs ownership (or CAP_FOWNER), so it is dropped when refused.
 pub fn open_noatime(path: &Path, write: bool) -> std::io::Result<std::fs::File> {
+    open_noatime_with(path, write, 0)
+}
+
+/// [`open_noatime`] with more open flags (`flags`, e.g. O_NONBLOCK).
+pub fn open_noatime_with(path: &Path, write: bool, flags: i32) -> std::io::Result<std::fs::File> {
     let open = |extra: i32| {
         std::fs::OpenOptions::new()
             .read(true)
             .write(write)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | extra)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | flags | extra)
             .open(path)
     };
     match open(libc::O_NOATIME) {
@@ -152,15 +157,21 @@ pub fn write_atomically(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
         .map_err(|e| Error::io(format!("cannot write {}", path.display()), e))
 }
 
-/// [`write_atomically`] through the temporary file `tmp`, which must not exist yet. Removes
-/// `tmp` on failure only if this call created it.
-fn write_via_temp(path: &Path, tmp: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
-    let mut f = std::fs::OpenOptions::new()
+/// Creates `path` for writing, failing if anything (a file, a symlink) is there already:
+/// `O_CREAT | O_EXCL | O_NOFOLLOW`.
+pub fn create_exclusive(path: &Path, mode: u32) -> std::io::Result<std::fs::File> {
+    std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(mode)
         .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(tmp)?;
+        .open(path)
+}
+
+/// [`write_atomically`] through the temporary file `tmp`, which must not exist yet. Removes
+/// `tmp` on failure only if this call created it.
+fn write_via_temp(path: &Path, tmp: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
+    let mut f = create_exclusive(tmp, mode)?;
     let written = f.write_all(bytes).and_then(|()| f.sync_all()).and_then(|()| std::fs::rename(tmp, path));
     if let Err(e) = written {
         let _ = std::fs::remove_file(tmp);
