@@ -197,3 +197,23 @@ fn a_writeback_cache_mount_keeps_every_byte_and_appends_in_order() {
     assert_eq!(fs::read(m.path("log")).unwrap(), expected);
     assert_eq!(fs::read(m.path("data")).unwrap(), model);
 }
+
+#[test]
+fn link_counts_drop_when_a_name_is_removed() {
+    // Removal in the background must not leave a link behind that stat counts: a file's
+    // other names and its open handles see the count drop when unlink returns.
+    let m = Mounted::new();
+    for i in 0..200 {
+        let (a, b, c) = (m.path(&format!("a{i}")), m.path(&format!("b{i}")), m.path(&format!("c{i}")));
+        fs::write(&a, pattern(i, 5000)).unwrap();
+        fs::hard_link(&a, &b).unwrap();
+        fs::hard_link(&a, &c).unwrap();
+        let held = File::open(&a).unwrap();
+        fs::remove_file(&c).unwrap();
+        assert_eq!(held.metadata().unwrap().nlink(), 2, "round {i}: fstat after one of three names went");
+        assert_eq!(fs::metadata(&b).unwrap().nlink(), 2, "round {i}: stat of another name");
+        fs::remove_file(&a).unwrap();
+        fs::remove_file(&b).unwrap();
+        assert_eq!(held.metadata().unwrap().nlink(), 0, "round {i}: fstat of an open file with no name");
+    }
+}

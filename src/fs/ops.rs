@@ -448,6 +448,11 @@ impl KmsFs {
             }
         } else if meta.is_dir() {
             return Err(Errno::EISDIR);
+        } else if meta.nlink() > 1 || self.open_file_of(ino).is_some() {
+            // Another name or an open handle keeps the blocks, so there is no freeing to
+            // defer; and the link count must drop now: a trash link would show as one link
+            // too many to fstat on the open handle and to stat of the other names.
+            std::fs::remove_file(&*c.path).map_err(io_errno)?;
         } else {
             self.discard(&c.path)?;
         }
