@@ -287,6 +287,19 @@ impl KmsFs {
         Ok((attr, self.add_handle(ino, of, write, self.appends(flags))))
     }
 
+    /// The flags of every OPEN and CREATE reply. Without the write-back cache every WRITE
+    /// has been answered before close(2) returns and FLUSH has nothing to do (locks are the
+    /// kernel's own: kmsfs does not ask for FUSE_POSIX_LOCKS), so FOPEN_NOFLUSH spares one
+    /// round trip per close. With it, FLUSH is what makes the kernel write dirty pages back
+    /// at close, so it stays.
+    fn open_flags(&self) -> FopenFlags {
+        if self.kernel.writeback_cache {
+            FopenFlags::empty()
+        } else {
+            FopenFlags::FOPEN_NOFLUSH
+        }
+    }
+
     /// Whether writes through a handle opened with `flags` go to the end of the file
     /// whatever their offset. Not with the write-back cache: the kernel has applied O_APPEND
     /// already, and a WRITE at writeback carries data of any handle.
@@ -701,7 +714,7 @@ impl Filesystem for KmsFs {
     }
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        reply!(reply, self.do_open(req, ino, flags), |fh| reply.opened(FileHandle(fh), FopenFlags::empty()));
+        reply!(reply, self.do_open(req, ino, flags), |fh| reply.opened(FileHandle(fh), self.open_flags()));
     }
 
     fn read(
@@ -746,7 +759,8 @@ impl Filesystem for KmsFs {
         // Nothing to do here, but answered: with the write-back cache the kernel writes a
         // file's dirty pages at close only on the way to sending FLUSH, so a close that
         // returned has handed every byte to the daemon (a killed daemon loses nothing
-        // closed). ENOSYS would save this round trip and lose that.
+        // closed). ENOSYS would save this round trip and lose that. Without the write-back
+        // cache the kernel does not send FLUSH at all (FOPEN_NOFLUSH, see `open_flags`).
         reply.ok();
     }
 
@@ -867,7 +881,7 @@ impl Filesystem for KmsFs {
             &attr,
             self.generation(&attr),
             FileHandle(fh),
-            FopenFlags::empty()
+            self.open_flags()
         ));
     }
 
