@@ -164,6 +164,35 @@ fn repair_fixes_leftovers_of_interrupted_operations() {
     assert_eq!(fs::read(m.path("docs/big")).unwrap(), common::mount::pattern(1, 20_000));
 }
 
+/// mkdir fsyncs only the primary metadata copy; a crash before writeback can leave the
+/// backup torn. The directory stays readable and writable, and fsck --repair rewrites it.
+#[test]
+fn a_backup_copy_torn_by_a_crash_is_read_past_and_repaired() {
+    let mut m = Mounted::new();
+    fs::create_dir(m.path("fresh")).unwrap();
+    fs::write(m.path("fresh/kept"), b"kept").unwrap();
+    let dir = m.backing_of(&m.path("fresh"));
+    m.unmount();
+    let primary = fs::read(dir.join("kmsfs.dir")).unwrap();
+    for torn in [&b""[..], &primary[..primary.len() / 3]] {
+        fs::write(dir.join("kmsfs.dir.bak"), torn).unwrap();
+        m.start();
+        assert_eq!(fs::read(m.path("fresh/kept")).unwrap(), b"kept");
+        fs::write(m.path("fresh/new"), b"new").unwrap();
+        m.unmount();
+        let (code, report) = fsck(&m, &[]);
+        assert_eq!(code, 8, "{report}");
+        assert_eq!(
+            problems(&report).into_iter().map(|(_, s)| s).collect::<Vec<_>>(),
+            ["metadata-copy-damaged"],
+            "{report}"
+        );
+        let (code, report) = fsck(&m, &["--repair"]);
+        assert_eq!(code, 0, "{report}");
+        assert_eq!(fs::read(dir.join("kmsfs.dir.bak")).unwrap(), primary, "the backup is the primary again");
+    }
+}
+
 #[test]
 fn key_states_are_reported_and_destroyed_keys_are_pruned() {
     let mut m = Mounted::new();

@@ -120,11 +120,14 @@ impl DirMeta {
     }
 
     /// Writes both copies into a directory that has none (a new one): each created with
-    /// O_EXCL, then both fsynced and the directory too. Two journal commits instead of the
-    /// four of [`DirMeta::save`]'s temp-and-rename (mkdir took 1.5 ms, most of an untar's
-    /// directory cost); nothing is replaced, so there is no old content to keep. Durable
-    /// before the mkdir returns, so before any entry can be made in the directory: a crash
-    /// never leaves entries whose names key is lost. A crash during this call leaves an empty
+    /// O_EXCL; the primary and the directory are fsynced, the backup is left to the kernel's
+    /// writeback. Nothing is replaced, so there is no old content to keep, and one fsync
+    /// instead of the four of [`DirMeta::save`]'s temp-and-rename (each fsync is a disk cache
+    /// flush: mkdir took 1.5 ms with two, most of an untar's directory cost). The primary is
+    /// durable before the mkdir returns, so before any entry can be made in the directory: a
+    /// crash never leaves entries whose names key is lost. A crash in the seconds before
+    /// writeback can leave the backup torn, which the mount reads past (the primary
+    /// authenticates) and `fsck --repair` rewrites. A crash during this call leaves an empty
     /// directory with missing or torn copies, which the mount recreates on first use.
     /// Falls back to [`DirMeta::save`] if a copy exists already.
     pub fn save_new(&self, dir: &Path) -> Result<()> {
@@ -142,9 +145,8 @@ impl DirMeta {
             f.write_all(text.as_bytes()).map_err(|e| failed(&path, e))?;
             files.push((path, f));
         }
-        for (path, f) in &files {
-            f.sync_all().map_err(|e| failed(path, e))?;
-        }
+        let (primary_path, primary) = &files[0];
+        primary.sync_all().map_err(|e| failed(primary_path, e))?;
         std::fs::File::open(dir)
             .and_then(|d| d.sync_all())
             .map_err(|e| Error::io(format!("cannot sync {}", dir.display()), e))
