@@ -41,7 +41,7 @@ export KMSFS_KEYSTORE=$WORK/keystore.db KMSFS_PASSPHRASE=bench
 cleanup() {
   for m in "$WORK"/*/mnt; do mountpoint -q "$m" 2>/dev/null && fusermount3 -u "$m" 2>/dev/null || true; done
   for p in "${KMSFS_PID:-}" "${KMSFS_WB_PID:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null || true; done
-  [ -z "${BENCH_DIR:-}" ] && rm -rf "$WORK"
+  if [ -z "${BENCH_DIR:-}" ]; then rm -rf "$WORK"; fi
 }
 trap cleanup EXIT
 
