@@ -217,3 +217,52 @@ fn link_counts_drop_when_a_name_is_removed() {
         assert_eq!(held.metadata().unwrap().nlink(), 0, "round {i}: fstat of an open file with no name");
     }
 }
+
+/// Whether the daemon holds `path` open (a new directory's metadata waiting for its fsync).
+fn daemon_holds(m: &Mounted, path: &Path) -> bool {
+    fs::read_dir(format!("/proc/{}/fd", m.pid()))
+        .unwrap()
+        .flatten()
+        .any(|fd| fs::read_link(fd.path()).is_ok_and(|target| target == path))
+}
+
+/// The primary metadata copy of directory `dir` of the mount, as the daemon opened it.
+fn metadata_of(m: &Mounted, dir: &Path) -> std::path::PathBuf {
+    fs::canonicalize(m.backing_of(dir)).unwrap().join("kmsfs.dir")
+}
+
+/// mkdir leaves its metadata's fsync to a thread (within half a second), but an fsync or
+/// fsyncdir at or below a new directory makes the metadata of every new directory above it
+/// durable before it returns.
+#[test]
+fn new_directory_metadata_is_durable_before_an_fsync_below_it_returns() {
+    let m = Mounted::new();
+    let mut seen_waiting = [false, false];
+    for round in 0..20 {
+        for (how, seen) in seen_waiting.iter_mut().enumerate() {
+            let top = m.path(&format!("{how}-{round}"));
+            fs::create_dir_all(top.join("a/b")).unwrap();
+            let file = top.join("a/b/file");
+            fs::write(&file, b"durable").unwrap();
+            let metas: Vec<_> = [&top, &top.join("a"), &top.join("a/b")].map(|d| metadata_of(&m, d)).into();
+            let waiting = metas.iter().all(|p| daemon_holds(&m, p));
+            match how {
+                0 => OpenOptions::new().write(true).open(&file).unwrap().sync_all().unwrap(),
+                _ => File::open(top.join("a/b")).unwrap().sync_all().unwrap(),
+            }
+            let held: Vec<_> = metas.iter().filter(|p| daemon_holds(&m, p)).collect();
+            assert!(held.is_empty(), "not yet durable after {}: {held:?}", ["fsync", "fsyncdir"][how]);
+            *seen |= waiting;
+        }
+        if seen_waiting == [true, true] {
+            break;
+        }
+    }
+    assert_eq!(seen_waiting, [true, true], "new metadata was never seen waiting for its fsync");
+    // Without an fsync the thread makes it durable soon.
+    let later = m.path("later");
+    fs::create_dir(&later).unwrap();
+    let meta = metadata_of(&m, &later);
+    assert!(wait_until(Duration::from_secs(5), || !daemon_holds(&m, &meta)), "{meta:?} still waiting");
+    assert_eq!(fs::read(meta).unwrap(), fs::read(m.backing_of(&later).join("kmsfs.dir.bak")).unwrap());
+}

@@ -164,8 +164,8 @@ fn repair_fixes_leftovers_of_interrupted_operations() {
     assert_eq!(fs::read(m.path("docs/big")).unwrap(), common::mount::pattern(1, 20_000));
 }
 
-/// mkdir fsyncs only the primary metadata copy; a crash before writeback can leave the
-/// backup torn. The directory stays readable and writable, and fsck --repair rewrites it.
+/// A new directory's backup metadata copy is never fsynced; a power loss before writeback
+/// can leave it torn. The directory stays readable and writable, and fsck --repair rewrites it.
 #[test]
 fn a_backup_copy_torn_by_a_crash_is_read_past_and_repaired() {
     let mut m = Mounted::new();

@@ -63,7 +63,9 @@ impl KmsFs {
         Ok(state)
     }
 
-    /// Creates the metadata of a new directory `dir` (inode `ino`) under `key_id`.
+    /// Creates the metadata of a new directory `dir` (inode `ino`) under `key_id`. With
+    /// `defer_sync` (a mkdir: the directory holds nothing yet) it is made durable within
+    /// `dir_sync::DELAY` or before anything below it is fsynced; otherwise before returning.
     pub(super) fn create_dir_meta(
         &self,
         access: Access<'_>,
@@ -71,18 +73,45 @@ impl KmsFs {
         dir: &Path,
         key_id: &str,
         explicit: bool,
+        defer_sync: bool,
     ) -> FsResult<Arc<DirState>> {
         let iv = crypto::random_bytes::<{ IV_LEN }>();
         let iv_hex = crate::keystore::hex(&iv);
         let ctx = DirMeta::context(&self.config.volume_id, &iv_hex);
         let (names_key, blob) = self.keyring.generate_data_key(access, key_id, &ctx).map_err(kms_errno)?;
-        DirMeta::new(key_id, explicit, &iv, &blob).save_new(dir).map_err(|e| {
+        let unsynced = DirMeta::new(key_id, explicit, &iv, &blob).save_new(dir).map_err(|e| {
             log::warn!("{}: cannot write directory metadata: {e}", access.path);
             kms_errno(e) // EIO, or ENOSPC/EDQUOT when out of space
+        })?;
+        match (&self.dir_sync, defer_sync) {
+            (Some(dir_sync), true) => dir_sync.defer(ino, unsynced),
+            _ => unsynced.sync(),
+        }
+        .map_err(|e| {
+            log::warn!("{}: cannot write directory metadata: {e}", access.path);
+            super::io_errno(e)
         })?;
         let state = Arc::new(DirState { key_id: key_id.to_string(), names: DirNames::new(&names_key, &iv) });
         self.dir_states.write().expect("dir states lock").insert(ino, state.clone());
         Ok(state)
+    }
+
+    /// Makes durable the metadata still waiting after a mkdir of `ino` (if a directory) and
+    /// of the directories above it: called before an fsync of `ino` is answered, so that
+    /// nothing a program made durable depends on a names key that is not.
+    pub(super) fn sync_new_dirs_above(&self, ino: u64) -> FsResult<()> {
+        let Some(dir_sync) = &self.dir_sync else { return Ok(()) };
+        let mut chain = vec![ino];
+        while let Some(parent) = chain.last().and_then(|&i| self.inodes.parent(i)) {
+            if chain.contains(&parent) || chain.len() > 4096 {
+                break; // no cycle is expected; never loop on one
+            }
+            chain.push(parent);
+        }
+        dir_sync.sync(chain).map_err(|e| {
+            log::warn!("cannot make new directory metadata durable: {e}");
+            super::io_errno(e)
+        })
     }
 
     /// A directory without (readable) metadata: its creation was interrupted (kill -9 between
@@ -114,7 +143,7 @@ impl KmsFs {
             "{}: directory metadata was missing or torn (interrupted mkdir); recreated it",
             access.path
         );
-        self.create_dir_meta(access, ino.0, dir, &key_id, false)
+        self.create_dir_meta(access, ino.0, dir, &key_id, false, false)
     }
 
     /// The key of directory `parent`, loading it if needed. Called with the loading lock

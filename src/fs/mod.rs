@@ -5,6 +5,7 @@
 //! for a policy, EIO for tampering).
 
 pub mod crypt_file;
+mod dir_sync;
 mod dirs;
 mod files;
 pub mod inodes;
@@ -97,6 +98,9 @@ pub struct KmsFs {
     trash: Option<trash::Trash>,
     /// Reads the next files of a directory ahead while they are opened in listing order.
     prefetch: Option<prefetch::Prefetcher>,
+    /// fsyncs new directories' metadata shortly after their mkdir (`None`: if its thread
+    /// cannot be started, mkdir fsyncs it before returning).
+    dir_sync: Option<dir_sync::DirSync>,
 }
 
 /// Kernel features that change what the filesystem must do itself.
@@ -148,6 +152,9 @@ impl KmsFs {
             trash,
             prefetch: prefetch::Prefetcher::start()
                 .inspect_err(|e| log::warn!("no read-ahead across files ({e})"))
+                .ok(),
+            dir_sync: dir_sync::DirSync::start()
+                .inspect_err(|e| log::warn!("mkdir fsyncs its metadata itself ({e})"))
                 .ok(),
         })
     }

@@ -381,7 +381,7 @@ impl KmsFs {
             let ino = self.inodes.fuse_ino(std::fs::symlink_metadata(&*c.path).map_err(io_errno)?.ino());
             let caller = self.caller(req);
             let label = self.display_child(parent, name);
-            self.create_dir_meta(Self::access(&caller, &label), ino, &c.path, &c.dir.key_id, false)
+            self.create_dir_meta(Self::access(&caller, &label), ino, &c.path, &c.dir.key_id, false, true)
         })();
         if let Err(e) = made {
             let _ = std::fs::remove_dir_all(&*c.path);
@@ -778,8 +778,9 @@ impl Filesystem for KmsFs {
         reply.ok();
     }
 
-    fn fsync(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, datasync: bool, reply: ReplyEmpty) {
-        reply!(reply, self.do_fsync(fh, datasync), |_| reply.ok());
+    fn fsync(&self, _req: &Request, ino: INodeNo, fh: FileHandle, datasync: bool, reply: ReplyEmpty) {
+        let result = self.sync_new_dirs_above(ino.0).and_then(|()| self.do_fsync(fh, datasync));
+        reply!(reply, result, |_| reply.ok());
     }
 
     fn opendir(&self, req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
@@ -820,7 +821,7 @@ impl Filesystem for KmsFs {
     }
 
     fn fsyncdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
-        let result = self.backing(ino).and_then(|path| {
+        let result = self.sync_new_dirs_above(ino.0).and_then(|()| self.backing(ino)).and_then(|path| {
             let dir = open_nofollow(&cpath(&path)?, libc::O_RDONLY | libc::O_DIRECTORY)?;
             check(unsafe { libc::fsync(dir.as_raw_fd()) })
         });

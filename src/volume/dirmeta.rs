@@ -120,36 +120,48 @@ impl DirMeta {
     }
 
     /// Writes both copies into a directory that has none (a new one): each created with
-    /// O_EXCL; the primary and the directory are fsynced, the backup is left to the kernel's
-    /// writeback. Nothing is replaced, so there is no old content to keep, and one fsync
-    /// instead of the four of [`DirMeta::save`]'s temp-and-rename (each fsync is a disk cache
-    /// flush: mkdir took 1.5 ms with two, most of an untar's directory cost). The primary is
-    /// durable before the mkdir returns, so before any entry can be made in the directory: a
-    /// crash never leaves entries whose names key is lost. A crash in the seconds before
-    /// writeback can leave the backup torn, which the mount reads past (the primary
-    /// authenticates) and `fsck --repair` rewrites. A crash during this call leaves an empty
-    /// directory with missing or torn copies, which the mount recreates on first use.
-    /// Falls back to [`DirMeta::save`] if a copy exists already.
-    pub fn save_new(&self, dir: &Path) -> Result<()> {
+    /// O_EXCL. Nothing is replaced, so there is no old content to keep, and no temp-and-rename
+    /// as in [`DirMeta::save`] (four fsyncs, each a disk cache flush where the backing ext4
+    /// has no journal). Returns the primary and the directory, open, for the caller to fsync
+    /// before any entry of the directory can be made durable (`fs::dir_sync`): then a power
+    /// loss never leaves such entries without their names key. The backup is left to the
+    /// kernel's writeback; a power loss before that can tear it, which the mount reads past
+    /// (the primary authenticates) and `fsck --repair` rewrites. A crash during this call
+    /// leaves an empty directory with missing or torn copies, which the mount recreates on
+    /// first use. Falls back to [`DirMeta::save`] (durable already) if a copy exists.
+    pub fn save_new(&self, dir: &Path) -> Result<Unsynced> {
         use std::io::Write;
         let text = serde_json::to_string_pretty(self).expect("metadata serializes");
         let failed = |path: &Path, e| Error::io(format!("cannot write {}", path.display()), e);
-        let mut files = Vec::with_capacity(2);
+        let mut primary = None;
         for name in [DIR_META, DIR_META_BACKUP] {
             let path = dir.join(name);
             let mut f = match super::create_exclusive(&path, 0o644) {
                 Ok(f) => f,
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return self.save(dir),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                    return self.save(dir).map(|()| Unsynced { files: Vec::new() })
+                }
                 Err(e) => return Err(failed(&path, e)),
             };
             f.write_all(text.as_bytes()).map_err(|e| failed(&path, e))?;
-            files.push((path, f));
+            primary.get_or_insert(f);
         }
-        let (primary_path, primary) = &files[0];
-        primary.sync_all().map_err(|e| failed(primary_path, e))?;
-        std::fs::File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(|e| Error::io(format!("cannot sync {}", dir.display()), e))
+        let dir_file =
+            std::fs::File::open(dir).map_err(|e| Error::io(format!("cannot open {}", dir.display()), e))?;
+        Ok(Unsynced { files: primary.into_iter().chain([dir_file]).collect() })
+    }
+}
+
+/// A new directory's primary metadata copy and the directory itself, open, written but not
+/// yet fsynced (see [`DirMeta::save_new`]).
+pub struct Unsynced {
+    pub files: Vec<std::fs::File>,
+}
+
+impl Unsynced {
+    /// fsyncs the files in order: the metadata copy, then the directory that names it.
+    pub fn sync(self) -> std::io::Result<()> {
+        self.files.iter().try_for_each(std::fs::File::sync_all)
     }
 }
 
