@@ -27,8 +27,10 @@ pub use crate::volume::dirmeta::Unsynced;
 /// How long a new directory's metadata may wait for its fsync.
 pub const DELAY: Duration = Duration::from_millis(500);
 
-/// Directories waiting beyond which a mkdir fsyncs its own metadata (bounds the open files).
-const MOST_WAITING: usize = 512;
+/// Directories waiting beyond which a mkdir fsyncs its own metadata: each holds two files
+/// open, and the daemon keeps the usual limit of 1024 descriptors. An untar makes ~40
+/// directories in half a second.
+const MOST_WAITING: usize = 128;
 
 pub struct DirSync {
     shared: Arc<Shared>,
@@ -46,7 +48,7 @@ struct Shared {
 
 #[derive(Default)]
 struct State {
-    waiting: HashMap<u64, (Instant, Unsynced)>,
+    waiting: HashMap<u64, Unsynced>,
     stopping: bool,
 }
 
@@ -71,7 +73,7 @@ impl DirSync {
         if state.waiting.is_empty() {
             self.shared.wake.notify_one(); // the worker sleeps until something waits
         }
-        state.waiting.insert(ino, (Instant::now(), files));
+        state.waiting.insert(ino, files);
         Ok(())
     }
 
@@ -79,24 +81,29 @@ impl DirSync {
     /// a file's or directory's ancestors, nearest first, before fsyncing it). Returns once every fsync of
     /// theirs, here or on the worker, has finished.
     pub fn sync(&self, dirs: impl IntoIterator<Item = u64>) -> std::io::Result<()> {
-        let taken: Vec<Unsynced> = {
-            let mut state = self.shared.state.lock().expect("dirsync lock");
-            if state.waiting.is_empty() {
-                return self.wait_for_worker();
-            }
-            dirs.into_iter().filter_map(|ino| state.waiting.remove(&ino)).map(|(_, u)| u).collect()
-        };
-        // Outermost first: a directory's own entry is made durable by its parent's fsync.
-        for files in taken.into_iter().rev() {
-            files.sync()?;
-        }
-        self.wait_for_worker()
+        let dirs: Vec<u64> = dirs.into_iter().collect();
+        self.sync_waiting(&dirs)?;
+        // Some may have been on the worker: wait for its pass. One that failed there is back
+        // in the map, and is retried here so that its error reaches the caller.
+        drop(self.shared.syncing.lock().expect("dirsync syncing lock"));
+        self.sync_waiting(&dirs)
     }
 
-    /// Waits until the worker has finished the fsyncs it had taken (some may be ours).
-    fn wait_for_worker(&self) -> std::io::Result<()> {
-        drop(self.shared.syncing.lock().expect("dirsync syncing lock"));
-        Ok(())
+    /// fsyncs those of `dirs` that are waiting, outermost first (a directory's own entry is
+    /// made durable by its parent's fsync). One that fails waits again.
+    fn sync_waiting(&self, dirs: &[u64]) -> std::io::Result<()> {
+        let taken: Vec<(u64, Unsynced)> = {
+            let mut state = self.shared.state.lock().expect("dirsync lock");
+            dirs.iter().filter_map(|ino| state.waiting.remove_entry(ino)).collect()
+        };
+        let mut result = Ok(());
+        for (ino, files) in taken.into_iter().rev() {
+            if let Err(e) = files.sync() {
+                self.shared.state.lock().expect("dirsync lock").waiting.insert(ino, files);
+                result = result.and(Err(e));
+            }
+        }
+        result
     }
 }
 
@@ -110,26 +117,28 @@ impl Shared {
                 while state.waiting.is_empty() && !state.stopping {
                     state = self.wake.wait(state).expect("dirsync lock");
                 }
-                if !state.stopping {
-                    // Let a burst of mkdirs gather, then take all that are due.
-                    state = self.wake.wait_timeout(state, DELAY).expect("dirsync lock").0;
+                // The first of a burst of mkdirs woke us: let the burst gather for DELAY, then
+                // take all of it (so none waits longer than DELAY). Until the deadline, wakes
+                // (a mkdir after an fsync emptied the map, or a spurious one) change nothing.
+                let deadline = Instant::now() + DELAY;
+                while !state.stopping {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        break;
+                    }
+                    state = self.wake.wait_timeout(state, left).expect("dirsync lock").0;
                 }
-                let stopping = state.stopping;
-                let now = Instant::now();
-                let due: Vec<u64> = state
-                    .waiting
-                    .iter()
-                    .filter(|(_, (since, _))| stopping || now.duration_since(*since) >= DELAY)
-                    .map(|(ino, _)| *ino)
-                    .collect();
                 let syncing = self.syncing.lock().expect("dirsync syncing lock");
-                let due: Vec<Unsynced> =
-                    due.iter().filter_map(|ino| state.waiting.remove(ino)).map(|(_, u)| u).collect();
-                (due, stopping, syncing)
+                let due: Vec<(u64, Unsynced)> = state.waiting.drain().collect();
+                (due, state.stopping, syncing)
             };
-            for files in due {
+            for (ino, files) in due {
                 if let Err(e) = files.sync() {
                     log::warn!("cannot make new directory metadata durable: {e}");
+                    if !stopping {
+                        // Waits again: the next pass, or an fsync below it, retries it.
+                        self.state.lock().expect("dirsync lock").waiting.insert(ino, files);
+                    }
                 }
             }
             drop(syncing);

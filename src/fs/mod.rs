@@ -90,6 +90,8 @@ pub struct KmsFs {
     next_fh: AtomicU64,
     /// Running as root (e.g. with allow_other): new files belong to the caller.
     chown_to_caller: bool,
+    /// The daemon's effective uid and gid: what the backing file system gives new objects.
+    daemon_ids: (u32, u32),
     options: FsOptions,
     /// What the kernel agreed to at INIT.
     kernel: KernelFeatures,
@@ -147,6 +149,8 @@ impl KmsFs {
             dirs: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
             chown_to_caller: unsafe { libc::geteuid() } == 0,
+            // SAFETY: neither call can fail or touches memory.
+            daemon_ids: unsafe { (libc::geteuid(), libc::getegid()) },
             options,
             kernel: KernelFeatures::default(),
             trash,
@@ -344,7 +348,10 @@ impl KmsFs {
     /// In a setgid directory the group is the directory's (which the backing filesystem
     /// already gave it), as POSIX says.
     fn chown_new(&self, req: &Request, path: &Path) -> FsResult<()> {
-        if self.chown_to_caller {
+        // A caller with the daemon's own ids (root untarring as root) has the owner and group
+        // the backing file system gave the object already, including a setgid parent's group.
+        let callers_already = req.uid() == self.daemon_ids.0 && req.gid() == self.daemon_ids.1;
+        if self.chown_to_caller && !callers_already {
             let setgid_parent = path
                 .parent()
                 .and_then(|p| std::fs::metadata(p).ok())

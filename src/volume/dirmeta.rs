@@ -160,7 +160,7 @@ pub struct Unsynced {
 
 impl Unsynced {
     /// fsyncs the files in order: the metadata copy, then the directory that names it.
-    pub fn sync(self) -> std::io::Result<()> {
+    pub fn sync(&self) -> std::io::Result<()> {
         self.files.iter().try_for_each(std::fs::File::sync_all)
     }
 }
