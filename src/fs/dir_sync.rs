@@ -9,7 +9,7 @@
 //! fsyncs them
 //! - before an FSYNC or FSYNCDIR at or below the directory is answered (what a program makes
 //!   durable is readable after a power loss: its directories' keys went down first),
-//! - in the background within [`DELAY`] otherwise, all that are due in one pass,
+//! - in the background within [`DELAY`] otherwise, all that wait in one pass,
 //! - and all of them when the mount ends.
 //!
 //! A daemon that is killed loses nothing (the copies are in the page cache). A power loss in
@@ -22,7 +22,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-pub use crate::volume::dirmeta::Unsynced;
+use crate::volume::dirmeta::Unsynced;
 
 /// How long a new directory's metadata may wait for its fsync.
 pub const DELAY: Duration = Duration::from_millis(500);

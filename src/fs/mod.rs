@@ -88,9 +88,8 @@ pub struct KmsFs {
     /// kernel forgets the inode or the directory is removed.
     deep_dirs: Mutex<HashMap<u64, Arc<std::os::fd::OwnedFd>>>,
     next_fh: AtomicU64,
-    /// Running as root (e.g. with allow_other): new files belong to the caller.
-    chown_to_caller: bool,
     /// The daemon's effective uid and gid: what the backing file system gives new objects.
+    /// Running as root (e.g. with allow_other), new objects are given to the caller.
     daemon_ids: (u32, u32),
     options: FsOptions,
     /// What the kernel agreed to at INIT.
@@ -148,7 +147,6 @@ impl KmsFs {
             handles: RwLock::new(HashMap::new()),
             dirs: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
-            chown_to_caller: unsafe { libc::geteuid() } == 0,
             // SAFETY: neither call can fail or touches memory.
             daemon_ids: unsafe { (libc::geteuid(), libc::getegid()) },
             options,
@@ -350,8 +348,9 @@ impl KmsFs {
     fn chown_new(&self, req: &Request, path: &Path) -> FsResult<()> {
         // A caller with the daemon's own ids (root untarring as root) has the owner and group
         // the backing file system gave the object already, including a setgid parent's group.
-        let callers_already = req.uid() == self.daemon_ids.0 && req.gid() == self.daemon_ids.1;
-        if self.chown_to_caller && !callers_already {
+        let (uid, gid) = self.daemon_ids;
+        let callers_already = req.uid() == uid && req.gid() == gid;
+        if uid == 0 && !callers_already {
             let setgid_parent = path
                 .parent()
                 .and_then(|p| std::fs::metadata(p).ok())
