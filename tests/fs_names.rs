@@ -1135,6 +1135,26 @@ fn a_primary_copy_that_does_not_authenticate_is_read_from_the_backup() {
 }
 
 #[test]
+fn a_backup_copy_that_cannot_be_read_is_not_needed_while_the_primary_is_good() {
+    // The backup is read only when the primary fails (one small read per directory on a
+    // cold first use, not two). A backup that cannot be read at all (here a directory in
+    // its place: EISDIR, as a bad sector would give EIO) must not cost the directory.
+    let mut m = Mounted::new();
+    let d = m.path("kept");
+    fs::create_dir(&d).unwrap();
+    fs::write(d.join("f.txt"), b"kept").unwrap();
+    let b = m.backing_of(&d);
+    m.unmount();
+    fs::remove_file(b.join("kmsfs.dir.bak")).unwrap();
+    fs::create_dir(b.join("kmsfs.dir.bak")).unwrap();
+    m.start();
+    assert_eq!(list(&d), Ok(set(&["f.txt"])));
+    assert_eq!(read(&d.join("f.txt")), b"kept");
+    fs::write(d.join("new.txt"), b"new").unwrap();
+    assert_eq!(read(&d.join("new.txt")), b"new");
+}
+
+#[test]
 fn a_directory_whose_metadata_is_unreadable_gives_eio_alone() {
     let mut m = Mounted::new();
     let parent = m.path("parent");

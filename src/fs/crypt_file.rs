@@ -36,6 +36,16 @@ impl CryptFile<'_> {
         Ok(plaintext_size(self.file.metadata()?.len()))
     }
 
+    /// Writes a just-created (zero-length) file's `header` and its sealed empty last block
+    /// with one call: nothing to cut, so no truncate either.
+    pub fn init_new(&self, header: &[u8]) -> io::Result<()> {
+        debug_assert_eq!(header.len() as u64, block_offset(0));
+        let mut bytes = header.to_vec();
+        bytes.resize(header.len() + SEAL_OVERHEAD, 0);
+        format::seal_block(self.cipher, self.file_id, 0, true, &[], &mut bytes[header.len()..]);
+        self.file.write_all_at(&bytes, 0)
+    }
+
     /// Gives a file that has just got its header its empty last block.
     pub fn init_empty(&self) -> io::Result<()> {
         self.write_blocks(0, &[Vec::new()], 0)?;
@@ -151,12 +161,12 @@ impl CryptFile<'_> {
         self.write_blocks(old_last, &[block], next)
     }
 
-    /// Runs `grow`, which makes a file of plaintext size `size` longer. If it fails (ENOSPC,
+    /// Runs `grow`, which makes a file of backing length `len` longer. If it fails (ENOSPC,
     /// say) after writing part of its blocks, the file is put back to its old length and last
     /// block, byte for byte: a write that ran out of space must not leave a torn tail that
     /// makes the file read as EIO.
-    fn growing(&self, size: u64, grow: impl FnOnce() -> io::Result<()>) -> io::Result<()> {
-        let len = self.file.metadata()?.len();
+    fn growing(&self, len: u64, grow: impl FnOnce() -> io::Result<()>) -> io::Result<()> {
+        let size = plaintext_size(len);
         let at = block_offset(block_count(size).max(1) - 1).min(len);
         let mut tail = vec![0u8; (len - at) as usize];
         let tail = self.file.read_exact_at(&mut tail, at).ok().map(|_| tail);
@@ -177,9 +187,10 @@ impl CryptFile<'_> {
         if data.is_empty() {
             return Ok(());
         }
-        let size = self.plaintext_len()?;
+        let len = self.file.metadata()?.len();
+        let size = plaintext_size(len);
         if offset + data.len() as u64 > size {
-            return self.growing(size, || self.write_range(size, offset, data));
+            return self.growing(len, || self.write_range(size, offset, data));
         }
         self.write_range(size, offset, data)
     }
@@ -210,7 +221,8 @@ impl CryptFile<'_> {
 
     /// Sets the plaintext size: cuts (resealing the new last block) or extends with a hole.
     pub fn set_len(&self, new_size: u64) -> io::Result<()> {
-        let size = self.plaintext_len()?;
+        let len = self.file.metadata()?.len();
+        let size = plaintext_size(len);
         if new_size == size {
             return Ok(());
         }
@@ -226,7 +238,7 @@ impl CryptFile<'_> {
             return self.file.set_len(cipher_size(new_size));
         }
         // Growing: the old last block loses its flag, the new last block is zeros.
-        self.growing(size, || {
+        self.growing(len, || {
             self.retire_last_block(size, new_last)?;
             let mut block = if block_count(size) == new_last + 1 {
                 self.existing_block(new_last, size)?

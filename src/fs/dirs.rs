@@ -11,7 +11,7 @@ use fuser::{Errno, INodeNo};
 use super::{kms_errno, FsResult, KmsFs};
 use crate::crypto;
 use crate::kms::keyring::Access;
-use crate::volume::dirmeta::{DirKeys, DirMeta, IV_LEN};
+use crate::volume::dirmeta::{DirKeys, DirMeta, Unusable, IV_LEN};
 use crate::volume::dirnames::DirNames;
 
 /// A directory's keys, unwrapped.
@@ -43,21 +43,20 @@ impl KmsFs {
             return Ok(state);
         }
         let dir = self.backing(ino)?;
-        let copies = match DirMeta::load_copies(&dir) {
-            Ok(copies) if !copies.is_empty() => copies,
-            Ok(_) => return self.repair_dir_meta(access, ino, &dir),
-            Err(e) => {
+        let keys = match DirMeta::load_keys(&dir, &self.keyring, access, &self.config.volume_id) {
+            Ok(Ok(keys)) => keys,
+            Ok(Err(Unusable::Missing)) => return self.repair_dir_meta(access, ino, &dir),
+            Ok(Err(Unusable::Unreadable(e))) => {
                 // Both copies torn: a crash during the mkdir that wrote them. Only an empty
                 // directory gets new ones (repair refuses with EIO when it holds entries).
                 log::warn!("{}: {e}", access.path);
                 return self.repair_dir_meta(access, ino, &dir);
             }
-        };
-        let keys =
-            DirMeta::unwrap_any(&copies, &self.keyring, access, &self.config.volume_id).map_err(|e| {
+            Err(e) => {
                 log::warn!("{}: {e}", access.path);
-                kms_errno(e)
-            })?;
+                return Err(kms_errno(e));
+            }
+        };
         let state = Arc::new(DirState::from(keys));
         self.dir_states.write().expect("dir states lock").insert(ino.0, state.clone());
         Ok(state)
@@ -153,9 +152,10 @@ impl KmsFs {
         if let Some(state) = self.dir_states.read().expect("dir states lock").get(&parent.0) {
             return Ok(state.key_id.clone());
         }
-        let copies = DirMeta::load_copies(&self.backing(parent)?).map_err(|_| Errno::EIO)?;
-        DirMeta::unwrap_any(&copies, &self.keyring, access, &self.config.volume_id)
-            .map(|keys| keys.key_id)
-            .map_err(kms_errno)
+        match DirMeta::load_keys(&self.backing(parent)?, &self.keyring, access, &self.config.volume_id) {
+            Ok(Ok(keys)) => Ok(keys.key_id),
+            Ok(Err(_)) => Err(Errno::EIO),
+            Err(e) => Err(kms_errno(e)),
+        }
     }
 }

@@ -2,7 +2,7 @@
 //! zeroized when the last handle closes.
 
 use std::fs::File;
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, RwLock};
@@ -174,11 +174,10 @@ impl KmsFs {
         let ctx = self.config.file_context(&file_id);
         let (data_key, wrapped) = self.keyring.generate_data_key(access, key_id, &ctx).map_err(kms_errno)?;
         let (blob_header, _) = crate::kms::blob::BlobHeader::parse(&wrapped).map_err(kms_errno)?;
-        file.write_all_at(&FileHeader::new(file_id, wrapped).encode(), 0).map_err(io_errno)?;
         let key = FileKey { file_id, cipher: data_key.cipher(), key_id: blob_header.key_id };
         let label = access.path;
         CryptFile { file, cipher: &key.cipher, file_id: &key.file_id, label }
-            .init_empty()
+            .init_new(&FileHeader::new(file_id, wrapped).encode())
             .map_err(io_errno)?;
         Ok(key)
     }

@@ -26,7 +26,8 @@ fn cpath(path: &Path) -> FsResult<CString> {
     CString::new(path.as_os_str().as_bytes()).map_err(|_| Errno::EINVAL)
 }
 
-/// What a metadata change applies to: the backing path, or the open fd of an unlinked file.
+/// What a metadata change applies to: the backing file open for a handle (no path walk,
+/// and the only way to an unlinked one), or the backing path.
 enum Target {
     Path(CString),
     Fd(Arc<super::OpenFile>),
@@ -142,11 +143,13 @@ impl KmsFs {
     }
 
     fn do_getattr(&self, ino: INodeNo, fh: Option<FileHandle>) -> FsResult<FileAttr> {
-        if let Some(fh) = fh {
-            if let Ok((of, _, _)) = self.handle(fh.0) {
-                let meta = of.file.metadata().map_err(io_errno)?;
-                return Ok(self.attr(ino.0, &meta, None));
-            }
+        // An open file is asked through its descriptor: one fstat instead of a walk of the
+        // whole backing path (GETATTR and SETATTR mostly come while a program has the file
+        // open: tar's fchown, fchmod and futimens of every file it writes).
+        let open = fh.and_then(|fh| self.handle(fh.0).ok()).map(|(of, _, _)| of);
+        if let Some(of) = open.or_else(|| self.open_file_of(ino.0)) {
+            let meta = of.file.metadata().map_err(io_errno)?;
+            return Ok(self.attr(ino.0, &meta, None));
         }
         let (meta, path) = self.stat_ino(ino)?;
         Ok(self.attr(ino.0, &meta, path.as_deref()))
@@ -166,11 +169,14 @@ impl KmsFs {
         fh: Option<FileHandle>,
     ) -> FsResult<FileAttr> {
         self.check_writable()?;
-        let (meta, path) = self.stat_ino(ino)?;
-        // An unlinked file that is still open has no path: work through its open fd.
-        let target = match path.as_deref() {
-            Some(p) => Target::Path(cpath(p)?),
-            None => Target::Fd(self.open_file_of(ino.0).ok_or(Errno::ENOENT)?),
+        // Only regular files are ever open, so an open one needs no stat to tell.
+        let (is_symlink, target) = match self.open_file_of(ino.0) {
+            Some(of) => (false, Target::Fd(of)),
+            None => match self.stat_ino(ino)? {
+                (meta, Some(path)) => (meta.file_type().is_symlink(), Target::Path(cpath(&path)?)),
+                // Opened (and unlinked) since the first look.
+                (_, None) => (false, Target::Fd(self.open_file_of(ino.0).ok_or(Errno::ENOENT)?)),
+            },
         };
         if let Some(size) = size {
             self.truncate(req, ino, fh, size)?;
@@ -184,7 +190,7 @@ impl KmsFs {
         // None of these follows a symlink in the last component of the backing path, which a
         // writer of the cipher directory may put there after the stat above: chmod goes
         // through an O_PATH descriptor, chown is lchown, utimensat has AT_SYMLINK_NOFOLLOW.
-        if let Some(mode) = mode.filter(|_| !meta.file_type().is_symlink()) {
+        if let Some(mode) = mode.filter(|_| !is_symlink) {
             match &target {
                 Target::Path(p) => chmod_nofollow(p, mode & 0o7777)?,
                 Target::Fd(of) => check(unsafe { libc::fchmod(of.file.as_raw_fd(), mode & 0o7777) })?,

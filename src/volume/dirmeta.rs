@@ -21,6 +21,26 @@ pub const DIR_META: &str = "kmsfs.dir";
 pub const DIR_META_BACKUP: &str = "kmsfs.dir.bak";
 pub const IV_LEN: usize = 16;
 
+/// One metadata copy as found on disk.
+enum Copy {
+    Absent,
+    Damaged,
+    Parsed(DirMeta),
+}
+
+/// Why a directory has no metadata copy to unwrap.
+#[derive(Debug)]
+pub enum Unusable {
+    /// Neither copy exists: a directory whose creation was interrupted.
+    Missing,
+    /// Both copies are damaged, or one cannot be read.
+    Unreadable(Error),
+}
+
+fn both_damaged(dir: &Path) -> Error {
+    Error::InvalidCiphertext(format!("both metadata copies of {} are damaged", dir.display()))
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DirMeta {
     pub format: String,
@@ -91,25 +111,73 @@ impl DirMeta {
         let mut seen = false;
         let mut copies = Vec::new();
         for name in [DIR_META, DIR_META_BACKUP] {
-            match std::fs::read_to_string(dir.join(name)) {
-                Ok(text) => {
+            match Self::read_copy(dir, name)? {
+                Copy::Absent => {}
+                Copy::Damaged => seen = true,
+                Copy::Parsed(meta) => {
                     seen = true;
-                    match Self::parse(&text) {
-                        Some(meta) => copies.push(meta),
-                        None => log::warn!("{}/{name} is damaged; trying the other copy", dir.display()),
-                    }
+                    copies.push(meta);
                 }
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(Error::io(format!("cannot read {}/{name}", dir.display()), e)),
             }
         }
         if seen && copies.is_empty() {
-            return Err(Error::InvalidCiphertext(format!(
-                "both metadata copies of {} are damaged",
-                dir.display()
-            )));
+            return Err(both_damaged(dir));
         }
         Ok(copies)
+    }
+
+    /// The names key and key of directory `dir` from the first copy that parses and
+    /// unwraps. Unlike [`DirMeta::load_copies`] followed by [`DirMeta::unwrap_any`], the
+    /// backup is read only when the primary is missing, damaged or does not unwrap: a
+    /// directory's first use (every directory of a cold `ls -lR`) waits for one small file,
+    /// not two. `Ok(Err(..))` says there is no usable copy on disk at all (the caller may
+    /// repair); `Err` is why the copies there did not unwrap.
+    pub fn load_keys(
+        dir: &Path,
+        ring: &crate::kms::keyring::KeyRing,
+        access: crate::kms::keyring::Access<'_>,
+        volume_id: &str,
+    ) -> Result<std::result::Result<DirKeys, Unusable>> {
+        let (mut seen, mut unwrap_error) = (false, None);
+        for (i, name) in [DIR_META, DIR_META_BACKUP].into_iter().enumerate() {
+            let meta = match Self::read_copy(dir, name) {
+                Ok(Copy::Parsed(meta)) => meta,
+                Ok(Copy::Absent) => continue,
+                Ok(Copy::Damaged) => {
+                    seen = true;
+                    continue;
+                }
+                Err(e) => return Ok(Err(Unusable::Unreadable(e))),
+            };
+            match meta.unwrap(ring, access, volume_id) {
+                Ok(keys) => return Ok(Ok(keys)),
+                Err(e @ (Error::KeyState(_) | Error::AccessDenied(_))) => return Err(e),
+                Err(e) => {
+                    log::warn!("{}: metadata copy {} cannot be used ({e})", access.path, i + 1);
+                    unwrap_error = Some(e);
+                }
+            }
+        }
+        match unwrap_error {
+            Some(e) => Err(e),
+            None if seen => Ok(Err(Unusable::Unreadable(both_damaged(dir)))),
+            None => Ok(Err(Unusable::Missing)),
+        }
+    }
+
+    /// One copy: absent, damaged (logged), or parsed.
+    fn read_copy(dir: &Path, name: &str) -> Result<Copy> {
+        match std::fs::read_to_string(dir.join(name)) {
+            Ok(text) => Ok(match Self::parse(&text) {
+                Some(meta) => Copy::Parsed(meta),
+                None => {
+                    log::warn!("{}/{name} is damaged; trying the other copy", dir.display());
+                    Copy::Damaged
+                }
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Copy::Absent),
+            Err(e) => Err(Error::io(format!("cannot read {}/{name}", dir.display()), e)),
+        }
     }
 
     /// Writes both copies, each atomically.
