@@ -1135,23 +1135,32 @@ fn a_primary_copy_that_does_not_authenticate_is_read_from_the_backup() {
 }
 
 #[test]
-fn a_backup_copy_that_cannot_be_read_is_not_needed_while_the_primary_is_good() {
+fn a_metadata_copy_that_cannot_be_read_costs_nothing_while_the_other_is_good() {
     // The backup is read only when the primary fails (one small read per directory on a
-    // cold first use, not two). A backup that cannot be read at all (here a directory in
-    // its place: EISDIR, as a bad sector would give EIO) must not cost the directory.
+    // cold first use, not two), and a primary that cannot be read sends the reader to the
+    // backup. "Cannot be read" here is a directory in the copy's place (EISDIR, as a bad
+    // sector would give EIO).
     let mut m = Mounted::new();
-    let d = m.path("kept");
-    fs::create_dir(&d).unwrap();
-    fs::write(d.join("f.txt"), b"kept").unwrap();
-    let b = m.backing_of(&d);
+    let mut backing = Vec::new();
+    for (c, copy) in [("backup-unreadable", "kmsfs.dir.bak"), ("primary-unreadable", "kmsfs.dir")] {
+        let d = m.path(c);
+        fs::create_dir(&d).unwrap();
+        fs::write(d.join("f.txt"), c).unwrap();
+        backing.push((m.backing_of(&d), copy));
+    }
     m.unmount();
-    fs::remove_file(b.join("kmsfs.dir.bak")).unwrap();
-    fs::create_dir(b.join("kmsfs.dir.bak")).unwrap();
+    for (b, copy) in &backing {
+        fs::remove_file(b.join(copy)).unwrap();
+        fs::create_dir(b.join(copy)).unwrap();
+    }
     m.start();
-    assert_eq!(list(&d), Ok(set(&["f.txt"])));
-    assert_eq!(read(&d.join("f.txt")), b"kept");
-    fs::write(d.join("new.txt"), b"new").unwrap();
-    assert_eq!(read(&d.join("new.txt")), b"new");
+    for c in ["backup-unreadable", "primary-unreadable"] {
+        let d = m.path(c);
+        assert_eq!(list(&d), Ok(set(&["f.txt"])), "{c}");
+        assert_eq!(read(&d.join("f.txt")), c.as_bytes(), "{c}");
+        fs::write(d.join("new.txt"), b"new").unwrap();
+        assert_eq!(read(&d.join("new.txt")), b"new", "{c}");
+    }
 }
 
 #[test]

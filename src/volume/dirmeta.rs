@@ -33,7 +33,7 @@ enum Copy {
 pub enum Unusable {
     /// Neither copy exists: a directory whose creation was interrupted.
     Missing,
-    /// Both copies are damaged, or one cannot be read.
+    /// No copy can be read or parsed.
     Unreadable(Error),
 }
 
@@ -138,7 +138,7 @@ impl DirMeta {
         access: crate::kms::keyring::Access<'_>,
         volume_id: &str,
     ) -> Result<std::result::Result<DirKeys, Unusable>> {
-        let (mut seen, mut unwrap_error) = (false, None);
+        let (mut seen, mut read_error, mut unwrap_error) = (false, None, None);
         for (i, name) in [DIR_META, DIR_META_BACKUP].into_iter().enumerate() {
             let meta = match Self::read_copy(dir, name) {
                 Ok(Copy::Parsed(meta)) => meta,
@@ -147,7 +147,11 @@ impl DirMeta {
                     seen = true;
                     continue;
                 }
-                Err(e) => return Ok(Err(Unusable::Unreadable(e))),
+                Err(e) => {
+                    log::warn!("{e}; trying the other copy");
+                    read_error = Some(e);
+                    continue;
+                }
             };
             match meta.unwrap(ring, access, volume_id) {
                 Ok(keys) => return Ok(Ok(keys)),
@@ -158,10 +162,11 @@ impl DirMeta {
                 }
             }
         }
-        match unwrap_error {
-            Some(e) => Err(e),
-            None if seen => Ok(Err(Unusable::Unreadable(both_damaged(dir)))),
-            None => Ok(Err(Unusable::Missing)),
+        match (unwrap_error, read_error) {
+            (Some(e), _) => Err(e),
+            (None, Some(e)) => Ok(Err(Unusable::Unreadable(e))),
+            (None, None) if seen => Ok(Err(Unusable::Unreadable(both_damaged(dir)))),
+            (None, None) => Ok(Err(Unusable::Missing)),
         }
     }
 
