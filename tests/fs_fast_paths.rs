@@ -1,7 +1,7 @@
 //! The performance paths of issue 7 keep the file system's meaning: listings that carry
 //! attributes (readdirplus), unsupported xattr namespaces answered once for all, removal in
-//! the background through `kmsfs.trash`, read-ahead across a directory's files, and the
-//! opt-in `-o writeback_cache`.
+//! the background through `kmsfs.trash`, read-ahead across a directory's files, the mount's
+//! 1 MiB read-ahead, and the opt-in `-o writeback_cache`.
 
 mod common;
 
@@ -159,6 +159,34 @@ fn files_read_in_listing_order_are_exact() {
         read += 1;
     }
     assert_eq!(read, 120);
+}
+
+#[test]
+fn a_root_daemon_raises_the_mounts_read_ahead_and_large_reads_stay_exact() {
+    // The kernel leaves a FUSE mount at 128 KiB of read-ahead (READs of 128 KiB); a daemon
+    // running as root sets 1 MiB on the mount's bdi, so sequential reads come in 1 MiB READs.
+    let mut m = Mounted::new();
+    let data = pattern(7, 9 * 1024 * 1024 + 12345);
+    fs::write(m.path("big"), &data).unwrap();
+    m.remount();
+    if unsafe { libc::geteuid() } == 0 {
+        let dev = fs::metadata(m.mnt()).unwrap().dev();
+        let knob = format!("/sys/class/bdi/{}:{}/read_ahead_kb", libc::major(dev), libc::minor(dev));
+        assert_eq!(fs::read_to_string(&knob).unwrap().trim(), "1024", "{knob}");
+    } else {
+        eprintln!("not root: the daemon cannot raise the read-ahead; checking the data only");
+    }
+    let mut read = Vec::new();
+    let mut f = File::open(m.path("big")).unwrap();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf).unwrap();
+        if n == 0 {
+            break;
+        }
+        read.extend_from_slice(&buf[..n]);
+    }
+    assert!(read == data, "a 9 MiB file read in 1 MiB pieces differs from what was written");
 }
 
 #[test]

@@ -4,6 +4,7 @@
 
 pub mod control;
 mod daemon;
+mod readahead;
 mod syslog;
 
 use std::path::{Path, PathBuf};
@@ -24,6 +25,8 @@ use crate::volume::VolumeConfig;
 
 /// FUSE worker threads: requests block on disk I/O, so more than the two cores pays.
 const FUSE_THREADS: usize = 4;
+/// Read-ahead of the mount, as large as one READ may be (`fs::ops::MAX_IO`).
+const READ_AHEAD_KIB: u32 = 1024;
 
 /// Everything `kmsfs mount` was asked for.
 pub struct MountRequest {
@@ -236,6 +239,8 @@ pub struct MountEntry {
     pub fstype: String,
     /// The mount source (for kmsfs: `kmsfs:<cipher dir>`).
     pub source: String,
+    /// The `major:minor` of its device (for a FUSE mount, its entry in /sys/class/bdi).
+    pub device: String,
 }
 
 /// The mounts this process sees.
@@ -244,11 +249,13 @@ pub fn mount_table() -> Vec<MountEntry> {
     info.lines()
         .filter_map(|line| {
             let (fields, rest) = line.split_once(" - ")?;
+            let fields: Vec<&str> = fields.split(' ').collect();
             let mut rest = rest.split(' ');
             Some(MountEntry {
-                mount_point: PathBuf::from(unescape(fields.split(' ').nth(4)?)),
+                mount_point: PathBuf::from(unescape(fields.get(4)?)),
                 fstype: rest.next()?.to_string(),
                 source: unescape(rest.next()?),
+                device: fields.get(2)?.to_string(),
             })
         })
         .collect()
@@ -365,6 +372,7 @@ fn serve_inner(p: Prepared, report: &mut dyn FnMut(std::result::Result<(), Strin
     let session = fuser::Session::new(fs, &p.mountpoint, &config)
         .map_err(|e| Error::io(format!("cannot mount at {}", p.mountpoint.display()), e))?;
     log::info!("mounted {} at {}", p.cipher_dir.display(), p.mountpoint.display());
+    readahead::raise(&p.mountpoint, READ_AHEAD_KIB);
     report(Ok(()));
     daemon::unmount_on_signal(signals, p.mountpoint.clone());
     let run = session.run();
