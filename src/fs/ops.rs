@@ -142,12 +142,12 @@ impl KmsFs {
         self.entry(parent, &c.stored, name, &c.path)
     }
 
-    fn do_getattr(&self, ino: INodeNo, fh: Option<FileHandle>) -> FsResult<FileAttr> {
-        // An open file is asked through its descriptor: one fstat instead of a walk of the
-        // whole backing path (GETATTR and SETATTR mostly come while a program has the file
-        // open: tar's fchown, fchmod and futimens of every file it writes).
-        let open = fh.and_then(|fh| self.handle(fh.0).ok()).map(|(of, _, _)| of);
-        if let Some(of) = open.or_else(|| self.open_file_of(ino.0)) {
+    fn do_getattr(&self, ino: INodeNo) -> FsResult<FileAttr> {
+        // An open file is asked through its descriptor (the one all its handles share): one
+        // fstat instead of a walk of the whole backing path (GETATTR and SETATTR mostly come
+        // while a program has the file open: tar's fchown, fchmod and futimens of every file
+        // it writes).
+        if let Some(of) = self.open_file_of(ino.0) {
             let meta = of.file.metadata().map_err(io_errno)?;
             return Ok(self.attr(ino.0, &meta, None));
         }
@@ -212,7 +212,7 @@ impl KmsFs {
                 Target::Fd(of) => unsafe { libc::futimens(of.file.as_raw_fd(), times.as_ptr()) },
             })?;
         }
-        self.do_getattr(ino, fh)
+        self.do_getattr(ino)
     }
 
     /// Sets a file's plaintext size, through a handle if given, else through a temporary
@@ -642,8 +642,8 @@ impl Filesystem for KmsFs {
         }
     }
 
-    fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
-        reply!(reply, self.do_getattr(ino, fh), |a| reply.attr(&TTL, &a));
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        reply!(reply, self.do_getattr(ino), |a| reply.attr(&TTL, &a));
     }
 
     fn setattr(

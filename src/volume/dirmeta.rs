@@ -153,13 +153,9 @@ impl DirMeta {
                     continue;
                 }
             };
-            match meta.unwrap(ring, access, volume_id) {
+            match meta.unwrap_copy(i, ring, access, volume_id)? {
                 Ok(keys) => return Ok(Ok(keys)),
-                Err(e @ (Error::KeyState(_) | Error::AccessDenied(_))) => return Err(e),
-                Err(e) => {
-                    log::warn!("{}: metadata copy {} cannot be used ({e})", access.path, i + 1);
-                    unwrap_error = Some(e);
-                }
+                Err(e) => unwrap_error = Some(e),
             }
         }
         match (unwrap_error, read_error) {
@@ -290,15 +286,30 @@ impl DirMeta {
     ) -> Result<DirKeys> {
         let mut last = Error::InvalidCiphertext(format!("{} has no directory metadata", access.path));
         for (i, meta) in copies.iter().enumerate() {
-            match meta.unwrap(ring, access, volume_id) {
+            match meta.unwrap_copy(i, ring, access, volume_id)? {
                 Ok(keys) => return Ok(keys),
-                Err(e @ (Error::KeyState(_) | Error::AccessDenied(_))) => return Err(e),
-                Err(e) => {
-                    log::warn!("{}: metadata copy {} cannot be used ({e})", access.path, i + 1);
-                    last = e;
-                }
+                Err(e) => last = e,
             }
         }
         Err(last)
+    }
+
+    /// Unwraps copy number `i` (from 0). `Ok(Err(..))`: this copy cannot be used (logged),
+    /// another may be; `Err`: no copy can, the key's state or policy refuses.
+    fn unwrap_copy(
+        &self,
+        i: usize,
+        ring: &crate::kms::keyring::KeyRing,
+        access: crate::kms::keyring::Access<'_>,
+        volume_id: &str,
+    ) -> Result<std::result::Result<DirKeys, Error>> {
+        match self.unwrap(ring, access, volume_id) {
+            Ok(keys) => Ok(Ok(keys)),
+            Err(e @ (Error::KeyState(_) | Error::AccessDenied(_))) => Err(e),
+            Err(e) => {
+                log::warn!("{}: metadata copy {} cannot be used ({e})", access.path, i + 1);
+                Ok(Err(e))
+            }
+        }
     }
 }
