@@ -9,12 +9,14 @@ mod dir_sync;
 mod dirs;
 mod files;
 pub mod inodes;
+pub mod linger;
 mod listing;
 pub mod names;
 mod ops;
 mod prefetch;
 mod rewrap;
 mod trash;
+mod workers;
 mod xattr;
 
 use std::collections::HashMap;
@@ -53,6 +55,10 @@ use std::os::fd::AsRawFd;
 pub const TTL: Duration = Duration::from_secs(10);
 
 pub type FsResult<T> = Result<T, Errno>;
+
+/// Threads for large READs and fsyncs (`workers`): read-ahead READs sent together decrypt
+/// on both cores, and one fsync waiting on the disk leaves a thread for the next READ.
+const IO_THREADS: usize = 2;
 
 /// Mount-time choices.
 #[derive(Debug, Clone, Copy, Default)]
@@ -102,6 +108,10 @@ pub struct KmsFs {
     /// fsyncs new directories' metadata shortly after their mkdir (`None`: if its thread
     /// cannot be started, mkdir fsyncs it before returning).
     dir_sync: Option<dir_sync::DirSync>,
+    /// Polls for the next request after each reply (see `linger`).
+    linger: Arc<linger::Linger>,
+    /// Large READs and fsyncs, off the dispatching thread (`None`: they run on it).
+    workers: Option<workers::Workers>,
 }
 
 /// Kernel features that change what the filesystem must do itself.
@@ -158,7 +168,16 @@ impl KmsFs {
             dir_sync: dir_sync::DirSync::start()
                 .inspect_err(|e| log::warn!("mkdir fsyncs its metadata itself ({e})"))
                 .ok(),
+            linger: Arc::new(linger::Linger::new()),
+            workers: workers::Workers::start(IO_THREADS)
+                .inspect_err(|e| log::warn!("large reads and fsyncs run on the dispatching thread ({e})"))
+                .ok(),
         })
+    }
+
+    /// What the mount attaches the FUSE device to, once it has one (see `linger`).
+    pub fn linger(&self) -> Arc<linger::Linger> {
+        self.linger.clone()
     }
 
     /// The principal behind a request. Its supplementary groups are read from

@@ -17,10 +17,13 @@ use fuser::{
     TimeOrNow, WriteFlags,
 };
 
-use super::{io_errno, FsResult, KmsFs, TTL};
+use super::{io_errno, FsResult, KmsFs, OpenFile, TTL};
 
 /// Largest read and write the kernel sends in one request.
 const MAX_IO: u32 = 1 << 20;
+/// READs this large go to a worker thread (`KmsFs::offload`): read-ahead sends 1 MiB READs,
+/// a small file is read in one READ of its size.
+const OFFLOAD_READ: u32 = 256 << 10;
 
 fn cpath(path: &Path) -> FsResult<CString> {
     CString::new(path.as_os_str().as_bytes()).map_err(|_| Errno::EINVAL)
@@ -313,10 +316,12 @@ impl KmsFs {
         flags & libc::O_APPEND != 0 && !self.kernel.writeback_cache
     }
 
-    fn do_read(&self, fh: FileHandle, offset: u64, size: u32) -> FsResult<Vec<u8>> {
-        let (of, _, _) = self.handle(fh.0)?;
-        let _guard = of.lock.read().expect("file lock");
-        of.crypt().read_at(offset, size as usize).map_err(io_errno)
+    /// Runs `job` on a worker thread, or on this one without workers.
+    fn offload(&self, job: impl FnOnce() + Send + 'static) {
+        match &self.workers {
+            Some(workers) => workers.run(job),
+            None => job(),
+        }
     }
 
     fn do_write(&self, fh: FileHandle, offset: u64, data: &[u8], kill_privs: bool) -> FsResult<u32> {
@@ -343,9 +348,10 @@ impl KmsFs {
         }
     }
 
-    fn do_fsync(&self, fh: FileHandle, datasync: bool) -> FsResult<()> {
-        let (of, _, _) = self.handle(fh.0)?;
-        if datasync { of.file.sync_data() } else { of.file.sync_all() }.map_err(io_errno)
+    /// A READ of `size` bytes at `offset`.
+    fn read_at(of: &OpenFile, offset: u64, size: u32) -> FsResult<Vec<u8>> {
+        let _guard = of.lock.read().expect("file lock");
+        of.crypt().read_at(offset, size as usize).map_err(io_errno)
     }
 
     fn do_fallocate(&self, fh: FileHandle, offset: u64, length: u64, mode: i32) -> FsResult<()> {
@@ -633,16 +639,19 @@ impl Filesystem for KmsFs {
     }
 
     fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let _next = self.linger.after_reply();
         self.reply_entry(reply, self.do_lookup(req, parent, name));
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        let _next = self.linger.after_reply();
         if self.inodes.forget(ino.0, nlookup) {
             self.forget_cached(ino.0);
         }
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        let _next = self.linger.after_reply();
         reply!(reply, self.do_getattr(ino), |a| reply.attr(&TTL, &a));
     }
 
@@ -664,11 +673,13 @@ impl Filesystem for KmsFs {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
+        let _next = self.linger.after_reply();
         let result = self.with_space(|| self.do_setattr(req, ino, mode, uid, gid, size, atime, mtime, fh));
         reply!(reply, result, |a| reply.attr(&TTL, &a));
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        let _next = self.linger.after_reply();
         reply!(reply, self.do_readlink(ino), |t| reply.data(&t));
     }
 
@@ -682,22 +693,27 @@ impl Filesystem for KmsFs {
         rdev: u32,
         reply: ReplyEntry,
     ) {
+        let _next = self.linger.after_reply();
         self.reply_entry(reply, self.with_space(|| self.do_mknod(req, parent, name, mode, umask, rdev)));
     }
 
     fn mkdir(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, reply: ReplyEntry) {
+        let _next = self.linger.after_reply();
         self.reply_entry(reply, self.with_space(|| self.do_mkdir(req, parent, name, mode, umask)));
     }
 
     fn unlink(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let _next = self.linger.after_reply();
         reply!(reply, self.do_unlink(req, parent, name, false), |_| reply.ok());
     }
 
     fn rmdir(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let _next = self.linger.after_reply();
         reply!(reply, self.do_unlink(req, parent, name, true), |_| reply.ok());
     }
 
     fn symlink(&self, req: &Request, parent: INodeNo, link_name: &OsStr, target: &Path, reply: ReplyEntry) {
+        let _next = self.linger.after_reply();
         self.reply_entry(reply, self.with_space(|| self.do_symlink(req, parent, link_name, target)));
     }
 
@@ -711,15 +727,18 @@ impl Filesystem for KmsFs {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
+        let _next = self.linger.after_reply();
         let result = self.with_space(|| self.do_rename(req, parent, name, newparent, newname, flags));
         reply!(reply, result, |_| reply.ok());
     }
 
     fn link(&self, req: &Request, ino: INodeNo, newparent: INodeNo, newname: &OsStr, reply: ReplyEntry) {
+        let _next = self.linger.after_reply();
         self.reply_entry(reply, self.with_space(|| self.do_link(req, ino, newparent, newname)));
     }
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let _next = self.linger.after_reply();
         reply!(reply, self.do_open(req, ino, flags), |fh| reply.opened(FileHandle(fh), self.open_flags()));
     }
 
@@ -734,7 +753,19 @@ impl Filesystem for KmsFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        reply!(reply, self.do_read(fh, offset, size), |d| reply.data(&d));
+        let _next = self.linger.after_reply();
+        let of = match self.handle(fh.0) {
+            Ok((of, _, _)) => of,
+            Err(e) => return reply.error(e),
+        };
+        let read = move || reply!(reply, Self::read_at(&of, offset, size), |d| reply.data(&d));
+        // Small READs (a small file's whole content) are answered here: handing one over
+        // would cost a thread wake-up, more than decrypting it.
+        if size >= OFFLOAD_READ {
+            self.offload(read);
+        } else {
+            read();
+        }
     }
 
     fn write(
@@ -749,6 +780,7 @@ impl Filesystem for KmsFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
+        let _next = self.linger.after_reply();
         let kill_privs = write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID);
         let result = self.with_space(|| self.do_write(fh, offset, data, kill_privs));
         reply!(reply, result, |n| reply.written(n));
@@ -762,6 +794,7 @@ impl Filesystem for KmsFs {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
+        let _next = self.linger.after_reply();
         // Nothing to do here, but answered: with the write-back cache the kernel writes a
         // file's dirty pages at close only on the way to sending FLUSH, so a close that
         // returned has handed every byte to the daemon (a killed daemon loses nothing
@@ -780,20 +813,30 @@ impl Filesystem for KmsFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
+        let _next = self.linger.after_reply();
         self.do_release(fh);
         reply.ok();
     }
 
     fn fsync(&self, _req: &Request, ino: INodeNo, fh: FileHandle, datasync: bool, reply: ReplyEmpty) {
-        let result = self.sync_new_dirs_above(ino.0).and_then(|()| self.do_fsync(fh, datasync));
-        reply!(reply, result, |_| reply.ok());
+        let _next = self.linger.after_reply();
+        let of = match self.sync_new_dirs_above(ino.0).and_then(|()| self.handle(fh.0)) {
+            Ok((of, _, _)) => of,
+            Err(e) => return reply.error(e),
+        };
+        self.offload(move || {
+            let synced = if datasync { of.file.sync_data() } else { of.file.sync_all() };
+            reply!(reply, synced.map_err(io_errno), |_| reply.ok());
+        });
     }
 
     fn opendir(&self, req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        let _next = self.linger.after_reply();
         reply!(reply, self.do_opendir(req, ino), |fh| reply.opened(FileHandle(fh), FopenFlags::empty()));
     }
 
     fn readdir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
+        let _next = self.linger.after_reply();
         match self.do_readdir(fh, offset, &mut reply) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(e),
@@ -808,6 +851,7 @@ impl Filesystem for KmsFs {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
+        let _next = self.linger.after_reply();
         match self.do_readdirplus(fh, offset, &mut reply) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(e),
@@ -822,19 +866,27 @@ impl Filesystem for KmsFs {
         _flags: OpenFlags,
         reply: ReplyEmpty,
     ) {
+        let _next = self.linger.after_reply();
         self.dirs.lock().expect("dir handles lock").remove(&fh.0);
         reply.ok();
     }
 
     fn fsyncdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
-        let result = self.sync_new_dirs_above(ino.0).and_then(|()| self.backing(ino)).and_then(|path| {
-            let dir = open_nofollow(&cpath(&path)?, libc::O_RDONLY | libc::O_DIRECTORY)?;
-            check(unsafe { libc::fsync(dir.as_raw_fd()) })
+        let _next = self.linger.after_reply();
+        let path =
+            match self.sync_new_dirs_above(ino.0).and_then(|()| self.backing(ino)).and_then(|p| cpath(&p)) {
+                Ok(path) => path,
+                Err(e) => return reply.error(e),
+            };
+        self.offload(move || {
+            let synced = open_nofollow(&path, libc::O_RDONLY | libc::O_DIRECTORY)
+                .and_then(|dir| check(unsafe { libc::fsync(dir.as_raw_fd()) }));
+            reply!(reply, synced, |_| reply.ok());
         });
-        reply!(reply, result, |_| reply.ok());
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        let _next = self.linger.after_reply();
         reply!(reply, self.do_statfs(), |st| reply.statfs(
             st.f_blocks,
             st.f_bfree,
@@ -857,18 +909,22 @@ impl Filesystem for KmsFs {
         _position: u32,
         reply: ReplyEmpty,
     ) {
+        let _next = self.linger.after_reply();
         reply!(reply, self.with_space(|| self.set_xattr(req, ino, name, value, flags)), |_| reply.ok());
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        let _next = self.linger.after_reply();
         reply_xattr(self.get_xattr(ino, name), size, reply);
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        let _next = self.linger.after_reply();
         reply_xattr(self.list_xattr(ino), size, reply);
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let _next = self.linger.after_reply();
         reply!(reply, self.remove_xattr(ino, name), |_| reply.ok());
     }
 
@@ -882,6 +938,7 @@ impl Filesystem for KmsFs {
         flags: i32,
         reply: ReplyCreate,
     ) {
+        let _next = self.linger.after_reply();
         let result = self.with_space(|| self.do_create(req, parent, name, mode, umask, flags));
         reply!(reply, result, |(attr, fh)| reply.created(
             &TTL,
@@ -902,6 +959,7 @@ impl Filesystem for KmsFs {
         mode: i32,
         reply: ReplyEmpty,
     ) {
+        let _next = self.linger.after_reply();
         reply!(reply, self.with_space(|| self.do_fallocate(fh, offset, length, mode)), |_| reply.ok());
     }
 }

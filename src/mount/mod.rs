@@ -7,6 +7,7 @@ mod daemon;
 mod readahead;
 mod syslog;
 
+use std::os::fd::{AsFd, AsRawFd};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -23,8 +24,10 @@ use crate::kms::keyring::KeyRing;
 use crate::kms::{Clock, EncryptionContext, Kms, Principal, SystemClock};
 use crate::volume::VolumeConfig;
 
-/// FUSE worker threads: requests block on disk I/O, so more than the two cores pays.
-const FUSE_THREADS: usize = 4;
+/// One thread reads and answers FUSE requests, polling for the next one after each reply
+/// (`fs::linger`: a second reader would be woken for every request); large READs and
+/// fsyncs go to worker threads.
+const FUSE_THREADS: usize = 1;
 /// Read-ahead of the mount, as large as one READ may be (`fs::ops::MAX_IO`).
 const READ_AHEAD_KIB: u32 = 1024;
 
@@ -368,9 +371,10 @@ fn serve_inner(p: Prepared, report: &mut dyn FnMut(std::result::Result<(), Strin
     config.mount_options = p.mount_options;
     config.acl = p.acl;
     config.n_threads = Some(FUSE_THREADS);
-    config.clone_fd = true;
+    let linger = fs.linger();
     let session = fuser::Session::new(fs, &p.mountpoint, &config)
         .map_err(|e| Error::io(format!("cannot mount at {}", p.mountpoint.display()), e))?;
+    linger.attach(session.as_fd().as_raw_fd());
     log::info!("mounted {} at {}", p.cipher_dir.display(), p.mountpoint.display());
     readahead::raise(&p.mountpoint, READ_AHEAD_KIB);
     report(Ok(()));
