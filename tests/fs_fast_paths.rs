@@ -1,7 +1,7 @@
 //! The performance paths of issue 7 keep the file system's meaning: listings that carry
 //! attributes (readdirplus), unsupported xattr namespaces answered once for all, removal in
 //! the background through `kmsfs.trash`, read-ahead across a directory's files, the mount's
-//! 1 MiB read-ahead, the one dispatching thread that polls for the next request (bounded),
+//! 4 MiB read-ahead, the one dispatching thread that polls for the next request (bounded),
 //! with large READs and fsyncs on worker threads, and the opt-in `-o writeback_cache`.
 
 mod common;
@@ -165,7 +165,8 @@ fn files_read_in_listing_order_are_exact() {
 #[test]
 fn a_root_daemon_raises_the_mounts_read_ahead_and_large_reads_stay_exact() {
     // The kernel leaves a FUSE mount at 128 KiB of read-ahead (READs of 128 KiB); a daemon
-    // running as root sets 1 MiB on the mount's bdi, so sequential reads come in 1 MiB READs.
+    // running as root sets 4 MiB on the mount's bdi, so sequential reads come in 1 MiB READs,
+    // several at a time.
     let mut m = Mounted::new();
     let data = pattern(7, 9 * 1024 * 1024 + 12345);
     fs::write(m.path("big"), &data).unwrap();
@@ -173,7 +174,7 @@ fn a_root_daemon_raises_the_mounts_read_ahead_and_large_reads_stay_exact() {
     if unsafe { libc::geteuid() } == 0 {
         let dev = fs::metadata(m.mnt()).unwrap().dev();
         let knob = format!("/sys/class/bdi/{}:{}/read_ahead_kb", libc::major(dev), libc::minor(dev));
-        assert_eq!(fs::read_to_string(&knob).unwrap().trim(), "1024", "{knob}");
+        assert_eq!(fs::read_to_string(&knob).unwrap().trim(), "4096", "{knob}");
     } else {
         eprintln!("not root: the daemon cannot raise the read-ahead; checking the data only");
     }

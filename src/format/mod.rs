@@ -17,7 +17,7 @@ pub mod header;
 
 pub use header::{FileHeader, HeaderSlot, FILE_ID_LEN, HEADER_LEN};
 
-use crate::crypto::{AuthError, Cipher, SEAL_OVERHEAD};
+use crate::crypto::{AuthError, Cipher, NONCE_LEN, SEAL_OVERHEAD};
 
 /// Plaintext bytes per block.
 pub const BLOCK_SIZE: u64 = 4096;
@@ -78,6 +78,30 @@ pub fn seal_block(
 ) {
     debug_assert!(plain.len() as u64 <= BLOCK_SIZE && (!plain.is_empty() || (index == 0 && last)));
     cipher.seal_into(&block_aad(file_id, index, last), plain, out);
+}
+
+/// Seals consecutive blocks (`first`, `first + 1`, ...) one after another into `out`
+/// (exactly their lengths plus `SEAL_OVERHEAD` each), with one `getrandom` for all their
+/// nonces. Block `last_of_file`, if among them, is sealed as the file's last.
+pub fn seal_blocks(
+    cipher: &Cipher,
+    file_id: &[u8; FILE_ID_LEN],
+    first: u64,
+    blocks: &[Vec<u8>],
+    last_of_file: u64,
+    out: &mut [u8],
+) {
+    let mut nonces = vec![[0u8; NONCE_LEN]; blocks.len()];
+    crate::crypto::fill_random(nonces.as_flattened_mut());
+    let mut pos = 0;
+    for (i, (plain, nonce)) in blocks.iter().zip(&nonces).enumerate() {
+        let index = first + i as u64;
+        let last = index == last_of_file;
+        debug_assert!(plain.len() as u64 <= BLOCK_SIZE && (!plain.is_empty() || (index == 0 && last)));
+        let n = plain.len() + SEAL_OVERHEAD;
+        cipher.seal_into_with(nonce, &block_aad(file_id, index, last), plain, &mut out[pos..pos + n]);
+        pos += n;
+    }
 }
 
 /// Opens one block from disk into `out` (exactly the plaintext length). An all-zero block

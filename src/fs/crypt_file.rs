@@ -127,20 +127,7 @@ impl CryptFile<'_> {
     fn write_blocks(&self, first: u64, blocks: &[Vec<u8>], last_of_file: u64) -> io::Result<()> {
         let total: usize = blocks.iter().map(|b| b.len() + SEAL_OVERHEAD).sum();
         let mut out = vec![0u8; total];
-        let mut pos = 0;
-        for (i, plain) in blocks.iter().enumerate() {
-            let index = first + i as u64;
-            let n = plain.len() + SEAL_OVERHEAD;
-            format::seal_block(
-                self.cipher,
-                self.file_id,
-                index,
-                index == last_of_file,
-                plain,
-                &mut out[pos..pos + n],
-            );
-            pos += n;
-        }
+        format::seal_blocks(self.cipher, self.file_id, first, blocks, last_of_file, &mut out);
         self.file.write_all_at(&out, block_offset(first))
     }
 

@@ -175,6 +175,13 @@ impl KmsFs {
         })
     }
 
+    /// What every request handler starts with: the keystore is checked for changes at most
+    /// once in the request, and once the handler has replied (the guard drops), the
+    /// dispatcher polls for the next request.
+    fn begin_request(&self) -> (crate::kms::keyring::RequestScope, linger::AfterReply<'_>) {
+        (crate::kms::keyring::begin_request(), self.linger.after_reply())
+    }
+
     /// What the mount attaches the FUSE device to, once it has one (see `linger`).
     pub fn linger(&self) -> Arc<linger::Linger> {
         self.linger.clone()

@@ -639,19 +639,19 @@ impl Filesystem for KmsFs {
     }
 
     fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        let _next = self.linger.after_reply();
+        let _request = self.begin_request();
         self.reply_entry(reply, self.do_lookup(req, parent, name));
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
-        let _next = self.linger.after_reply();
+        let _request = self.begin_request();
         if self.inodes.forget(ino.0, nlookup) {
             self.forget_cached(ino.0);
         }
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        let _next = self.linger.after_reply();
+        let _request = self.begin_request();
         reply!(reply, self.do_getattr(ino), |a| reply.attr(&TTL, &a));
     }
 
@@ -673,13 +673,13 @@ impl Filesystem for KmsFs {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
-        let _next = self.linger.after_reply();
+        let _request = self.begin_request();
         let result = self.with_space(|| self.do_setattr(req, ino, mode, uid, gid, size, atime, mtime, fh));
         reply!(reply, result, |a| reply.attr(&TTL, &a));
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
-        let _next = self.linger.after_reply();
+        let _request = self.begin_request();
         reply!(reply, self.do_readlink(ino), |t| reply.data(&t));
     }
 
@@ -693,27 +693,27 @@ impl Filesystem for KmsFs {
         rdev: u32,
         reply: ReplyEntry,
     ) {
-        let _next = self.linger.after_reply();
+        let _request = self.begin_request();
         self.reply_entry(reply, self.with_space(|| self.do_mknod(req, parent, name, mode, umask, rdev)));
     }
 
     fn mkdir(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, reply: ReplyEntry) {
-        let _next = self.linger.after_reply();
+        let _request = self.begin_request();
         self.reply_entry(reply, self.with_space(|| self.do_mkdir(req, parent, name, mode, umask)));
     }
 
     fn unlink(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let _next = self.linger.after_reply();
+        let _request = self.begin_request();
         reply!(reply, self.do_unlink(req, parent, name, false), |_| reply.ok());
     }
 
     fn rmdir(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let _next = self.linger.after_reply();
+        let _request = self.begin_request();
         reply!(reply, self.do_unlink(req, parent, name, true), |_| reply.ok());
     }
 
     fn symlink(&self, req: &Request, parent: INodeNo, link_name: &OsStr, target: &Path, reply: ReplyEntry) {
-        let _next = self.linger.after_reply();
+        let _request = self.begin_request();
         self.reply_entry(reply, self.with_space(|| self.do_symlink(req, parent, link_name, target)));
     }
 
@@ -727,18 +727,18 @@ impl Filesystem for KmsFs {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
-        let _next = self.linger.after_reply();
+        let _request = self.begin_request();
         let result = self.with_space(|| self.do_rename(req, parent, name, newparent, newname, flags));
         reply!(reply, result, |_| reply.ok());
     }
 
     fn link(&self, req: &Request, ino: INodeNo, newparent: INodeNo, newname: &OsStr, reply: ReplyEntry) {
-        let _next = self.linger.after_reply();
+        let _request = self.begin_request();
         self.reply_entry(reply, self.with_space(|| self.do_link(req, ino, newparent, newname)));
     }
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        let _next = self.linger.after_reply();
+        let _request = self.begin_request();
         reply!(reply, self.do_open(req, ino, flags), |fh| reply.opened(FileHandle(fh), self.open_flags()));
     }
 
@@ -753,7 +753,7 @@ impl Filesystem for KmsFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        let _next = self.linger.after_reply();
+        let _request = self.begin_request();
         let of = match self.handle(fh.0) {
             Ok((of, _, _)) => of,
             Err(e) => return reply.error(e),
@@ -780,7 +780,7 @@ impl Filesystem for KmsFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        let _next = self.linger.after_reply();
+        let _request = self.begin_request();
         let kill_privs = write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID);
         let result = self.with_space(|| self.do_write(fh, offset, data, kill_privs));
         reply!(reply, result, |n| reply.written(n));
@@ -794,7 +794,7 @@ impl Filesystem for KmsFs {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        let _next = self.linger.after_reply();
+        let _request = self.begin_request();
         // Nothing to do here, but answered: with the write-back cache the kernel writes a
         // file's dirty pages at close only on the way to sending FLUSH, so a close that
         // returned has handed every byte to the daemon (a killed daemon loses nothing
@@ -813,13 +813,13 @@ impl Filesystem for KmsFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        let _next = self.linger.after_reply();
+        let _request = self.begin_request();
         self.do_release(fh);
         reply.ok();
     }
 
     fn fsync(&self, _req: &Request, ino: INodeNo, fh: FileHandle, datasync: bool, reply: ReplyEmpty) {
-        let _next = self.linger.after_reply();
+        let _request = self.begin_request();
         let of = match self.sync_new_dirs_above(ino.0).and_then(|()| self.handle(fh.0)) {
             Ok((of, _, _)) => of,
             Err(e) => return reply.error(e),
@@ -831,12 +831,12 @@ impl Filesystem for KmsFs {
     }
 
     fn opendir(&self, req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        let _next = self.linger.after_reply();
+        let _request = self.begin_request();
         reply!(reply, self.do_opendir(req, ino), |fh| reply.opened(FileHandle(fh), FopenFlags::empty()));
     }
 
     fn readdir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
-        let _next = self.linger.after_reply();
+        let _request = self.begin_request();
         match self.do_readdir(fh, offset, &mut reply) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(e),
@@ -851,7 +851,7 @@ impl Filesystem for KmsFs {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        let _next = self.linger.after_reply();
+        let _request = self.begin_request();
         match self.do_readdirplus(fh, offset, &mut reply) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(e),
@@ -866,13 +866,13 @@ impl Filesystem for KmsFs {
         _flags: OpenFlags,
         reply: ReplyEmpty,
     ) {
-        let _next = self.linger.after_reply();
+        let _request = self.begin_request();
         self.dirs.lock().expect("dir handles lock").remove(&fh.0);
         reply.ok();
     }
 
     fn fsyncdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
-        let _next = self.linger.after_reply();
+        let _request = self.begin_request();
         let path =
             match self.sync_new_dirs_above(ino.0).and_then(|()| self.backing(ino)).and_then(|p| cpath(&p)) {
                 Ok(path) => path,
@@ -886,7 +886,7 @@ impl Filesystem for KmsFs {
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
-        let _next = self.linger.after_reply();
+        let _request = self.begin_request();
         reply!(reply, self.do_statfs(), |st| reply.statfs(
             st.f_blocks,
             st.f_bfree,
@@ -909,22 +909,22 @@ impl Filesystem for KmsFs {
         _position: u32,
         reply: ReplyEmpty,
     ) {
-        let _next = self.linger.after_reply();
+        let _request = self.begin_request();
         reply!(reply, self.with_space(|| self.set_xattr(req, ino, name, value, flags)), |_| reply.ok());
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
-        let _next = self.linger.after_reply();
+        let _request = self.begin_request();
         reply_xattr(self.get_xattr(ino, name), size, reply);
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
-        let _next = self.linger.after_reply();
+        let _request = self.begin_request();
         reply_xattr(self.list_xattr(ino), size, reply);
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let _next = self.linger.after_reply();
+        let _request = self.begin_request();
         reply!(reply, self.remove_xattr(ino, name), |_| reply.ok());
     }
 
@@ -938,7 +938,7 @@ impl Filesystem for KmsFs {
         flags: i32,
         reply: ReplyCreate,
     ) {
-        let _next = self.linger.after_reply();
+        let _request = self.begin_request();
         let result = self.with_space(|| self.do_create(req, parent, name, mode, umask, flags));
         reply!(reply, result, |(attr, fh)| reply.created(
             &TTL,
@@ -959,7 +959,7 @@ impl Filesystem for KmsFs {
         mode: i32,
         reply: ReplyEmpty,
     ) {
-        let _next = self.linger.after_reply();
+        let _request = self.begin_request();
         reply!(reply, self.with_space(|| self.do_fallocate(fh, offset, length, mode)), |_| reply.ok());
     }
 }

@@ -5,10 +5,14 @@
 //! `PRAGMA data_version`, which changes when any other connection (an admin command in
 //! another shell) commits. Only then are keys reloaded, so a `kmsfs key disable` that has
 //! returned is honoured by the next file open, at the cost of one cheap query per open and
-//! none per read or write.
+//! none per read or write. Within one FUSE request (`begin_request`) the question is asked
+//! once: a CREATE that checks its directory's key and then generates a data key sees one
+//! state of the keystore, as it would if both were one query.
 
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use rusqlite::{Connection, OpenFlags};
@@ -40,6 +44,30 @@ struct Cache {
     uses_groups: bool,
 }
 
+thread_local! {
+    /// The request this thread is serving (see `begin_request`); 0 outside requests.
+    static REQUEST: Cell<u64> = const { Cell::new(0) };
+}
+
+/// Request numbers, unique in the process, so that a ring's `checked_for` can only match
+/// the very request it was refreshed for.
+static NEXT_REQUEST: AtomicU64 = AtomicU64::new(1);
+
+/// Marks the rest of the calling thread's work, until the returned guard drops, as one
+/// request: every ring checks the keystore for changes once in it.
+pub fn begin_request() -> RequestScope {
+    REQUEST.with(|r| r.set(NEXT_REQUEST.fetch_add(1, Ordering::Relaxed)));
+    RequestScope(())
+}
+
+pub struct RequestScope(());
+
+impl Drop for RequestScope {
+    fn drop(&mut self) {
+        REQUEST.with(|r| r.set(0));
+    }
+}
+
 pub struct KeyRing {
     conn: Mutex<Connection>,
     /// Owner of the keystore file: the principal of keys without a stored policy.
@@ -48,6 +76,8 @@ pub struct KeyRing {
     cache: RwLock<Cache>,
     audit: AuditSink,
     clock: Arc<dyn Clock>,
+    /// The request (`begin_request`) this ring last checked the keystore in.
+    checked_for: AtomicU64,
 }
 
 impl KeyRing {
@@ -61,13 +91,26 @@ impl KeyRing {
         use std::os::unix::fs::MetadataExt;
         let owner_uid = std::fs::metadata(path).map(|m| m.uid()).unwrap_or(0);
         let cache = RwLock::new(Cache::default());
-        let ring = KeyRing { conn: Mutex::new(conn), owner_uid, root, cache, audit, clock };
+        let checked_for = AtomicU64::new(0);
+        let ring = KeyRing { conn: Mutex::new(conn), owner_uid, root, cache, audit, clock, checked_for };
         ring.refresh()?;
         Ok(ring)
     }
 
-    /// Reloads keys if another connection committed since the last look.
+    /// Reloads keys if another connection committed since the last look (once per request).
     fn refresh(&self) -> Result<()> {
+        let request = REQUEST.with(Cell::get);
+        if request != 0 && self.checked_for.load(Ordering::Relaxed) == request {
+            return Ok(());
+        }
+        self.reload_if_changed()?;
+        if request != 0 {
+            self.checked_for.store(request, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    fn reload_if_changed(&self) -> Result<()> {
         let conn = self.conn.lock().expect("keyring connection lock");
         // A cached statement: this runs before every key use, and parsing it each time cost
         // more than running it.

@@ -28,8 +28,10 @@ use crate::volume::VolumeConfig;
 /// (`fs::linger`: a second reader would be woken for every request); large READs and
 /// fsyncs go to worker threads.
 const FUSE_THREADS: usize = 1;
-/// Read-ahead of the mount, as large as one READ may be (`fs::ops::MAX_IO`).
-const READ_AHEAD_KIB: u32 = 1024;
+/// Read-ahead of the mount: four READs of the largest size (`fs::ops::MAX_IO`, 1 MiB), so
+/// that a sequential reader keeps both worker threads decrypting while the disk reads the
+/// next (1 GiB cold `dd`: 1.6-1.8 s with 1 MiB, 1.06-1.28 s with 4 MiB, 1.24-1.46 s with 8).
+const READ_AHEAD_KIB: u32 = 4096;
 
 /// Everything `kmsfs mount` was asked for.
 pub struct MountRequest {
