@@ -5,11 +5,11 @@ use std::fs::File;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use fuser::{Errno, INodeNo, Request};
 
-use super::crypt_file::CryptFile;
+use super::crypt_file::{CryptFile, LastBlock};
 use super::{io_errno, kms_errno, FsResult, KmsFs};
 use crate::crypto::{self, Cipher};
 use crate::format::{FileHeader, FILE_ID_LEN};
@@ -34,6 +34,8 @@ pub struct OpenFile {
     pub lock: RwLock<()>,
     /// The path at open time, for log messages.
     pub label: String,
+    /// The last block as last written through this open file (`crypt_file::LastBlock`).
+    pub last_block: Mutex<Option<LastBlock>>,
 }
 
 impl OpenFile {
@@ -43,6 +45,7 @@ impl OpenFile {
             cipher: &self.key.cipher,
             file_id: &self.key.file_id,
             label: &self.label,
+            last_block: Some(&self.last_block),
         }
     }
 }
@@ -98,7 +101,14 @@ impl KmsFs {
         self.read_siblings_ahead(ino.0, &path);
         let (file, writable) = open_backing(&path, self.options.read_only)?;
         let key = self.load_key(ino, &file, writable, access)?;
-        let fresh = Arc::new(OpenFile { file, writable, key, lock: RwLock::new(()), label });
+        let fresh = Arc::new(OpenFile {
+            file,
+            writable,
+            key,
+            lock: RwLock::new(()),
+            label,
+            last_block: Mutex::new(None),
+        });
         let mut map = self.open_files.lock().expect("open files lock");
         let (of, n) = map.entry(ino.0).or_insert_with(|| (fresh, 0));
         *n += 1;
@@ -156,7 +166,13 @@ impl KmsFs {
         let key = FileKey { file_id: found.header.file_id, cipher, key_id: found.wrapped_by.key_id };
         // The kernel never asks to read a file whose size is 0, so a file cut down to its bare
         // header (or to anything shorter than the empty block) is caught here, at open.
-        let crypt = CryptFile { file, cipher: &key.cipher, file_id: &key.file_id, label: access.path };
+        let crypt = CryptFile {
+            file,
+            cipher: &key.cipher,
+            file_id: &key.file_id,
+            label: access.path,
+            last_block: None,
+        };
         if crypt.plaintext_len().map_err(io_errno)? == 0 {
             crypt.check_empty().map_err(io_errno)?;
         }
@@ -176,7 +192,7 @@ impl KmsFs {
         let (blob_header, _) = crate::kms::blob::BlobHeader::parse(&wrapped).map_err(kms_errno)?;
         let key = FileKey { file_id, cipher: data_key.cipher(), key_id: blob_header.key_id };
         let label = access.path;
-        CryptFile { file, cipher: &key.cipher, file_id: &key.file_id, label }
+        CryptFile { file, cipher: &key.cipher, file_id: &key.file_id, label, last_block: None }
             .init_new(&FileHeader::new(file_id, wrapped).encode())
             .map_err(io_errno)?;
         Ok(key)

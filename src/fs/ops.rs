@@ -285,7 +285,14 @@ impl KmsFs {
         self.inodes.remember(ino, parent.0, c.stored.entry(), name);
         let attr = self.attr(ino, &meta, None);
         let label = self.display_path(ino);
-        let fresh = Arc::new(super::OpenFile { file, writable: true, key, lock: Default::default(), label });
+        let fresh = Arc::new(super::OpenFile {
+            file,
+            writable: true,
+            key,
+            lock: Default::default(),
+            label,
+            last_block: Default::default(),
+        });
         let of = {
             let mut map = self.open_files.lock().expect("open files lock");
             let (of, n) = map.entry(ino).or_insert_with(|| (fresh, 0));
