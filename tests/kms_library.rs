@@ -352,3 +352,32 @@ fn large_plaintext_is_refused_with_a_pointer_to_data_keys() {
     let err = f.kms.encrypt(&me, &id, &[1u8; 4097], &EncryptionContext::new()).err().unwrap();
     assert!(err.to_string().contains("generate-data-key"), "{err}");
 }
+
+#[test]
+fn a_mounts_key_ring_sees_each_commit_of_another_connection_at_its_next_check() {
+    // The ring skips `PRAGMA data_version` while the keystore's WAL-index header is as it
+    // was at the last look; every disable and enable committed elsewhere must still be seen
+    // by the very next check.
+    use kmsfs::kms::audit_writer::AuditWriter;
+    use kmsfs::kms::keyring::{Access, KeyRing};
+    let mut f = fixture();
+    let id = f.key(Some("alias/ring"));
+    let ks = Keystore::open(&f.path).unwrap();
+    let root = ks.unlock(b"pw").unwrap();
+    let audit_kms = Kms::new(ks, root.clone(), f.clock.clone(), &f.me).unwrap();
+    let (sink, _writer) = AuditWriter::spawn(audit_kms, f.me.clone()).unwrap();
+    let ring = KeyRing::open(&f.path, root, f.clock.clone(), sink).unwrap();
+    let me = f.me.clone();
+    let access = Access { caller: &me, path: "/a/file" };
+    for round in 0..5 {
+        ring.check_key(access, &id, "Decrypt").unwrap();
+        ring.check_key(access, &id, "Decrypt").unwrap(); // nothing committed in between
+        f.kms.disable_key(&me, &id).unwrap();
+        let refused = ring.check_key(access, &id, "Decrypt");
+        assert!(
+            matches!(refused, Err(Error::KeyState(_))),
+            "round {round}: the disable was not seen: {refused:?}"
+        );
+        f.kms.enable_key(&me, &id).unwrap();
+    }
+}

@@ -21,6 +21,7 @@ use super::access;
 use super::audit_writer::AuditSink;
 use super::blob::{self, BlobHeader};
 use super::policy::{Decision, GrantRule, Policy, Request};
+use super::wal_index::{self, WalIndex};
 use super::{require_enabled, version_material, AuditEvent, Clock, EncryptionContext, Outcome, Principal};
 use crate::crypto::{Cipher, SecretKey};
 use crate::error::{Error, Result};
@@ -36,6 +37,8 @@ pub struct Access<'a> {
 #[derive(Default)]
 struct Cache {
     data_version: Option<i64>,
+    /// The WAL-index header read just before `data_version` was asked (`wal_index`).
+    wal_header: Option<wal_index::Header>,
     keys: HashMap<String, KeyRecord>,
     aliases: HashMap<String, String>,
     material: HashMap<(String, u32), Arc<Cipher>>,
@@ -78,6 +81,8 @@ pub struct KeyRing {
     clock: Arc<dyn Clock>,
     /// The request (`begin_request`) this ring last checked the keystore in.
     checked_for: AtomicU64,
+    /// The keystore's WAL index, to skip `PRAGMA data_version` when nothing was committed.
+    wal_index: Option<WalIndex>,
 }
 
 impl KeyRing {
@@ -92,8 +97,19 @@ impl KeyRing {
         let owner_uid = std::fs::metadata(path).map(|m| m.uid()).unwrap_or(0);
         let cache = RwLock::new(Cache::default());
         let checked_for = AtomicU64::new(0);
-        let ring = KeyRing { conn: Mutex::new(conn), owner_uid, root, cache, audit, clock, checked_for };
+        let mut ring = KeyRing {
+            conn: Mutex::new(conn),
+            owner_uid,
+            root,
+            cache,
+            audit,
+            clock,
+            checked_for,
+            wal_index: None,
+        };
         ring.refresh()?;
+        // Opened after the first query: by then the connection has opened the WAL index.
+        ring.wal_index = WalIndex::open(path);
         Ok(ring)
     }
 
@@ -112,10 +128,16 @@ impl KeyRing {
 
     fn reload_if_changed(&self) -> Result<()> {
         let conn = self.conn.lock().expect("keyring connection lock");
+        // Read before the pragma, so that the header kept is never newer than the version.
+        let wal_header = self.wal_index.as_ref().and_then(WalIndex::header);
+        if wal_header.is_some() && self.cache.read().expect("keyring cache lock").wal_header == wal_header {
+            return Ok(());
+        }
         // A cached statement: this runs before every key use, and parsing it each time cost
         // more than running it.
         let version: i64 = conn.prepare_cached("PRAGMA data_version")?.query_row([], |r| r.get(0))?;
         if self.cache.read().expect("keyring cache lock").data_version == Some(version) {
+            self.cache.write().expect("keyring cache lock").wal_header = wal_header;
             return Ok(());
         }
         let mut cache = self.cache.write().expect("keyring cache lock");
@@ -156,6 +178,7 @@ impl KeyRing {
         cache.keys = keys.into_iter().map(|k| (k.key_id.clone(), k)).collect();
         cache.material = material;
         cache.data_version = Some(version);
+        cache.wal_header = wal_header;
         Ok(())
     }
 

@@ -20,6 +20,7 @@ pub mod metadata;
 pub mod policy;
 pub mod principal;
 pub mod status;
+mod wal_index;
 
 use std::sync::Arc;
 
