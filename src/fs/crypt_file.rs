@@ -154,16 +154,16 @@ impl CryptFile<'_> {
         let total: usize = blocks.iter().map(|b| b.len() + SEAL_OVERHEAD).sum();
         let mut out = vec![0u8; total];
         format::seal_blocks(self.cipher, self.file_id, first, blocks, last_of_file, &mut out);
-        let Some(kept) = self.last_block else {
-            return self.file.write_all_at(&out, block_offset(first));
-        };
-        let mut kept = kept.lock().expect("last block lock");
-        *kept = None;
+        // The kept copy is dropped before the write and kept again only if it succeeded.
+        let mut kept = self.last_block.map(|kept| kept.lock().expect("last block lock"));
+        if let Some(kept) = kept.as_mut() {
+            **kept = None;
+        }
         self.file.write_all_at(&out, block_offset(first))?;
         let (plain, index) = (blocks.last().expect("at least one block"), first + blocks.len() as u64 - 1);
-        if index == last_of_file {
+        if let (Some(kept), true) = (kept.as_mut(), index == last_of_file) {
             let sealed = out[total - plain.len() - SEAL_OVERHEAD..].to_vec();
-            *kept = Some(LastBlock {
+            **kept = Some(LastBlock {
                 len: block_offset(first) + total as u64,
                 index,
                 plain: plain.clone(),

@@ -24,6 +24,14 @@ pub struct FileKey {
     pub key_id: String,
 }
 
+impl FileKey {
+    /// `file` read and written with this key, keeping no copy of its last block (only an
+    /// `OpenFile` keeps one, see `OpenFile::crypt`).
+    fn crypt<'a>(&'a self, file: &'a File, label: &'a str) -> CryptFile<'a> {
+        CryptFile { file, cipher: &self.cipher, file_id: &self.file_id, label, last_block: None }
+    }
+}
+
 /// An inode with open handles.
 pub struct OpenFile {
     pub file: File,
@@ -40,13 +48,13 @@ pub struct OpenFile {
 
 impl OpenFile {
     pub fn crypt(&self) -> CryptFile<'_> {
-        CryptFile {
-            file: &self.file,
-            cipher: &self.key.cipher,
-            file_id: &self.key.file_id,
-            label: &self.label,
-            last_block: Some(&self.last_block),
-        }
+        CryptFile { last_block: Some(&self.last_block), ..self.key.crypt(&self.file, &self.label) }
+    }
+
+    /// A READ of `size` bytes at `offset`, under the file's shared lock.
+    pub fn read_at(&self, offset: u64, size: u32) -> FsResult<Vec<u8>> {
+        let _guard = self.lock.read().expect("file lock");
+        self.crypt().read_at(offset, size as usize).map_err(io_errno)
     }
 }
 
@@ -166,13 +174,7 @@ impl KmsFs {
         let key = FileKey { file_id: found.header.file_id, cipher, key_id: found.wrapped_by.key_id };
         // The kernel never asks to read a file whose size is 0, so a file cut down to its bare
         // header (or to anything shorter than the empty block) is caught here, at open.
-        let crypt = CryptFile {
-            file,
-            cipher: &key.cipher,
-            file_id: &key.file_id,
-            label: access.path,
-            last_block: None,
-        };
+        let crypt = key.crypt(file, access.path);
         if crypt.plaintext_len().map_err(io_errno)? == 0 {
             crypt.check_empty().map_err(io_errno)?;
         }
@@ -191,8 +193,7 @@ impl KmsFs {
         let (data_key, wrapped) = self.keyring.generate_data_key(access, key_id, &ctx).map_err(kms_errno)?;
         let (blob_header, _) = crate::kms::blob::BlobHeader::parse(&wrapped).map_err(kms_errno)?;
         let key = FileKey { file_id, cipher: data_key.cipher(), key_id: blob_header.key_id };
-        let label = access.path;
-        CryptFile { file, cipher: &key.cipher, file_id: &key.file_id, label, last_block: None }
+        key.crypt(file, access.path)
             .init_new(&FileHeader::new(file_id, wrapped).encode())
             .map_err(io_errno)?;
         Ok(key)

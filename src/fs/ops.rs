@@ -17,7 +17,7 @@ use fuser::{
     TimeOrNow, WriteFlags,
 };
 
-use super::{io_errno, FsResult, KmsFs, OpenFile, TTL};
+use super::{io_errno, FsResult, KmsFs, TTL};
 
 /// Largest read and write the kernel sends in one request.
 const MAX_IO: u32 = 1 << 20;
@@ -353,12 +353,6 @@ impl KmsFs {
         if let Some(h) = removed {
             self.release_open_file(h.ino);
         }
-    }
-
-    /// A READ of `size` bytes at `offset`.
-    fn read_at(of: &OpenFile, offset: u64, size: u32) -> FsResult<Vec<u8>> {
-        let _guard = of.lock.read().expect("file lock");
-        of.crypt().read_at(offset, size as usize).map_err(io_errno)
     }
 
     fn do_fallocate(&self, fh: FileHandle, offset: u64, length: u64, mode: i32) -> FsResult<()> {
@@ -767,7 +761,7 @@ impl Filesystem for KmsFs {
             Ok((of, _, _)) => of,
             Err(e) => return reply.error(e),
         };
-        let read = move || reply!(reply, Self::read_at(&of, offset, size), |d| reply.data(&d));
+        let read = move || reply!(reply, of.read_at(offset, size), |d| reply.data(&d));
         // Small READs (a small file's whole content) are answered here: handing one over
         // would cost a thread wake-up, more than decrypting it.
         if size >= OFFLOAD_READ {
