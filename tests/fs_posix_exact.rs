@@ -16,25 +16,12 @@ use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use common::mount::{last_errno, pattern, Mounted};
-use common::users::{as_root, as_user, NOBODY};
-
-/// Root administers the key, everyone may use it.
-const EVERYONE: &str = r#"{
-  "Version": "2012-10-17",
-  "Statement": [
-    {"Sid": "admin", "Effect": "Allow", "Principal": {"Uid": [0]}, "Action": "kms:*"},
-    {"Sid": "everyone", "Effect": "Allow", "Principal": "*",
-     "Action": ["kms:Decrypt", "kms:GenerateDataKey*"]}
-  ]
-}"#;
+use common::users::{as_root, as_user, share_with_everyone, NOBODY};
 
 /// A mount any user can reach, its daemon started under `daemon_umask`.
 fn shared_mount(daemon_umask: u32) -> Mounted {
     let m = Mounted::with_daemon_umask(&["allow_other"], daemon_umask);
-    fs::set_permissions(m.env.dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
-    let policy = m.env.path("policy.json");
-    fs::write(&policy, EVERYONE).unwrap();
-    m.ok(&["policy", "put", "alias/vol", policy.to_str().unwrap()]);
+    share_with_everyone(&m);
     fs::set_permissions(m.mnt(), fs::Permissions::from_mode(0o777)).unwrap();
     m
 }

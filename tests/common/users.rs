@@ -49,3 +49,24 @@ fn become_user(uid: u32, gid: u32, umask: u32) -> io::Result<()> {
     }
     Ok(())
 }
+
+/// A key policy: root administers the key, everyone may use it.
+pub const EVERYONE_POLICY: &str = r#"{
+  "Version": "2012-10-17",
+  "Statement": [
+    {"Sid": "admin", "Effect": "Allow", "Principal": {"Uid": [0]}, "Action": "kms:*"},
+    {"Sid": "everyone", "Effect": "Allow", "Principal": "*",
+     "Action": ["kms:Decrypt", "kms:GenerateDataKey*"]}
+  ]
+}"#;
+
+/// Lets every user reach `m` (mounted with `-o allow_other`) under Unix permissions alone:
+/// the test's temporary directory becomes traversable and the volume key's policy lets
+/// everyone use it.
+pub fn share_with_everyone(m: &super::mount::Mounted) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(m.env.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let policy = m.env.path("policy.json");
+    std::fs::write(&policy, EVERYONE_POLICY).unwrap();
+    m.ok(&["policy", "put", "alias/vol", policy.to_str().unwrap()]);
+}
