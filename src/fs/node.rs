@@ -8,7 +8,7 @@ use std::time::SystemTime;
 
 use fuser::{Errno, FileAttr, FileHandle, INodeNo, Request, TimeOrNow};
 
-use super::open_files::{kill_suid_sgid, OpenFile};
+use super::open_files::{kill_suid_sgid, OpenFile, Unprivileged};
 use super::{io_errno, BPath, FsResult, KmsFs};
 use crate::sys::{self, Node};
 
@@ -48,10 +48,10 @@ fn timespec(t: Option<TimeOrNow>) -> libc::timespec {
 }
 
 impl KmsFs {
-    /// Whether this filesystem must clear set-ID bits for `req` (the kernel's test is
-    /// CAP_FSETID; the caller's uid stands in for it here).
-    pub(super) fn kills_privs_for(&self, req: &Request) -> bool {
-        self.kernel.kill_privs && req.uid() != 0
+    /// Whether this filesystem must clear set-ID bits for `req`, and for whom (the kernel's
+    /// test is CAP_FSETID; the caller's uid stands in for it here).
+    pub(super) fn kills_privs_for(&self, req: &Request) -> Option<Unprivileged> {
+        (self.kernel.kill_privs && req.uid() != 0).then(|| Unprivileged { gid: req.gid(), pid: req.pid() })
     }
 
     pub(super) fn do_lookup(&self, req: &Request, parent: INodeNo, name: &OsStr) -> FsResult<FileAttr> {
@@ -115,10 +115,12 @@ impl KmsFs {
         if let Some(size) = size {
             self.truncate(req, ino, fh, size)?;
         }
-        if size.is_some() && self.kills_privs_for(req) {
+        if let (Some(_), Some(writer)) = (size, self.kills_privs_for(req)) {
             match &target {
-                Target::Path(p) => kill_suid_sgid(&sys::open_nofollow(p, libc::O_PATH).map_err(io_errno)?)?,
-                Target::Fd(of) => kill_suid_sgid(&of.file)?,
+                Target::Path(p) => {
+                    kill_suid_sgid(&sys::open_nofollow(p, libc::O_PATH).map_err(io_errno)?, &writer)?
+                }
+                Target::Fd(of) => kill_suid_sgid(&of.file, &writer)?,
             }
         }
         // None of these follows a symlink in the last component of the backing path, which a
@@ -140,10 +142,10 @@ impl KmsFs {
     /// open (which is a key use, checked and audited like any open).
     fn truncate(&self, req: &Request, ino: INodeNo, fh: Option<FileHandle>, size: u64) -> FsResult<()> {
         if let Some(h) = fh.and_then(|fh| self.open_files.handle(fh.0).ok()) {
-            return h.open.truncate(size, false);
+            return h.open.truncate(size, None);
         }
         let of = self.acquire_open_file(req, ino)?;
-        let result = of.truncate(size, false);
+        let result = of.truncate(size, None);
         self.open_files.release(ino.0);
         result
     }

@@ -8,7 +8,7 @@ use std::path::Path;
 use fuser::{Errno, FileAttr, INodeNo, RenameFlags, Request};
 
 use super::dirs::MetaSync;
-use super::{io_errno, FsResult, KmsFs};
+use super::{creation_mode, io_errno, FsResult, KmsFs};
 use crate::content::names::{classify, BackingEntry};
 use crate::sys::{self, pin_dir, PinnedDir};
 
@@ -24,12 +24,13 @@ impl KmsFs {
         self.check_writable()?;
         let c = self.child(req, parent, name)?;
         self.write_sidecar(&c.path, &c.stored)?;
-        if let Err(e) = std::fs::DirBuilder::new().mode(mode & !umask & 0o7777).create(&*c.path) {
+        let mode = creation_mode(mode, umask);
+        if let Err(e) = std::fs::DirBuilder::new().mode(mode).create(&*c.path) {
             self.remove_sidecar_if_unused(&c);
             return Err(io_errno(e));
         }
         let made = (|| {
-            self.chown_new(req, &c.path)?;
+            self.chown_new(req, &c.path, libc::S_IFDIR | mode)?;
             let ino = self.inodes.fuse_ino(std::fs::symlink_metadata(&*c.path).map_err(io_errno)?.ino());
             let caller = self.caller(req);
             let label = self.display_child(parent, name);
@@ -60,16 +61,17 @@ impl KmsFs {
     ) -> FsResult<FileAttr> {
         self.check_writable()?;
         let c = self.child(req, parent, name)?;
-        if mode & libc::S_IFMT == libc::S_IFREG {
-            self.create_backing_file(req, &c, mode & !umask, &self.display_child(parent, name))?;
+        let (kind, mode) = (mode & libc::S_IFMT, creation_mode(mode, umask));
+        if kind == libc::S_IFREG {
+            self.create_backing_file(req, &c, mode, &self.display_child(parent, name))?;
         } else {
             self.write_sidecar(&c.path, &c.stored)?;
-            let made = sys::c_path(&c.path).and_then(|p| sys::mknod(&p, mode & !umask, rdev.into()));
+            let made = sys::c_path(&c.path).and_then(|p| sys::mknod(&p, kind | mode, rdev.into()));
             if let Err(e) = made.map_err(io_errno) {
                 self.remove_sidecar_if_unused(&c);
                 return Err(e);
             }
-            self.chown_new(req, &c.path)?;
+            self.chown_new(req, &c.path, kind | mode)?;
         }
         self.new_entry(parent, &c.stored, name, &c.path)
     }
@@ -92,7 +94,7 @@ impl KmsFs {
             self.remove_sidecar_if_unused(&c);
             return Err(io_errno(e));
         }
-        self.chown_new(req, &c.path)?;
+        self.chown_new(req, &c.path, libc::S_IFLNK | 0o777)?;
         self.new_entry(parent, &c.stored, name, &c.path)
     }
 
