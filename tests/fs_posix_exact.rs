@@ -366,6 +366,8 @@ fn symlink_targets_of_up_to_4095_bytes_are_stored_and_read_back_exactly() {
     for name in ["second-name", "l4094", "shared/theirs", "l4", "l7", "l1000", "l3043", "l3044", "l3045"] {
         fs::remove_file(m.path(name)).unwrap();
     }
+    fs::remove_dir(m.path("shared")).unwrap();
+    fs::remove_dir(m.path("sub")).unwrap();
     assert_eq!(m.backing_files().len(), before, "nothing stored for a removed symlink stays behind");
 }
 

@@ -111,7 +111,7 @@ fn a_copy_to_another_keystore_mounts_there_only_and_the_source_is_untouched() {
         pass_file.to_str().unwrap(),
     ]);
     assert_eq!(report["Files"], 4, "{report}");
-    assert_eq!(report["Symlinks"], 1);
+    assert_eq!(report["Symlinks"], 2);
     assert_eq!(report["DefaultKeyId"], offsite_key.as_str());
     assert_eq!(snapshot(m.cipher()), source_before, "the source is only read");
 

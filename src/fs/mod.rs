@@ -324,16 +324,21 @@ impl KmsFs {
         Access { caller, path }
     }
 
+    /// The plaintext target of the backing symlink at `path` (from its sidecar if it is
+    /// long); `None` if it does not authenticate.
+    fn symlink_target(&self, path: &Path) -> Option<OsString> {
+        let text = std::fs::read_link(path).ok()?;
+        crate::volume::link_targets::resolve(&self.names, &self.root, text.as_os_str())
+    }
+
     /// Attributes as the mount shows them: sizes are plaintext sizes.
     fn attr(&self, ino: u64, meta: &Metadata, backing_path: Option<&Path>) -> FileAttr {
         let kind = FileType::from_std(meta.file_type()).unwrap_or(FileType::RegularFile);
         let size = match kind {
             FileType::RegularFile => content::plaintext_size(meta.len()),
-            FileType::Symlink => backing_path
-                .and_then(|p| std::fs::read_link(p).ok())
-                .and_then(|t| self.names.decrypt_target(t.as_os_str()))
-                .map(|t| t.len() as u64)
-                .unwrap_or(0),
+            FileType::Symlink => {
+                backing_path.and_then(|p| self.symlink_target(p)).map(|t| t.len() as u64).unwrap_or(0)
+            }
             _ => meta.len(),
         };
         FileAttr {

@@ -152,8 +152,8 @@ impl KmsFs {
 
     pub(super) fn do_readlink(&self, ino: INodeNo) -> FsResult<Vec<u8>> {
         let path = self.backing(ino)?;
-        let stored = std::fs::read_link(&*path).map_err(io_errno)?;
-        match self.names.decrypt_target(stored.as_os_str()) {
+        std::fs::symlink_metadata(&*path).map_err(io_errno)?;
+        match self.symlink_target(&path) {
             Some(t) => Ok(t.as_bytes().to_vec()),
             None => {
                 log::warn!(

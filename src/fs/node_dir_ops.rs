@@ -8,9 +8,11 @@ use std::path::Path;
 use fuser::{Errno, FileAttr, INodeNo, RenameFlags, Request};
 
 use super::dirs::MetaSync;
-use super::{creation_mode, io_errno, FsResult, KmsFs};
+use super::{creation_mode, io_errno, kms_errno, FsResult, KmsFs};
 use crate::content::names::{classify, BackingEntry};
+use crate::content::volume_cipher::{StoredTarget, TARGET_MAX};
 use crate::sys::{self, pin_dir, PinnedDir};
+use crate::volume::link_targets;
 
 impl KmsFs {
     pub(super) fn do_mkdir(
@@ -84,14 +86,28 @@ impl KmsFs {
         target: &Path,
     ) -> FsResult<FileAttr> {
         self.check_writable()?;
-        let c = self.child(req, parent, name)?;
-        let encrypted = self.names.encrypt_target(target.as_os_str());
-        if encrypted.len() >= libc::PATH_MAX as usize {
+        if target.as_os_str().len() > TARGET_MAX {
             return Err(Errno::ENAMETOOLONG);
         }
-        self.write_sidecar(&c.path, &c.stored)?;
-        if let Err(e) = std::os::unix::fs::symlink(&encrypted, &*c.path) {
+        let c = self.child(req, parent, name)?;
+        // A target too long for a backing symlink goes into its sidecar first, so the
+        // symlink never appears without it.
+        let stored = self.names.store_target(target.as_os_str());
+        let sidecar = match &stored {
+            StoredTarget::Sidecar { name, stored } => {
+                link_targets::write(&self.root, name, stored.as_bytes()).map_err(kms_errno)?;
+                Some(name.as_str())
+            }
+            StoredTarget::Inline(_) => None,
+        };
+        let drop_sidecar = || sidecar.into_iter().for_each(|n| link_targets::remove(&self.root, n));
+        if let Err(e) = self.write_sidecar(&c.path, &c.stored) {
+            drop_sidecar();
+            return Err(e);
+        }
+        if let Err(e) = std::os::unix::fs::symlink(stored.link_text(), &*c.path) {
             self.remove_sidecar_if_unused(&c);
+            drop_sidecar();
             return Err(io_errno(e));
         }
         self.chown_new(req, &c.path, libc::S_IFLNK | 0o777)?;
@@ -103,6 +119,10 @@ impl KmsFs {
         let c = self.child(req, parent, name)?;
         let meta = std::fs::symlink_metadata(&*c.path).map_err(io_errno)?;
         let ino = self.inodes.fuse_ino(meta.ino());
+        // The sidecar of a long target goes after the symlink's last name.
+        let target_sidecar = (meta.file_type().is_symlink() && meta.nlink() == 1)
+            .then(|| link_targets::sidecar_of_link(&c.path))
+            .flatten();
         if dir {
             self.remove_backing_dir(&c.path, &meta)?;
             self.dir_states.write().expect("dir states lock").remove(&ino);
@@ -121,6 +141,9 @@ impl KmsFs {
             self.discard(&c.path)?;
         }
         self.remove_sidecar(&c.path, &c.stored);
+        if let Some(sidecar) = target_sidecar {
+            link_targets::remove(&self.root, &sidecar);
+        }
         self.inodes.unlinked(ino, parent.0, c.stored.entry());
         Ok(())
     }
@@ -168,6 +191,11 @@ impl KmsFs {
             && !flags.contains(RenameFlags::RENAME_NOREPLACE)
             && moved.is_dir()
             && replaced.as_ref().is_some_and(|m| m.is_dir() && m.ino() != moved.ino());
+        // A symlink replaced with its last name takes the sidecar of its long target along.
+        let replaced_target = replaced
+            .as_ref()
+            .filter(|m| !exchange && m.file_type().is_symlink() && m.nlink() == 1 && m.ino() != moved.ino())
+            .and_then(|_| link_targets::sidecar_of_link(&to.path));
         let saved = if replaces_dir { Some(empty_out(&to.path)?) } else { None };
         self.write_sidecar(&to.path, &to.stored)?;
         let (c_from, c_to) =
@@ -183,6 +211,9 @@ impl KmsFs {
         }
         if !exchange && *from.path != *to.path {
             self.remove_sidecar(&from.path, &from.stored);
+        }
+        if let Some(sidecar) = replaced_target {
+            link_targets::remove(&self.root, &sidecar);
         }
         let moved_ino = self.inodes.fuse_ino(moved.ino());
         let src = (parent.0, from.stored.entry());
