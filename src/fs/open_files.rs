@@ -86,25 +86,40 @@ impl Handle {
         Ok(data.len() as u32)
     }
 
-    /// fallocate: mode 0 grows the file to `offset + length` (with a hole: blocks are
-    /// encrypted, so there is nothing to reserve ahead of them); KEEP_SIZE has nothing to do.
+    /// fallocate. Mode 0 grows the file to `offset + length` (with a hole: blocks are
+    /// encrypted, so there is nothing to reserve ahead of them); KEEP_SIZE alone has nothing
+    /// to do. PUNCH_HOLE (always with KEEP_SIZE) and ZERO_RANGE make the range read as zeros,
+    /// freeing its whole blocks (`CryptFile::zero_range`); ZERO_RANGE without KEEP_SIZE then
+    /// grows the file to the end of the range, like mode 0. ZERO_RANGE frees rather than
+    /// reserves, as mode 0 reserves nothing. Other modes (COLLAPSE_RANGE and INSERT_RANGE,
+    /// which the kernel does not pass on to FUSE anyway) would shift blocks whose index is
+    /// part of their authentication: EOPNOTSUPP.
     pub fn fallocate(&self, offset: u64, length: u64, mode: i32) -> FsResult<()> {
         if !self.write {
             return Err(Errno::EBADF);
         }
-        match mode {
-            0 => {
-                let of = &self.open;
-                let _guard = of.lock.write().expect("file lock");
-                let crypt = of.crypt();
-                if offset + length > crypt.plaintext_len().map_err(io_errno)? {
-                    crypt.set_len(offset + length).map_err(io_errno)?;
-                }
-                Ok(())
-            }
-            libc::FALLOC_FL_KEEP_SIZE => Ok(()),
-            _ => Err(Errno::ENOTSUP),
+        const KEEP_SIZE: i32 = libc::FALLOC_FL_KEEP_SIZE;
+        const PUNCH_HOLE: i32 = libc::FALLOC_FL_PUNCH_HOLE | KEEP_SIZE;
+        const ZERO_RANGE: i32 = libc::FALLOC_FL_ZERO_RANGE;
+        let (zero, grow) = match mode {
+            0 => (false, true),
+            KEEP_SIZE => return Ok(()),
+            PUNCH_HOLE => (true, false),
+            ZERO_RANGE => (true, true),
+            m if m == ZERO_RANGE | KEEP_SIZE => (true, false),
+            _ => return Err(Errno::EOPNOTSUPP),
+        };
+        let of = &self.open;
+        let _guard = of.lock.write().expect("file lock");
+        let crypt = of.crypt();
+        if zero {
+            crypt.zero_range(offset, length).map_err(io_errno)?;
         }
+        let end = offset.saturating_add(length);
+        if grow && end > crypt.plaintext_len().map_err(io_errno)? {
+            crypt.set_len(end).map_err(io_errno)?;
+        }
+        Ok(())
     }
 }
 
