@@ -25,7 +25,7 @@ struct Listed {
 
 /// A directory as opened: its entries when opendir ran, and the directory itself (as opened,
 /// so that readdirplus stats the entries of that directory even if it is renamed meanwhile).
-pub struct DirHandle {
+pub struct DirListing {
     ino: u64,
     dir: PinnedDir,
     entries: Vec<Listed>,
@@ -61,11 +61,11 @@ impl KmsFs {
         self.dirs
             .lock()
             .expect("dir handles lock")
-            .insert(fh, Arc::new(DirHandle { ino: ino.0, dir, entries }));
+            .insert(fh, Arc::new(DirListing { ino: ino.0, dir, entries }));
         Ok(fh)
     }
 
-    fn dir_handle(&self, fh: FileHandle) -> FsResult<Arc<DirHandle>> {
+    fn dir_handle(&self, fh: FileHandle) -> FsResult<Arc<DirListing>> {
         self.dirs.lock().expect("dir handles lock").get(&fh.0).cloned().ok_or(Errno::EBADF)
     }
 
