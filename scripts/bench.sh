@@ -45,7 +45,8 @@
 # a temporary one under /var/tmp, removed), BENCH_OUT, BENCH_KMSFS (a kmsfs binary; default: cargo build --release),
 # BENCH_DIRTY_KB (16384), BENCH_SETTLE_SECS (60: the longest wait for writeback),
 # BENCH_QUIET_SECS (1: how long the machine's background load is sampled before each phase),
-# BENCH_ALLOW_NO_DROP=1 (run even where drop_caches is not permitted; numbers then untrusted).
+# BENCH_ALLOW_NO_DROP=1 (run even where drop_caches is not permitted; numbers then untrusted),
+# BENCH_SETTLE=0 (diagnostic: no sync, drop or wait between systems except before read).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -55,6 +56,7 @@ MB=${BENCH_MB:-1024}
 DIRTY_KB=${BENCH_DIRTY_KB:-16384}
 SETTLE_SECS=${BENCH_SETTLE_SECS:-60}
 QUIET=${BENCH_QUIET_SECS:-1}
+SETTLE=${BENCH_SETTLE:-1}
 read -r -a SYSTEMS <<<"${BENCH_SYSTEMS:-plain kmsfs gocryptfs securefs}"
 if [ "${BENCH_WRITEBACK:-0}" = 1 ] && [[ " ${SYSTEMS[*]} " != *" kmsfs_wb "* ]]; then
   SYSTEMS+=(kmsfs_wb)
@@ -64,7 +66,7 @@ for s in "${SYSTEMS[@]}"; do
     *) echo "BENCH_SYSTEMS: unknown system '$s' (plain kmsfs kmsfs_wb gocryptfs securefs)" >&2; exit 2 ;;
   esac
 done
-for v in ROUNDS WARMUP MB DIRTY_KB SETTLE_SECS; do
+for v in ROUNDS WARMUP MB DIRTY_KB SETTLE_SECS SETTLE; do
   [[ ${!v} =~ ^[0-9]+$ ]] || { echo "BENCH_$v must be a whole number, not '${!v}'" >&2; exit 2; }
 done
 [ "$ROUNDS" -ge 1 ] || { echo "BENCH_ROUNDS must be at least 1" >&2; exit 2; }
@@ -345,7 +347,7 @@ record_env() {
     echo "kmsfs: ${KMSFS:-not used} $(git rev-parse --short HEAD 2>/dev/null)$(git diff --quiet HEAD -- src 2>/dev/null || echo ' (src modified)')"
     echo "gocryptfs: $(dpkg-query -W -f='${Version}' gocryptfs 2>/dev/null)"
     echo "securefs: $(dpkg-query -W -f='${Version}' securefs 2>/dev/null)"
-    echo "settings: rounds=$ROUNDS warmup=$WARMUP mb=$MB systems=${SYSTEMS[*]} dirty_kb=$DIRTY_KB settle_secs=$SETTLE_SECS"
+    echo "settings: rounds=$ROUNDS warmup=$WARMUP mb=$MB systems=${SYSTEMS[*]} dirty_kb=$DIRTY_KB settle_secs=$SETTLE_SECS settle=$SETTLE"
     echo "load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
   } >"$f"
 }
@@ -430,9 +432,16 @@ unmount_round() {
 
 dirty_kb() { awk '/^(Dirty|Writeback):/ {s += $2} END {print s}' /proc/meminfo; }
 
-# settle ROUND: the same page-cache and writeback state before every phase of every system.
+# settle ROUND PHASE: the same page-cache and writeback state before every phase of every
+# system. BENCH_SETTLE=0 only drops caches before read, as gocryptfs's canonical benchmark
+# runs: a diagnostic run to see how much one system's leftover writeback moves the next one's
+# times, never a result.
 settle() {
-  local r=$1 s i
+  local r=$1 p=$2 s i
+  if [ "$SETTLE" = 0 ]; then
+    if [ "$p" = read ]; then sync; [ "$DROP_OK" = 1 ] && echo 3 >/proc/sys/vm/drop_caches; fi
+    return 0
+  fi
   for s in "${SYSTEMS[@]}"; do [ "$s" = plain ] || stat -f "$WORK/r$r/$s/mnt" >/dev/null; done
   sync
   [ "$DROP_OK" = 1 ] && echo 3 >/proc/sys/vm/drop_caches
@@ -464,7 +473,7 @@ run_round() {
   for p in "${PHASES[@]}"; do
     for i in "${!order[@]}"; do
       s=${order[$i]} dir=$WORK/r$r/${order[$i]}/mnt
-      settle "$r"
+      settle "$r" "$p"
       # A daemon that died leaves the bare directory beneath its mount point: never time that.
       if [ "$s" != plain ] && { ! mountpoint -q "$dir" || ! alive "${PID[$s]}"; }; then
         echo "the $s mount at $dir is gone (daemon ${PID[$s]}): see $WORK/r$r/$s/daemon.log" >&2
@@ -498,6 +507,8 @@ echo "load average at end: $(cut -d' ' -f1-3 /proc/loadavg)" >>"$OUT/env.txt"
 {
   echo "kmsfs bench: $ROUNDS counted round(s)$([ "$WARMUP" = 1 ] && echo ' + 1 warm-up'), ${MB} MiB," \
     "tarball $TARBALL_NAME ($TAR_ENTRIES entries), $NCPU cores, $(uname -r)"
+  [ "$SETTLE" = 0 ] && echo "BENCH_SETTLE=0: systems NOT settled between phases (diagnostic run, not a result)"
+  [ "$DROP_OK" = 0 ] && echo "drop_caches was not permitted: caches NOT equal between systems (not a result)"
   python3 "$WORK/summary.py" "$OUT" "$NCPU"
   echo "raw times: $OUT/times.tsv; per-round ratios: $OUT/ratios.tsv; environment: $OUT/env.txt"
 } | tee "$OUT/summary.txt"
