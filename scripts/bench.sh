@@ -42,7 +42,8 @@
 # .tar.gz or .crate; default /usr/src/linux-source-6.1.tar.xz), BENCH_SYSTEMS (default
 # "plain kmsfs gocryptfs securefs"; add kmsfs_wb for kmsfs mounted with -o writeback_cache,
 # or set BENCH_WRITEBACK=1), BENCH_DIR (work directory: empty or new, left in place; default
-# a temporary one under /var/tmp, removed), BENCH_OUT, BENCH_KMSFS (a kmsfs binary; default: cargo build --release),
+# a temporary one under /var/tmp, removed), BENCH_OUT, BENCH_KMSFS (a kmsfs binary to use;
+# default: cargo build --release),
 # BENCH_DIRTY_KB (16384), BENCH_SETTLE_SECS (60: the longest wait for writeback),
 # BENCH_QUIET_SECS (1: how long the machine's background load is sampled before each phase),
 # BENCH_ALLOW_NO_DROP=1 (run even where drop_caches is not permitted; numbers then untrusted),
