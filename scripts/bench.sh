@@ -1,67 +1,361 @@
 #!/usr/bin/env bash
-# Benchmarks kmsfs (as mounted by default, and with -o writeback_cache) against gocryptfs and securefs (Debian packages) and a plain directory on the same disk,
-# in one run, interleaved, and prints the median time per phase and the ratio
-# kmsfs / the faster of gocryptfs and securefs (below 1.0 means kmsfs is faster).
+# Benchmarks kmsfs (mounted by default: audit on, no write-back cache) against gocryptfs and
+# securefs (Debian packages) and a plain ext4 directory, all on the same disk and under one
+# directory, with the workload of gocryptfs's canonical benchmark:
 #
-# Phases (gocryptfs's canonical workload): write BENCH_MB MiB with dd conv=fsync, read it back
-# after dropping caches, untar a source tree, ls -lR, cat every file, rm -rf. Then random 4 KiB
-# reads and writes with fio (randrw, psync, page cache on) on a BENCH_FIO_MB MiB file for
-# BENCH_FIO_SECS seconds, reported as IOPS and MB/s with the ratio kmsfs / the better peer (there
-# above 1.0 means kmsfs is faster). BENCH_FIO_MB=0 skips the fio phase.
+#   write  dd 1 GiB (BENCH_MB) of zeros, conv=fsync
+#   read   dd it back after drop_caches (the file is removed afterwards, untimed)
+#   untar  tar -xf of Debian's linux-source-6.1 tarball, decompressed once beforehand and
+#          pre-read into the page cache before every system's untar (same path, same command)
+#   ls     ls -lR of the tree
+#   cat    cat of every file
+#   rm     rm -rf of the tree, then statfs (kmsfs frees removed files in the background;
+#          statfs waits for that, so the phase counts it; for the others it is one cheap call)
 #
-#   scripts/bench.sh                   # 1 round, 1024 MiB, fio 256 MiB for 20 s
-#   BENCH_ROUNDS=5 BENCH_MB=1024 scripts/bench.sh
-#   BENCH_TARBALL=/path/to/src.tar.xz scripts/bench.sh
-#   BENCH_FIO_MB=1024 BENCH_FIO_SECS=60 scripts/bench.sh
+# untar and rm are timed without a trailing sync, as the canonical benchmark times them; the
+# sync after each is timed separately and reported as the extra rows untar+sync and rm+sync.
+#
+# How the numbers are made comparable:
+# - one warm-up round (BENCH_WARMUP=1), not counted, then BENCH_ROUNDS counted rounds;
+# - every round starts from fresh volumes and fresh mounts (no daemon carries state from one
+#   round to the next), and the order of the systems rotates by one every round;
+# - before every phase of every system: statfs on every mount (lets kmsfs finish background
+#   frees), sync, drop_caches, then wait until Dirty + Writeback in /proc/meminfo are below
+#   BENCH_DIRTY_KB, so no system's writeback runs in the next one's timing;
+# - no process is pinned; the daemons' CPU affinity is recorded.
+#
+# Per round and phase: peer/kmsfs = the faster of gocryptfs and securefs / kmsfs (above 1.0:
+# kmsfs faster), and kmsfs/plain = kmsfs / plain ext4 (time; 1.0 = as fast as ext4),
+# printed as min / median / max over the counted rounds. Results go to BENCH_OUT
+# (default /var/tmp/kmsfs-bench-results/<UTC time>): times.tsv (every timed phase of every
+# round, warm-up included with counted=0: its position in the round's order, seconds, the
+# sync after it, CPU seconds of the command, the daemon, kernel threads, other processes,
+# steal, the machine's background load just before, Dirty+Writeback at its start),
+# ratios.tsv, rounds.tsv (order, daemon pid, CPU affinity, threads, peak RSS per round),
+# env.txt (kernel, CPU, cpuidle, governor, disk, versions, settings), summary.txt.
+#
+#   scripts/bench.sh                                     # 5 rounds + warm-up, full size
+#   BENCH_ROUNDS=2 BENCH_WARMUP=0 BENCH_MB=16 BENCH_TARBALL=small.tar BENCH_QUIET_SECS=0.2 \
+#     BENCH_SETTLE_SECS=5 BENCH_SYSTEMS="plain kmsfs securefs" scripts/bench.sh   # smoke test
+#
+# Knobs: BENCH_ROUNDS (5), BENCH_WARMUP (1), BENCH_MB (1024), BENCH_TARBALL (.tar, .tar.xz,
+# .tar.gz or .crate; default /usr/src/linux-source-6.1.tar.xz), BENCH_SYSTEMS (default
+# "plain kmsfs gocryptfs securefs"; add kmsfs_wb for kmsfs mounted with -o writeback_cache,
+# or set BENCH_WRITEBACK=1), BENCH_DIR (work directory: empty or new, left in place; default
+# a temporary one under /var/tmp, removed), BENCH_OUT, BENCH_KMSFS (a kmsfs binary to use;
+# default: cargo build --release),
+# BENCH_DIRTY_KB (16384), BENCH_SETTLE_SECS (60: the longest wait for writeback),
+# BENCH_QUIET_SECS (1: how long the machine's background load is sampled before each phase),
+# BENCH_ALLOW_NO_DROP=1 (run even where drop_caches is not permitted; numbers then untrusted),
+# BENCH_SETTLE=0 (diagnostic: no sync, drop or wait between systems except before read).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-KMSFS_BENCH=1 scripts/install-deps.sh
-cargo build --release --quiet
-KMSFS=$PWD/target/release/kmsfs
 
-ROUNDS=${BENCH_ROUNDS:-1}
-# 1: also run kmsfs mounted with -o writeback_cache (column kmsfs+wb); 0: only the default.
-WRITEBACK=${BENCH_WRITEBACK:-1}
+ROUNDS=${BENCH_ROUNDS:-5}
+WARMUP=${BENCH_WARMUP:-1}
 MB=${BENCH_MB:-1024}
-FIO_MB=${BENCH_FIO_MB:-256}
-FIO_SECS=${BENCH_FIO_SECS:-20}
-WORK=${BENCH_DIR:-$(mktemp -d /var/tmp/kmsfs-bench.XXXXXX)}
-TARBALL=${BENCH_TARBALL:-}
-if [ -z "$TARBALL" ]; then
-  TARBALL=$(ls /usr/src/linux-source-*.tar.xz 2>/dev/null | head -n1 || true)
+DIRTY_KB=${BENCH_DIRTY_KB:-16384}
+SETTLE_SECS=${BENCH_SETTLE_SECS:-60}
+QUIET=${BENCH_QUIET_SECS:-1}
+SETTLE=${BENCH_SETTLE:-1}
+read -r -a SYSTEMS <<<"${BENCH_SYSTEMS:-plain kmsfs gocryptfs securefs}"
+if [ "${BENCH_WRITEBACK:-0}" = 1 ] && [[ " ${SYSTEMS[*]} " != *" kmsfs_wb "* ]]; then
+  SYSTEMS+=(kmsfs_wb)
 fi
-if [ -z "$TARBALL" ]; then
-  # Fallback: the largest crate in the cargo cache (a .crate is a .tar.gz).
-  TARBALL=$(ls -S ~/.cargo/registry/cache/*/*.crate 2>/dev/null | head -n1 || true)
+for s in "${SYSTEMS[@]}"; do
+  case $s in plain | kmsfs | kmsfs_wb | gocryptfs | securefs) ;;
+    *) echo "BENCH_SYSTEMS: unknown system '$s' (plain kmsfs kmsfs_wb gocryptfs securefs)" >&2; exit 2 ;;
+  esac
+done
+for v in ROUNDS WARMUP MB DIRTY_KB SETTLE_SECS SETTLE; do
+  [[ ${!v} =~ ^[0-9]+$ ]] || { echo "BENCH_$v must be a whole number, not '${!v}'" >&2; exit 2; }
+done
+[ "$ROUNDS" -ge 1 ] || { echo "BENCH_ROUNDS must be at least 1" >&2; exit 2; }
+[[ $QUIET =~ ^[0-9]+(\.[0-9]+)?$ ]] || { echo "BENCH_QUIET_SECS must be a number of seconds, not '$QUIET'" >&2; exit 2; }
+if [ -n "${BENCH_DIR:-}" ] && [ -n "$(ls -A "$BENCH_DIR" 2>/dev/null)" ]; then
+  echo "BENCH_DIR $BENCH_DIR must be empty or not exist yet (a run starts from fresh volumes)" >&2
+  exit 2
 fi
-[ -n "$TARBALL" ] || { echo "no source tarball: set BENCH_TARBALL" >&2; exit 1; }
-TARBALL_NAME=$(basename "$TARBALL")
+uses() { [[ " ${SYSTEMS[*]} " == *" $1 "* ]]; }
 
-export KMSFS_KEYSTORE=$WORK/keystore.db KMSFS_PASSPHRASE=bench
+[ "$(id -u)" -eq 0 ] || { echo "scripts/bench.sh runs as root (drop_caches)" >&2; exit 2; }
+KMSFS_BENCH=1 scripts/install-deps.sh
+if uses kmsfs || uses kmsfs_wb; then
+  if [ -n "${BENCH_KMSFS:-}" ]; then
+    KMSFS=$BENCH_KMSFS
+  else
+    cargo build --release --quiet
+    KMSFS=${CARGO_TARGET_DIR:-$PWD/target}/release/kmsfs
+  fi
+  [ -x "$KMSFS" ] || { echo "no kmsfs binary at $KMSFS" >&2; exit 1; }
+fi
+
+if ! sync || ! echo 3 >/proc/sys/vm/drop_caches 2>/dev/null; then
+  if [ "${BENCH_ALLOW_NO_DROP:-0}" != 1 ]; then
+    echo "cannot write /proc/sys/vm/drop_caches here: caches could not be made equal between" >&2
+    echo "systems (set BENCH_ALLOW_NO_DROP=1 to run anyway, for a smoke test only)" >&2
+    exit 1
+  fi
+  DROP_OK=0
+else
+  DROP_OK=1
+fi
+
+TARBALL=${BENCH_TARBALL:-/usr/src/linux-source-6.1.tar.xz}
+[ -r "$TARBALL" ] || { echo "no tarball at $TARBALL: set BENCH_TARBALL" >&2; exit 1; }
+TARBALL_NAME=$(basename "$TARBALL")
+OUT=${BENCH_OUT:-/var/tmp/kmsfs-bench-results/$(date -u +%Y%m%dT%H%M%SZ)}
+mkdir -p "$OUT"
+WORK=${BENCH_DIR:-$(mktemp -d /var/tmp/kmsfs-bench.XXXXXX)}
+mkdir -p "$WORK"
+WORK=$(realpath "$WORK")
+
+declare -A PID=() # system -> daemon pid of the current round
+# Unmounts everything under $WORK, stops the daemons this script started (by pid), removes
+# the temporary work directory. Runs on every exit, also after a failure or Ctrl-C.
 cleanup() {
-  for m in "$WORK"/*/mnt; do mountpoint -q "$m" 2>/dev/null && fusermount3 -u "$m" 2>/dev/null || true; done
-  for p in "${KMSFS_PID:-}" "${KMSFS_WB_PID:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null || true; done
-  if [ -z "${BENCH_DIR:-}" ]; then rm -rf "$WORK"; fi
+  local rc=$? m p left
+  set +e
+  trap - EXIT INT TERM
+  for m in $(findmnt -rn -o TARGET | grep "^$WORK/"); do
+    fusermount3 -u "$m" 2>/dev/null || umount "$m" 2>/dev/null || fusermount3 -uz "$m" 2>/dev/null
+  done
+  for p in "${PID[@]}"; do stop_pid "$p"; done
+  left=$(findmnt -rn -o TARGET | grep "^$WORK/")
+  if [ -n "$left" ]; then
+    echo "still mounted, $WORK kept: $left" >&2
+  elif [ -z "${BENCH_DIR:-}" ]; then
+    rm -rf "$WORK"
+  fi
+  [ "$rc" -ne 0 ] && echo "bench failed or interrupted (exit $rc); partial results in $OUT" >&2
+  exit "$rc"
 }
 trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
 
-wait_mounted() { for _ in $(seq 100); do mountpoint -q "$1" && return 0; sleep 0.1; done; echo "mount of $1 failed" >&2; exit 1; }
-
-# mount_kmsfs NAME [OPTIONS...]: mounts $WORK/NAME/volume at $WORK/NAME/mnt, prints the daemon's pid.
-mount_kmsfs() {
-  local name=$1 pid
-  shift
-  "$KMSFS" mount "$@" "$WORK/$name/volume" "$WORK/$name/mnt" 2>"$WORK/$name.log"
-  pid=$(sed -n 's/.*daemon pid \([0-9]*\).*/\1/p' "$WORK/$name.log")
-  [ -n "$pid" ] || { echo "kmsfs mount failed: $(cat "$WORK/$name.log")" >&2; exit 1; }
-  wait_mounted "$WORK/$name/mnt"
-  echo "$pid"
+# alive PID: the process exists and has not exited (a daemon started here with & stays a
+# zombie until this shell reaps it).
+alive() { local st; st=$(ps -o stat= -p "$1" 2>/dev/null) && [[ $st != Z* ]]; }
+# stop_pid PID: waits up to 10 s for a daemon to exit after its unmount, then kills it.
+stop_pid() {
+  local p=$1 i
+  for i in $(seq 100); do alive "$p" || return 0; sleep 0.1; done
+  kill "$p" 2>/dev/null
+  for i in $(seq 50); do alive "$p" || return 0; sleep 0.1; done
+  kill -9 "$p" 2>/dev/null
+  return 0
 }
 
-setup() {
-  # Decompressed once, outside the timed phases: xz alone takes one of the two cores for
-  # about as long as plain ext4 takes for the whole untar, and would be measured for every
-  # file system alike.
+# Helpers in Python: timing with CPU accounting, and the summary.
+cat >"$WORK/timed.py" <<'PY'
+# timed.py TSV QUIET ROUND COUNTED POS SYSTEM PHASE DAEMON_PID SYNC -- CMD...: runs CMD,
+# appends one row to TSV. Before t0 it samples the machine for QUIET seconds (bg_busy_pct:
+# the share of all CPUs busy while the bench only waits). During CMD it counts CPU seconds:
+# of CMD and its children (rusage), of the daemon (/proc/PID/stat), of kernel threads
+# (writeback, journal: partly work the phase caused), of every other process on the machine
+# (foreign: other users' work, which the phase competed with), and steal time. With SYNC=1 a
+# sync after CMD is timed on its own (sync_s).
+import os, resource, subprocess, sys, time
+# Ctrl-C reaches this process and the command alike: end quietly, the bench cleans up.
+sys.excepthook = lambda t, v, tb: os._exit(130) if t is KeyboardInterrupt else sys.__excepthook__(t, v, tb)
+tsv, quiet, rnd, counted, pos, system, phase, dpid, do_sync = sys.argv[1:10]
+assert sys.argv[10] == "--"
+cmd = sys.argv[11:]
+HZ = os.sysconf("SC_CLK_TCK")
+PF_KTHREAD = 0x00200000
+def cpu():
+    f = [int(x) for x in open("/proc/stat").readline().split()[1:9]]
+    user, nice, system_, idle, iowait, irq, softirq, steal = f
+    return (user + nice + system_ + irq + softirq) / HZ, steal / HZ, sum(f) / HZ
+def procs():
+    """pid -> (start time, kernel thread?, CPU seconds including reaped children)."""
+    res = {}
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            f = open(f"/proc/{d}/stat").read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        res[int(d)] = (f[19], int(f[6]) & PF_KTHREAD != 0, sum(int(x) for x in f[11:15]) / HZ)
+    return res
+def own_ancestors():
+    pids, p = {os.getpid()}, os.getpid()
+    while p > 1:
+        p = int(open(f"/proc/{p}/stat").read().rsplit(")", 1)[1].split()[1])
+        pids.add(p)
+    return pids
+def dirty_kb():
+    m = dict(l.split(":", 1) for l in open("/proc/meminfo"))
+    return int(m["Dirty"].split()[0]) + int(m["Writeback"].split()[0])
+b0, _, a0 = cpu(); time.sleep(float(quiet)); b1, _, a1 = cpu()
+bg = 100.0 * (b1 - b0) / max(a1 - a0, 1e-9)
+dirty = dirty_kb()
+skip = own_ancestors() | ({int(dpid)} if dpid != "-" else set())
+p0 = procs(); ru0 = resource.getrusage(resource.RUSAGE_CHILDREN); c0, s0, _ = cpu()
+start = time.time(); t0 = time.perf_counter()
+rc = subprocess.run(cmd).returncode
+t1 = time.perf_counter()
+c1, s1, _ = cpu(); ru1 = resource.getrusage(resource.RUSAGE_CHILDREN); p1 = procs()
+if rc != 0:
+    sys.exit(f"{phase} on {system} failed (exit {rc}): {' '.join(cmd)}")
+sync_s = 0.0
+if do_sync == "1":
+    u0 = time.perf_counter(); os.sync(); sync_s = time.perf_counter() - u0
+cmd_cpu = (ru1.ru_utime + ru1.ru_stime) - (ru0.ru_utime + ru0.ru_stime)
+daemon = kernel = foreign = 0.0
+for pid, (st, kthread, secs) in p1.items():
+    before = p0.get(pid)
+    d = secs - before[2] if before and before[0] == st else secs
+    if dpid != "-" and pid == int(dpid):
+        daemon = d
+    elif pid in skip:
+        continue
+    elif kthread:
+        kernel += d
+    else:
+        foreign += d
+# A process reaped in the window adds its whole life's CPU to its parent's: never count more
+# than what the machine as a whole spent beside the bench's own work.
+foreign = min(foreign, max(0.0, (c1 - c0) - cmd_cpu - daemon - kernel))
+row = [rnd, counted, pos, system, phase, f"{t1 - t0:.3f}", f"{sync_s:.3f}", f"{cmd_cpu:.2f}",
+       f"{daemon:.2f}", f"{kernel:.2f}", f"{foreign:.2f}", f"{c1 - c0:.2f}", f"{s1 - s0:.2f}",
+       f"{bg:.1f}", str(dirty), time.strftime("%H:%M:%S", time.gmtime(start))]
+with open(tsv, "a") as out:
+    out.write("\t".join(row) + "\n")
+PY
+
+cat >"$WORK/summary.py" <<'PY'
+# summary.py OUT NCPU: reads OUT/times.tsv and OUT/rounds.tsv, writes OUT/ratios.tsv, prints
+# the summary.
+import csv, statistics, sys
+out, ncpu = sys.argv[1], int(sys.argv[2])
+rows = list(csv.DictReader(open(f"{out}/times.tsv"), delimiter="\t"))
+counted = [r for r in rows if r["counted"] == "1"]
+PHASES = ["write", "read", "untar", "untar+sync", "ls", "cat", "rm", "rm+sync"]
+t = {}  # (round, system, phase) -> seconds
+for r in counted:
+    key = (int(r["round"]), r["system"])
+    t[key + (r["phase"],)] = float(r["seconds"])
+    if r["phase"] in ("untar", "rm"):
+        t[key + (r["phase"] + "+sync",)] = float(r["seconds"]) + float(r["sync_s"])
+rounds = sorted({k[0] for k in t})
+systems = [s for s in ["plain", "kmsfs", "gocryptfs", "securefs", "kmsfs_wb"] if any(k[1] == s for k in t)]
+peers = [s for s in ("gocryptfs", "securefs") if s in systems]
+
+def ratios(phase, num, den):
+    """Per round: num(round) / den(round); num and den give a time or None."""
+    res = []
+    for rd in rounds:
+        a, b = num(rd, phase), den(rd, phase)
+        if a is not None and b:
+            res.append(a / b)
+    return res
+def get(system):
+    return lambda rd, p: t.get((rd, system, p))
+def best_peer(rd, p):
+    ts = [t[(rd, s, p)] for s in peers if (rd, s, p) in t]
+    return min(ts) if ts else None
+def mmm(xs):
+    return (min(xs), statistics.median(xs), max(xs)) if xs else None
+def cell(x, fmt="{:5.2f}"):
+    return "   -    -    - " if x is None else " ".join(fmt.format(v) for v in x)
+
+with open(f"{out}/ratios.tsv", "w") as f:
+    f.write("round\tphase\tpeer_over_kmsfs\tkmsfs_over_plain\tpeer_over_kmsfs_wb\n")
+    for rd in rounds:
+        for p in PHASES:
+            pk = best_peer(rd, p), t.get((rd, "kmsfs", p)), t.get((rd, "plain", p)), t.get((rd, "kmsfs_wb", p))
+            r1 = f"{pk[0] / pk[1]:.3f}" if pk[0] and pk[1] else ""
+            r2 = f"{pk[1] / pk[2]:.3f}" if pk[1] and pk[2] else ""
+            r3 = f"{pk[0] / pk[3]:.3f}" if pk[0] and pk[3] else ""
+            f.write(f"{rd}\t{p}\t{r1}\t{r2}\t{r3}\n")
+
+wb = "kmsfs_wb" in systems
+print(f"{len(rounds)} counted round(s); per round: peer/kmsfs = the faster of {' and '.join(peers) or '(no peer)'}"
+      " / kmsfs (above 1.00: kmsfs faster); kmsfs/plain = kmsfs / plain ext4 (time)")
+head = f"{'phase':<11} {'peer/kmsfs min  med  max':>24}  {'kmsfs/plain min  med  max':>25}"
+if wb:
+    head += f"  {'peer/kmsfs+wb min med max':>25}"
+print(head + "  target (median >= 1.25, no round < 1.00)")
+for p in PHASES:
+    pk = mmm(ratios(p, best_peer, get("kmsfs")))
+    kp = mmm(ratios(p, get("kmsfs"), get("plain")))
+    line = f"{p:<11} {cell(pk):>24}  {cell(kp):>25}"
+    if wb:
+        line += f"  {cell(mmm(ratios(p, best_peer, get('kmsfs_wb')))):>25}"
+    verdict = "-"
+    if pk:
+        verdict = "met" if pk[1] >= 1.25 and pk[0] >= 1.0 else "not met"
+        if p.startswith("rm") and verdict != "met" and kp and kp[1] <= 1.10:
+            verdict = "met (within 10% of plain)"
+    print(f"{line}  {verdict}")
+
+print("\ntimes, s: median (min-max) over the counted rounds")
+print(f"{'phase':<11}" + "".join(f"{s:>21}" for s in systems))
+for p in PHASES:
+    cells = []
+    for s in systems:
+        xs = [t[(rd, s, p)] for rd in rounds if (rd, s, p) in t]
+        m = mmm(xs)
+        cells.append(f"{m[1]:.2f} ({m[0]:.2f}-{m[2]:.2f})" if m else "-")
+    print(f"{p:<11}" + "".join(f"{c:>21}" for c in cells))
+
+busy = [r for r in counted if float(r["foreign_cpu_s"]) > 0.10 * float(r["seconds"]) * ncpu]
+steal = sum(float(r["steal_s"]) for r in counted)
+print(f"\ntimed phases during which processes outside the bench used more than 10% of the {ncpu}"
+      f" CPUs: {len(busy)} of {len(counted)}; steal time in all timed phases: {steal:.1f} s")
+for r in sorted(busy, key=lambda r: -float(r["foreign_cpu_s"]) / float(r["seconds"]))[:5]:
+    print(f"  round {r['round']} {r['system']} {r['phase']}: {r['foreign_cpu_s']} CPU-s of other"
+          f" processes in {r['seconds']} s")
+placed = list(csv.DictReader(open(f"{out}/rounds.tsv"), delimiter="\t"))
+cpus = {s: sorted({r["cpus_allowed"] for r in placed if r["system"] == s}) for s in systems if s != "plain"}
+print("daemon CPU affinity (not pinned): " + ", ".join(f"{s} {'/'.join(c)}" for s, c in cpus.items()))
+rss = [r for r in placed if r["counted"] == "1" and r["system"].startswith("kmsfs")]
+for s in ("kmsfs", "kmsfs_wb"):
+    v = [int(r["peak_rss_mib"]) for r in rss if r["system"] == s and r["peak_rss_mib"].isdigit()]
+    if v:
+        print(f"{s} daemon peak RSS per round: {' '.join(map(str, v))} MiB (max {max(v)})")
+PY
+
+NCPU=$(nproc)
+export KMSFS_KEYSTORE=$WORK/keystore.db KMSFS_PASSPHRASE=bench
+printf 'round\tcounted\tpos\tsystem\tphase\tseconds\tsync_s\tcmd_cpu_s\tdaemon_cpu_s\tkernel_cpu_s\tforeign_cpu_s\tall_cpu_s\tsteal_s\tbg_busy_pct\tdirty_kb_at_start\tstart_utc\n' >"$OUT/times.tsv"
+printf 'round\tcounted\tsystem\torder\tdaemon_pid\tcpus_allowed\tthreads\tpeak_rss_mib\n' >"$OUT/rounds.tsv"
+
+# The environment, once per run (the daemons' placement is in rounds.tsv, per round).
+record_env() {
+  local f=$OUT/env.txt
+  {
+    echo "date_utc: $(date -u +%FT%TZ)"
+    echo "kernel: $(uname -r) ($(uname -v))"
+    echo "debian: $(cat /etc/debian_version 2>/dev/null || echo '?')"
+    echo "cpu: $NCPU x $(sed -n 's/^model name\s*: //p' /proc/cpuinfo | head -n1)"
+    echo "hypervisor: $(lscpu 2>/dev/null | sed -n 's/^Hypervisor vendor:\s*//p' || true)"
+    echo "cpufreq governor: $(cat /sys/devices/system/cpu/cpu0/cpufreq/scaling_governor 2>/dev/null || echo 'none (no cpufreq)')"
+    echo "cpuidle driver/governor: $(cat /sys/devices/system/cpu/cpuidle/current_driver 2>/dev/null || echo none)/$(cat /sys/devices/system/cpu/cpuidle/current_governor_ro 2>/dev/null || cat /sys/devices/system/cpu/cpuidle/current_governor 2>/dev/null || echo none)"
+    echo "clocksource: $(cat /sys/devices/system/clocksource/clocksource0/current_clocksource 2>/dev/null || echo '?')"
+    echo "memory: $(sed -n 's/^MemTotal:\s*//p' /proc/meminfo)"
+    echo "bench shell affinity: $(taskset -cp $$ 2>/dev/null | sed 's/.*: //') (nothing is pinned)"
+    echo "cgroup cpu quota: $(cat /sys/fs/cgroup/cpu.max 2>/dev/null || cat /sys/fs/cgroup/cpu/cpu.cfs_quota_us 2>/dev/null || echo none)"
+    echo "vm: dirty_ratio=$(cat /proc/sys/vm/dirty_ratio) dirty_background_ratio=$(cat /proc/sys/vm/dirty_background_ratio) dirty_expire_centisecs=$(cat /proc/sys/vm/dirty_expire_centisecs) dirty_writeback_centisecs=$(cat /proc/sys/vm/dirty_writeback_centisecs)"
+    echo "drop_caches permitted: $DROP_OK"
+    echo "fuse enable_uring: $(cat /sys/module/fuse/parameters/enable_uring 2>/dev/null || echo absent)"
+    echo "work dir: $WORK on $(findmnt -n -o SOURCE,FSTYPE,OPTIONS -T "$WORK")"
+    echo "tarball: $TARBALL_NAME -> $TARBALL, $(stat -c %s "$TARBALL") bytes, $TAR_ENTRIES entries, on $(findmnt -n -o SOURCE -T "$TARBALL")"
+    echo "tar: $(tar --version | head -n1)"
+    echo "kmsfs: ${KMSFS:-not used} $(git rev-parse --short HEAD 2>/dev/null)$(git diff --quiet HEAD -- src 2>/dev/null || echo ' (src modified)')"
+    echo "gocryptfs: $(dpkg-query -W -f='${Version}' gocryptfs 2>/dev/null)"
+    echo "securefs: $(dpkg-query -W -f='${Version}' securefs 2>/dev/null)"
+    echo "settings: rounds=$ROUNDS warmup=$WARMUP mb=$MB systems=${SYSTEMS[*]} dirty_kb=$DIRTY_KB settle_secs=$SETTLE_SECS settle=$SETTLE"
+    echo "load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
+  } >"$f"
+}
+
+# The tarball is decompressed once, untimed: xz alone would take one of the two cores for
+# about as long as plain ext4 takes for the whole untar, in every system's timing alike.
+prepare_tarball() {
   case $TARBALL in
     *.tar) ;;
     *) echo "decompressing $TARBALL_NAME once" >&2
@@ -71,132 +365,151 @@ setup() {
        esac
        TARBALL=$WORK/source.tar ;;
   esac
-  mkdir -p "$WORK"/{plain,kmsfs,kmsfs_wb,gocryptfs,securefs}/mnt "$WORK"/{kmsfs,kmsfs_wb}/volume "$WORK"/gocryptfs/cipher
-  "$KMSFS" keystore init --argon2-memory-kib 65536 >/dev/null
-  "$KMSFS" volume init "$WORK/kmsfs/volume" >/dev/null
-  # In the background, as users run it: the daemon is the forked child, so its peak RSS is
-  # that of serving the volume (the parent derives the passphrase key with argon2 and exits).
-  KMSFS_PID=$(mount_kmsfs kmsfs)
-  if [ "$WRITEBACK" = 1 ]; then
-    "$KMSFS" volume init --name volume-wb "$WORK/kmsfs_wb/volume" >/dev/null
-    KMSFS_WB_PID=$(mount_kmsfs kmsfs_wb -o writeback_cache)
-  fi
-  gocryptfs -q -init -extpass "echo bench" "$WORK/gocryptfs/cipher" >/dev/null
-  gocryptfs -q -extpass "echo bench" "$WORK/gocryptfs/cipher" "$WORK/gocryptfs/mnt"
-  wait_mounted "$WORK/gocryptfs/mnt"
-  mkdir -p "$WORK"/securefs/{cipher,mnt}
-  securefs create --pass bench "$WORK/securefs/cipher" >/dev/null
-  securefs mount -b --pass bench "$WORK/securefs/cipher" "$WORK/securefs/mnt" >/dev/null 2>&1
-  wait_mounted "$WORK/securefs/mnt"
+  TAR_ENTRIES=$(tar -tf "$TARBALL" | wc -l)
 }
 
-drop_caches() { sync; echo 3 > /proc/sys/vm/drop_caches 2>/dev/null || true; }
+wait_mounted() { # DIR PID: until DIR is a mount point, while the daemon PID lives
+  local i
+  for i in $(seq 200); do
+    mountpoint -q "$1" && return 0
+    [ -n "${2:-}" ] && ! alive "$2" && break
+    sleep 0.05
+  done
+  echo "mount of $1 failed" >&2
+  return 1
+}
 
-now() { date +%s.%N; }
-# phase NAME DIR: runs the phase in DIR, prints seconds
-phase() {
-  local name=$1 dir=$2 t0 t1
-  case $name in
-    write) t0=$(now); dd if=/dev/zero of="$dir/zero" bs=1M count="$MB" conv=fsync status=none; t1=$(now) ;;
-    read)  drop_caches; t0=$(now); dd if="$dir/zero" of=/dev/null bs=1M status=none; t1=$(now); rm -f "$dir/zero" ;;
-    untar) cat "$TARBALL" >/dev/null; t0=$(now); tar -xf "$TARBALL" -C "$dir"; sync; t1=$(now) ;;
-    ls)    drop_caches; t0=$(now); ls -lR "$dir" >/dev/null; t1=$(now) ;;
-    cat)   drop_caches; t0=$(now); find "$dir" -type f -print0 | xargs -0 cat >/dev/null; t1=$(now) ;;
-    # stat -f (statfs) waits until kmsfs has freed what it removes in the background, so the
-    # phase counts that work too (for the other file systems it is one cheap call).
-    rm)    t0=$(now); rm -rf "${dir:?}"/*; stat -f "$dir" >/dev/null; sync; t1=$(now) ;;
+# mount_system ROUND SYSTEM: fresh volume for SYSTEM in this round, mounted at $R/SYSTEM/mnt;
+# sets PID[SYSTEM].
+mount_system() {
+  local r=$1 s=$2 d=$WORK/r$1/$2 pid opts=()
+  mkdir -p "$d/mnt"
+  case $s in
+    plain) return 0 ;;
+    kmsfs | kmsfs_wb)
+      [ "$s" = kmsfs_wb ] && opts=(-o writeback_cache)
+      mkdir -p "$d/volume"
+      "$KMSFS" volume init --name "bench-r$r-$s" "$d/volume" >/dev/null
+      "$KMSFS" mount "${opts[@]}" "$d/volume" "$d/mnt" 2>"$d/daemon.log"
+      pid=$(sed -n 's/.*daemon pid \([0-9]*\).*/\1/p' "$d/daemon.log")
+      [ -n "$pid" ] || { echo "kmsfs mount failed: $(cat "$d/daemon.log")" >&2; return 1; } ;;
+    gocryptfs)
+      mkdir -p "$d/cipher"
+      gocryptfs -q -init -extpass "echo bench" "$d/cipher" >/dev/null
+      # -fg: the daemon is the process started here, so its pid is known without a search;
+      # setsid (no fork: a background job is no group leader): a Ctrl-C of the bench must not
+      # reach it, or it unmounts itself and a phase would run in the bare directory beneath.
+      setsid gocryptfs -fg -q -extpass "echo bench" "$d/cipher" "$d/mnt" >"$d/daemon.log" 2>&1 &
+      pid=$! ;;
+    securefs)
+      mkdir -p "$d/cipher"
+      securefs create --pass bench "$d/cipher" >/dev/null
+      setsid securefs mount --pass bench "$d/cipher" "$d/mnt" >"$d/daemon.log" 2>&1 &
+      pid=$! ;;
   esac
-  echo "$t1 - $t0" | bc -l
+  PID[$s]=$pid
+  wait_mounted "$d/mnt" "$pid"
 }
 
-# fio_phase DIR: random 4 KiB reads and writes on one file in DIR; prints
-# "read_iops write_iops read_MB/s write_MB/s" (MB = 10^6 bytes).
-fio_phase() {
-  local dir=$1 out res
-  local args=(--name=randrw --rw=randrw --bs=4k --size="${FIO_MB}M" --ioengine=psync --direct=0
-    --filename="$dir/fio.dat")
-  out=$(mktemp "$WORK/fio.XXXXXX.json")
-  # Lay the file out first and drop caches, so that no file system starts with its data (or,
-  # for kmsfs and gocryptfs, its ciphertext) in the page cache: fio itself only invalidates
-  # the cache of the file it opens, which would leave plain at a disadvantage.
-  fio "${args[@]}" --create_only=1 >/dev/null || { echo "fio layout failed in $dir" >&2; return 1; }
-  drop_caches
-  fio "${args[@]}" --runtime="$FIO_SECS" --time_based --output-format=json --output="$out" >/dev/null \
-    || { echo "fio failed in $dir" >&2; return 1; }
-  rm -f "$dir/fio.dat"
-  res=$(python3 - "$out" <<'PY'
-import json, sys
-job = json.load(open(sys.argv[1]))["jobs"][0]
-if job.get("error"):
-    sys.exit(f"fio failed: error {job['error']}")
-r, w = job["read"], job["write"]
-print(f"{r['iops']:.1f} {w['iops']:.1f} {r['bw_bytes'] / 1e6:.2f} {w['bw_bytes'] / 1e6:.2f}")
-PY
-  ) || { echo "cannot parse fio output $out" >&2; return 1; }
-  rm -f "$out"
-  echo "$res"
-}
-
-median() { sort -g | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
-
-setup
-PHASES=(write read untar ls cat rm)
-SYSTEMS=(plain kmsfs gocryptfs securefs)
-[ "$WRITEBACK" = 1 ] && SYSTEMS+=(kmsfs_wb)
-med() { echo "${T[$1]}" | tr ' ' '\n' | grep . | median; }
-declare -A T
-for r in $(seq "$ROUNDS"); do
-  for p in "${PHASES[@]}"; do
-    for fs in "${SYSTEMS[@]}"; do
-      T[$fs,$p]+="$(phase "$p" "$WORK/$fs/mnt") "
-    done
+# unmount_round ROUND COUNTED ORDER: records each daemon's placement and peak RSS, unmounts,
+# waits for the daemons to exit, removes the round's directories.
+unmount_round() {
+  local r=$1 c=$2 order=$3 s p cpus threads rss
+  for s in "${SYSTEMS[@]}"; do
+    p=${PID[$s]:-}
+    cpus=- threads=- rss=-
+    if [ -n "$p" ]; then
+      cpus=$(sed -n 's/^Cpus_allowed_list:\s*//p' "/proc/$p/status")
+      threads=$(sed -n 's/^Threads:\s*//p' "/proc/$p/status")
+      rss=$(awk '/VmHWM/ {printf "%d", $2 / 1024}' "/proc/$p/status")
+      fusermount3 -u "$WORK/r$r/$s/mnt"
+      stop_pid "$p"
+      unset "PID[$s]"
+    fi
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$r" "$c" "$s" "$order" "${p:--}" "$cpus" "$threads" "$rss" >>"$OUT/rounds.tsv"
   done
-  if [ "$FIO_MB" -gt 0 ]; then
-    for fs in "${SYSTEMS[@]}"; do
-      res=$(fio_phase "$WORK/$fs/mnt")
-      read -r riops wiops rmbs wmbs <<<"$res"
-      T[$fs,fio_riops]+="$riops "; T[$fs,fio_wiops]+="$wiops "
-      T[$fs,fio_rmbs]+="$rmbs "; T[$fs,fio_wmbs]+="$wmbs "
-    done
+  rm -rf "${WORK:?}/r$r"
+}
+
+dirty_kb() { awk '/^(Dirty|Writeback):/ {s += $2} END {print s}' /proc/meminfo; }
+
+# settle ROUND PHASE: the same page-cache and writeback state before every phase of every
+# system. BENCH_SETTLE=0 only drops caches before read, as gocryptfs's canonical benchmark
+# runs: a diagnostic run to see how much one system's leftover writeback moves the next one's
+# times, never a result.
+settle() {
+  local r=$1 p=$2 s i
+  if [ "$SETTLE" = 0 ]; then
+    if [ "$p" = read ]; then sync; [ "$DROP_OK" = 1 ] && echo 3 >/proc/sys/vm/drop_caches; fi
+    return 0
   fi
-done
-
-rss_mib() { [ -n "${1:-}" ] && awk '/VmHWM/ {printf "%d", $2 / 1024}' "/proc/$1/status"; }
-# ratio A B: A / B with two decimals
-ratio() { printf '%.2f' "$(echo "$1 / $2" | bc -l)"; }
-WB_HEAD=""; [ "$WRITEBACK" = 1 ] && WB_HEAD="kmsfs+wb wb/best"
-# wb_cells KEY BEST FORMAT: the kmsfs+wb cells of a row (value in FORMAT, ratio to BEST);
-# nothing when that column is off.
-wb_cells() {
-  [ "$WRITEBACK" = 1 ] || return 0
-  local m
-  m=$(med "kmsfs_wb,$1")
-  printf " $3 %9s" "$m" "$(ratio "$m" "$2")"
-}
-echo "kmsfs bench: $ROUNDS round(s), ${MB} MiB, tarball $TARBALL_NAME, $(nproc) cores"
-printf '%-6s %10s %10s %10s %10s %11s %10s %9s\n' phase plain kmsfs gocryptfs securefs 'kmsfs/best' $WB_HEAD
-for p in "${PHASES[@]}"; do
-  m_plain=$(med "plain,$p"); m_k=$(med "kmsfs,$p"); m_g=$(med "gocryptfs,$p"); m_s=$(med "securefs,$p")
-  best=$(printf '%s\n%s\n' "$m_g" "$m_s" | sort -g | head -n1)
-  printf '%-6s %9.2fs %9.2fs %9.2fs %9.2fs %11s%s\n' "$p" "$m_plain" "$m_k" "$m_g" "$m_s" \
-    "$(ratio "$m_k" "$best")" "$(wb_cells "$p" "$best" '%9.2fs')"
-done
-echo "(times are medians; kmsfs/best = kmsfs time / the faster of gocryptfs and securefs: below"
-echo " 0.80 meets issue 7's 1.25x target; kmsfs+wb: kmsfs mounted with -o writeback_cache)"
-if [ "$MB" -gt 0 ]; then
-  mbps() { echo "$MB*1.048576 / $(med "$1,write")" | bc -l | xargs printf '%.0f'; }
-  echo "write throughput (MB/s): kmsfs $(mbps kmsfs), gocryptfs $(mbps gocryptfs), securefs $(mbps securefs)"
-fi
-if [ "$FIO_MB" -gt 0 ]; then
-  echo "fio randrw 4 KiB, psync, buffered, ${FIO_MB} MiB file, ${FIO_SECS} s (higher is better;"
-  echo "kmsfs/best above 1.0 means kmsfs is faster than the faster of gocryptfs and securefs)"
-  printf '%-11s %10s %10s %10s %10s %11s %10s %9s\n' metric plain kmsfs gocryptfs securefs 'kmsfs/best' $WB_HEAD
-  for k in riops:'read IOPS' wiops:'write IOPS' rmbs:'read MB/s' wmbs:'write MB/s'; do
-    m_plain=$(med "plain,fio_${k%%:*}"); m_k=$(med "kmsfs,fio_${k%%:*}")
-    m_g=$(med "gocryptfs,fio_${k%%:*}"); m_s=$(med "securefs,fio_${k%%:*}")
-    best=$(printf '%s\n%s\n' "$m_g" "$m_s" | sort -g | tail -n1)
-    printf '%-11s %10.1f %10.1f %10.1f %10.1f %11s%s\n' "${k#*:}" "$m_plain" "$m_k" "$m_g" "$m_s" \
-      "$(ratio "$m_k" "$best")" "$(wb_cells "fio_${k%%:*}" "$best" '%10.1f')"
+  for s in "${SYSTEMS[@]}"; do [ "$s" = plain ] || stat -f "$WORK/r$r/$s/mnt" >/dev/null; done
+  sync
+  [ "$DROP_OK" = 1 ] && echo 3 >/proc/sys/vm/drop_caches
+  for i in $(seq $((SETTLE_SECS * 5))); do
+    [ "$(dirty_kb)" -le "$DIRTY_KB" ] && return 0
+    sleep 0.2
   done
+  echo "warning: Dirty+Writeback still $(dirty_kb) kB after ${SETTLE_SECS} s (others writing?)" >&2
+}
+
+# The phases; each runs as: bash -c CMD _ DIR TARBALL MB
+declare -A CMD=(
+  [write]='dd if=/dev/zero of="$1/zero" bs=1M count="$3" conv=fsync status=none'
+  [read]='dd if="$1/zero" of=/dev/null bs=1M status=none'
+  [untar]='tar -xf "$2" -C "$1"'
+  [ls]='ls -lR "$1" >/dev/null'
+  [cat]='find "$1" -type f -print0 | xargs -0 -r cat >/dev/null'
+  [rm]='rm -rf "$1"/* && stat -f "$1" >/dev/null'
+)
+PHASES=(write read untar ls cat rm)
+
+# run_round ROUND COUNTED: mounts fresh volumes, runs every phase for every system in this
+# round's order (the systems rotated by ROUND), unmounts.
+run_round() {
+  local r=$1 c=$2 n=${#SYSTEMS[@]} i p s dir order=() do_sync
+  for i in $(seq 0 $((n - 1))); do order+=("${SYSTEMS[$(((i + r) % n))]}"); done
+  echo "round $r$([ "$c" = 0 ] && echo ' (warm-up, not counted)'): ${order[*]}" >&2
+  for s in "${SYSTEMS[@]}"; do mount_system "$r" "$s"; done
+  for p in "${PHASES[@]}"; do
+    for i in "${!order[@]}"; do
+      s=${order[$i]} dir=$WORK/r$r/${order[$i]}/mnt
+      settle "$r" "$p"
+      # A daemon that died leaves the bare directory beneath its mount point: never time that.
+      if [ "$s" != plain ] && { ! mountpoint -q "$dir" || ! alive "${PID[$s]}"; }; then
+        echo "the $s mount at $dir is gone (daemon ${PID[$s]}): see $WORK/r$r/$s/daemon.log" >&2
+        exit 1
+      fi
+      # Every system's untar reads the tarball from the page cache, none from the disk.
+      [ "$p" = untar ] && cat "$TARBALL" >/dev/null
+      do_sync=0
+      [ "$p" = untar ] || [ "$p" = rm ] && do_sync=1
+      python3 "$WORK/timed.py" "$OUT/times.tsv" "$QUIET" "$r" "$c" "$i" "$s" "$p" "${PID[$s]:--}" "$do_sync" \
+        -- bash -c "${CMD[$p]}" _ "$dir" "$TARBALL" "$MB"
+      [ "$p" = read ] && rm -f "$dir/zero"
+    done
+  done
+  unmount_round "$r" "$c" "${order[*]}"
+}
+
+prepare_tarball
+record_env
+if uses kmsfs || uses kmsfs_wb; then
+  "$KMSFS" keystore init --argon2-memory-kib 65536 >/dev/null
 fi
-echo "kmsfs daemon peak RSS: $(rss_mib "$KMSFS_PID") MiB${KMSFS_WB_PID:+, kmsfs+wb $(rss_mib "$KMSFS_WB_PID") MiB}"
+echo "kmsfs bench: $ROUNDS counted round(s)$([ "$WARMUP" = 1 ] && echo ' + 1 warm-up'), ${MB} MiB," \
+  "tarball $TARBALL_NAME ($TAR_ENTRIES entries, $(stat -c %s "$TARBALL") bytes), $NCPU cores; results in $OUT" >&2
+first=1
+[ "$WARMUP" = 1 ] && first=0
+for r in $(seq "$first" "$ROUNDS"); do
+  run_round "$r" "$([ "$r" = 0 ] && echo 0 || echo 1)"
+done
+echo "load average at end: $(cut -d' ' -f1-3 /proc/loadavg)" >>"$OUT/env.txt"
+{
+  echo "kmsfs bench: $ROUNDS counted round(s)$([ "$WARMUP" = 1 ] && echo ' + 1 warm-up'), ${MB} MiB," \
+    "tarball $TARBALL_NAME ($TAR_ENTRIES entries), $NCPU cores, $(uname -r)"
+  [ "$SETTLE" = 0 ] && echo "BENCH_SETTLE=0: systems NOT settled between phases (diagnostic run, not a result)"
+  [ "$DROP_OK" = 0 ] && echo "drop_caches was not permitted: caches NOT equal between systems (not a result)"
+  python3 "$WORK/summary.py" "$OUT" "$NCPU"
+  echo "raw times: $OUT/times.tsv; per-round ratios: $OUT/ratios.tsv; environment: $OUT/env.txt"
+} | tee "$OUT/summary.txt"
