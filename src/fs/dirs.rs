@@ -118,7 +118,7 @@ impl KmsFs {
     /// metadata under its parent's key; otherwise its names cannot be read, and only this
     /// directory reports EIO.
     fn repair_dir_meta(&self, access: Access<'_>, ino: INodeNo, dir: &Path) -> FsResult<Arc<DirState>> {
-        if self.options.read_only {
+        if self.read_only_now() {
             log::warn!("{}: directory metadata is missing; a read-only mount cannot repair it", access.path);
             return Err(Errno::EIO);
         }

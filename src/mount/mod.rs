@@ -22,6 +22,7 @@ use crate::keystore::Keystore;
 use crate::kms::audit_writer::AuditWriter;
 use crate::kms::keyring::KeyRing;
 use crate::kms::{Clock, EncryptionContext, Kms, Principal, SystemClock};
+use crate::volume::lock::VolumeLock;
 use crate::volume::VolumeConfig;
 
 /// One thread reads and answers FUSE requests, polling for the next one after each reply
@@ -53,6 +54,8 @@ struct Prepared {
     mount_options: Vec<MountOption>,
     acl: SessionACL,
     fs_options: FsOptions,
+    /// Held while the volume is served: a second mount of it is refused.
+    lock: Option<VolumeLock>,
 }
 
 /// Mounts a volume. In the background (default) this returns when the mount is ready;
@@ -149,12 +152,14 @@ fn prepare(request: &MountRequest, passphrase: &[u8]) -> Result<Prepared> {
     if unsafe { libc::geteuid() } != 0 && which("fusermount3").is_none() {
         return Err(Error::Io("fusermount3 is missing: install the fuse3 package".into()));
     }
+    // Before the passphrase is derived: a volume mounted elsewhere is refused at once.
+    let lock = VolumeLock::acquire(&cipher_dir)?;
     let keystore = std::fs::canonicalize(&request.keystore).unwrap_or_else(|_| request.keystore.clone());
     let ks = Keystore::open(&keystore)?;
     let root = ks.unlock(passphrase)?;
     config.require_keystore(&cipher_dir, &keystore, &ks.keystore_id()?)?;
     let (mount_options, acl, fs_options) = parse_options(&request.options, &cipher_dir)?;
-    Ok(Prepared { cipher_dir, mountpoint, keystore, config, root, mount_options, acl, fs_options })
+    Ok(Prepared { cipher_dir, mountpoint, keystore, config, root, mount_options, acl, fs_options, lock })
 }
 
 /// Turns `-o` options into FUSE mount options. kmsfs always mounts with
@@ -246,6 +251,8 @@ pub struct MountEntry {
     pub source: String,
     /// The `major:minor` of its device (for a FUSE mount, its entry in /sys/class/bdi).
     pub device: String,
+    /// Whether its superblock is read-only (`ro` in the super options).
+    pub read_only: bool,
 }
 
 /// The mounts this process sees.
@@ -260,6 +267,7 @@ pub fn mount_table() -> Vec<MountEntry> {
                 mount_point: PathBuf::from(unescape(fields.get(4)?)),
                 fstype: rest.next()?.to_string(),
                 source: unescape(rest.next()?),
+                read_only: rest.next().is_some_and(|o| o.split(',').any(|o| o == "ro")),
                 device: fields.get(2)?.to_string(),
             })
         })
@@ -349,7 +357,13 @@ fn serve(p: Prepared, ready: impl FnOnce(std::result::Result<(), String>)) -> Re
     result
 }
 
-fn serve_inner(p: Prepared, report: &mut dyn FnMut(std::result::Result<(), String>)) -> Result<()> {
+fn serve_inner(mut p: Prepared, report: &mut dyn FnMut(std::result::Result<(), String>)) -> Result<()> {
+    if let Some(lock) = &mut p.lock {
+        lock.record_owner(); // the daemon's pid, after the fork
+    }
+    // Released when this function returns: after the session has ended and the filesystem
+    // (its trash, its pending metadata fsyncs) is gone.
+    let _lock = p.lock.take();
     // Before the master keys are unwrapped; the root key already in memory is covered too.
     // Memory locks are not inherited across fork, so this runs in the serving process.
     match crate::harden::lock_memory() {
@@ -365,8 +379,16 @@ fn serve_inner(p: Prepared, report: &mut dyn FnMut(std::result::Result<(), Strin
     let (sink, writer) =
         AuditWriter::spawn(kms, me).map_err(|e| Error::io("cannot start the audit writer", e))?;
     let keyring = Arc::new(KeyRing::open(&p.keystore, p.root.clone(), clock, sink)?);
-    let fs = KmsFs::new(p.cipher_dir.clone(), p.config, keyring, NameCipher::new(&names_key), p.fs_options)
-        .map_err(|e| Error::io(format!("cannot read {}", p.cipher_dir.display()), e))?;
+    let mut fs =
+        KmsFs::new(p.cipher_dir.clone(), p.config, keyring, NameCipher::new(&names_key), p.fs_options)
+            .map_err(|e| Error::io(format!("cannot read {}", p.cipher_dir.display()), e))?;
+    let mountpoint = p.mountpoint.clone();
+    fs.set_read_only_probe(move || {
+        mount_table()
+            .into_iter()
+            .find(|m| m.mount_point == mountpoint && m.fstype == "fuse.kmsfs")
+            .map(|m| m.read_only)
+    });
     drop(names_key);
 
     let mut config = fuser::Config::default();

@@ -10,6 +10,7 @@ pub mod copy;
 pub mod dirmeta;
 pub mod dirnames;
 pub mod fsck;
+pub mod lock;
 pub mod os;
 pub mod rewrap;
 
