@@ -106,6 +106,15 @@ fn kill_suid_sgid(fd: &impl AsRawFd) -> FsResult<()> {
     check(unsafe { libc::chmod(path.as_ptr(), mode) })
 }
 
+/// EFBIG for a file that would end at `offset + len` past the largest size a file can have
+/// (as ext4 answers a write, truncate or copy_file_range beyond its limit).
+fn check_file_size(offset: u64, len: u64) -> FsResult<()> {
+    match offset.checked_add(len) {
+        Some(end) if end <= crate::format::MAX_PLAINTEXT_SIZE => Ok(()),
+        _ => Err(Errno::EFBIG),
+    }
+}
+
 fn check(rc: libc::c_int) -> FsResult<()> {
     if rc == 0 {
         Ok(())
@@ -222,6 +231,7 @@ impl KmsFs {
     /// open (which is a key use, checked and audited like any open).
     fn truncate(&self, req: &Request, ino: INodeNo, fh: Option<FileHandle>, size: u64) -> FsResult<()> {
         let from_handle = fh.and_then(|fh| self.handle(fh.0).ok()).map(|(of, _, _)| of);
+        check_file_size(size, 0)?;
         let (of, temporary) = match from_handle {
             Some(of) => (of, false),
             None => (self.acquire_open_file(req, ino)?, true),
@@ -336,6 +346,7 @@ impl KmsFs {
         if !write {
             return Err(Errno::EBADF);
         }
+        check_file_size(offset, data.len() as u64)?;
         let _guard = of.lock.write().expect("file lock");
         if kill_privs {
             kill_suid_sgid(&of.file)?;
@@ -360,6 +371,7 @@ impl KmsFs {
         if !write {
             return Err(Errno::EBADF);
         }
+        check_file_size(offset, length)?;
         match mode {
             0 => {
                 let _guard = of.lock.write().expect("file lock");
@@ -544,7 +556,10 @@ impl KmsFs {
             }
             return Err(e);
         }
-        if !exchange && *from.path != *to.path {
+        // RENAME_WHITEOUT leaves a whiteout (a 0:0 character device) under the old name,
+        // which then still needs its long-name sidecar.
+        let whiteout = flags.contains(RenameFlags::RENAME_WHITEOUT);
+        if !exchange && !whiteout && *from.path != *to.path {
             self.remove_sidecar(&from.path, &from.stored);
         }
         let moved_ino = self.inodes.fuse_ino(moved.ino());
