@@ -139,3 +139,77 @@ fn copy_file_range_write_and_truncate_past_the_largest_file_size_answer_efbig() 
         assert_eq!(fs::metadata(top.join("dst")).unwrap().len(), 0, "nothing allocated in {}", top.display());
     }
 }
+
+/// Every name a directory stream yields from where it stands (libc readdir).
+fn read_stream(dir: *mut libc::DIR) -> Vec<String> {
+    let mut names = Vec::new();
+    loop {
+        // SAFETY: `dir` is an open stream.
+        let entry = unsafe { libc::readdir(dir) };
+        if entry.is_null() {
+            break;
+        }
+        // SAFETY: readdir returned a valid entry with a NUL-terminated name.
+        let name = unsafe { std::ffi::CStr::from_ptr((*entry).d_name.as_ptr()) };
+        names.push(name.to_string_lossy().into_owned());
+    }
+    names.sort();
+    names
+}
+
+/// After rewinddir the stream shows the directory as it is now: entries created since
+/// opendir appear, removed ones are gone (kmsfs served the listing taken at opendir).
+/// Checked against ext4.
+#[test]
+fn rewinddir_shows_entries_created_and_removed_since_opendir() {
+    let m = Mounted::new();
+    let plain = m.env.path("plain");
+    let mut seen = Vec::new();
+    for top in [plain.as_path(), m.mnt()] {
+        let dir = top.join("d");
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(dir.join("old"), b"").unwrap();
+        fs::write(dir.join("doomed"), b"").unwrap();
+        let c = cstr(&dir);
+        // SAFETY: a NUL-terminated path; the stream is closed below.
+        let stream = unsafe { libc::opendir(c.as_ptr()) };
+        assert!(!stream.is_null());
+        let first = read_stream(stream);
+        fs::write(dir.join("new"), b"").unwrap();
+        fs::remove_file(dir.join("doomed")).unwrap();
+        // SAFETY: an open stream.
+        unsafe { libc::rewinddir(stream) };
+        let second = read_stream(stream);
+        // SAFETY: an open stream, closed once.
+        unsafe { libc::closedir(stream) };
+        seen.push((first, second));
+    }
+    assert_eq!(seen[1], seen[0], "kmsfs's stream is ext4's");
+    assert_eq!(seen[1].1, [".", "..", "new", "old"]);
+}
+
+/// fstat of a directory removed while open — replaced by a rename, or rmdir'ed — answers
+/// (with no link left), as on ext4; kmsfs answered ENOENT.
+#[test]
+fn fstat_of_an_open_directory_that_was_replaced_or_removed_answers_nlink_0() {
+    use std::os::unix::fs::MetadataExt;
+    let m = Mounted::new();
+    let plain = m.env.path("plain");
+    for top in [plain.as_path(), m.mnt()] {
+        fs::create_dir_all(top.join("victim")).unwrap();
+        fs::create_dir(top.join("moved")).unwrap();
+        fs::create_dir(top.join("removed")).unwrap();
+        let victim = fs::File::open(top.join("victim")).unwrap();
+        let removed = fs::File::open(top.join("removed")).unwrap();
+        fs::rename(top.join("moved"), top.join("victim")).unwrap();
+        fs::remove_dir(top.join("removed")).unwrap();
+        for (what, f) in [("replaced by a rename", &victim), ("removed", &removed)] {
+            let meta = f
+                .metadata()
+                .unwrap_or_else(|e| panic!("fstat of a directory {what} in {}: {e}", top.display()));
+            assert!(meta.is_dir(), "{what}");
+            assert_eq!(meta.nlink(), 0, "directory {what} in {}", top.display());
+        }
+        assert!(fs::metadata(top.join("victim")).unwrap().is_dir(), "the new one is in its place");
+    }
+}

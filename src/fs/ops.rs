@@ -163,8 +163,16 @@ impl KmsFs {
             let meta = of.file.metadata().map_err(io_errno)?;
             return Ok(self.attr(ino.0, &meta, None));
         }
-        let (meta, path) = self.stat_ino(ino)?;
-        Ok(self.attr(ino.0, &meta, path.as_deref()))
+        match self.stat_ino(ino) {
+            Ok((meta, path)) => Ok(self.attr(ino.0, &meta, path.as_deref())),
+            // A directory removed while open (rmdir, or replaced by a rename) answers through
+            // the handle, with no link left, as on ext4 (the backing one may still wait in the
+            // trash).
+            Err(e) => match self.open_dir_metadata(ino.0) {
+                Some(meta) => Ok(FileAttr { nlink: 0, ..self.attr(ino.0, &meta, None) }),
+                None => Err(e),
+            },
+        }
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -853,9 +861,9 @@ impl Filesystem for KmsFs {
         reply!(reply, self.do_opendir(req, ino), |fh| reply.opened(FileHandle(fh), FopenFlags::empty()));
     }
 
-    fn readdir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
+    fn readdir(&self, req: &Request, _ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
         let _request = self.begin_request();
-        match self.do_readdir(fh, offset, &mut reply) {
+        match self.do_readdir(req, fh, offset, &mut reply) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(e),
         }
@@ -863,14 +871,14 @@ impl Filesystem for KmsFs {
 
     fn readdirplus(
         &self,
-        _req: &Request,
+        req: &Request,
         _ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
         let _request = self.begin_request();
-        match self.do_readdirplus(fh, offset, &mut reply) {
+        match self.do_readdirplus(req, fh, offset, &mut reply) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(e),
         }
