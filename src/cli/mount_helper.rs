@@ -341,20 +341,7 @@ fn remount(args: &HelperArgs) -> std::result::Result<(), Failure> {
     if args.fake {
         return Ok(());
     }
-    let c_mnt = std::ffi::CString::new(mnt.as_os_str().as_encoded_bytes())
-        .map_err(|_| Failure::Usage("the mount point contains a NUL byte".into()))?;
-    // SAFETY: NUL-terminated paths; MS_REMOUNT ignores the source and type.
-    let rc = unsafe {
-        libc::mount(
-            c"kmsfs".as_ptr(),
-            c_mnt.as_ptr(),
-            std::ptr::null(),
-            libc::MS_REMOUNT | flags,
-            std::ptr::null(),
-        )
-    };
-    if rc != 0 {
-        let e = std::io::Error::last_os_error();
+    if let Err(e) = crate::sys::remount(&mnt, flags) {
         let why = match e.raw_os_error() {
             Some(libc::EPERM) => "remounting needs root (CAP_SYS_ADMIN)".to_string(),
             Some(libc::EBUSY) => "busy: a file is open for writing there (close it first)".to_string(),

@@ -12,8 +12,8 @@ use std::sync::{Arc, Mutex};
 
 use fuser::{Errno, FileAttr, FileHandle, FileType, INodeNo, ReplyDirectory, ReplyDirectoryPlus, Request};
 
-use super::ops::{pin_dir, PinnedDir};
 use super::{io_errno, FsResult, KmsFs, TTL};
+use crate::sys::{pin_dir, PinnedDir};
 
 /// One name in a listing.
 struct Listed {
@@ -46,9 +46,9 @@ impl KmsFs {
         let state = self.dir_state(Self::access(&caller, &label), ino)?;
         let path = self.backing(ino)?;
         let parent = self.inodes.parent(ino.0).unwrap_or(super::inodes::ROOT_INO);
-        let dir = pin_dir(&path)?;
+        let dir = pin_dir(&path).map_err(io_errno)?;
         let handle = DirHandle { ino: ino.0, parent, dir, state, entries: Mutex::new(None) };
-        let fh = self.next_fh.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let fh = self.new_fh();
         self.dirs.lock().expect("dir handles lock").insert(fh, Arc::new(handle));
         Ok(fh)
     }

@@ -11,7 +11,6 @@
 
 use std::fs::File;
 use std::io::Write;
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
@@ -57,12 +56,9 @@ impl VolumeLock {
             }
             Err(e) => return Err(Error::io(format!("cannot open {}", path.display()), e)),
         };
-        // SAFETY: flock on a descriptor owned by `file`.
-        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-            let e = std::io::Error::last_os_error();
-            if e.raw_os_error() != Some(libc::EWOULDBLOCK) {
-                return Err(Error::io(format!("cannot lock {}", path.display()), e));
-            }
+        let locked = crate::sys::try_lock_exclusive(&file)
+            .map_err(|e| Error::io(format!("cannot lock {}", path.display()), e))?;
+        if !locked {
             let owner = std::fs::read_to_string(&path).unwrap_or_default();
             let owner = owner.trim();
             let by = if owner.is_empty() { String::new() } else { format!(" by kmsfs pid {owner}") };
