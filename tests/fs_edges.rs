@@ -213,3 +213,114 @@ fn fstat_of_an_open_directory_that_was_replaced_or_removed_answers_nlink_0() {
         assert!(fs::metadata(top.join("victim")).unwrap().is_dir(), "the new one is in its place");
     }
 }
+
+/// A file handle (name_to_handle_at): room for any handle, aligned for `struct file_handle`.
+struct FileHandle {
+    buf: [u32; 34],
+}
+
+impl FileHandle {
+    fn of(path: &Path) -> std::io::Result<FileHandle> {
+        let mut h = FileHandle { buf: [0; 34] };
+        h.buf[0] = 128; // handle_bytes: the room after the two header fields
+        let mut mount_id = 0;
+        let c = cstr(path);
+        // SAFETY: a NUL-terminated path, a buffer of 8 + 128 bytes that says so.
+        let rc = unsafe {
+            libc::name_to_handle_at(libc::AT_FDCWD, c.as_ptr(), h.buf.as_mut_ptr().cast(), &mut mount_id, 0)
+        };
+        if rc != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(h)
+    }
+
+    /// open_by_handle_at through `mount` (any descriptor on the file system).
+    fn open(&mut self, mount: &fs::File, flags: i32) -> std::io::Result<fs::File> {
+        use std::os::fd::{AsRawFd, FromRawFd};
+        // SAFETY: a valid descriptor and the handle name_to_handle_at filled.
+        let fd = unsafe { libc::open_by_handle_at(mount.as_raw_fd(), self.buf.as_mut_ptr().cast(), flags) };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: a new descriptor we own.
+        Ok(unsafe { fs::File::from_raw_fd(fd) })
+    }
+}
+
+/// Evicts unused dentries and inodes, so that the kernel forgets them (and sends FORGET):
+/// a handle must then be resolved by the filesystem itself.
+fn drop_dentries() {
+    fs::write("/proc/sys/vm/drop_caches", "2").expect("drop caches (tests run as root)");
+}
+
+/// What a handle opens: the file's bytes, or the directory's names.
+fn read_through(f: &mut fs::File) -> Vec<String> {
+    use std::io::Read;
+    if f.metadata().unwrap().is_dir() {
+        let path = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(f));
+        let mut names: Vec<_> =
+            fs::read_dir(path).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+        names.sort();
+        names
+    } else {
+        let mut s = String::new();
+        f.read_to_string(&mut s).unwrap();
+        vec![s]
+    }
+}
+
+/// name_to_handle_at / open_by_handle_at (what an NFS server does with a kmsfs volume):
+/// handles of a file and of directories open the same objects after the kernel has
+/// forgotten them and after a remount, and a handle of a removed file answers ESTALE, as on
+/// ext4 (kmsfs answered ESTALE or EOPNOTSUPP for every handle).
+#[test]
+fn file_handles_open_their_objects_after_eviction_and_across_a_remount() {
+    let mut m = Mounted::new();
+    let plain = m.env.path("plain");
+    fs::create_dir(&plain).unwrap();
+    let long = "l".repeat(200);
+    let mut results = Vec::new();
+    for on_kmsfs in [false, true] {
+        let top = if on_kmsfs { m.mnt().to_path_buf() } else { plain.clone() };
+        fs::create_dir_all(top.join("a/b")).unwrap();
+        fs::write(top.join("a/b").join(&long), b"deep file").unwrap();
+        fs::write(top.join("top.txt"), b"top file").unwrap();
+        fs::write(top.join("gone.txt"), b"removed").unwrap();
+        let mut handles: Vec<(String, FileHandle)> = ["a/b", &format!("a/b/{long}"), "top.txt", "a"]
+            .iter()
+            .map(|rel| {
+                (
+                    rel.to_string(),
+                    FileHandle::of(&top.join(rel)).unwrap_or_else(|e| panic!("handle of {rel}: {e}")),
+                )
+            })
+            .collect();
+        let mut gone = FileHandle::of(&top.join("gone.txt")).unwrap();
+        fs::remove_file(top.join("gone.txt")).unwrap();
+        let rounds = if on_kmsfs { 3 } else { 2 };
+        for round in 0..rounds {
+            match round {
+                0 => {}
+                1 => drop_dentries(),
+                _ => m.remount(),
+            }
+            let mount_fd = fs::File::open(&top).unwrap();
+            let mut seen = Vec::new();
+            for (rel, h) in handles.iter_mut() {
+                let flags = libc::O_RDONLY;
+                let mut f = h.open(&mount_fd, flags).unwrap_or_else(|e| {
+                    panic!("round {round}: open {rel} by handle in {}: {e}", top.display())
+                });
+                seen.push((rel.clone(), read_through(&mut f)));
+            }
+            let err = gone.open(&mount_fd, libc::O_RDONLY).expect_err("a removed file's handle");
+            assert_eq!(err.raw_os_error(), Some(libc::ESTALE), "round {round} in {}: {err}", top.display());
+            results.push(seen);
+        }
+    }
+    for r in &results[1..] {
+        assert_eq!(r, &results[0]);
+    }
+    assert_eq!(results[0][2].1, ["top file"]);
+}

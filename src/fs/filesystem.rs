@@ -41,8 +41,13 @@ impl KmsFs {
         }
     }
 
-    fn generation(&self, attr: &FileAttr) -> Generation {
-        Generation(self.inodes.generation(attr.ino.0))
+    /// The generation of an object: from its birth time (stable across remounts, see
+    /// `handles`), else the inode table's.
+    pub(super) fn generation(&self, attr: &FileAttr) -> Generation {
+        Generation(
+            super::handles::generation_from_birth(attr.crtime)
+                .unwrap_or_else(|| self.inodes.generation(attr.ino.0)),
+        )
     }
 
     fn reply_entry(&self, reply: ReplyEntry, result: FsResult<FileAttr>) {
@@ -61,11 +66,14 @@ impl Filesystem for KmsFs {
         // filesystem clears set-ID bits itself, see `kill_suid_sgid`). The write-back cache,
         // when asked for (`FsOptions::writeback_cache`), gathers small writes into large
         // WRITEs sent in parallel and spares the GETATTR that an invalidated size costs
-        // before every setattr.
+        // before every setattr. EXPORT_SUPPORT makes file handles (and NFS export) work for
+        // nodes the kernel has forgotten: it asks for them by LOOKUP of "." and ".."
+        // (`handles`).
         let mut wanted = InitFlags::FUSE_DO_READDIRPLUS
             | InitFlags::FUSE_PARALLEL_DIROPS
             | InitFlags::FUSE_CACHE_SYMLINKS
-            | InitFlags::FUSE_HANDLE_KILLPRIV_V2;
+            | InitFlags::FUSE_HANDLE_KILLPRIV_V2
+            | InitFlags::FUSE_EXPORT_SUPPORT;
         if self.options.writeback_cache {
             wanted |= InitFlags::FUSE_WRITEBACK_CACHE;
         }

@@ -152,7 +152,7 @@ impl KmsFs {
             let Ok(meta) = std::fs::symlink_metadata(&path) else { continue };
             let ino = self.inodes.fuse_ino(meta.ino());
             let attr = self.attr(ino, &meta, Some(&path));
-            let generation = fuser::Generation(self.inodes.generation(ino));
+            let generation = self.generation(&attr);
             if reply.add(INodeNo(ino), next, &e.name, &TTL, &attr, generation) {
                 break;
             }

@@ -7,6 +7,7 @@
 mod dir_sync;
 mod dirs;
 mod filesystem;
+mod handles;
 pub mod inodes;
 pub mod linger;
 mod listing;
@@ -349,7 +350,8 @@ impl KmsFs {
             atime: time(meta.atime(), meta.atime_nsec()),
             mtime: time(meta.mtime(), meta.mtime_nsec()),
             ctime: time(meta.ctime(), meta.ctime_nsec()),
-            crtime: UNIX_EPOCH,
+            // The backing birth time, where there is one: it gives the generation (`handles`).
+            crtime: meta.created().unwrap_or(UNIX_EPOCH),
             kind,
             perm: (meta.mode() & 0o7777) as u16,
             nlink: meta.nlink() as u32,

@@ -55,6 +55,9 @@ impl KmsFs {
     }
 
     pub(super) fn do_lookup(&self, req: &Request, parent: INodeNo, name: &OsStr) -> FsResult<FileAttr> {
+        if name == "." || name == ".." {
+            return self.lookup_by_handle(req, parent, name);
+        }
         let c = self.child(req, parent, name)?;
         self.entry(parent, &c.stored, name, &c.path)
     }
