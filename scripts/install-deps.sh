@@ -2,10 +2,10 @@
 # Installs what kmsfs needs at run and test time on Debian: fuse3 (fusermount3, /dev/fuse
 # helpers), attr (getfattr/setfattr for tests), sqlite3 (inspection), and the tools the
 # integration tests drive (git, xz-utils; losetup, mount and umount from mount, mountpoint
-# from util-linux, mkfs.ext4 and e2fsck from e2fsprogs for tests/fs_blockdev.rs; mount(8)
+# and fstrim from util-linux, mkfs.ext4 and e2fsck from e2fsprogs for tests/fs_blockdev.rs; mount(8)
 # and fuse3's mount.fuse3 for tests/boot_mount.rs, which installs /sbin/mount.fuse.kmsfs
 # itself for its duration; scripts/install.sh installs it for real; tar for tests/stress.rs,
-# mount -t tmpfs for tests/enospc.rs). With
+# mount -t tmpfs for tests/enospc.rs; pjdfstest from crates.io for tests/pjdfstest.rs). With
 # KMSFS_BENCH=1 also what scripts/bench.sh runs (gocryptfs, securefs, fio, bc, python3 to read
 # fio's JSON, and linux-source-6.1 for the untar phase's tarball). Idempotent; a no-op when everything is present.
 set -euo pipefail
@@ -23,6 +23,13 @@ if [ ${#missing[@]} -gt 0 ]; then
   echo "installing: ${missing[*]}"
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+# pjdfstest, the POSIX conformance suite tests/pjdfstest.rs runs on a mount (a Rust crate:
+# built once, into cargo's bin directory).
+if ! command -v pjdfstest >/dev/null && [ ! -x "${CARGO_HOME:-$HOME/.cargo}/bin/pjdfstest" ]; then
+  echo "installing: pjdfstest (cargo install)"
+  cargo install --locked --quiet pjdfstest --version 0.2.2
 fi
 
 # A fresh container may lack the device node although the kernel has FUSE.

@@ -303,6 +303,13 @@ pub fn sync_filesystem(path: &Path) {
     }
 }
 
+/// Gives this process a umask of 0, for a process that creates every file with the exact
+/// mode it means (the mount daemon: the caller's mode, already less the caller's umask).
+pub fn clear_umask() {
+    // SAFETY: umask cannot fail.
+    unsafe { libc::umask(0) };
+}
+
 /// Whether this process runs as root (then new backing objects are given to their callers,
 /// and a copy keeps owners).
 pub fn effective_ids() -> (u32, u32) {

@@ -1,7 +1,9 @@
 //! EBS-like at-rest encryption: a 1 GiB sparse file on a kmsfs volume, attached as a loop
 //! device, formatted ext4 and filled with a tree of files. The ext4 file system must stay
 //! clean (`e2fsck -f -n`) and byte-for-byte intact across a remount of kmsfs, the backing
-//! file must stay sparse, and neither file contents nor ext4 metadata may show in it.
+//! file must stay sparse, and neither file contents nor ext4 metadata may show in it. The
+//! loop device offers discard (kmsfs punches holes), so `fstrim` after removing files
+//! shrinks the backing file's allocation.
 //!
 //! Needs root (CAP_SYS_ADMIN) and loop devices; where those are missing the test says so
 //! loudly on stderr and passes without running (containers often have no loop devices).
@@ -267,7 +269,7 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
 }
 
 #[test]
-fn ext4_on_a_loop_device_over_a_sparse_file_survives_remount() {
+fn ext4_on_a_loop_device_over_a_sparse_file_survives_remount_and_fstrim_frees_its_blocks() {
     let started = Instant::now();
     if let Some(why) = loop_devices_unavailable() {
         skip(&why);
@@ -315,7 +317,42 @@ fn ext4_on_a_loop_device_over_a_sparse_file_survives_remount() {
     fsck_clean(&dev);
     let ext4 = Ext4Mount::mount(&dev, &ext4_dir);
     verify_tree(&ext4_dir, &files);
+
+    // Discard: the loop device passes it on as hole punching, so blocks ext4 frees and
+    // trims leave the backing file.
+    let queue = format!("/sys/block/{}/queue/discard_max_bytes", dev.dev.trim_start_matches("/dev/"));
+    let discard_max: u64 = fs::read_to_string(&queue).unwrap().trim().parse().unwrap();
+    assert!(discard_max > 0, "{queue}: the loop device offers no discard");
+    let before = allocated(&backing);
+    let mut removed = 0;
+    let mut kept = BTreeMap::new();
+    for (i, (rel, data)) in files.iter().enumerate() {
+        if rel == "srv/big.bin" || i % 4 != 0 {
+            fs::remove_file(ext4_dir.join(rel)).unwrap();
+            removed += data.len() as u64;
+        } else {
+            kept.insert(rel.clone(), data.clone());
+        }
+    }
+    check("sync", &[]);
+    let trimmed = check("fstrim", &["-v", ext4_dir.to_str().unwrap()]);
+    let after = allocated(&backing);
+    eprintln!(
+        "fstrim: {} ({} KiB of files removed); backing file {} KiB allocated before, {} KiB after",
+        trimmed.trim(),
+        removed >> 10,
+        before >> 10,
+        after >> 10
+    );
+    assert!(
+        after + removed * 8 / 10 < before,
+        "fstrim freed {} KiB of the backing file for {} KiB of removed files",
+        (before.saturating_sub(after)) >> 10,
+        removed >> 10
+    );
+    verify_tree(&ext4_dir, &kept);
     ext4.unmount();
+    fsck_clean(&dev);
     dev.detach();
     assert!(allocated(&backing) < IMAGE_SIZE / 4);
     eprintln!("fs_blockdev: {:.1} s", started.elapsed().as_secs_f64());

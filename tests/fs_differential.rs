@@ -2,6 +2,10 @@
 //! mounted volume and to a plain directory; every operation must give the same result (the
 //! same data or the same errno) on both, and at checkpoints the two trees must be identical.
 //!
+//! Besides reads, writes, truncates and namespace operations, the stream punches holes and
+//! zeroes ranges (fallocate), sets set-ID modes and writes and truncates as nobody, whose
+//! writes clear those bits.
+//!
 //! The seed is printed; rerun a failure with `KMSFS_TEST_SEED=<seed> cargo test --test
 //! fs_differential`. `KMSFS_TEST_OPS` changes the number of operations.
 
@@ -10,11 +14,13 @@ mod common;
 use std::collections::VecDeque;
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
+use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileExt, MetadataExt};
+use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use common::mount::{errno, pattern, Mounted};
+use common::users::{as_user, share_with_everyone, NOBODY};
 
 /// xorshift64*: small, seedable, good enough to pick operations.
 struct Rng(u64);
@@ -76,28 +82,136 @@ const MAX_DEPTH: usize = 3;
 
 #[derive(Debug, Clone)]
 enum Op {
-    Create { path: String, excl: bool, trunc: bool },
-    Write { path: String, off: u64, len: usize, seed: u64 },
-    Append { path: String, len: usize, seed: u64 },
-    Truncate { path: String, len: u64 },
-    Read { path: String, off: u64, len: usize },
-    ReadAll { path: String },
-    Stat { path: String },
-    Lstat { path: String },
-    Rename { from: String, to: String },
-    Link { from: String, to: String },
-    Unlink { path: String },
-    Mkdir { path: String },
-    Rmdir { path: String },
-    Symlink { target: String, path: String },
-    Readlink { path: String },
-    Open { slot: usize, path: String, append: bool },
-    HWrite { slot: usize, off: u64, len: usize, seed: u64 },
-    HRead { slot: usize, off: u64, len: usize },
-    HTruncate { slot: usize, len: u64 },
-    HStat { slot: usize },
-    Close { slot: usize },
+    Create {
+        path: String,
+        excl: bool,
+        trunc: bool,
+    },
+    Write {
+        path: String,
+        off: u64,
+        len: usize,
+        seed: u64,
+    },
+    Append {
+        path: String,
+        len: usize,
+        seed: u64,
+    },
+    Truncate {
+        path: String,
+        len: u64,
+    },
+    Read {
+        path: String,
+        off: u64,
+        len: usize,
+    },
+    ReadAll {
+        path: String,
+    },
+    Stat {
+        path: String,
+    },
+    Lstat {
+        path: String,
+    },
+    Rename {
+        from: String,
+        to: String,
+    },
+    Link {
+        from: String,
+        to: String,
+    },
+    Unlink {
+        path: String,
+    },
+    Mkdir {
+        path: String,
+    },
+    Rmdir {
+        path: String,
+    },
+    Symlink {
+        target: String,
+        path: String,
+    },
+    Readlink {
+        path: String,
+    },
+    Open {
+        slot: usize,
+        path: String,
+        append: bool,
+    },
+    HWrite {
+        slot: usize,
+        off: u64,
+        len: usize,
+        seed: u64,
+    },
+    HRead {
+        slot: usize,
+        off: u64,
+        len: usize,
+    },
+    HTruncate {
+        slot: usize,
+        len: u64,
+    },
+    HStat {
+        slot: usize,
+    },
+    Close {
+        slot: usize,
+    },
+    /// fallocate(PUNCH_HOLE | KEEP_SIZE) through a new descriptor.
+    Punch {
+        path: String,
+        off: u64,
+        len: u64,
+    },
+    /// fallocate(ZERO_RANGE [| KEEP_SIZE]) through a new descriptor.
+    ZeroRange {
+        path: String,
+        off: u64,
+        len: u64,
+        keep_size: bool,
+    },
+    HPunch {
+        slot: usize,
+        off: u64,
+        len: u64,
+    },
+    HZeroRange {
+        slot: usize,
+        off: u64,
+        len: u64,
+        keep_size: bool,
+    },
+    /// chmod, set-ID modes among others.
+    Chmod {
+        path: String,
+        mode: u32,
+    },
+    /// A write by nobody (no CAP_FSETID): where it may write, it clears set-ID bits.
+    WriteAsNobody {
+        path: String,
+        off: u64,
+        len: usize,
+        seed: u64,
+    },
+    /// truncate(2) by nobody.
+    TruncateAsNobody {
+        path: String,
+        len: u64,
+    },
 }
+
+/// Modes for chmod: set-user-ID and set-group-ID (with and without group execute), files
+/// others may or may not write.
+const MODES: [u32; 9] = [0o644, 0o666, 0o4777, 0o2777, 0o6777, 0o2767, 0o6766, 0o4755, 0o2666];
 
 /// What an operation returned, compared between the two sides.
 #[derive(Debug, PartialEq)]
@@ -212,6 +326,52 @@ fn apply(root: &Path, handles: &mut [Option<File>], op: &Op) -> Result<Out, i32>
             handles[*slot] = None;
             Ok(Out::Unit)
         }
+        Op::Punch { path, off, len } => OpenOptions::new()
+            .write(true)
+            .open(p(path))
+            .map_err(|e| errno(&e))
+            .and_then(|f| fallocate(&f, PUNCH, *off, *len)),
+        Op::ZeroRange { path, off, len, keep_size } => OpenOptions::new()
+            .write(true)
+            .open(p(path))
+            .map_err(|e| errno(&e))
+            .and_then(|f| fallocate(&f, zero_mode(*keep_size), *off, *len)),
+        Op::HPunch { slot, off, len } => fallocate(&handle(&handles[*slot]), PUNCH, *off, *len),
+        Op::HZeroRange { slot, off, len, keep_size } => {
+            fallocate(&handle(&handles[*slot]), zero_mode(*keep_size), *off, *len)
+        }
+        Op::Chmod { path, mode } => unit(fs::set_permissions(p(path), fs::Permissions::from_mode(*mode))),
+        Op::WriteAsNobody { path, off, len, seed } => {
+            let path = p(path);
+            as_user(NOBODY.0, NOBODY.1, 0o022, || {
+                unit(
+                    OpenOptions::new()
+                        .write(true)
+                        .open(&path)
+                        .and_then(|f| f.write_all_at(&pattern(*seed, *len), *off)),
+                )
+            })
+        }
+        Op::TruncateAsNobody { path, len } => {
+            let path = p(path);
+            as_user(NOBODY.0, NOBODY.1, 0o022, || {
+                unit(OpenOptions::new().write(true).open(&path).and_then(|f| f.set_len(*len)))
+            })
+        }
+    }
+}
+
+const PUNCH: i32 = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
+
+fn zero_mode(keep_size: bool) -> i32 {
+    libc::FALLOC_FL_ZERO_RANGE | if keep_size { libc::FALLOC_FL_KEEP_SIZE } else { 0 }
+}
+
+fn fallocate(f: &File, mode: i32, off: u64, len: u64) -> Result<Out, i32> {
+    // SAFETY: an open descriptor.
+    match unsafe { libc::fallocate(f.as_raw_fd(), mode, off as i64, len as i64) } {
+        0 => Ok(Out::Unit),
+        _ => Err(common::mount::last_errno()),
     }
 }
 
@@ -310,7 +470,7 @@ impl Gen {
         let open_slots: Vec<usize> = (0..SLOTS).filter(|&i| open[i]).collect();
         let free_slots: Vec<usize> = (0..SLOTS).filter(|&i| !open[i]).collect();
         loop {
-            let op = match self.rng.below(100) {
+            let op = match self.rng.below(120) {
                 0..=9 => Op::Create {
                     path: self.new_path(s),
                     excl: self.rng.chance(30),
@@ -385,9 +545,46 @@ impl Gen {
                     Some(&slot) => Op::HStat { slot },
                     None => continue,
                 },
-                _ => match self.rng.pick(&open_slots) {
+                97..=99 => match self.rng.pick(&open_slots) {
                     Some(&slot) => Op::Close { slot },
                     None => continue,
+                },
+                100..=103 => Op::Punch {
+                    path: self.path_from(&s.files, s),
+                    off: self.offset(),
+                    len: self.length() as u64,
+                },
+                104..=106 => Op::ZeroRange {
+                    path: self.path_from(&s.files, s),
+                    off: self.offset(),
+                    len: self.length() as u64,
+                    keep_size: self.rng.chance(50),
+                },
+                107..=109 => match self.rng.pick(&open_slots) {
+                    Some(&slot) => Op::HPunch { slot, off: self.offset(), len: self.length() as u64 },
+                    None => continue,
+                },
+                110..=111 => match self.rng.pick(&open_slots) {
+                    Some(&slot) => Op::HZeroRange {
+                        slot,
+                        off: self.offset(),
+                        len: self.length() as u64,
+                        keep_size: self.rng.chance(50),
+                    },
+                    None => continue,
+                },
+                112..=114 => {
+                    Op::Chmod { path: self.path_from(&s.files, s), mode: MODES[self.rng.below(MODES.len())] }
+                }
+                115..=117 => Op::WriteAsNobody {
+                    path: self.path_from(&s.files, s),
+                    off: self.offset(),
+                    len: self.length(),
+                    seed: self.data_seed(),
+                },
+                _ => Op::TruncateAsNobody {
+                    path: self.path_from(&s.files, s),
+                    len: self.rng.below(70_000) as u64,
                 },
             };
             return op;
@@ -517,8 +714,13 @@ fn differential(test: &'static str, names: Vec<String>, default_ops: usize) {
     let seed = seed_from_env();
     let ops: usize = std::env::var("KMSFS_TEST_OPS").ok().and_then(|s| s.parse().ok()).unwrap_or(default_ops);
     eprintln!("{test}: seed {seed} ({ops} operations; rerun with KMSFS_TEST_SEED={seed})");
-    let mut m = Mounted::new();
+    // Shared, so that nobody's writes reach it; both roots traversable by nobody.
+    let mut m = Mounted::with_options(&["allow_other"]);
+    share_with_everyone(&m);
     let plain_dir = tempfile::tempdir().unwrap();
+    for root in [m.mnt(), plain_dir.path()] {
+        fs::set_permissions(root, fs::Permissions::from_mode(0o755)).unwrap();
+    }
     let mut run = Run {
         test,
         seed,

@@ -13,6 +13,7 @@ use fuser::{
     ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 
+use super::open_files::Unprivileged;
 use super::{io_errno, FsResult, KmsFs, TTL};
 use crate::sys;
 
@@ -221,7 +222,7 @@ impl Filesystem for KmsFs {
 
     fn write(
         &self,
-        _req: &Request,
+        req: &Request,
         _ino: INodeNo,
         fh: FileHandle,
         offset: u64,
@@ -232,8 +233,12 @@ impl Filesystem for KmsFs {
         reply: ReplyWrite,
     ) {
         let _request = self.begin_request();
-        let kill_privs = write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID);
-        let result = self.with_space(|| self.open_files.handle(fh.0)?.write(offset, data, kill_privs));
+        // The kernel sets the flag for a writer without CAP_FSETID.
+        let kill_privs = write_flags
+            .contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID)
+            .then(|| Unprivileged { gid: req.gid(), pid: req.pid() });
+        let result =
+            self.with_space(|| self.open_files.handle(fh.0)?.write(offset, data, kill_privs.as_ref()));
         reply!(reply, result, |n| reply.written(n));
     }
 

@@ -143,6 +143,10 @@ impl KmsFs {
         names: VolumeCipher,
         options: FsOptions,
     ) -> std::io::Result<KmsFs> {
+        // Every object is created with the mode its caller asked for, less the caller's umask
+        // (`creation_mode`); the umask of whoever started the mount (a unit file, fstab, a
+        // script under umask 077) must not take more away.
+        crate::sys::clear_umask();
         let root_meta = std::fs::metadata(&root)?;
         let root_fd = Arc::new(std::fs::File::open(&root)?.into());
         let trash = match options.read_only {
@@ -331,16 +335,21 @@ impl KmsFs {
         Access { caller, path }
     }
 
+    /// The plaintext target of the backing symlink at `path` (from its sidecar if it is
+    /// long); `None` if it does not authenticate.
+    fn symlink_target(&self, path: &Path) -> Option<OsString> {
+        let text = std::fs::read_link(path).ok()?;
+        crate::volume::link_targets::resolve(&self.names, &self.root, text.as_os_str())
+    }
+
     /// Attributes as the mount shows them: sizes are plaintext sizes.
     fn attr(&self, ino: u64, meta: &Metadata, backing_path: Option<&Path>) -> FileAttr {
         let kind = FileType::from_std(meta.file_type()).unwrap_or(FileType::RegularFile);
         let size = match kind {
             FileType::RegularFile => content::plaintext_size(meta.len()),
-            FileType::Symlink => backing_path
-                .and_then(|p| std::fs::read_link(p).ok())
-                .and_then(|t| self.names.decrypt_target(t.as_os_str()))
-                .map(|t| t.len() as u64)
-                .unwrap_or(0),
+            FileType::Symlink => {
+                backing_path.and_then(|p| self.symlink_target(p)).map(|t| t.len() as u64).unwrap_or(0)
+            }
             _ => meta.len(),
         };
         FileAttr {
@@ -387,7 +396,11 @@ impl KmsFs {
     /// Gives a new backing object to the calling user when the daemon runs as root.
     /// In a setgid directory the group is the directory's (which the backing filesystem
     /// already gave it), as POSIX says.
-    fn chown_new(&self, req: &Request, path: &Path) -> FsResult<()> {
+    ///
+    /// A chown clears the set-user-ID and set-group-ID bits of a non-directory, but the
+    /// caller created it with them (the kernel has already removed a set-group-ID bit the
+    /// caller may not have): `mode` is put back then.
+    fn chown_new(&self, req: &Request, path: &Path, mode: u32) -> FsResult<()> {
         // A caller with the daemon's own ids (root untarring as root) has the owner and group
         // the backing file system gave the object already, including a setgid parent's group.
         let (uid, gid) = self.daemon_ids;
@@ -399,6 +412,11 @@ impl KmsFs {
                 .is_some_and(|m| m.mode() & libc::S_ISGID != 0);
             let gid = (!setgid_parent).then(|| req.gid());
             std::os::unix::fs::lchown(path, Some(req.uid()), gid).map_err(io_errno)?;
+            let set_id = mode & (libc::S_ISUID | libc::S_ISGID) != 0;
+            if set_id && mode & libc::S_IFMT != libc::S_IFDIR && mode & libc::S_IFMT != libc::S_IFLNK {
+                let p = crate::sys::c_path(path).map_err(io_errno)?;
+                crate::sys::chmod_nofollow(&p, mode & 0o7777).map_err(io_errno)?;
+            }
         }
         Ok(())
     }
@@ -529,6 +547,13 @@ fn time(secs: i64, nsecs: i64) -> SystemTime {
     } else {
         UNIX_EPOCH - Duration::from_secs(secs.unsigned_abs()) + Duration::from_nanos(nsecs as u64)
     }
+}
+
+/// The mode of a new object: what the caller asked for less the caller's umask (FUSE passes
+/// both; the kernel has applied the umask already unless the filesystem asked it not to,
+/// and applying it twice changes nothing). The daemon's own umask is 0 (`KmsFs::new`).
+fn creation_mode(mode: u32, umask: u32) -> u32 {
+    mode & !umask & 0o7777
 }
 
 pub fn io_errno(e: std::io::Error) -> Errno {

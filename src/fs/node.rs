@@ -8,7 +8,7 @@ use std::time::SystemTime;
 
 use fuser::{Errno, FileAttr, FileHandle, INodeNo, Request, TimeOrNow};
 
-use super::open_files::{kill_suid_sgid, OpenFile};
+use super::open_files::{kill_suid_sgid, OpenFile, Unprivileged};
 use super::{io_errno, BPath, FsResult, KmsFs};
 use crate::sys::{self, Node};
 
@@ -48,10 +48,10 @@ fn timespec(t: Option<TimeOrNow>) -> libc::timespec {
 }
 
 impl KmsFs {
-    /// Whether this filesystem must clear set-ID bits for `req` (the kernel's test is
-    /// CAP_FSETID; the caller's uid stands in for it here).
-    pub(super) fn kills_privs_for(&self, req: &Request) -> bool {
-        self.kernel.kill_privs && req.uid() != 0
+    /// Whether this filesystem must clear set-ID bits for `req`, and for whom (the kernel's
+    /// test is CAP_FSETID; the caller's uid stands in for it here).
+    pub(super) fn kills_privs_for(&self, req: &Request) -> Option<Unprivileged> {
+        (self.kernel.kill_privs && req.uid() != 0).then(|| Unprivileged { gid: req.gid(), pid: req.pid() })
     }
 
     pub(super) fn do_lookup(&self, req: &Request, parent: INodeNo, name: &OsStr) -> FsResult<FileAttr> {
@@ -126,10 +126,12 @@ impl KmsFs {
         if let Some(size) = size {
             self.truncate(req, ino, fh, size)?;
         }
-        if size.is_some() && self.kills_privs_for(req) {
+        if let (Some(_), Some(writer)) = (size, self.kills_privs_for(req)) {
             match &target {
-                Target::Path(p) => kill_suid_sgid(&sys::open_nofollow(p, libc::O_PATH).map_err(io_errno)?)?,
-                Target::Fd(of) => kill_suid_sgid(&of.file)?,
+                Target::Path(p) => {
+                    kill_suid_sgid(&sys::open_nofollow(p, libc::O_PATH).map_err(io_errno)?, &writer)?
+                }
+                Target::Fd(of) => kill_suid_sgid(&of.file, &writer)?,
             }
         }
         // None of these follows a symlink in the last component of the backing path, which a
@@ -151,18 +153,18 @@ impl KmsFs {
     /// open (which is a key use, checked and audited like any open).
     fn truncate(&self, req: &Request, ino: INodeNo, fh: Option<FileHandle>, size: u64) -> FsResult<()> {
         if let Some(h) = fh.and_then(|fh| self.open_files.handle(fh.0).ok()) {
-            return h.open.truncate(size, false);
+            return h.open.truncate(size, None);
         }
         let of = self.acquire_open_file(req, ino)?;
-        let result = of.truncate(size, false);
+        let result = of.truncate(size, None);
         self.open_files.release(ino.0);
         result
     }
 
     pub(super) fn do_readlink(&self, ino: INodeNo) -> FsResult<Vec<u8>> {
         let path = self.backing(ino)?;
-        let stored = std::fs::read_link(&*path).map_err(io_errno)?;
-        match self.names.decrypt_target(stored.as_os_str()) {
+        std::fs::symlink_metadata(&*path).map_err(io_errno)?;
+        match self.symlink_target(&path) {
             Some(t) => Ok(t.as_bytes().to_vec()),
             None => {
                 log::warn!(

@@ -8,9 +8,11 @@ use std::path::Path;
 use fuser::{Errno, FileAttr, INodeNo, RenameFlags, Request};
 
 use super::dirs::MetaSync;
-use super::{io_errno, FsResult, KmsFs};
+use super::{creation_mode, io_errno, kms_errno, FsResult, KmsFs};
 use crate::content::names::{classify, BackingEntry};
+use crate::content::volume_cipher::{StoredTarget, TARGET_MAX};
 use crate::sys::{self, pin_dir, PinnedDir};
+use crate::volume::link_targets;
 
 impl KmsFs {
     pub(super) fn do_mkdir(
@@ -24,12 +26,13 @@ impl KmsFs {
         self.check_writable()?;
         let c = self.child(req, parent, name)?;
         self.write_sidecar(&c.path, &c.stored)?;
-        if let Err(e) = std::fs::DirBuilder::new().mode(mode & !umask & 0o7777).create(&*c.path) {
+        let mode = creation_mode(mode, umask);
+        if let Err(e) = std::fs::DirBuilder::new().mode(mode).create(&*c.path) {
             self.remove_sidecar_if_unused(&c);
             return Err(io_errno(e));
         }
         let made = (|| {
-            self.chown_new(req, &c.path)?;
+            self.chown_new(req, &c.path, libc::S_IFDIR | mode)?;
             let ino = self.inodes.fuse_ino(std::fs::symlink_metadata(&*c.path).map_err(io_errno)?.ino());
             let caller = self.caller(req);
             let label = self.display_child(parent, name);
@@ -60,16 +63,17 @@ impl KmsFs {
     ) -> FsResult<FileAttr> {
         self.check_writable()?;
         let c = self.child(req, parent, name)?;
-        if mode & libc::S_IFMT == libc::S_IFREG {
-            self.create_backing_file(req, &c, mode & !umask, &self.display_child(parent, name))?;
+        let (kind, mode) = (mode & libc::S_IFMT, creation_mode(mode, umask));
+        if kind == libc::S_IFREG {
+            self.create_backing_file(req, &c, mode, &self.display_child(parent, name))?;
         } else {
             self.write_sidecar(&c.path, &c.stored)?;
-            let made = sys::c_path(&c.path).and_then(|p| sys::mknod(&p, mode & !umask, rdev.into()));
+            let made = sys::c_path(&c.path).and_then(|p| sys::mknod(&p, kind | mode, rdev.into()));
             if let Err(e) = made.map_err(io_errno) {
                 self.remove_sidecar_if_unused(&c);
                 return Err(e);
             }
-            self.chown_new(req, &c.path)?;
+            self.chown_new(req, &c.path, kind | mode)?;
         }
         self.new_entry(parent, &c.stored, name, &c.path)
     }
@@ -82,17 +86,31 @@ impl KmsFs {
         target: &Path,
     ) -> FsResult<FileAttr> {
         self.check_writable()?;
-        let c = self.child(req, parent, name)?;
-        let encrypted = self.names.encrypt_target(target.as_os_str());
-        if encrypted.len() >= libc::PATH_MAX as usize {
+        if target.as_os_str().len() > TARGET_MAX {
             return Err(Errno::ENAMETOOLONG);
         }
-        self.write_sidecar(&c.path, &c.stored)?;
-        if let Err(e) = std::os::unix::fs::symlink(&encrypted, &*c.path) {
+        let c = self.child(req, parent, name)?;
+        // A target too long for a backing symlink goes into its sidecar first, so the
+        // symlink never appears without it.
+        let stored = self.names.store_target(target.as_os_str());
+        let sidecar = match &stored {
+            StoredTarget::Sidecar { name, stored } => {
+                link_targets::write(&self.root, name, stored.as_bytes()).map_err(kms_errno)?;
+                Some(name.as_str())
+            }
+            StoredTarget::Inline(_) => None,
+        };
+        let drop_sidecar = || sidecar.into_iter().for_each(|n| link_targets::remove(&self.root, n));
+        if let Err(e) = self.write_sidecar(&c.path, &c.stored) {
+            drop_sidecar();
+            return Err(e);
+        }
+        if let Err(e) = std::os::unix::fs::symlink(stored.link_text(), &*c.path) {
             self.remove_sidecar_if_unused(&c);
+            drop_sidecar();
             return Err(io_errno(e));
         }
-        self.chown_new(req, &c.path)?;
+        self.chown_new(req, &c.path, libc::S_IFLNK | 0o777)?;
         self.new_entry(parent, &c.stored, name, &c.path)
     }
 
@@ -101,6 +119,10 @@ impl KmsFs {
         let c = self.child(req, parent, name)?;
         let meta = std::fs::symlink_metadata(&*c.path).map_err(io_errno)?;
         let ino = self.inodes.fuse_ino(meta.ino());
+        // The sidecar of a long target goes after the symlink's last name.
+        let target_sidecar = (meta.file_type().is_symlink() && meta.nlink() == 1)
+            .then(|| link_targets::sidecar_of_link(&c.path))
+            .flatten();
         if dir {
             self.remove_backing_dir(&c.path, &meta)?;
             self.dir_states.write().expect("dir states lock").remove(&ino);
@@ -119,6 +141,9 @@ impl KmsFs {
             self.discard(&c.path)?;
         }
         self.remove_sidecar(&c.path, &c.stored);
+        if let Some(sidecar) = target_sidecar {
+            link_targets::remove(&self.root, &sidecar);
+        }
         self.inodes.unlinked(ino, parent.0, c.stored.entry());
         Ok(())
     }
@@ -166,6 +191,11 @@ impl KmsFs {
             && !flags.contains(RenameFlags::RENAME_NOREPLACE)
             && moved.is_dir()
             && replaced.as_ref().is_some_and(|m| m.is_dir() && m.ino() != moved.ino());
+        // A symlink replaced with its last name takes the sidecar of its long target along.
+        let replaced_target = replaced
+            .as_ref()
+            .filter(|m| !exchange && m.file_type().is_symlink() && m.nlink() == 1 && m.ino() != moved.ino())
+            .and_then(|_| link_targets::sidecar_of_link(&to.path));
         let saved = if replaces_dir { Some(empty_out(&to.path)?) } else { None };
         self.write_sidecar(&to.path, &to.stored)?;
         let (c_from, c_to) =
@@ -184,6 +214,9 @@ impl KmsFs {
         let whiteout = flags.contains(RenameFlags::RENAME_WHITEOUT);
         if !exchange && !whiteout && *from.path != *to.path {
             self.remove_sidecar(&from.path, &from.stored);
+        }
+        if let Some(sidecar) = replaced_target {
+            link_targets::remove(&self.root, &sidecar);
         }
         let moved_ino = self.inodes.fuse_ino(moved.ino());
         let src = (parent.0, from.stored.entry());

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use fuser::{Errno, FileAttr, FopenFlags, INodeNo, OpenAccMode, OpenFlags, Request};
 
 use super::open_files::OpenFile;
-use super::{io_errno, kms_errno, BPath, Child, FsResult, KmsFs};
+use super::{creation_mode, io_errno, kms_errno, BPath, Child, FsResult, KmsFs};
 use crate::content::FileKey;
 use crate::kms::keyring::Access;
 use crate::sys::open_noatime;
@@ -38,7 +38,7 @@ impl KmsFs {
         let of = self.acquire_open_file(req, ino)?;
         let result = match (write, flags.0 & libc::O_TRUNC != 0) {
             (true, _) if !of.writable => Err(Errno::EACCES),
-            (true, true) => of.truncate(0, self.kills_privs_for(req)),
+            (true, true) => of.truncate(0, self.kills_privs_for(req).as_ref()),
             _ => Ok(()),
         };
         match result {
@@ -62,7 +62,7 @@ impl KmsFs {
         self.check_writable()?;
         let c = self.child(req, parent, name)?;
         let (file, key) =
-            self.create_backing_file(req, &c, mode & !umask, &self.display_child(parent, name))?;
+            self.create_backing_file(req, &c, creation_mode(mode, umask), &self.display_child(parent, name))?;
         let meta = file.metadata().map_err(io_errno)?;
         let ino = self.inodes.fuse_ino(meta.ino());
         self.inodes.created(ino);
@@ -174,7 +174,8 @@ impl KmsFs {
         Ok(key)
     }
 
-    /// Creates a regular file with its header; returns the backing file.
+    /// Creates a regular file of `mode` (see `creation_mode`) with its header; returns the
+    /// backing file.
     pub(super) fn create_backing_file(
         &self,
         req: &Request,
@@ -201,7 +202,7 @@ impl KmsFs {
             }
         };
         let made = (|| {
-            self.chown_new(req, &c.path)?;
+            self.chown_new(req, &c.path, libc::S_IFREG | mode)?;
             let caller = self.caller(req);
             // New files take the key of the directory they are created in.
             self.write_new_header(&file, Self::access(&caller, label), &c.dir.key_id)

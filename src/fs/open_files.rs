@@ -52,15 +52,15 @@ impl OpenFile {
 
     /// Sets the plaintext size (truncate, O_TRUNC); EACCES if the backing file could only be
     /// opened read-only. With `kill_privs`, set-ID bits go as for a write.
-    pub fn truncate(&self, size: u64, kill_privs: bool) -> FsResult<()> {
+    pub fn truncate(&self, size: u64, kill_privs: Option<&Unprivileged>) -> FsResult<()> {
         if !self.writable {
             return Err(Errno::EACCES);
         }
         check_file_size(size, 0)?;
         let _guard = self.lock.write().expect("file lock");
         self.crypt().set_len(size).map_err(io_errno)?;
-        if kill_privs {
-            kill_suid_sgid(&self.file)?;
+        if let Some(writer) = kill_privs {
+            kill_suid_sgid(&self.file, writer)?;
         }
         Ok(())
     }
@@ -79,15 +79,15 @@ pub struct Handle {
 
 impl Handle {
     /// A WRITE through this handle.
-    pub fn write(&self, offset: u64, data: &[u8], kill_privs: bool) -> FsResult<u32> {
+    pub fn write(&self, offset: u64, data: &[u8], kill_privs: Option<&Unprivileged>) -> FsResult<u32> {
         if !self.write {
             return Err(Errno::EBADF);
         }
         check_file_size(offset, data.len() as u64)?;
         let of = &self.open;
         let _guard = of.lock.write().expect("file lock");
-        if kill_privs {
-            kill_suid_sgid(&of.file)?;
+        if let Some(writer) = kill_privs {
+            kill_suid_sgid(&of.file, writer)?;
         }
         let crypt = of.crypt();
         // O_APPEND: the end as it is now, not as the kernel last saw it (another process
@@ -120,14 +120,29 @@ impl Handle {
     }
 }
 
-/// Clears the set-user-ID bit, and the set-group-ID bit of a group-executable file, as the
-/// kernel does when an unprivileged process writes to or truncates a file (with
-/// FUSE_HANDLE_KILLPRIV_V2 the kernel leaves it to the filesystem). A backing file system
-/// does it by itself for a daemon without CAP_FSETID; this covers a daemon running as root.
-pub(super) fn kill_suid_sgid(fd: &impl std::os::fd::AsRawFd) -> FsResult<()> {
+/// A writer without CAP_FSETID, for whom the kernel leaves the clearing of set-ID bits to the
+/// filesystem (FUSE_HANDLE_KILLPRIV_V2): its groups decide a set-group-ID bit.
+pub struct Unprivileged {
+    pub gid: u32,
+    /// Whose supplementary groups count (read only when they matter).
+    pub pid: u32,
+}
+
+impl Unprivileged {
+    fn in_group(&self, gid: u32) -> bool {
+        gid == self.gid || super::process_groups(self.pid).contains(&gid)
+    }
+}
+
+/// Clears set-ID bits as the kernel does when a process without CAP_FSETID writes to or
+/// truncates a regular file (`setattr_should_drop_suidgid`): the set-user-ID bit always, the
+/// set-group-ID bit if the file is group-executable or the writer is not in its group. A
+/// backing file system does it by itself for a daemon without CAP_FSETID; this covers a
+/// daemon running as root.
+pub(super) fn kill_suid_sgid(fd: &impl std::os::fd::AsRawFd, writer: &Unprivileged) -> FsResult<()> {
     let st = sys::fstat(fd).map_err(io_errno)?;
     let mut kill = st.st_mode & libc::S_ISUID;
-    if st.st_mode & (libc::S_ISGID | libc::S_IXGRP) == libc::S_ISGID | libc::S_IXGRP {
+    if st.st_mode & libc::S_ISGID != 0 && (st.st_mode & libc::S_IXGRP != 0 || !writer.in_group(st.st_gid)) {
         kill |= libc::S_ISGID;
     }
     if kill == 0 || st.st_mode & libc::S_IFMT != libc::S_IFREG {

@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use base64::engine::general_purpose::STANDARD as B64;
@@ -16,8 +16,10 @@ use base64::Engine;
 
 use super::dirmeta::DirMeta;
 use super::file_keys::unwrap_header;
+use super::link_targets;
 use super::VolumeConfig;
 use crate::content::names::{DirNames, EntryName, SIDECAR_SUFFIX};
+use crate::content::volume_cipher::target_sidecar;
 use crate::content::{FileHeader, HEADER_LEN};
 use crate::encoding::hex;
 use crate::error::{Error, Result};
@@ -91,6 +93,9 @@ pub struct Copier<'a> {
     to_key: Option<String>,
     /// Hard links: the first copy of each source inode.
     links: HashMap<(u64, u64), std::path::PathBuf>,
+    /// The two cipher directories (for the sidecars of long symlink targets at their tops).
+    src_root: PathBuf,
+    dst_root: PathBuf,
     progress: &'a mut dyn FnMut(&CopyReport),
     report: CopyReport,
 }
@@ -107,13 +112,23 @@ impl<'a> Copier<'a> {
             default_key_id: dst.config.default_key_id.clone(),
             ..Default::default()
         };
-        Copier { src, dst, to_key, links: HashMap::new(), progress, report }
+        Copier {
+            src,
+            dst,
+            to_key,
+            links: HashMap::new(),
+            src_root: PathBuf::new(),
+            dst_root: PathBuf::new(),
+            progress,
+            report,
+        }
     }
 
     /// Copies the tree of `src_dir` into the empty directory `dst_dir`, then writes the
     /// destination's `kmsfs.volume` last (a cut-short copy is not a volume) and syncs.
     pub fn run(mut self, src_dir: &Path, dst_dir: &Path) -> Result<CopyReport> {
         let began = Instant::now();
+        (self.src_root, self.dst_root) = (src_dir.to_path_buf(), dst_dir.to_path_buf());
         self.directory(src_dir, dst_dir, "/")?;
         if self.report.errors.is_empty() {
             self.dst.config.save(dst_dir)?;
@@ -198,6 +213,12 @@ impl<'a> Copier<'a> {
         } else if kind.is_symlink() {
             self.report.symlinks += 1;
             let target = std::fs::read_link(src).map_err(|e| Error::io("readlink", e))?;
+            // A long target's sidecar goes first, as on the mount.
+            if let Some(name) = target_sidecar(target.as_os_str()) {
+                let stored = link_targets::read(&self.src_root, name)
+                    .map_err(|e| Error::io("the sidecar of a long symlink target", e))?;
+                link_targets::write(&self.dst_root, name, &stored)?;
+            }
             std::os::unix::fs::symlink(target, dst).map_err(|e| Error::io("symlink", e))?;
         } else {
             // FIFOs and sockets (and device nodes, as root): recreated alike.

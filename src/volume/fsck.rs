@@ -11,7 +11,7 @@ use std::ffi::OsStr;
 use std::fs::File;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileExt, MetadataExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use base64::engine::general_purpose::STANDARD as B64;
@@ -19,11 +19,12 @@ use base64::Engine;
 
 use super::dirmeta::{DirKeys, DirMeta, DIR_META, DIR_META_BACKUP};
 use super::file_keys::{new_file_key, unwrap_header};
+use super::link_targets::{self, TARGETS_DIR};
 use super::rewrap::rewrap_file;
 use super::{VolumeConfig, CONFIG_NAME};
 use crate::content::crypt_file::Damage;
 use crate::content::names::{sidecar_of, DirNames, EntryName, IV_LEN, LONG_PREFIX, SIDECAR_SUFFIX};
-use crate::content::volume_cipher::VolumeCipher;
+use crate::content::volume_cipher::{target_sidecar, VolumeCipher};
 use crate::content::{FileHeader, HEADER_LEN};
 use crate::crypto;
 use crate::encoding::hex;
@@ -138,6 +139,13 @@ pub struct Fsck<'a> {
     /// The volume's names key (symlink targets), if it unwraps.
     names: Option<VolumeCipher>,
     seen_inodes: HashSet<(u64, u64)>,
+    /// The cipher directory checked (long symlink targets are in its `kmsfs.targets`).
+    root: PathBuf,
+    /// The sidecars of long symlink targets that some symlink names.
+    named_targets: HashSet<String>,
+    /// Some directory's entries could not be listed or named: a sidecar that no symlink seen
+    /// names may belong to one of them, so none is called an orphan.
+    incomplete: bool,
     progress: &'a mut dyn FnMut(&FsckReport),
     report: FsckReport,
 }
@@ -157,6 +165,9 @@ impl<'a> Fsck<'a> {
             options,
             names: None,
             seen_inodes: HashSet::new(),
+            root: PathBuf::new(),
+            named_targets: HashSet::new(),
+            incomplete: false,
             progress,
             report: FsckReport::default(),
         }
@@ -164,8 +175,10 @@ impl<'a> Fsck<'a> {
 
     pub fn run(mut self, cipher_dir: &Path) -> FsckReport {
         let began = Instant::now();
+        self.root = cipher_dir.to_path_buf();
         self.volume_key();
         self.directory(cipher_dir, "/", None);
+        self.target_sidecars();
         self.report.problems_remaining = self.report.items.iter().filter(|f| f.remains()).count() as u64;
         self.report.repaired = self.report.items.iter().filter(|f| f.action.is_some()).count() as u64;
         self.report.seconds = began.elapsed().as_secs_f64();
@@ -220,12 +233,16 @@ impl<'a> Fsck<'a> {
     fn directory(&mut self, dir: &Path, plain: &str, parent_key: Option<&str>) {
         self.report.directories += 1;
         (self.progress)(&self.report);
-        let Some(keys) = self.directory_keys(dir, plain, parent_key) else { return };
+        let Some(keys) = self.directory_keys(dir, plain, parent_key) else {
+            self.incomplete = true;
+            return;
+        };
         let names = DirNames::new(&keys.names_key, &keys.iv);
         let mut entries: Vec<_> = match std::fs::read_dir(dir) {
             Ok(e) => e.flatten().collect(),
             Err(e) => {
                 self.note(plain, "directory", Status::MetadataDamaged, format!("cannot list: {e}"), None);
+                self.incomplete = true;
                 return;
             }
         };
@@ -249,6 +266,7 @@ impl<'a> Fsck<'a> {
                         "the encrypted name does not authenticate"
                     };
                     self.note(&label, "entry", Status::NameDamaged, why.into(), None);
+                    self.incomplete = true;
                     continue;
                 }
             };
@@ -369,17 +387,45 @@ impl<'a> Fsck<'a> {
     }
 
     fn symlink(&mut self, path: &Path, plain: &str) {
+        let text = std::fs::read_link(path).ok();
+        let sidecar = text.as_deref().and_then(|t| target_sidecar(t.as_os_str())).map(str::to_string);
+        if let Some(name) = &sidecar {
+            self.named_targets.insert(name.clone());
+        }
         let Some(names) = &self.names else { return };
-        let readable =
-            std::fs::read_link(path).ok().and_then(|t| names.decrypt_target(t.as_os_str())).is_some();
+        let readable = text.and_then(|t| link_targets::resolve(names, &self.root, t.as_os_str())).is_some();
         if !readable {
-            self.note(
-                plain,
-                "symlink",
-                Status::SymlinkDamaged,
-                "the target does not authenticate".into(),
-                None,
-            );
+            let detail = match sidecar {
+                Some(_) => "the sidecar of its long target is missing, damaged or does not authenticate",
+                None => "the target does not authenticate",
+            };
+            self.note(plain, "symlink", Status::SymlinkDamaged, detail.into(), None);
+        }
+    }
+
+    /// The sidecars of long symlink targets: one that no symlink names (a crash between
+    /// writing it and making its symlink, or between removing the symlink and it) and
+    /// temporary files of an interrupted write are leftovers.
+    fn target_sidecars(&mut self) {
+        if self.incomplete {
+            return;
+        }
+        for name in link_targets::list(&self.root) {
+            let text = name.to_string_lossy();
+            let (status, detail) = if text.starts_with('.') && text.contains(".tmp-") {
+                (Status::TempFile, "left by an interrupted write of a long symlink target")
+            } else if !self.named_targets.contains(&*text) {
+                (Status::OrphanSidecar, "a long symlink target that no symlink names")
+            } else {
+                continue;
+            };
+            let path = self.root.join(TARGETS_DIR).join(&name);
+            let action = self
+                .options
+                .repair
+                .then(|| std::fs::remove_file(&path).ok().map(|_| "removed".to_string()))
+                .flatten();
+            self.note(&format!("/{TARGETS_DIR}/{text}"), "internal", status, detail.into(), action);
         }
     }
 

@@ -9,6 +9,7 @@ pub mod copy;
 pub mod dirmeta;
 pub mod file_keys;
 pub mod fsck;
+pub mod link_targets;
 pub mod lock;
 pub mod rewrap;
 

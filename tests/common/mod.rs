@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod mount;
+pub mod users;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};

@@ -27,6 +27,8 @@ pub struct Mounted {
     options: Vec<String>,
     /// RUST_LOG of the daemon.
     rust_log: String,
+    /// The umask the daemon is started with (`None`: this process's).
+    daemon_umask: Option<u32>,
     child: Option<Child>,
 }
 
@@ -45,6 +47,15 @@ impl Mounted {
         Self::build(options, None, level)
     }
 
+    /// Mounts with `-o OPT,...`, the daemon started under `umask` (as from a shell, a unit
+    /// file or a script with that umask).
+    pub fn with_daemon_umask(options: &[&str], umask: u32) -> Self {
+        let mut m = Self::prepare(options, None, "info");
+        m.daemon_umask = Some(umask);
+        m.start();
+        m
+    }
+
     /// Mounts a volume whose cipher directory is `parent/cipher` (e.g. on a small tmpfs), with
     /// the keystore, mount point and log in the usual temporary directory.
     pub fn with_cipher_parent(parent: &Path) -> Self {
@@ -52,6 +63,13 @@ impl Mounted {
     }
 
     fn build(options: &[&str], cipher_parent: Option<&Path>, level: &str) -> Self {
+        let mut m = Self::prepare(options, cipher_parent, level);
+        m.start();
+        m
+    }
+
+    /// A volume ready to mount (not yet mounted).
+    fn prepare(options: &[&str], cipher_parent: Option<&Path>, level: &str) -> Self {
         let env = TestEnv::new();
         let cipher = cipher_parent.map(|p| p.join("cipher")).unwrap_or_else(|| env.path("cipher"));
         let key_id = env.init_volume(&cipher);
@@ -61,7 +79,7 @@ impl Mounted {
         let mnt = std::fs::canonicalize(&mnt).unwrap();
         let cipher = std::fs::canonicalize(&cipher).unwrap();
         let log = env.path("mount.log");
-        let mut m = Mounted {
+        Mounted {
             env,
             key_id,
             cipher,
@@ -69,10 +87,9 @@ impl Mounted {
             log,
             options: options.iter().map(|s| s.to_string()).collect(),
             rust_log: level.to_string(),
+            daemon_umask: None,
             child: None,
-        };
-        m.start();
-        m
+        }
     }
 
     /// Starts `kmsfs mount -f` and waits until the mount point is in mountinfo.
@@ -85,9 +102,18 @@ impl Mounted {
         if !joined.is_empty() {
             args.extend(["-o", joined.as_str()]);
         }
-        let child = self
-            .env
-            .cmd(&args)
+        let mut cmd = self.env.cmd(&args);
+        if let Some(umask) = self.daemon_umask {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: umask is async-signal-safe and touches only the child.
+            unsafe {
+                cmd.pre_exec(move || {
+                    libc::umask(umask as libc::mode_t);
+                    Ok(())
+                })
+            };
+        }
+        let child = cmd
             .env("RUST_LOG", &self.rust_log)
             .stdout(Stdio::from(log.try_clone().unwrap()))
             .stderr(Stdio::from(log))
