@@ -8,6 +8,7 @@ use std::path::Path;
 use std::process::Command;
 
 use common::mount::{is_mounted, wait_until, MountGuard, Mounted};
+use common::users::{as_user, share_with_everyone, NOBODY};
 
 /// `kmsfs mount CIPHER MNT` in the background with the fixture's keystore.
 fn mount_again(m: &Mounted, mnt: &Path) -> std::process::Output {
@@ -323,4 +324,70 @@ fn file_handles_open_their_objects_after_eviction_and_across_a_remount() {
         assert_eq!(r, &results[0]);
     }
     assert_eq!(results[0][2].1, ["top file"]);
+}
+
+/// How a non-owner changes a file in `set_id_clearing`.
+const MODIFICATIONS: [&str; 5] = ["write", "O_DIRECT write", "fallocate", "ftruncate", "copy_file_range"];
+
+/// Has nobody change `path` (root's, mode 06777) by `how`; returns the mode afterwards.
+fn modify_as_nobody(path: &Path, src: &Path, how: &str) -> u32 {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+    fs::write(path, vec![1u8; 8192]).unwrap();
+    fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o6777)).unwrap();
+    as_user(NOBODY.0, NOBODY.1, 0o022, || {
+        let direct = if how == "O_DIRECT write" { libc::O_DIRECT } else { 0 };
+        let f = fs::OpenOptions::new().write(true).custom_flags(direct).open(path).unwrap();
+        let fd = f.as_raw_fd();
+        // SAFETY: plain calls on a descriptor this closure owns; the buffer is 4 KiB aligned.
+        let rc = unsafe {
+            match how {
+                "write" => libc::pwrite(fd, [2u8; 16].as_ptr().cast(), 16, 0) as i32,
+                "O_DIRECT write" => {
+                    let layout = std::alloc::Layout::from_size_align(4096, 4096).unwrap();
+                    let buf = std::alloc::alloc_zeroed(layout);
+                    let rc = libc::pwrite(fd, buf.cast(), 4096, 0) as i32;
+                    std::alloc::dealloc(buf, layout);
+                    rc
+                }
+                "fallocate" => libc::fallocate(fd, 0, 0, 65536),
+                "ftruncate" => libc::ftruncate(fd, 100),
+                _ => {
+                    let s = fs::File::open(src).unwrap();
+                    let rc = libc::copy_file_range(
+                        s.as_raw_fd(),
+                        std::ptr::null_mut(),
+                        fd,
+                        std::ptr::null_mut(),
+                        100,
+                        0,
+                    );
+                    rc as i32
+                }
+            }
+        };
+        assert!(rc >= 0, "{how} by nobody on {}: {}", path.display(), std::io::Error::last_os_error());
+    });
+    fs::metadata(path).unwrap().mode() & 0o7777
+}
+
+/// Every way a non-owner without CAP_FSETID modifies a file clears its set-user-ID and
+/// set-group-ID bits, as ext4 does: write, O_DIRECT write, fallocate, truncate, and being the
+/// target of copy_file_range (O_DIRECT writes and fallocate left them in place).
+#[test]
+fn set_id_bits_go_on_every_modification_by_a_non_owner() {
+    let m = Mounted::with_options(&["allow_other", "suid"]);
+    share_with_everyone(&m);
+    let plain = m.env.path("plain");
+    fs::create_dir(&plain).unwrap();
+    for top in [plain.as_path(), m.mnt()] {
+        fs::set_permissions(top, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+        fs::write(top.join("src"), vec![3u8; 4096]).unwrap();
+    }
+    for how in MODIFICATIONS {
+        let on_ext4 = modify_as_nobody(&plain.join(how.replace(' ', "_")), &plain.join("src"), how);
+        let on_kmsfs = modify_as_nobody(&m.path(&how.replace(' ', "_")), &m.path("src"), how);
+        assert_eq!(on_ext4 & 0o6000, 0, "{how}: ext4 clears both bits (mode {on_ext4:o})");
+        assert_eq!(on_kmsfs, on_ext4, "{how}: kmsfs mode {on_kmsfs:o}, ext4 {on_ext4:o}");
+    }
 }

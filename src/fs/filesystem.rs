@@ -406,7 +406,7 @@ impl Filesystem for KmsFs {
 
     fn fallocate(
         &self,
-        _req: &Request,
+        req: &Request,
         _ino: INodeNo,
         fh: FileHandle,
         offset: u64,
@@ -415,7 +415,11 @@ impl Filesystem for KmsFs {
         reply: ReplyEmpty,
     ) {
         let _request = self.begin_request();
-        let result = self.with_space(|| self.open_files.handle(fh.0)?.fallocate(offset, length, mode));
+        // The kernel leaves set-ID bits on fallocate to the filesystem as on write.
+        let kill_privs = self.kills_privs_for(req);
+        let result = self.with_space(|| {
+            self.open_files.handle(fh.0)?.fallocate(offset, length, mode, kill_privs.as_ref())
+        });
         reply!(reply, result, |_| reply.ok());
     }
 }

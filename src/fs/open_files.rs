@@ -99,11 +99,22 @@ impl Handle {
 
     /// fallocate: mode 0 grows the file to `offset + length` (with a hole: blocks are
     /// encrypted, so there is nothing to reserve ahead of them); KEEP_SIZE has nothing to do.
-    pub fn fallocate(&self, offset: u64, length: u64, mode: i32) -> FsResult<()> {
+    /// With `kill_privs`, set-ID bits go as for a write (ext4 clears them on fallocate too).
+    pub fn fallocate(
+        &self,
+        offset: u64,
+        length: u64,
+        mode: i32,
+        kill_privs: Option<&Unprivileged>,
+    ) -> FsResult<()> {
         if !self.write {
             return Err(Errno::EBADF);
         }
         check_file_size(offset, length)?;
+        if let Some(writer) = kill_privs {
+            let _guard = self.open.lock.write().expect("file lock");
+            kill_suid_sgid(&self.open.file, writer)?;
+        }
         match mode {
             0 => {
                 let of = &self.open;
