@@ -346,3 +346,17 @@ pub fn remount(path: &Path, flags: libc::c_ulong) -> io::Result<()> {
         )
     })
 }
+
+/// `fallocate(2)` on an open file.
+pub fn fallocate(file: &File, mode: libc::c_int, offset: u64, len: u64) -> io::Result<()> {
+    // SAFETY: fallocate on a descriptor owned by `file`.
+    check(unsafe { libc::fallocate(file.as_raw_fd(), mode, offset as libc::off_t, len as libc::off_t) })
+}
+
+/// Bytes an unprivileged writer may still allocate on the file system holding `file`.
+pub fn available_bytes(file: &File) -> io::Result<u64> {
+    // SAFETY: fstatvfs fills a zeroed struct for an open descriptor.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    check(unsafe { libc::fstatvfs(file.as_raw_fd(), &mut st) })?;
+    Ok(st.f_bavail.saturating_mul(st.f_frsize))
+}

@@ -391,3 +391,78 @@ fn set_id_bits_go_on_every_modification_by_a_non_owner() {
         assert_eq!(on_kmsfs, on_ext4, "{how}: kmsfs mode {on_kmsfs:o}, ext4 {on_ext4:o}");
     }
 }
+
+/// A tmpfs of `size`, unmounted (lazily if busy) on drop.
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn mount(path: &Path, size: &str) -> Tmpfs {
+        fs::create_dir_all(path).unwrap();
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size},mode=0700"), "tmpfs"])
+            .arg(path)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "mount -t tmpfs: {}", String::from_utf8_lossy(&out.stderr));
+        Tmpfs(path.to_path_buf())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        if !Command::new("umount").arg(&self.0).status().is_ok_and(|s| s.success()) {
+            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+        }
+    }
+}
+
+fn free_bytes(path: &Path) -> u64 {
+    let c = cstr(path);
+    // SAFETY: statvfs fills a zeroed struct for a NUL-terminated path.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    assert_eq!(unsafe { libc::statvfs(c.as_ptr(), &mut st) }, 0);
+    st.f_bavail * st.f_frsize
+}
+
+/// fallocate past the free space answers ENOSPC and allocates nothing (kmsfs only grew the
+/// file, sparse, and succeeded); one that fits reserves the space, so writing the range
+/// later succeeds after the file system has filled up. Checked against tmpfs beside it (the
+/// same answers as ext4; a small file system is needed to run out).
+#[test]
+fn fallocate_past_the_free_space_answers_enospc_and_a_reservation_holds() {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::FileExt;
+    let scratch = tempfile::tempdir().unwrap();
+    let _kmsfs_space = Tmpfs::mount(&scratch.path().join("cipher-fs"), "16M");
+    let _plain_space = Tmpfs::mount(&scratch.path().join("plain"), "16M");
+    let m = Mounted::with_cipher_parent(&scratch.path().join("cipher-fs"));
+    for top in [scratch.path().join("plain"), m.mnt().to_path_buf()] {
+        let f =
+            fs::OpenOptions::new().create(true).read(true).write(true).open(top.join("reserved")).unwrap();
+        let before = free_bytes(&top);
+        // SAFETY: fallocate on an open descriptor.
+        let rc = unsafe { libc::fallocate(f.as_raw_fd(), 0, 0, 64 << 20) };
+        assert_eq!(errno_of(rc as i64), libc::ENOSPC, "64 MiB in {}", top.display());
+        assert_eq!(f.metadata().unwrap().len(), 0, "size unchanged in {}", top.display());
+        assert!(before - free_bytes(&top) < 256 << 10, "nothing allocated in {}", top.display());
+
+        // SAFETY: as above.
+        let rc = unsafe { libc::fallocate(f.as_raw_fd(), 0, 0, 4 << 20) };
+        assert_eq!(rc, 0, "4 MiB in {}: {}", top.display(), std::io::Error::last_os_error());
+        assert_eq!(f.metadata().unwrap().len(), 4 << 20);
+        assert!(before - free_bytes(&top) >= 4 << 20, "the space is taken in {}", top.display());
+
+        // Fill the rest, then write the reserved range: it does not run out.
+        let mut filler = fs::File::create(top.join("filler")).unwrap();
+        let chunk = vec![9u8; 64 << 10];
+        while std::io::Write::write_all(&mut filler, &chunk).is_ok() {}
+        drop(filler);
+        let data = common::mount::pattern(5, 4 << 20);
+        f.write_all_at(&data, 0)
+            .unwrap_or_else(|e| panic!("writing the reserved range in {}: {e}", top.display()));
+        drop(f);
+        assert_eq!(fs::read(top.join("reserved")).unwrap(), data);
+        fs::remove_file(top.join("filler")).unwrap();
+        fs::remove_file(top.join("reserved")).unwrap();
+    }
+}

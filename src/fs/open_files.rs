@@ -44,6 +44,39 @@ impl OpenFile {
         CryptFile { last_block: Some(&self.last_block), ..self.key.crypt(&self.file, &self.label) }
     }
 
+    /// Allocates the backing space of plaintext range `offset..offset + length` (what
+    /// fallocate promises: later writes there do not run out of space), without changing
+    /// the backing size; the range reads as it did (unwritten space reads as zeros, a hole).
+    /// Past the free space it answers ENOSPC and allocates nothing, as ext4 does. Called with
+    /// the file's write lock held.
+    fn reserve(&self, offset: u64, length: u64) -> FsResult<()> {
+        use crate::content::{block_offset, cipher_size, BLOCK_SIZE};
+        let start = block_offset(offset / BLOCK_SIZE);
+        let end = cipher_size(offset + length);
+        let backing_len = self.file.metadata().map_err(io_errno)?.len();
+        // What lies past the backing end is surely unallocated: if that alone does not fit,
+        // refuse before allocating any of it.
+        let growth = end.saturating_sub(start.max(backing_len));
+        if growth > sys::available_bytes(&self.file).map_err(io_errno)? {
+            return Err(Errno::ENOSPC);
+        }
+        match sys::fallocate(&self.file, libc::FALLOC_FL_KEEP_SIZE, start, end - start) {
+            Ok(()) => Ok(()),
+            // A backing file system that cannot allocate ahead: the range stays a hole.
+            Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => Ok(()),
+            Err(e) => {
+                // Space taken past the end before the file system ran out goes back (nothing
+                // before the end is touched: it may hold data).
+                if end > backing_len {
+                    let punch = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
+                    let from = start.max(backing_len);
+                    let _ = sys::fallocate(&self.file, punch, from, end - from);
+                }
+                Err(io_errno(e))
+            }
+        }
+    }
+
     /// A READ of `size` bytes at `offset`, under the file's shared lock.
     pub fn read_at(&self, offset: u64, size: u32) -> FsResult<Vec<u8>> {
         let _guard = self.lock.read().expect("file lock");
@@ -119,13 +152,17 @@ impl Handle {
             0 => {
                 let of = &self.open;
                 let _guard = of.lock.write().expect("file lock");
+                of.reserve(offset, length)?;
                 let crypt = of.crypt();
                 if offset + length > crypt.plaintext_len().map_err(io_errno)? {
                     crypt.set_len(offset + length).map_err(io_errno)?;
                 }
                 Ok(())
             }
-            libc::FALLOC_FL_KEEP_SIZE => Ok(()),
+            libc::FALLOC_FL_KEEP_SIZE => {
+                let _guard = self.open.lock.write().expect("file lock");
+                self.open.reserve(offset, length)
+            }
             _ => Err(Errno::ENOTSUP),
         }
     }
