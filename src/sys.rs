@@ -258,6 +258,30 @@ pub fn read_ahead(file: &File, len: i64) {
     unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, len, libc::POSIX_FADV_WILLNEED) };
 }
 
+/// Makes bytes `offset..offset + len` of `file` a hole (fallocate PUNCH_HOLE | KEEP_SIZE):
+/// they read as zeros and their blocks are freed. Where the file system cannot punch holes
+/// the bytes are overwritten with zeros instead, which reads the same.
+pub fn punch_hole(file: &File, offset: u64, len: u64) -> io::Result<()> {
+    let mode = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
+    // SAFETY: fallocate on an open descriptor.
+    if unsafe { libc::fallocate(file.as_raw_fd(), mode, offset as i64, len as i64) } == 0 {
+        return Ok(());
+    }
+    let e = io::Error::last_os_error();
+    if e.raw_os_error() != Some(libc::EOPNOTSUPP) {
+        return Err(e);
+    }
+    use std::os::unix::fs::FileExt;
+    let zeros = vec![0u8; len.min(1 << 20) as usize];
+    let mut at = offset;
+    while at < offset + len {
+        let n = (offset + len - at).min(zeros.len() as u64) as usize;
+        file.write_all_at(&zeros[..n], at)?;
+        at += n as u64;
+    }
+    Ok(())
+}
+
 /// Copies `from[start..len]` to the same offsets of `to`, skipping holes (`SEEK_DATA`,
 /// `SEEK_HOLE`, `copy_file_range`); returns the number of bytes copied.
 pub fn copy_sparse(from: &File, to: &File, start: u64, len: u64) -> io::Result<u64> {

@@ -354,6 +354,58 @@ impl CryptFile<'_> {
         self.write_blocks(first, &blocks, new_last)
     }
 
+    /// Makes plaintext bytes `offset..offset + len` read as zeros without changing the size
+    /// (PUNCH_HOLE, ZERO_RANGE with KEEP_SIZE; what lies past the end is left alone). Blocks
+    /// wholly inside the range, other than the file's last, become holes in the backing file
+    /// (their space is freed); a block the range covers in part, and the last block, are
+    /// resealed with their part zeroed (one that is then all zeros and not the last becomes a
+    /// hole too). Each step frees or writes whole blocks that no other step touches, so a
+    /// daemon killed at any point leaves every block either as it was or as it should be.
+    pub fn zero_range(&self, offset: u64, len: u64) -> io::Result<()> {
+        let file_len = self.file.metadata()?.len();
+        let size = plaintext_size(file_len);
+        let end = size.min(offset.saturating_add(len));
+        if offset >= end {
+            return Ok(());
+        }
+        let known = self.take_last_block(file_len);
+        let last_of_file = block_count(size) - 1;
+        let (first, last) = (offset / BLOCK_SIZE, (end - 1) / BLOCK_SIZE);
+        let mut rewrites = Vec::new();
+        for index in if first == last { vec![first] } else { vec![first, last] } {
+            let start = index * BLOCK_SIZE;
+            let block_end = size.min(start + BLOCK_SIZE);
+            if offset <= start && end >= block_end && index != last_of_file {
+                continue; // wholly inside: a hole
+            }
+            let mut block = self.existing_block(index, size, known.as_ref())?;
+            block[(offset.max(start) - start) as usize..(end.min(block_end) - start) as usize].fill(0);
+            if index != last_of_file && block.iter().all(|&b| b == 0) {
+                continue;
+            }
+            rewrites.push((index, block));
+        }
+        let rewritten = |i: u64| rewrites.iter().any(|(index, _)| *index == i);
+        let holes = (if rewritten(first) { first + 1 } else { first })..(if rewritten(last) {
+            last
+        } else {
+            last + 1
+        });
+        if !holes.is_empty() {
+            let at = block_offset(holes.start);
+            crate::sys::punch_hole(self.file, at, block_offset(holes.end) - at)?;
+        }
+        let keeps_last = !rewritten(last_of_file);
+        for (index, block) in rewrites {
+            self.write_blocks(index, &[block], last_of_file)?;
+        }
+        // The length is unchanged and the last block untouched: the kept copy still holds.
+        if let (true, Some(kept), Some(slot)) = (keeps_last, known, self.last_block) {
+            *slot.lock().expect("last block lock") = Some(kept);
+        }
+        Ok(())
+    }
+
     /// Sets the plaintext size: cuts (resealing the new last block) or extends with a hole.
     pub fn set_len(&self, new_size: u64) -> io::Result<()> {
         let len = self.file.metadata()?.len();
@@ -427,6 +479,14 @@ mod tests {
             self.model[offset..offset + data.len()].copy_from_slice(data);
             self.check();
         }
+        fn zero(&mut self, offset: usize, len: usize) {
+            self.cf().zero_range(offset as u64, len as u64).unwrap();
+            let end = self.model.len().min(offset + len);
+            if offset < end {
+                self.model[offset..end].fill(0);
+            }
+            self.check();
+        }
         fn truncate(&mut self, len: usize) {
             self.cf().set_len(len as u64).unwrap();
             self.model.resize(len, 0);
@@ -467,10 +527,13 @@ mod tests {
             state ^= state << 17;
             state % m
         };
-        for _ in 0..300 {
+        for _ in 0..400 {
             if next(5) == 0 {
                 let len = next(40_000) as usize;
                 f.truncate(len);
+            } else if next(4) == 0 {
+                let (off, len) = (next(45_000) as usize, 1 + next(20_000) as usize);
+                f.zero(off, len);
             } else {
                 let off = next(40_000) as usize;
                 let len = 1 + next(9000) as usize;
@@ -494,6 +557,33 @@ mod tests {
         f.write(5500, &[2u8; 2000]);
         // The copy kept by that write is used by the next.
         f.write(7500, &[3u8; 10]);
+    }
+
+    #[test]
+    fn zeroed_ranges_free_whole_blocks_and_reseal_the_edges_and_the_last_block() {
+        let mut f = Fixture::new();
+        f.write(0, &[7u8; 10 * 4096 + 100]);
+        // Blocks 2..=4 wholly inside: holes on disk; blocks 1 and 5 keep their other bytes.
+        f.zero(4096 + 1, 4 * 4096 + 10);
+        let on_disk = |f: &Fixture, i: u64| {
+            let mut b = vec![0u8; CB];
+            f.file.read_exact_at(&mut b, block_offset(i)).unwrap();
+            b
+        };
+        for i in 2..=4 {
+            assert!(blocks::is_hole(&on_disk(&f, i)), "block {i} is a hole");
+        }
+        assert!(!blocks::is_hole(&on_disk(&f, 1)) && !blocks::is_hole(&on_disk(&f, 5)));
+        // The last block, wholly inside, is resealed as zeros of its length, never a hole.
+        f.zero(10 * 4096, 100);
+        f.zero(9 * 4096 - 5, 5000);
+        assert!(blocks::is_hole(&on_disk(&f, 9)), "all zeros now: a hole");
+        // A range of a block that is a hole already, and one past the end, change nothing.
+        f.zero(3 * 4096 + 7, 10);
+        f.zero(50_000, 10);
+        // A file zeroed whole still reads, block 0 to its last.
+        f.zero(0, 1 << 20);
+        assert!(f.model.iter().all(|&b| b == 0));
     }
 
     #[test]

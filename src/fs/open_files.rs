@@ -130,9 +130,15 @@ impl Handle {
         Ok(data.len() as u32)
     }
 
-    /// fallocate: mode 0 grows the file to `offset + length` (with a hole: blocks are
-    /// encrypted, so there is nothing to reserve ahead of them); KEEP_SIZE has nothing to do.
-    /// With `kill_privs`, set-ID bits go as for a write (ext4 clears them on fallocate too).
+    /// fallocate. Mode 0 grows the file to `offset + length` and KEEP_SIZE keeps its size,
+    /// both reserving the backing space of the range (`OpenFile::reserve`: ENOSPC past the
+    /// free space, with nothing allocated). PUNCH_HOLE (always with KEEP_SIZE) and ZERO_RANGE
+    /// make the range read as zeros, freeing its whole blocks (`CryptFile::zero_range`);
+    /// ZERO_RANGE without KEEP_SIZE then grows the file to the end of the range, like mode 0.
+    /// ZERO_RANGE frees rather than reserves. Other modes (COLLAPSE_RANGE and INSERT_RANGE,
+    /// which the kernel does not pass on to FUSE anyway) would shift blocks whose index is
+    /// part of their authentication: EOPNOTSUPP. With `kill_privs`, set-ID bits go as for a
+    /// write (ext4 clears them on fallocate too).
     pub fn fallocate(
         &self,
         offset: u64,
@@ -144,27 +150,32 @@ impl Handle {
             return Err(Errno::EBADF);
         }
         check_file_size(offset, length)?;
+        const KEEP_SIZE: i32 = libc::FALLOC_FL_KEEP_SIZE;
+        const PUNCH_HOLE: i32 = libc::FALLOC_FL_PUNCH_HOLE | KEEP_SIZE;
+        const ZERO_RANGE: i32 = libc::FALLOC_FL_ZERO_RANGE;
+        let (zero, grow) = match mode {
+            0 | KEEP_SIZE => (false, mode == 0),
+            PUNCH_HOLE => (true, false),
+            ZERO_RANGE => (true, true),
+            m if m == ZERO_RANGE | KEEP_SIZE => (true, false),
+            _ => return Err(Errno::EOPNOTSUPP),
+        };
+        let of = &self.open;
+        let _guard = of.lock.write().expect("file lock");
         if let Some(writer) = kill_privs {
-            let _guard = self.open.lock.write().expect("file lock");
-            kill_suid_sgid(&self.open.file, writer)?;
+            kill_suid_sgid(&of.file, writer)?;
         }
-        match mode {
-            0 => {
-                let of = &self.open;
-                let _guard = of.lock.write().expect("file lock");
-                of.reserve(offset, length)?;
-                let crypt = of.crypt();
-                if offset + length > crypt.plaintext_len().map_err(io_errno)? {
-                    crypt.set_len(offset + length).map_err(io_errno)?;
-                }
-                Ok(())
-            }
-            libc::FALLOC_FL_KEEP_SIZE => {
-                let _guard = self.open.lock.write().expect("file lock");
-                self.open.reserve(offset, length)
-            }
-            _ => Err(Errno::ENOTSUP),
+        let crypt = of.crypt();
+        if zero {
+            crypt.zero_range(offset, length).map_err(io_errno)?;
+        } else {
+            of.reserve(offset, length)?;
         }
+        let end = offset.saturating_add(length);
+        if grow && end > crypt.plaintext_len().map_err(io_errno)? {
+            crypt.set_len(end).map_err(io_errno)?;
+        }
+        Ok(())
     }
 }
 
