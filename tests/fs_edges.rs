@@ -437,8 +437,13 @@ fn fallocate_past_the_free_space_answers_enospc_and_a_reservation_holds() {
     let _plain_space = Tmpfs::mount(&scratch.path().join("plain"), "16M");
     let m = Mounted::with_cipher_parent(&scratch.path().join("cipher-fs"));
     for top in [scratch.path().join("plain"), m.mnt().to_path_buf()] {
-        let f =
-            fs::OpenOptions::new().create(true).read(true).write(true).open(top.join("reserved")).unwrap();
+        let f = fs::OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .read(true)
+            .write(true)
+            .open(top.join("reserved"))
+            .unwrap();
         let before = free_bytes(&top);
         // SAFETY: fallocate on an open descriptor.
         let rc = unsafe { libc::fallocate(f.as_raw_fd(), 0, 0, 64 << 20) };

@@ -38,8 +38,8 @@ fn pjdfstest() -> PathBuf {
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))
         .map(|c| c.join("bin"));
-    let path_dirs =
-        std::env::var_os("PATH").map(|p| std::env::split_paths(&p).collect()).unwrap_or_else(Vec::new);
+    let path_dirs: Vec<std::path::PathBuf> =
+        std::env::var_os("PATH").map(|p| std::env::split_paths(&p).collect()).unwrap_or_default();
     path_dirs.into_iter().chain(cargo_bin).map(|d| d.join("pjdfstest")).find(|p| p.is_file()).unwrap_or_else(
         || panic!("pjdfstest is not installed: run scripts/install-deps.sh (cargo install pjdfstest)"),
     )
