@@ -1,8 +1,10 @@
 //! kmsfs: an encrypted FUSE filesystem with a local, AWS-KMS-style key management service.
 //!
 //! Layers, each depending only on those below it (see docs/ARCHITECTURE.md):
-//! `cli` → `mount` → `fs` → `volume` → `content` → `kms` → `keystore` → `crypto`, with the
-//! leaves `sys` (system calls on backing files), `encoding` and `harden` beside them.
+//! `cli` → `mount` → `fs` → `volume` → `content` (what is stored: headers, blocks, names)
+//! and `kms` (keys and decisions; `KeyRing` is the door for fs and volume) → `keystore` →
+//! `crypto`, with the leaves `sys` (system calls on backing files), `encoding`, `harden` and
+//! `error` beside them.
 
 pub mod cli;
 pub mod content;

@@ -334,8 +334,8 @@ pub fn clear_umask() {
     unsafe { libc::umask(0) };
 }
 
-/// Whether this process runs as root (then new backing objects are given to their callers,
-/// and a copy keeps owners).
+/// The effective uid and gid of this process (as root, the mount gives new backing objects
+/// to their callers and a copy keeps owners).
 pub fn effective_ids() -> (u32, u32) {
     // SAFETY: neither call can fail or touches memory.
     unsafe { (libc::geteuid(), libc::getegid()) }

@@ -38,7 +38,7 @@ fn pjdfstest() -> PathBuf {
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))
         .map(|c| c.join("bin"));
-    let path_dirs: Vec<std::path::PathBuf> =
+    let path_dirs: Vec<PathBuf> =
         std::env::var_os("PATH").map(|p| std::env::split_paths(&p).collect()).unwrap_or_default();
     path_dirs.into_iter().chain(cargo_bin).map(|d| d.join("pjdfstest")).find(|p| p.is_file()).unwrap_or_else(
         || panic!("pjdfstest is not installed: run scripts/install-deps.sh (cargo install pjdfstest)"),
@@ -47,7 +47,9 @@ fn pjdfstest() -> PathBuf {
 
 #[test]
 fn pjdfstest_finds_no_failure_on_a_shared_mount() {
-    let m = Mounted::with_options(&["allow_other"]);
+    // Started under umask 077, as from a careful admin's shell: what the suite creates must
+    // still get the modes it asks for.
+    let m = Mounted::with_daemon_umask(&["allow_other"], 0o077);
     share_with_everyone(&m);
     let config = m.env.path("pjdfstest.toml");
     std::fs::write(&config, CONFIG).unwrap();

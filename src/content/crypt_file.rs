@@ -386,14 +386,11 @@ impl CryptFile<'_> {
             rewrites.push((index, block));
         }
         let rewritten = |i: u64| rewrites.iter().any(|(index, _)| *index == i);
-        let holes = (if rewritten(first) { first + 1 } else { first })..(if rewritten(last) {
-            last
-        } else {
-            last + 1
-        });
-        if !holes.is_empty() {
-            let at = block_offset(holes.start);
-            crate::sys::punch_hole(self.file, at, block_offset(holes.end) - at)?;
+        let holes_from = if rewritten(first) { first + 1 } else { first };
+        let holes_to = if rewritten(last) { last } else { last + 1 };
+        if holes_from < holes_to {
+            let at = block_offset(holes_from);
+            crate::sys::punch_hole(self.file, at, block_offset(holes_to) - at)?;
         }
         let keeps_last = !rewritten(last_of_file);
         for (index, block) in rewrites {

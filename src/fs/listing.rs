@@ -28,13 +28,13 @@ struct Listed {
 /// A directory as opened: its entries as last listed, and the directory itself (as opened,
 /// so that readdirplus stats the entries of that directory even if it is renamed meanwhile,
 /// and fstat answers for it after it is removed).
-pub struct DirHandle {
+pub struct DirListing {
     ino: u64,
     /// Its parent when opened, for "..".
     parent: u64,
     pub(super) dir: PinnedDir,
     /// Its names key, as checked at opendir.
-    state: Arc<super::dirs::DirState>,
+    state: Arc<super::dirs::CachedDir>,
     /// The entries of the last listing (`None` before the first readdir).
     entries: Mutex<Option<Arc<Vec<Listed>>>>,
 }
@@ -47,7 +47,7 @@ impl KmsFs {
         let path = self.backing(ino)?;
         let parent = self.inodes.parent(ino.0).unwrap_or(super::inodes::ROOT_INO);
         let dir = pin_dir(&path).map_err(io_errno)?;
-        let handle = DirHandle { ino: ino.0, parent, dir, state, entries: Mutex::new(None) };
+        let handle = DirListing { ino: ino.0, parent, dir, state, entries: Mutex::new(None) };
         let fh = self.new_fh();
         self.dirs.lock().expect("dir handles lock").insert(fh, Arc::new(handle));
         Ok(fh)
@@ -56,7 +56,7 @@ impl KmsFs {
     /// The entries a readdir from `offset` serves: listed afresh when it starts from the
     /// beginning (a rewind lists again, after checking the directory's key for the caller
     /// once more, as opendir did), else those of the listing being read.
-    fn listing(&self, req: &Request, dir: &DirHandle, offset: u64) -> FsResult<Arc<Vec<Listed>>> {
+    fn listing(&self, req: &Request, dir: &DirListing, offset: u64) -> FsResult<Arc<Vec<Listed>>> {
         let mut entries = dir.entries.lock().expect("listing lock");
         if let (Some(listed), false) = (entries.as_ref(), offset == 0) {
             return Ok(listed.clone());
@@ -99,7 +99,7 @@ impl KmsFs {
         std::fs::metadata(&dir.dir.path).ok()
     }
 
-    fn dir_handle(&self, fh: FileHandle) -> FsResult<Arc<DirHandle>> {
+    fn dir_handle(&self, fh: FileHandle) -> FsResult<Arc<DirListing>> {
         self.dirs.lock().expect("dir handles lock").get(&fh.0).cloned().ok_or(Errno::EBADF)
     }
 

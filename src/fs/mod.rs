@@ -40,7 +40,7 @@ use crate::kms::Principal;
 use crate::sys;
 use crate::volume::VolumeConfig;
 use inodes::InodeTable;
-use listing::DirHandle;
+use listing::DirListing;
 use open_files::OpenFiles;
 use std::os::fd::AsFd;
 
@@ -83,9 +83,9 @@ pub struct KmsFs {
     inodes: InodeTable,
     /// Open files by inode (a backing fd and data key each) and their handles.
     open_files: OpenFiles,
-    dirs: Mutex<HashMap<u64, Arc<DirHandle>>>,
+    dirs: Mutex<HashMap<u64, Arc<DirListing>>>,
     /// Each directory's key and names key, by inode.
-    dir_states: RwLock<HashMap<u64, Arc<dirs::DirState>>>,
+    dir_states: RwLock<HashMap<u64, Arc<dirs::CachedDir>>>,
     /// Held while a directory's state is loaded (or repaired) for the first time.
     dir_loading: Mutex<()>,
     /// Held while a header or directory metadata is re-wrapped (`kmsfs rewrap`, `dir set-key`).
@@ -116,7 +116,7 @@ pub struct KmsFs {
     prefetch: Option<prefetch::Prefetcher>,
     /// fsyncs new directories' metadata shortly after their mkdir (`None`: if its thread
     /// cannot be started, mkdir fsyncs it before returning).
-    dir_sync: Option<dir_sync::DirSync>,
+    dir_sync: Option<dir_sync::DeferredSync>,
     /// Polls for the next request after each reply (see `linger`).
     linger: Arc<linger::Linger>,
     /// Large READs and fsyncs, off the dispatching thread (`None`: they run on it).
@@ -178,7 +178,7 @@ impl KmsFs {
             prefetch: prefetch::Prefetcher::start()
                 .inspect_err(|e| log::warn!("no read-ahead across files ({e})"))
                 .ok(),
-            dir_sync: dir_sync::DirSync::start()
+            dir_sync: dir_sync::DeferredSync::start()
                 .inspect_err(|e| log::warn!("mkdir fsyncs its metadata itself ({e})"))
                 .ok(),
             linger: Arc::new(linger::Linger::new()),
@@ -266,7 +266,7 @@ impl KmsFs {
 
     /// The plaintext name of a backing directory entry in `dir`, or `None` for kmsfs's own
     /// files and for names that do not decrypt.
-    fn plain_name(&self, state: &dirs::DirState, dir: &Path, backing: &OsStr) -> Option<OsString> {
+    fn plain_name(&self, state: &dirs::CachedDir, dir: &Path, backing: &OsStr) -> Option<OsString> {
         match state.names.entry_name(dir, backing) {
             EntryName::Plain(name) => Some(name),
             EntryName::Internal => None,
@@ -495,7 +495,7 @@ impl KmsFs {
 struct Child {
     path: BPath,
     stored: StoredName,
-    dir: Arc<dirs::DirState>,
+    dir: Arc<dirs::CachedDir>,
 }
 
 /// The supplementary groups of a process (the `Groups:` line of /proc/PID/status).

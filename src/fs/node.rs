@@ -163,8 +163,8 @@ impl KmsFs {
 
     pub(super) fn do_readlink(&self, ino: INodeNo) -> FsResult<Vec<u8>> {
         let path = self.backing(ino)?;
-        std::fs::symlink_metadata(&*path).map_err(io_errno)?;
-        match self.symlink_target(&path) {
+        let text = std::fs::read_link(&*path).map_err(io_errno)?;
+        match crate::volume::link_targets::resolve(&self.names, &self.root, text.as_os_str()) {
             Some(t) => Ok(t.as_bytes().to_vec()),
             None => {
                 log::warn!(

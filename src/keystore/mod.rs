@@ -292,7 +292,10 @@ impl Keystore {
 
 /// The refusal to create a keystore over an existing file.
 pub fn already_exists(path: &Path) -> Error {
-    Error::AlreadyExists(format!("{} already exists; refusing to overwrite a keystore", path.display()))
+    Error::AlreadyExists(crate::error::AlreadyExists::Path {
+        path: path.to_path_buf(),
+        refusing: "refusing to overwrite a keystore".into(),
+    })
 }
 
 fn root_aad(keystore_id: &str) -> Vec<u8> {

@@ -6,10 +6,10 @@ use std::collections::BTreeMap;
 use rusqlite::Connection;
 
 use super::policy::{self, Decision, GrantRule, Policy, Request};
-use super::{keyid, require_customer_managed, EncryptionContext, Kms, Op, Principal};
+use super::{keyid, require_customer_managed, require_enabled, EncryptionContext, Kms, Op, Principal};
 use crate::crypto;
 use crate::encoding::hex;
-use crate::error::{Error, Result};
+use crate::error::{AccessDenied, Denial, Error, NotFound, Result};
 use crate::keystore::records::{self, GrantRecord, KeyRecord};
 
 /// The policy in force for a key: its stored document, or the keystore owner's default.
@@ -37,8 +37,32 @@ pub fn rule_of(g: &GrantRecord) -> Result<GrantRule> {
     })
 }
 
+/// The one authorization decision of kmsfs, for the KMS API and the mount alike: `key` must
+/// be Enabled, and its policy (`None`: it has no usable one) or one of its grants must allow
+/// the request. Returns the statement or grant that allowed it, for the audit trail.
+pub(crate) fn authorize(
+    key: &KeyRecord,
+    policy: Option<&Policy>,
+    grants: &[GrantRule],
+    request: &Request<'_>,
+) -> Result<String> {
+    require_enabled(key)?;
+    let decision = match policy {
+        Some(policy) => policy.decide(grants, request),
+        None => Decision::Deny("the key has no usable policy".into()),
+    };
+    match decision {
+        Decision::Allow(why) => Ok(why),
+        Decision::Deny(why) => Err(Error::AccessDenied(AccessDenied {
+            key_id: Some(key.key_id.clone()),
+            reason: Denial::Policy { action: request.action.to_string(), why },
+        })),
+    }
+}
+
 impl Op<'_> {
-    /// Refuses `action` on `key` unless its policy or a grant allows it for the caller.
+    /// Refuses `action` on `key` unless it is Enabled and its policy or a grant allows it for
+    /// the caller. Through the KMS API the path, if any, comes from the encryption context.
     pub(crate) fn authorize(
         &mut self,
         caller: &Principal,
@@ -49,13 +73,9 @@ impl Op<'_> {
         let policy = effective_policy(&self.tx, &key.key_id, self.owner_uid)?;
         let grants = grant_rules(&self.tx, &key.key_id)?;
         let request = Request { caller, action, context: ctx, path: ctx.get("kmsfs:Path"), now: self.now };
-        match policy.decide(&grants, &request) {
-            Decision::Allow(why) => {
-                self.event.reason = format!("allowed by {why}");
-                Ok(())
-            }
-            Decision::Deny(why) => Err(Error::AccessDenied(format!("key {}: {why}", key.key_id))),
-        }
+        let why = authorize(key, Some(&policy), &grants, &request)?;
+        self.event.reason = format!("allowed by {why}");
+        Ok(())
     }
 }
 
@@ -144,14 +164,16 @@ impl Kms {
         self.audited(caller, "RetireGrant", |op| {
             let grant = records::list_grants(&op.tx, None)?
                 .into_iter()
-                .find(|g| g.grant_id == id_or_token || crypto::ct_eq(g.token.as_bytes(), id_or_token.as_bytes()))
-                .ok_or_else(|| Error::NotFound("no grant with that id or token".into()))?;
+                .find(|g| {
+                    g.grant_id == id_or_token || crypto::ct_eq(g.token.as_bytes(), id_or_token.as_bytes())
+                })
+                .ok_or(Error::NotFound(NotFound::Grant { key_id: None, grant: None }))?;
             op.event.key_id = Some(grant.key_id.clone());
             if !policy::parse_grantee(&grant.grantee)?.matches(caller) {
-                return Err(Error::AccessDenied(format!(
-                    "only the grantee ({}) retires grant {}; an administrator revokes it with `kmsfs grant revoke`",
-                    grant.grantee, grant.grant_id
-                )));
+                return Err(Error::AccessDenied(AccessDenied {
+                    key_id: Some(grant.key_id),
+                    reason: Denial::NotGrantee { grant_id: grant.grant_id, grantee: grant.grantee },
+                }));
             }
             records::delete_grant(&op.tx, &grant.grant_id)?;
             Ok(())
@@ -165,7 +187,10 @@ impl Kms {
             let known =
                 records::list_grants(&op.tx, Some(&key.key_id))?.iter().any(|g| g.grant_id == grant_id);
             if !known || !records::delete_grant(&op.tx, grant_id)? {
-                return Err(Error::NotFound(format!("key {} has no grant {grant_id}", key.key_id)));
+                return Err(Error::NotFound(NotFound::Grant {
+                    key_id: Some(key.key_id),
+                    grant: Some(grant_id.to_string()),
+                }));
             }
             Ok(())
         })

@@ -20,11 +20,11 @@ use rusqlite::{Connection, OpenFlags};
 use super::access;
 use super::audit_writer::AuditSink;
 use super::blob::{self, BlobHeader};
-use super::policy::{Decision, GrantRule, Policy, Request};
+use super::policy::{GrantRule, Policy, Request};
 use super::wal_index::{self, WalIndex};
-use super::{require_enabled, version_material, AuditEvent, Clock, EncryptionContext, Outcome, Principal};
+use super::{version_material, AuditEvent, Clock, EncryptionContext, Outcome, Principal};
 use crate::crypto::{Cipher, SecretKey};
-use crate::error::{Error, Result};
+use crate::error::{Error, KeyStateError, NotFound, Result, StateProblem};
 use crate::keystore::records::{self, KeyRecord, KeyState};
 
 /// Who asks, and for which path (for the audit trail).
@@ -190,14 +190,13 @@ impl KeyRing {
         if cache.keys.contains_key(&id) {
             Ok(id)
         } else {
-            Err(Error::NotFound(format!("unknown key '{key_ref}'")))
+            Err(Error::NotFound(NotFound::KeyRef(key_ref.to_string())))
         }
     }
 
-    /// Refreshes, then checks `key_id` is usable: the question every file open asks, even
-    /// when the file's data key is already cached.
-    /// Refreshes, then checks that `key_id` is usable and that its policy or a grant allows
-    /// `action` for the caller. Returns the key and why it was allowed.
+    /// Refreshes, then asks [`access::authorize`] whether `key_id` may serve `action` for the
+    /// caller, from the cached policy and grants; the path is the one inside the mount.
+    /// Returns the key and why it was allowed.
     fn permitted(
         &self,
         access: Access<'_>,
@@ -211,8 +210,7 @@ impl KeyRing {
             .keys
             .get(key_id)
             .cloned()
-            .ok_or_else(|| Error::NotFound(format!("key {key_id} is not in this keystore")))?;
-        require_enabled(&key)?;
+            .ok_or_else(|| Error::NotFound(NotFound::Key { key_id: key_id.to_string() }))?;
         let request = Request {
             caller: access.caller,
             action,
@@ -221,14 +219,8 @@ impl KeyRing {
             now: self.clock.now_secs(),
         };
         let grants = cache.grants.get(key_id).map(Vec::as_slice).unwrap_or(&[]);
-        let decision = match cache.policies.get(key_id) {
-            Some(policy) => policy.decide(grants, &request),
-            None => Decision::Deny("the key has no usable policy".into()),
-        };
-        match decision {
-            Decision::Allow(why) => Ok((key, why)),
-            Decision::Deny(why) => Err(Error::AccessDenied(format!("key {key_id}: {why}"))),
-        }
+        let why = access::authorize(&key, cache.policies.get(key_id), grants, &request)?;
+        Ok((key, why))
     }
 
     /// The current version of `key_id`, as the keystore says now.
@@ -239,7 +231,7 @@ impl KeyRing {
             .keys
             .get(key_id)
             .map(|k| k.current_version)
-            .ok_or_else(|| Error::NotFound(format!("unknown key '{key_id}'")))
+            .ok_or_else(|| Error::NotFound(NotFound::KeyRef(key_id.to_string())))
     }
 
     /// The state of `key_id` as the keystore says now (`None`: no such key here).
@@ -253,12 +245,10 @@ impl KeyRing {
         self.cache.read().expect("keyring cache lock").uses_groups
     }
 
-    fn material(&self, key_id: &str, version: u32) -> Result<Arc<Cipher>> {
+    fn material(&self, key: &KeyRecord, version: u32) -> Result<Arc<Cipher>> {
         let cache = self.cache.read().expect("keyring cache lock");
-        cache.material.get(&(key_id.to_string(), version)).cloned().ok_or_else(|| {
-            Error::KeyState(format!(
-                "version {version} of key {key_id} is not available (destroyed or missing)"
-            ))
+        cache.material.get(&(key.key_id.clone(), version)).cloned().ok_or_else(|| {
+            Error::KeyState(KeyStateError::new(key, StateProblem::VersionUnavailable { version }))
         })
     }
 
@@ -271,7 +261,7 @@ impl KeyRing {
     ) -> Result<(SecretKey, Vec<u8>)> {
         self.audited(access, "GenerateDataKey", Some(key_id), ctx, || {
             let (key, why) = self.permitted(access, key_id, "kms:GenerateDataKey", ctx)?;
-            let cipher = self.material(key_id, key.current_version)?;
+            let cipher = self.material(&key, key.current_version)?;
             let data_key = SecretKey::random();
             let header = BlobHeader { key_id: key_id.to_string(), key_version: key.current_version };
             let wrapped = blob::seal(&cipher, &header, &ctx.encode(), data_key.as_bytes());
@@ -291,8 +281,8 @@ impl KeyRing {
         let key_id = parsed.as_ref().ok().map(|(h, _)| h.key_id.clone());
         self.audited(access, "Decrypt", key_id.as_deref(), ctx, || {
             let (header, sealed) = parsed?;
-            let (_, why) = self.permitted(access, &header.key_id, "kms:Decrypt", ctx)?;
-            let cipher = self.material(&header.key_id, header.key_version)?;
+            let (key, why) = self.permitted(access, &header.key_id, "kms:Decrypt", ctx)?;
+            let cipher = self.material(&key, header.key_version)?;
             let plain = blob::open(&cipher, &header, &ctx.encode(), sealed)?;
             let key = SecretKey::from_slice(&plain).ok_or_else(|| {
                 Error::InvalidCiphertext("the wrapped data key has the wrong length".into())
@@ -327,7 +317,7 @@ impl KeyRing {
     ) -> Result<Vec<u8>> {
         self.audited(access, "ReEncrypt", Some(key_id), ctx, || {
             let (key, why) = self.permitted(access, key_id, "kms:ReEncryptTo", ctx)?;
-            let cipher = self.material(key_id, key.current_version)?;
+            let cipher = self.material(&key, key.current_version)?;
             let header = BlobHeader { key_id: key_id.to_string(), key_version: key.current_version };
             Ok((blob::seal(&cipher, &header, &ctx.encode(), data_key.as_bytes()), why))
         })

@@ -19,9 +19,8 @@ use crate::crypto::SecretKey;
 use crate::error::{Error, Result};
 use crate::fs::{FsOptions, KmsFs};
 use crate::keystore::Keystore;
-use crate::kms::audit_writer::AuditWriter;
-use crate::kms::keyring::KeyRing;
-use crate::kms::{Clock, EncryptionContext, Kms, Principal, SystemClock};
+use crate::kms::keyring::Access;
+use crate::kms::{Clock, Kms, Principal, SystemClock};
 use crate::volume::lock::VolumeLock;
 use crate::volume::VolumeConfig;
 
@@ -42,6 +41,9 @@ pub struct MountRequest {
     pub foreground: bool,
     /// `-o` options, comma-separated lists already split.
     pub options: Vec<String>,
+    /// How the caller words an error: a background daemon that fails before its mount is up
+    /// reports it as text to the process that started it.
+    pub word_error: fn(&Error) -> String,
 }
 
 /// A checked request: paths absolute, keystore unlocked, options parsed.
@@ -54,6 +56,7 @@ struct Prepared {
     mount_options: Vec<MountOption>,
     acl: SessionACL,
     fs_options: FsOptions,
+    word_error: fn(&Error) -> String,
     /// Held while the volume is served: a second mount of it is refused.
     lock: Option<VolumeLock>,
 }
@@ -159,7 +162,19 @@ fn prepare(request: &MountRequest, passphrase: &[u8]) -> Result<Prepared> {
     let root = ks.unlock(passphrase)?;
     config.require_keystore(&cipher_dir, &keystore, &ks.keystore_id()?)?;
     let (mount_options, acl, fs_options) = parse_options(&request.options, &cipher_dir)?;
-    Ok(Prepared { cipher_dir, mountpoint, keystore, config, root, mount_options, acl, fs_options, lock })
+    let word_error = request.word_error;
+    Ok(Prepared {
+        cipher_dir,
+        mountpoint,
+        keystore,
+        config,
+        root,
+        mount_options,
+        acl,
+        fs_options,
+        word_error,
+        lock,
+    })
 }
 
 /// Turns `-o` options into FUSE mount options. kmsfs always mounts with
@@ -350,9 +365,10 @@ fn serve(p: Prepared, ready: impl FnOnce(std::result::Result<(), String>)) -> Re
             f(r)
         }
     };
+    let word_error = p.word_error;
     let result = serve_inner(p, &mut report);
     if let Err(e) = &result {
-        report(Err(e.to_string()));
+        report(Err(word_error(e)));
     }
     result
 }
@@ -374,11 +390,12 @@ fn serve_inner(mut p: Prepared, report: &mut dyn FnMut(std::result::Result<(), S
     let signals = daemon::block_termination_signals();
     let clock: Arc<dyn Clock> = Arc::new(SystemClock::from_env().map_err(Error::InvalidArgument)?);
     let me = Principal::current_process();
-    let mut kms = Kms::new(Keystore::open(&p.keystore)?, p.root.clone(), clock.clone(), &me)?;
-    let names_key = unwrap_names_key(&mut kms, &me, &p.config)?;
-    let (sink, writer) =
-        AuditWriter::spawn(kms, me).map_err(|e| Error::io("cannot start the audit writer", e))?;
-    let keyring = Arc::new(KeyRing::open(&p.keystore, p.root.clone(), clock, sink)?);
+    // The daemon opens the keystore once (a connection made before the fork must not be
+    // used after it); the key ring reads it through a connection of its own.
+    let kms = Kms::new(Keystore::open(&p.keystore)?, p.root.clone(), clock, &me)?;
+    let (keyring, writer) = kms.into_key_ring(me.clone())?;
+    let keyring = Arc::new(keyring);
+    let (names_key, _) = p.config.unwrap_names_key(&keyring, Access { caller: &me, path: "/" })?;
     let mut fs =
         KmsFs::new(p.cipher_dir.clone(), p.config, keyring, VolumeCipher::new(&names_key), p.fs_options)
             .map_err(|e| Error::io(format!("cannot read {}", p.cipher_dir.display()), e))?;
@@ -417,26 +434,14 @@ fn serve_inner(mut p: Prepared, report: &mut dyn FnMut(std::result::Result<(), S
 
 /// Two malloc arenas for the whole daemon instead of glibc's default of up to eight per
 /// core: each FUSE thread's short-lived request buffers (up to 1 MiB) would otherwise be
-/// spread over arenas of their own, and the peak RSS grows with them (issue 7 budgets the
-/// daemon's peak RSS at 64 MiB). Must run before the threads start.
+/// spread over arenas of their own, and the peak RSS grows with them (the budget for the
+/// daemon's peak RSS is 64 MiB, docs/PERFORMANCE.md). Must run before the threads start.
 fn limit_malloc_arenas() {
     #[cfg(target_env = "gnu")]
     // SAFETY: mallopt only sets an allocator parameter.
     unsafe {
         libc::mallopt(libc::M_ARENA_MAX, 2);
     }
-}
-
-/// The volume's names key, unwrapped once per mount (an audited Decrypt).
-fn unwrap_names_key(kms: &mut Kms, me: &Principal, config: &VolumeConfig) -> Result<SecretKey> {
-    use base64::Engine;
-    let blob = base64::engine::general_purpose::STANDARD
-        .decode(&config.names_key)
-        .map_err(|_| Error::InvalidArgument("the volume's names key is not valid base64".into()))?;
-    let ctx: EncryptionContext = config.names_context();
-    let out = kms.decrypt(me, &blob, &ctx, None)?;
-    SecretKey::from_slice(&out.plaintext)
-        .ok_or_else(|| Error::InvalidCiphertext("the volume's names key has the wrong length".into()))
 }
 
 #[cfg(test)]

@@ -11,14 +11,11 @@ use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use base64::engine::general_purpose::STANDARD as B64;
-use base64::Engine;
-
 use super::dirmeta::DirMeta;
 use super::file_keys::unwrap_header;
 use super::link_targets;
 use super::VolumeConfig;
-use crate::content::names::{DirNames, EntryName, SIDECAR_SUFFIX};
+use crate::content::names::{EntryName, NameCipher, SIDECAR_SUFFIX};
 use crate::content::volume_cipher::target_sidecar;
 use crate::content::{FileHeader, HEADER_LEN};
 use crate::encoding::hex;
@@ -63,10 +60,7 @@ pub fn destination_config(
     to_key: Option<&str>,
     now: i64,
 ) -> Result<VolumeConfig> {
-    let blob = B64
-        .decode(&src.config.names_key)
-        .map_err(|_| Error::InvalidCiphertext("the source volume names key is malformed".into()))?;
-    let (names_key, _) = src.ring.decrypt_data_key(src.access("/"), &blob, &src.config.names_context())?;
+    let (names_key, _) = src.config.unwrap_names_key(src.ring, src.access("/"))?;
     let default_key_id = to_key.unwrap_or(&src.config.default_key_id).to_string();
     let mut config = VolumeConfig {
         volume_id: super::new_volume_id(),
@@ -82,7 +76,7 @@ pub fn destination_config(
         &config.names_context(),
         &names_key,
     )?;
-    config.names_key = B64.encode(wrapped);
+    config.set_names_key_blob(&wrapped);
     Ok(config)
 }
 
@@ -154,7 +148,7 @@ impl<'a> Copier<'a> {
         let key = self.target(&keys.key_id).to_string();
         let blob = self.dst.ring.wrap_data_key(self.dst.access(plain), &key, &ctx, &keys.names_key)?;
         DirMeta::new(&key, keys.explicit, &keys.iv, &blob).save(dst)?;
-        let names = DirNames::new(&keys.names_key, &keys.iv);
+        let names = NameCipher::new(&keys.names_key, &keys.iv);
         let mut entries: Vec<_> =
             std::fs::read_dir(src).map_err(|e| Error::io(plain, e))?.flatten().collect();
         entries.sort_by_key(|e| e.file_name());

@@ -10,12 +10,9 @@ use std::collections::HashSet;
 use std::ffi::OsStr;
 use std::fs::File;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileExt, MetadataExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
-
-use base64::engine::general_purpose::STANDARD as B64;
-use base64::Engine;
 
 use super::dirmeta::{DirKeys, DirMeta, DIR_META, DIR_META_BACKUP};
 use super::file_keys::{new_file_key, unwrap_header};
@@ -23,9 +20,8 @@ use super::link_targets::{self, TARGETS_DIR};
 use super::rewrap::rewrap_file;
 use super::{VolumeConfig, CONFIG_NAME};
 use crate::content::crypt_file::Damage;
-use crate::content::names::{sidecar_of, DirNames, EntryName, IV_LEN, LONG_PREFIX, SIDECAR_SUFFIX};
+use crate::content::names::{sidecar_of, EntryName, NameCipher, IV_LEN, LONG_PREFIX, SIDECAR_SUFFIX};
 use crate::content::volume_cipher::{target_sidecar, VolumeCipher};
-use crate::content::{FileHeader, HEADER_LEN};
 use crate::crypto;
 use crate::encoding::hex;
 use crate::error::Error;
@@ -202,21 +198,19 @@ impl<'a> Fsck<'a> {
 
     /// The volume's own names key, for symlink targets.
     fn volume_key(&mut self) {
-        let blob = B64.decode(&self.config.names_key).unwrap_or_default();
-        match self.ring.decrypt_data_key(self.access("/"), &blob, &self.config.names_context()) {
+        match self.config.unwrap_names_key(self.ring, self.access("/")) {
             Ok((key, _)) => self.names = Some(VolumeCipher::new(&key)),
             Err(e) => {
-                let (status, detail) = self.key_problem(&e, &blob);
+                let (status, detail) = self.key_problem(&e);
                 self.note(CONFIG_NAME, "volume", status, format!("volume names key: {detail}"), None);
             }
         }
     }
 
-    /// Classifies a refusal to unwrap `blob`.
-    fn key_problem(&self, e: &Error, blob: &[u8]) -> (Status, String) {
-        let key_id = BlobHeader::parse(blob).ok().map(|(h, _)| h.key_id);
+    /// Classifies a refusal to unwrap a key, by the state of the key that refused.
+    fn key_problem(&self, e: &Error) -> (Status, String) {
         let status = match e {
-            Error::KeyState(_) => match key_id.as_deref().and_then(|k| self.ring.key_state(k)) {
+            Error::KeyState(refused) => match refused.state {
                 Some(KeyState::PendingDeletion) => Status::KeyPendingDeletion,
                 Some(KeyState::Destroyed) => Status::KeyDestroyed,
                 _ => Status::KeyDisabled,
@@ -237,7 +231,7 @@ impl<'a> Fsck<'a> {
             self.incomplete = true;
             return;
         };
-        let names = DirNames::new(&keys.names_key, &keys.iv);
+        let names = NameCipher::new(&keys.names_key, &keys.iv);
         let mut entries: Vec<_> = match std::fs::read_dir(dir) {
             Ok(e) => e.flatten().collect(),
             Err(e) => {
@@ -306,8 +300,7 @@ impl<'a> Fsck<'a> {
         let keys = match DirMeta::unwrap_any(&copies, self.ring, self.access(plain), &self.config.volume_id) {
             Ok(keys) => keys,
             Err(e) => {
-                let blob = copies[0].names_key_blob().unwrap_or_default();
-                let (status, detail) = self.key_problem(&e, &blob);
+                let (status, detail) = self.key_problem(&e);
                 let status = if status == Status::HeaderDamaged { Status::MetadataDamaged } else { status };
                 self.note(
                     plain,
@@ -465,15 +458,7 @@ impl<'a> Fsck<'a> {
         }
         let found = match unwrap_header(self.ring, self.access(plain), self.config, file) {
             Ok(found) => found,
-            Err(e) => {
-                let mut raw = [0u8; HEADER_LEN as usize];
-                let blob =
-                    match file.read_exact_at(&mut raw, 0).ok().and_then(|_| FileHeader::parse(&raw).ok()) {
-                        Some(h) => h.candidates()[0].blob.clone(),
-                        None => Vec::new(),
-                    };
-                return self.key_problem(&e, &blob);
-            }
+            Err(e) => return self.key_problem(&e),
         };
         let newest = found.newest;
         match found.into_file_key().crypt(file, plain).verify(len) {

@@ -3,6 +3,8 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine;
 use serde::{Deserialize, Serialize};
 
 pub mod copy;
@@ -14,8 +16,11 @@ pub mod lock;
 pub mod rewrap;
 
 use crate::crypto;
+use crate::crypto::SecretKey;
 use crate::encoding::hex;
 use crate::error::{Error, Result};
+use crate::kms::blob::BlobHeader;
+use crate::kms::keyring::{Access, KeyRing};
 use crate::kms::EncryptionContext;
 
 /// The configuration file at the top of every cipher directory.
@@ -51,10 +56,7 @@ impl VolumeConfig {
         let text = match std::fs::read_to_string(&path) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(Error::NotFound(format!(
-                    "{} is not a kmsfs volume (no {CONFIG_NAME}); create one with `kmsfs volume init`",
-                    cipher_dir.display()
-                )))
+                return Err(Error::NotFound(crate::error::NotFound::Volume { dir: cipher_dir.to_path_buf() }))
             }
             Err(e) => return Err(Error::io(format!("cannot read {}", path.display()), e)),
         };
@@ -108,6 +110,23 @@ impl VolumeConfig {
     /// The encryption context of the volume's names key.
     pub fn names_context(&self) -> EncryptionContext {
         EncryptionContext::new().with("kmsfs:volume", &self.volume_id).with("kmsfs:purpose", "names")
+    }
+
+    /// The wrapped names key (a KMS blob), decoded from the config's base64.
+    pub fn names_key_blob(&self) -> Result<Vec<u8>> {
+        B64.decode(&self.names_key)
+            .map_err(|_| Error::InvalidCiphertext("the volume names key is malformed".into()))
+    }
+
+    pub fn set_names_key_blob(&mut self, blob: &[u8]) {
+        self.names_key = B64.encode(blob);
+    }
+
+    /// The volume's names key (symlink targets, xattrs), unwrapped through the key ring like
+    /// every other key: an audited Decrypt that the key's state and policy may refuse.
+    /// Returns which master key and version wrap it too.
+    pub fn unwrap_names_key(&self, ring: &KeyRing, access: Access<'_>) -> Result<(SecretKey, BlobHeader)> {
+        ring.decrypt_data_key(access, &self.names_key_blob()?, &self.names_context())
     }
 }
 
@@ -170,7 +189,6 @@ pub fn init_volume(
     key_ref: Option<&str>,
     name: Option<&str>,
 ) -> Result<VolumeConfig> {
-    use base64::Engine;
     match std::fs::read_dir(cipher_dir) {
         Ok(mut entries) => {
             if entries.next().is_some() {
@@ -207,7 +225,7 @@ pub fn init_volume(
     };
     let (_, _, names_blob) =
         kms.generate_data_key_without_plaintext(caller, &default_key_id, &config.names_context())?;
-    config.names_key = base64::engine::general_purpose::STANDARD.encode(names_blob);
+    config.set_names_key_blob(&names_blob);
     // The root directory's own metadata: its names key, under the default key.
     let iv = crate::crypto::random_bytes::<{ crate::content::names::IV_LEN }>();
     let ctx = dirmeta::DirMeta::context(&config.volume_id, &hex(&iv));

@@ -17,13 +17,10 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use base64::engine::general_purpose::STANDARD as B64;
-use base64::Engine;
-
 use super::dirmeta::{DirKeys, DirMeta};
 use super::file_keys::unwrap_header;
 use super::VolumeConfig;
-use crate::content::names::{DirNames, EntryName};
+use crate::content::names::{EntryName, NameCipher};
 use crate::content::FileHeader;
 use crate::encoding::hex;
 use crate::error::{Error, Result};
@@ -122,15 +119,12 @@ pub fn rewrap_volume_key(
     to_key: Option<&str>,
 ) -> Result<bool> {
     let mut config = VolumeConfig::load(cipher_dir)?;
-    let blob = B64
-        .decode(&config.names_key)
-        .map_err(|_| Error::InvalidCiphertext("the volume names key is malformed".into()))?;
-    let ctx = config.names_context();
-    let (names_key, wrapped_by) = ring.decrypt_data_key(access, &blob, &ctx)?;
+    let (names_key, wrapped_by) = config.unwrap_names_key(ring, access)?;
     let Some(target) = target_key(ring, to_key, &wrapped_by.key_id, wrapped_by.key_version)? else {
         return Ok(false);
     };
-    config.names_key = B64.encode(ring.wrap_data_key(access, &target, &ctx, &names_key)?);
+    let wrapped = ring.wrap_data_key(access, &target, &config.names_context(), &names_key)?;
+    config.set_names_key_blob(&wrapped);
     if to_key.is_some() {
         config.default_key_id = target;
     }
@@ -216,7 +210,7 @@ impl<'a> Rewrapper<'a> {
             match rewrap_dir(self.ring, access, &self.config.volume_id, dir, self.to_key.as_deref(), mark) {
                 Ok((keys, written)) => {
                     self.report.directories_rewrapped += written as u64;
-                    DirNames::new(&keys.names_key, &keys.iv)
+                    NameCipher::new(&keys.names_key, &keys.iv)
                 }
                 Err(e) => {
                     self.report.errors.push(format!("{plain}: {e}"));
@@ -282,11 +276,11 @@ pub fn resolve_dir(
             Access { caller, path: &label },
             &config.volume_id,
         )?;
-        let stored = DirNames::new(&keys.names_key, &keys.iv).encrypt(name);
+        let stored = NameCipher::new(&keys.names_key, &keys.iv).encrypt(name);
         dir = dir.join(stored.entry());
         plain = format!("{plain}{}{}", if plain.is_empty() { "" } else { "/" }, name.to_string_lossy());
         if !dir.is_dir() {
-            return Err(Error::NotFound(format!("/{plain} is not a directory of this volume")));
+            return Err(Error::not_found(format!("/{plain} is not a directory of this volume")));
         }
     }
     Ok(dir)
