@@ -340,3 +340,47 @@ pub fn effective_ids() -> (u32, u32) {
     // SAFETY: neither call can fail or touches memory.
     unsafe { (libc::geteuid(), libc::getegid()) }
 }
+
+/// Takes an exclusive `flock` on `file` without waiting: `Ok(false)` if another open file
+/// description holds one.
+pub fn try_lock_exclusive(file: &File) -> io::Result<bool> {
+    // SAFETY: flock on a descriptor owned by `file`.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+        return Ok(true);
+    }
+    let e = io::Error::last_os_error();
+    match e.raw_os_error() {
+        Some(libc::EWOULDBLOCK) => Ok(false),
+        _ => Err(e),
+    }
+}
+
+/// `mount(2)` with MS_REMOUNT and `flags` (MS_RDONLY, MS_NOSUID, ...) on mount point `path`:
+/// the kernel changes the superblock's and the mount's flags.
+pub fn remount(path: &Path, flags: libc::c_ulong) -> io::Result<()> {
+    let path = c_path(path)?;
+    // SAFETY: NUL-terminated strings; MS_REMOUNT takes no data and ignores the type.
+    check(unsafe {
+        libc::mount(
+            c"kmsfs".as_ptr(),
+            path.as_ptr(),
+            std::ptr::null(),
+            libc::MS_REMOUNT | flags,
+            std::ptr::null(),
+        )
+    })
+}
+
+/// `fallocate(2)` on an open file.
+pub fn fallocate(file: &File, mode: libc::c_int, offset: u64, len: u64) -> io::Result<()> {
+    // SAFETY: fallocate on a descriptor owned by `file`.
+    check(unsafe { libc::fallocate(file.as_raw_fd(), mode, offset as libc::off_t, len as libc::off_t) })
+}
+
+/// Bytes an unprivileged writer may still allocate on the file system holding `file`.
+pub fn available_bytes(file: &File) -> io::Result<u64> {
+    // SAFETY: fstatvfs fills a zeroed struct for an open descriptor.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    check(unsafe { libc::fstatvfs(file.as_raw_fd(), &mut st) })?;
+    Ok(st.f_bavail.saturating_mul(st.f_frsize))
+}

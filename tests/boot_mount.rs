@@ -371,3 +371,92 @@ fn mount_fuse3_runs_kmsfs_as_its_subtype_program() {
     assert_round_trip_encrypted(&v, "via-mount-fuse3.txt");
     umount(&v.mnt, &guard);
 }
+
+/// Whether the mount at `mnt` is read-only (its per-mount flags and its superblock).
+fn mounted_read_only(mnt: &Path) -> (bool, bool) {
+    let line = mountinfo_line(mnt);
+    let ro = |field: &str| field.split(',').any(|o| o == "ro");
+    let per_mount = line.split(' ').nth(5).is_some_and(ro);
+    let superblock = line.split(" - ").nth(1).and_then(|rest| rest.split(' ').nth(2)).is_some_and(ro);
+    (per_mount, superblock)
+}
+
+/// `mount -o remount,ro MOUNTPOINT` and back, as for ext4: mount(8) runs the helper with the
+/// mount's options and `remount`; refused (busy) while a file is open for writing; then reads
+/// go on and writes answer EROFS; after `remount,rw` a file kept open (read-only) across both
+/// remounts is opened for writing and written, and the per-mount flags stay as they were.
+#[test]
+fn mount_o_remount_ro_and_rw_through_the_helper() {
+    let _helper = HelperInstall::new();
+    let v = Volume::new();
+    let mut guard = MountGuard::new(&v.mnt);
+    let out = mount(
+        &["-t", "fuse.kmsfs", v.cipher(), v.mnt(), "-o", &v.options(&v.pass_file, "nodev")],
+        &mut guard,
+    );
+    assert_ok(&out, "mount -t fuse.kmsfs");
+    fs::write(v.mnt.join("before.txt"), b"written before").unwrap();
+
+    let writer = OpenOptions::new().write(true).open(v.mnt.join("before.txt")).unwrap();
+    let out = mount(&["-o", "remount,ro", v.mnt()], &mut guard);
+    assert_fails(&out, "remount,ro with a file open for writing", 32, "busy");
+    assert_eq!(mounted_read_only(&v.mnt), (false, false));
+    drop(writer);
+
+    let kept = File::open(v.mnt.join("before.txt")).unwrap();
+    let out = mount(&["-o", "remount,ro", v.mnt()], &mut guard);
+    assert_ok(&out, "mount -o remount,ro");
+    assert_eq!(mounted_read_only(&v.mnt), (true, true), "{}", mountinfo_line(&v.mnt));
+    assert!(mountinfo_line(&v.mnt).split(' ').nth(5).unwrap().contains("nodev"), "flags kept");
+    assert_eq!(fs::read(v.mnt.join("before.txt")).unwrap(), b"written before");
+    for (what, err) in [
+        ("create", fs::write(v.mnt.join("new.txt"), b"x").unwrap_err()),
+        ("mkdir", fs::create_dir(v.mnt.join("dir")).unwrap_err()),
+        ("unlink", fs::remove_file(v.mnt.join("before.txt")).unwrap_err()),
+        ("open for writing", OpenOptions::new().write(true).open(v.mnt.join("before.txt")).unwrap_err()),
+    ] {
+        assert_eq!(err.raw_os_error(), Some(libc::EROFS), "{what}: {err}");
+    }
+
+    let out = mount(&["-o", "remount,rw", v.mnt()], &mut guard);
+    assert_ok(&out, "mount -o remount,rw");
+    assert_eq!(mounted_read_only(&v.mnt), (false, false), "{}", mountinfo_line(&v.mnt));
+    fs::write(v.mnt.join("after.txt"), b"written after").unwrap();
+    let writer = OpenOptions::new().write(true).open(v.mnt.join("before.txt")).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&writer, b"WRITTEN", 0).unwrap();
+    drop((writer, kept));
+    assert_eq!(fs::read(v.mnt.join("before.txt")).unwrap(), b"WRITTEN before");
+    assert_eq!(fs::read(v.mnt.join("after.txt")).unwrap(), b"written after");
+
+    // Remounting something that is not a kmsfs mount is refused, and changes nothing.
+    let other = v.env.path("not-mounted");
+    fs::create_dir(&other).unwrap();
+    let out = Command::new(HELPER)
+        .args(["kmsfs:/x", other.to_str().unwrap(), "-o", "remount,ro"])
+        .output()
+        .unwrap();
+    assert_fails(&out, "helper remount of a plain directory", 32, "not a mounted kmsfs volume");
+    umount(&v.mnt, &guard);
+}
+
+/// A volume mounted `ro` and remounted read-write takes writes: the daemon, started
+/// read-only, follows the mount.
+#[test]
+fn a_volume_mounted_ro_is_writable_after_remount_rw() {
+    let _helper = HelperInstall::new();
+    let v = Volume::new();
+    let mut guard = MountGuard::new(&v.mnt);
+    let out =
+        mount(&["-t", "fuse.kmsfs", v.cipher(), v.mnt(), "-o", &v.options(&v.pass_file, "ro")], &mut guard);
+    assert_ok(&out, "mount -o ro");
+    let err = fs::write(v.mnt.join("new.txt"), b"x").unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EROFS), "{err}");
+
+    let out = mount(&["-o", "remount,rw", v.mnt()], &mut guard);
+    assert_ok(&out, "mount -o remount,rw");
+    fs::write(v.mnt.join("new.txt"), b"written after remount").unwrap();
+    fs::create_dir(v.mnt.join("dir")).unwrap();
+    fs::rename(v.mnt.join("new.txt"), v.mnt.join("dir/moved.txt")).unwrap();
+    assert_eq!(fs::read(v.mnt.join("dir/moved.txt")).unwrap(), b"written after remount");
+    umount(&v.mnt, &guard);
+}

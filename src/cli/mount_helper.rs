@@ -46,6 +46,7 @@ usage: mount.fuse.kmsfs CIPHERDIR MOUNTPOINT [-sfnv] [-o OPT[,OPT...]]
 kmsfs options:   keystore=PATH, passphrase_file=PATH (a root-owned file, mode 0600)
 mount options:   allow_other, allow_root, ro, rw, nosuid, suid, nodev, dev, noexec, exec,
                  noatime, atime, sync, async, writeback_cache
+remount:         mount -o remount,ro MOUNTPOINT (and remount,rw; as root)
 ignored:         defaults, auto, noauto, nofail, _netdev, user, users, nouser, user=NAME,
                  owner, group, comment=..., x-*, X-*
 
@@ -272,6 +273,9 @@ fn run(args: &[OsString]) -> i32 {
 }
 
 fn mount_as_helper(args: &HelperArgs) -> std::result::Result<(), Failure> {
+    if args.options.iter().any(|o| o == "remount") {
+        return remount(args);
+    }
     let mut opts = classify(&args.options).map_err(Failure::Usage)?;
     if args.verbose && !opts.ignored.is_empty() {
         eprintln!("kmsfs: ignoring {}", opts.ignored.join(","));
@@ -317,6 +321,69 @@ fn mount_as_helper(args: &HelperArgs) -> std::result::Result<(), Failure> {
     } else {
         mount::mount(request, pass).map_err(Failure::Mount)
     }
+}
+
+/// `mount -o remount,ro MOUNTPOINT` (and `remount,rw`): mount(8) runs the helper with the
+/// mount's options as they are plus the change. A FUSE mount's flags are the kernel's to
+/// change (`mount(2)` with MS_REMOUNT, as for any file system); the daemon learns of it by
+/// itself (a read-only superblock gets no writing request, and the first one after a
+/// read-write remount tells it). What FUSE fixed at mount time (allow_other, the kmsfs
+/// options, user_id=, ...) cannot change and is left as it is.
+fn remount(args: &HelperArgs) -> std::result::Result<(), Failure> {
+    let flags = remount_flags(&args.options, args.sloppy).map_err(Failure::Usage)?;
+    let mnt = std::fs::canonicalize(&args.mountpoint)
+        .map_err(|e| Failure::Mount(Error::io(format!("mount point {}", args.mountpoint.display()), e)))?;
+    if !mount::kmsfs_mounts().iter().any(|m| m.mount_point == mnt) {
+        return Err(Failure::Mount(Error::InvalidArgument(format!(
+            "{} is not a mounted kmsfs volume; nothing to remount",
+            mnt.display()
+        ))));
+    }
+    if args.fake {
+        return Ok(());
+    }
+    if let Err(e) = crate::sys::remount(&mnt, flags) {
+        let why = match e.raw_os_error() {
+            Some(libc::EPERM) => "remounting needs root (CAP_SYS_ADMIN)".to_string(),
+            Some(libc::EBUSY) => "busy: a file is open for writing there (close it first)".to_string(),
+            _ => format!("remount failed: {e}"),
+        };
+        return Err(Failure::Mount(Error::Io(why)));
+    }
+    Ok(())
+}
+
+/// The mount(2) flags of a remount's options; options a FUSE mount fixes at mount time are
+/// ignored, unknown ones refused (ignored with -s).
+fn remount_flags(options: &[String], sloppy: bool) -> std::result::Result<libc::c_ulong, String> {
+    let mut flags = 0;
+    for opt in options {
+        let (name, value) = match opt.split_once('=') {
+            Some((n, v)) => (n, Some(v)),
+            None => (opt.as_str(), None),
+        };
+        flags |= match name {
+            "ro" => libc::MS_RDONLY,
+            "nosuid" => libc::MS_NOSUID,
+            "nodev" => libc::MS_NODEV,
+            "noexec" => libc::MS_NOEXEC,
+            "noatime" => libc::MS_NOATIME,
+            "nodiratime" => libc::MS_NODIRATIME,
+            "relatime" => libc::MS_RELATIME,
+            "strictatime" => libc::MS_STRICTATIME,
+            "lazytime" => libc::MS_LAZYTIME,
+            "sync" => libc::MS_SYNCHRONOUS,
+            "dirsync" => libc::MS_DIRSYNC,
+            "remount" | "rw" | "suid" | "dev" | "exec" | "atime" | "async" => 0,
+            "keystore" | "passphrase_file" | "user_id" | "group_id" | "fd" | "rootmode" | "max_read"
+            | "blksize" => 0,
+            "allow_other" | "allow_root" | "default_permissions" | "writeback_cache" => 0,
+            _ if is_ignored(name, value) => 0,
+            _ if sloppy => 0,
+            _ => return Err(format!("unknown mount option '{opt}' for a remount")),
+        };
+    }
+    Ok(flags)
 }
 
 /// From `passphrase_file=`, KMSFS_PASSPHRASE_FILE, KMSFS_PASSPHRASE, or the terminal if there
@@ -442,6 +509,27 @@ mod tests {
         assert_eq!(o.ignored.len(), 8);
         mount::check_options(&o.mount).unwrap();
         assert!(mount::check_options(&strings(&["bogus"])).is_err());
+    }
+
+    #[test]
+    fn a_remount_turns_options_into_mount_flags() {
+        // What mount(8) passes for `mount -o remount,ro MOUNTPOINT` of a kmsfs mount.
+        let merged = strings(&[
+            "ro",
+            "nosuid",
+            "nodev",
+            "noatime",
+            "remount",
+            "user_id=0",
+            "group_id=0",
+            "default_permissions",
+            "allow_other",
+        ]);
+        let flags = remount_flags(&merged, false).unwrap();
+        assert_eq!(flags, libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOATIME);
+        assert_eq!(remount_flags(&strings(&["rw", "remount", "suid"]), false).unwrap(), 0);
+        assert!(remount_flags(&strings(&["remount", "bogus"]), false).unwrap_err().contains("bogus"));
+        assert_eq!(remount_flags(&strings(&["remount", "bogus"]), true).unwrap(), 0, "-s ignores it");
     }
 
     #[test]

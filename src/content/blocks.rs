@@ -21,6 +21,11 @@ pub const BLOCK_SIZE: u64 = 4096;
 /// Bytes a full block occupies on disk.
 pub const CIPHER_BLOCK_SIZE: u64 = BLOCK_SIZE + SEAL_OVERHEAD as u64;
 
+/// The largest plaintext size a file can have: its cipher file must stay within a file
+/// offset (`i64`); the backing file system's own limit (ext4: 16 TiB) answers EFBIG for
+/// itself.
+pub const MAX_PLAINTEXT_SIZE: u64 = (i64::MAX as u64 - HEADER_LEN) / CIPHER_BLOCK_SIZE * BLOCK_SIZE;
+
 /// Plaintext size of a file whose cipher file is `cipher_len` bytes long. A tail too short
 /// to be a block (a torn write) is ignored here; reading the block before it will then fail
 /// its last-block check and report the damage.

@@ -128,7 +128,7 @@ impl KmsFs {
     /// metadata under its parent's key; otherwise its names cannot be read, and only this
     /// directory reports EIO.
     fn repair_dir_meta(&self, access: Access<'_>, ino: INodeNo, dir: &Path) -> FsResult<Arc<CachedDir>> {
-        if self.options.read_only {
+        if self.read_only_now() {
             log::warn!("{}: directory metadata is missing; a read-only mount cannot repair it", access.path);
             return Err(Errno::EIO);
         }

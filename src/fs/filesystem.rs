@@ -42,8 +42,13 @@ impl KmsFs {
         }
     }
 
-    fn generation(&self, attr: &FileAttr) -> Generation {
-        Generation(self.inodes.generation(attr.ino.0))
+    /// The generation of an object: from its birth time (stable across remounts, see
+    /// `handles`), else the inode table's.
+    pub(super) fn generation(&self, attr: &FileAttr) -> Generation {
+        Generation(
+            super::handles::generation_from_birth(attr.crtime)
+                .unwrap_or_else(|| self.inodes.generation(attr.ino.0)),
+        )
     }
 
     fn reply_entry(&self, reply: ReplyEntry, result: FsResult<FileAttr>) {
@@ -62,11 +67,14 @@ impl Filesystem for KmsFs {
         // filesystem clears set-ID bits itself, see `kill_suid_sgid`). The write-back cache,
         // when asked for (`FsOptions::writeback_cache`), gathers small writes into large
         // WRITEs sent in parallel and spares the GETATTR that an invalidated size costs
-        // before every setattr.
+        // before every setattr. EXPORT_SUPPORT makes file handles (and NFS export) work for
+        // nodes the kernel has forgotten: it asks for them by LOOKUP of "." and ".."
+        // (`handles`).
         let mut wanted = InitFlags::FUSE_DO_READDIRPLUS
             | InitFlags::FUSE_PARALLEL_DIROPS
             | InitFlags::FUSE_CACHE_SYMLINKS
-            | InitFlags::FUSE_HANDLE_KILLPRIV_V2;
+            | InitFlags::FUSE_HANDLE_KILLPRIV_V2
+            | InitFlags::FUSE_EXPORT_SUPPORT;
         if self.options.writeback_cache {
             wanted |= InitFlags::FUSE_WRITEBACK_CACHE;
         }
@@ -283,9 +291,9 @@ impl Filesystem for KmsFs {
         reply!(reply, self.do_opendir(req, ino), |fh| reply.opened(FileHandle(fh), FopenFlags::empty()));
     }
 
-    fn readdir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
+    fn readdir(&self, req: &Request, _ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
         let _request = self.begin_request();
-        match self.do_readdir(fh, offset, &mut reply) {
+        match self.do_readdir(req, fh, offset, &mut reply) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(e),
         }
@@ -293,14 +301,14 @@ impl Filesystem for KmsFs {
 
     fn readdirplus(
         &self,
-        _req: &Request,
+        req: &Request,
         _ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
         let _request = self.begin_request();
-        match self.do_readdirplus(fh, offset, &mut reply) {
+        match self.do_readdirplus(req, fh, offset, &mut reply) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(e),
         }
@@ -398,7 +406,7 @@ impl Filesystem for KmsFs {
 
     fn fallocate(
         &self,
-        _req: &Request,
+        req: &Request,
         _ino: INodeNo,
         fh: FileHandle,
         offset: u64,
@@ -407,7 +415,11 @@ impl Filesystem for KmsFs {
         reply: ReplyEmpty,
     ) {
         let _request = self.begin_request();
-        let result = self.with_space(|| self.open_files.handle(fh.0)?.fallocate(offset, length, mode));
+        // The kernel leaves set-ID bits on fallocate to the filesystem as on write.
+        let kill_privs = self.kills_privs_for(req);
+        let result = self.with_space(|| {
+            self.open_files.handle(fh.0)?.fallocate(offset, length, mode, kill_privs.as_ref())
+        });
         reply!(reply, result, |_| reply.ok());
     }
 }

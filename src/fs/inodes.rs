@@ -30,6 +30,8 @@ struct Inode {
     lookups: u64,
     /// FUSE generation: (inode number, generation) must name one object for the kernel.
     generation: u64,
+    /// Kept for the rest of the mount (see `pin`).
+    pinned: bool,
 }
 
 pub struct InodeTable {
@@ -41,7 +43,7 @@ pub struct InodeTable {
 impl InodeTable {
     pub fn new(backing_root_ino: u64) -> Self {
         let mut map = HashMap::new();
-        map.insert(ROOT_INO, Inode { names: Vec::new(), lookups: 1, generation: 0 });
+        map.insert(ROOT_INO, Inode { names: Vec::new(), lookups: 1, generation: 0, pinned: true });
         InodeTable { backing_root_ino, inner: RwLock::new(map), next_generation: AtomicU64::new(1) }
     }
 
@@ -82,6 +84,28 @@ impl InodeTable {
         let mut map = self.inner.write().expect("inode table lock");
         let node = map.entry(ino).or_default();
         node.lookups += 1;
+        if ino != ROOT_INO && !node.names.iter().any(|n| n.parent == parent && n.stored == stored) {
+            node.names.push(Name { parent, stored: stored.to_os_string(), plain: plain.to_os_string() });
+        }
+    }
+
+    /// Records one more lookup of `ino` by the kernel under a name it already has.
+    pub fn looked_up(&self, ino: u64) {
+        if let Some(node) = self.inner.write().expect("inode table lock").get_mut(&ino) {
+            node.lookups += 1;
+        }
+    }
+
+    /// Records a name of `ino` that the kernel did not look up (a directory on the path of
+    /// an object found by its file handle), and keeps it for the rest of the mount: paths are
+    /// walked through parents, and the kernel sends no FORGET for a lookup it never made.
+    pub fn pin(&self, ino: u64, parent: u64, stored: &OsStr, plain: &OsStr) {
+        let mut map = self.inner.write().expect("inode table lock");
+        let node = map.entry(ino).or_default();
+        if !node.pinned {
+            node.pinned = true;
+            node.lookups += 1;
+        }
         if ino != ROOT_INO && !node.names.iter().any(|n| n.parent == parent && n.stored == stored) {
             node.names.push(Name { parent, stored: stored.to_os_string(), plain: plain.to_os_string() });
         }

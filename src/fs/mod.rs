@@ -7,6 +7,7 @@
 mod dir_sync;
 mod dirs;
 mod filesystem;
+mod handles;
 pub mod inodes;
 pub mod linger;
 mod listing;
@@ -64,6 +65,8 @@ const IO_THREADS: usize = 2;
 /// Mount-time choices.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct FsOptions {
+    /// Mounted `ro`. A later `mount -o remount,rw` is the kernel's to do; see
+    /// [`KmsFs::check_writable`].
     pub read_only: bool,
     /// `-o writeback_cache`: the kernel gathers writes in its page cache and sends them at
     /// writeback, close and fsync (faster small-file and streaming writes), at a price: a
@@ -98,6 +101,12 @@ pub struct KmsFs {
     /// Running as root (e.g. with allow_other), new objects are given to the caller.
     daemon_ids: (u32, u32),
     options: FsOptions,
+    /// Whether the mount is read-only now (it starts as `options.read_only`; a remount
+    /// changes it).
+    read_only: std::sync::atomic::AtomicBool,
+    /// Asks whether the mount's superblock is read-only now (the mount table; `None`: it
+    /// cannot tell). Set by the mount, which knows where it is mounted.
+    read_only_probe: Option<Box<dyn Fn() -> Option<bool> + Send + Sync>>,
     /// What the kernel agreed to at INIT.
     kernel: KernelFeatures,
     /// Where removed entries go to be removed for good in the background (`None` when
@@ -161,6 +170,8 @@ impl KmsFs {
             dirs: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
             daemon_ids: crate::sys::effective_ids(),
+            read_only: std::sync::atomic::AtomicBool::new(options.read_only),
+            read_only_probe: None,
             options,
             kernel: KernelFeatures::default(),
             trash,
@@ -348,7 +359,8 @@ impl KmsFs {
             atime: time(meta.atime(), meta.atime_nsec()),
             mtime: time(meta.mtime(), meta.mtime_nsec()),
             ctime: time(meta.ctime(), meta.ctime_nsec()),
-            crtime: UNIX_EPOCH,
+            // The backing birth time, where there is one: it gives the generation (`handles`).
+            crtime: meta.created().unwrap_or(UNIX_EPOCH),
             kind,
             perm: (meta.mode() & 0o7777) as u16,
             nlink: meta.nlink() as u32,
@@ -443,11 +455,38 @@ impl KmsFs {
         }
     }
 
+    /// Tells the filesystem how to learn whether its mount is read-only now (after
+    /// `mount -o remount,ro` or `remount,rw`).
+    pub fn set_read_only_probe(&mut self, probe: impl Fn() -> Option<bool> + Send + Sync + 'static) {
+        self.read_only_probe = Some(Box::new(probe));
+    }
+
+    /// Before a request that changes the volume. The kernel sends none while the mount's
+    /// superblock is read-only, so one arriving on a mount that was read-only means it has
+    /// been remounted read-write; the mount table confirms it.
     fn check_writable(&self) -> FsResult<()> {
-        if self.options.read_only {
-            Err(Errno::EROFS)
-        } else {
-            Ok(())
+        use std::sync::atomic::Ordering::Relaxed;
+        if !self.read_only.load(Relaxed) {
+            return Ok(());
+        }
+        if self.read_only_probe.as_ref().and_then(|probe| probe()) == Some(true) {
+            return Err(Errno::EROFS);
+        }
+        log::info!("the mount is read-write now");
+        self.read_only.store(false, Relaxed);
+        Ok(())
+    }
+
+    /// Whether the daemon must not write to the cipher directory by itself now (repairs):
+    /// asked of the mount table, since a read-only remount sends no request to tell.
+    fn read_only_now(&self) -> bool {
+        use std::sync::atomic::Ordering::Relaxed;
+        match self.read_only_probe.as_ref().and_then(|probe| probe()) {
+            Some(ro) => {
+                self.read_only.store(ro, Relaxed);
+                ro
+            }
+            None => self.read_only.load(Relaxed),
         }
     }
 }

@@ -55,6 +55,9 @@ impl KmsFs {
     }
 
     pub(super) fn do_lookup(&self, req: &Request, parent: INodeNo, name: &OsStr) -> FsResult<FileAttr> {
+        if name == "." || name == ".." {
+            return self.lookup_by_handle(req, parent, name);
+        }
         let c = self.child(req, parent, name)?;
         self.entry(parent, &c.stored, name, &c.path)
     }
@@ -68,8 +71,16 @@ impl KmsFs {
             let meta = of.file.metadata().map_err(io_errno)?;
             return Ok(self.attr(ino.0, &meta, None));
         }
-        let (meta, path) = self.stat_ino(ino)?;
-        Ok(self.attr(ino.0, &meta, path.as_deref()))
+        match self.stat_ino(ino) {
+            Ok((meta, path)) => Ok(self.attr(ino.0, &meta, path.as_deref())),
+            // A directory removed while open (rmdir, or replaced by a rename) answers through
+            // the handle, with no link left, as on ext4 (the backing one may still wait in the
+            // trash).
+            Err(e) => match self.open_dir_metadata(ino.0) {
+                Some(meta) => Ok(FileAttr { nlink: 0, ..self.attr(ino.0, &meta, None) }),
+                None => Err(e),
+            },
+        }
     }
 
     /// Metadata of an inode: through an open handle if one exists (the file may be

@@ -209,7 +209,10 @@ impl KmsFs {
             }
             return Err(e);
         }
-        if !exchange && *from.path != *to.path {
+        // RENAME_WHITEOUT leaves a whiteout (a 0:0 character device) under the old name,
+        // which then still needs its long-name sidecar.
+        let whiteout = flags.contains(RenameFlags::RENAME_WHITEOUT);
+        if !exchange && !whiteout && *from.path != *to.path {
             self.remove_sidecar(&from.path, &from.stored);
         }
         if let Some(sidecar) = replaced_target {

@@ -18,16 +18,13 @@ use crate::volume::file_keys::{new_file_key, unwrap_header};
 use crate::Error;
 
 /// Opens a backing file read-write if possible (so every handle can share it), else
-/// read-only.
-fn open_backing(path: &Path, read_only_mount: bool) -> FsResult<(File, bool)> {
-    if !read_only_mount {
-        match open_noatime(path, true) {
-            Ok(f) => return Ok((f, true)),
-            Err(e)
-                if matches!(e.raw_os_error(), Some(libc::EACCES) | Some(libc::EROFS) | Some(libc::EPERM)) => {
-            }
-            Err(e) => return Err(io_errno(e)),
-        }
+/// read-only. Also on a read-only mount: the kernel sends no write for it, and a file kept
+/// open across `mount -o remount,rw` can then be written.
+fn open_backing(path: &Path) -> FsResult<(File, bool)> {
+    match open_noatime(path, true) {
+        Ok(f) => return Ok((f, true)),
+        Err(e) if matches!(e.raw_os_error(), Some(libc::EACCES) | Some(libc::EROFS) | Some(libc::EPERM)) => {}
+        Err(e) => return Err(io_errno(e)),
     }
     Ok((open_noatime(path, false).map_err(io_errno)?, false))
 }
@@ -119,7 +116,7 @@ impl KmsFs {
         }
         let path = self.backing(ino)?;
         self.read_siblings_ahead(ino.0, &path);
-        let (file, writable) = open_backing(&path, self.options.read_only)?;
+        let (file, writable) = open_backing(&path)?;
         let key = self.load_key(ino, &file, writable, access)?;
         Ok(self.open_files.insert(ino.0, OpenFile::new(file, writable, key, label)))
     }

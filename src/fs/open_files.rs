@@ -12,6 +12,15 @@ use super::{io_errno, FsResult};
 use crate::content::{CryptFile, FileKey, LastBlock};
 use crate::sys;
 
+/// EFBIG for a file that would end at `offset + len` past the largest size a file can have
+/// (as ext4 answers a write, truncate or copy_file_range beyond its limit).
+fn check_file_size(offset: u64, len: u64) -> FsResult<()> {
+    match offset.checked_add(len) {
+        Some(end) if end <= crate::content::blocks::MAX_PLAINTEXT_SIZE => Ok(()),
+        _ => Err(Errno::EFBIG),
+    }
+}
+
 /// An inode with open handles.
 pub struct OpenFile {
     pub file: File,
@@ -35,6 +44,39 @@ impl OpenFile {
         CryptFile { last_block: Some(&self.last_block), ..self.key.crypt(&self.file, &self.label) }
     }
 
+    /// Allocates the backing space of plaintext range `offset..offset + length` (what
+    /// fallocate promises: later writes there do not run out of space), without changing
+    /// the backing size; the range reads as it did (unwritten space reads as zeros, a hole).
+    /// Past the free space it answers ENOSPC and allocates nothing, as ext4 does. Called with
+    /// the file's write lock held.
+    fn reserve(&self, offset: u64, length: u64) -> FsResult<()> {
+        use crate::content::{block_offset, cipher_size, BLOCK_SIZE};
+        let start = block_offset(offset / BLOCK_SIZE);
+        let end = cipher_size(offset + length);
+        let backing_len = self.file.metadata().map_err(io_errno)?.len();
+        // What lies past the backing end is surely unallocated: if that alone does not fit,
+        // refuse before allocating any of it.
+        let growth = end.saturating_sub(start.max(backing_len));
+        if growth > sys::available_bytes(&self.file).map_err(io_errno)? {
+            return Err(Errno::ENOSPC);
+        }
+        match sys::fallocate(&self.file, libc::FALLOC_FL_KEEP_SIZE, start, end - start) {
+            Ok(()) => Ok(()),
+            // A backing file system that cannot allocate ahead: the range stays a hole.
+            Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => Ok(()),
+            Err(e) => {
+                // Space taken past the end before the file system ran out goes back (nothing
+                // before the end is touched: it may hold data).
+                if end > backing_len {
+                    let punch = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
+                    let from = start.max(backing_len);
+                    let _ = sys::fallocate(&self.file, punch, from, end - from);
+                }
+                Err(io_errno(e))
+            }
+        }
+    }
+
     /// A READ of `size` bytes at `offset`, under the file's shared lock.
     pub fn read_at(&self, offset: u64, size: u32) -> FsResult<Vec<u8>> {
         let _guard = self.lock.read().expect("file lock");
@@ -47,6 +89,7 @@ impl OpenFile {
         if !self.writable {
             return Err(Errno::EACCES);
         }
+        check_file_size(size, 0)?;
         let _guard = self.lock.write().expect("file lock");
         self.crypt().set_len(size).map_err(io_errno)?;
         if let Some(writer) = kill_privs {
@@ -73,6 +116,7 @@ impl Handle {
         if !self.write {
             return Err(Errno::EBADF);
         }
+        check_file_size(offset, data.len() as u64)?;
         let of = &self.open;
         let _guard = of.lock.write().expect("file lock");
         if let Some(writer) = kill_privs {
@@ -86,24 +130,31 @@ impl Handle {
         Ok(data.len() as u32)
     }
 
-    /// fallocate. Mode 0 grows the file to `offset + length` (with a hole: blocks are
-    /// encrypted, so there is nothing to reserve ahead of them); KEEP_SIZE alone has nothing
-    /// to do. PUNCH_HOLE (always with KEEP_SIZE) and ZERO_RANGE make the range read as zeros,
-    /// freeing its whole blocks (`CryptFile::zero_range`); ZERO_RANGE without KEEP_SIZE then
-    /// grows the file to the end of the range, like mode 0. ZERO_RANGE frees rather than
-    /// reserves, as mode 0 reserves nothing. Other modes (COLLAPSE_RANGE and INSERT_RANGE,
+    /// fallocate. Mode 0 grows the file to `offset + length` and KEEP_SIZE keeps its size,
+    /// both reserving the backing space of the range (`OpenFile::reserve`: ENOSPC past the
+    /// free space, with nothing allocated). PUNCH_HOLE (always with KEEP_SIZE) and ZERO_RANGE
+    /// make the range read as zeros, freeing its whole blocks (`CryptFile::zero_range`);
+    /// ZERO_RANGE without KEEP_SIZE then grows the file to the end of the range, like mode 0.
+    /// ZERO_RANGE frees rather than reserves. Other modes (COLLAPSE_RANGE and INSERT_RANGE,
     /// which the kernel does not pass on to FUSE anyway) would shift blocks whose index is
-    /// part of their authentication: EOPNOTSUPP.
-    pub fn fallocate(&self, offset: u64, length: u64, mode: i32) -> FsResult<()> {
+    /// part of their authentication: EOPNOTSUPP. With `kill_privs`, set-ID bits go as for a
+    /// write (ext4 clears them on fallocate too).
+    pub fn fallocate(
+        &self,
+        offset: u64,
+        length: u64,
+        mode: i32,
+        kill_privs: Option<&Unprivileged>,
+    ) -> FsResult<()> {
         if !self.write {
             return Err(Errno::EBADF);
         }
+        check_file_size(offset, length)?;
         const KEEP_SIZE: i32 = libc::FALLOC_FL_KEEP_SIZE;
         const PUNCH_HOLE: i32 = libc::FALLOC_FL_PUNCH_HOLE | KEEP_SIZE;
         const ZERO_RANGE: i32 = libc::FALLOC_FL_ZERO_RANGE;
         let (zero, grow) = match mode {
-            0 => (false, true),
-            KEEP_SIZE => return Ok(()),
+            0 | KEEP_SIZE => (false, mode == 0),
             PUNCH_HOLE => (true, false),
             ZERO_RANGE => (true, true),
             m if m == ZERO_RANGE | KEEP_SIZE => (true, false),
@@ -111,9 +162,14 @@ impl Handle {
         };
         let of = &self.open;
         let _guard = of.lock.write().expect("file lock");
+        if let Some(writer) = kill_privs {
+            kill_suid_sgid(&of.file, writer)?;
+        }
         let crypt = of.crypt();
         if zero {
             crypt.zero_range(offset, length).map_err(io_errno)?;
+        } else {
+            of.reserve(offset, length)?;
         }
         let end = offset.saturating_add(length);
         if grow && end > crypt.plaintext_len().map_err(io_errno)? {

@@ -21,6 +21,7 @@ use crate::fs::{FsOptions, KmsFs};
 use crate::keystore::Keystore;
 use crate::kms::keyring::Access;
 use crate::kms::{Clock, Kms, Principal, SystemClock};
+use crate::volume::lock::VolumeLock;
 use crate::volume::VolumeConfig;
 
 /// One thread reads and answers FUSE requests, polling for the next one after each reply
@@ -56,6 +57,8 @@ struct Prepared {
     acl: SessionACL,
     fs_options: FsOptions,
     word_error: fn(&Error) -> String,
+    /// Held while the volume is served: a second mount of it is refused.
+    lock: Option<VolumeLock>,
 }
 
 /// Mounts a volume. In the background (default) this returns when the mount is ready;
@@ -152,6 +155,8 @@ fn prepare(request: &MountRequest, passphrase: &[u8]) -> Result<Prepared> {
     if unsafe { libc::geteuid() } != 0 && which("fusermount3").is_none() {
         return Err(Error::Io("fusermount3 is missing: install the fuse3 package".into()));
     }
+    // Before the passphrase is derived: a volume mounted elsewhere is refused at once.
+    let lock = VolumeLock::acquire(&cipher_dir)?;
     let keystore = std::fs::canonicalize(&request.keystore).unwrap_or_else(|_| request.keystore.clone());
     let ks = Keystore::open(&keystore)?;
     let root = ks.unlock(passphrase)?;
@@ -168,6 +173,7 @@ fn prepare(request: &MountRequest, passphrase: &[u8]) -> Result<Prepared> {
         acl,
         fs_options,
         word_error,
+        lock,
     })
 }
 
@@ -260,6 +266,8 @@ pub struct MountEntry {
     pub source: String,
     /// The `major:minor` of its device (for a FUSE mount, its entry in /sys/class/bdi).
     pub device: String,
+    /// Whether its superblock is read-only (`ro` in the super options).
+    pub read_only: bool,
 }
 
 /// The mounts this process sees.
@@ -274,6 +282,7 @@ pub fn mount_table() -> Vec<MountEntry> {
                 mount_point: PathBuf::from(unescape(fields.get(4)?)),
                 fstype: rest.next()?.to_string(),
                 source: unescape(rest.next()?),
+                read_only: rest.next().is_some_and(|o| o.split(',').any(|o| o == "ro")),
                 device: fields.get(2)?.to_string(),
             })
         })
@@ -364,7 +373,13 @@ fn serve(p: Prepared, ready: impl FnOnce(std::result::Result<(), String>)) -> Re
     result
 }
 
-fn serve_inner(p: Prepared, report: &mut dyn FnMut(std::result::Result<(), String>)) -> Result<()> {
+fn serve_inner(mut p: Prepared, report: &mut dyn FnMut(std::result::Result<(), String>)) -> Result<()> {
+    if let Some(lock) = &mut p.lock {
+        lock.record_owner(); // the daemon's pid, after the fork
+    }
+    // Released when this function returns: after the session has ended and the filesystem
+    // (its trash, its pending metadata fsyncs) is gone.
+    let _lock = p.lock.take();
     // Before the master keys are unwrapped; the root key already in memory is covered too.
     // Memory locks are not inherited across fork, so this runs in the serving process.
     match crate::harden::lock_memory() {
@@ -381,8 +396,16 @@ fn serve_inner(p: Prepared, report: &mut dyn FnMut(std::result::Result<(), Strin
     let (keyring, writer) = kms.into_key_ring(me.clone())?;
     let keyring = Arc::new(keyring);
     let (names_key, _) = p.config.unwrap_names_key(&keyring, Access { caller: &me, path: "/" })?;
-    let fs = KmsFs::new(p.cipher_dir.clone(), p.config, keyring, VolumeCipher::new(&names_key), p.fs_options)
-        .map_err(|e| Error::io(format!("cannot read {}", p.cipher_dir.display()), e))?;
+    let mut fs =
+        KmsFs::new(p.cipher_dir.clone(), p.config, keyring, VolumeCipher::new(&names_key), p.fs_options)
+            .map_err(|e| Error::io(format!("cannot read {}", p.cipher_dir.display()), e))?;
+    let mountpoint = p.mountpoint.clone();
+    fs.set_read_only_probe(move || {
+        mount_table()
+            .into_iter()
+            .find(|m| m.mount_point == mountpoint && m.fstype == "fuse.kmsfs")
+            .map(|m| m.read_only)
+    });
     drop(names_key);
 
     let mut config = fuser::Config::default();

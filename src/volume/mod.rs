@@ -12,6 +12,7 @@ pub mod dirmeta;
 pub mod file_keys;
 pub mod fsck;
 pub mod link_targets;
+pub mod lock;
 pub mod rewrap;
 
 use crate::crypto;
