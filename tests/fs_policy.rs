@@ -137,6 +137,48 @@ fn policy_admits_alice_refuses_bob_and_root_and_grants_come_and_go() {
     assert!(m.ok(&["audit", "verify"]).contains("intact"));
 }
 
+/// Runs `cat PATH` as `uid` with primary group `gid` and supplementary groups `groups`.
+fn cat_with_groups(uid: u32, gid: u32, groups: &[u32], path: &std::path::Path) -> Output {
+    let groups: Vec<libc::gid_t> = groups.to_vec();
+    let mut cmd = Command::new("cat");
+    cmd.arg(path);
+    // SAFETY: setgroups, setgid and setuid are async-signal-safe and change only the
+    // child's credentials; groups first, while the child is still root.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::setgroups(groups.len(), groups.as_ptr()) != 0
+                || libc::setgid(gid) != 0
+                || libc::setuid(uid) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    cmd.output().expect("run cat")
+}
+
+#[test]
+fn the_first_open_after_a_policy_that_names_groups_sees_supplementary_groups() {
+    let m = shared_mount();
+    let report = m.path("finance/report.txt");
+    // Warm the mount under the default policy, so its key ring has decided groups are not
+    // needed before the new policy arrives.
+    fs::read(&report).unwrap();
+    put_policy(
+        &m,
+        r#"{"Statement": [{"Sid": "finance-group", "Effect": "Allow", "Principal": {"Group": ["2000"]},
+            "Action": "kms:Decrypt"}]}"#,
+    );
+    let out = cat_with_groups(CAROL, CAROL, &[FINANCE_GID], &report);
+    assert!(
+        out.status.success(),
+        "carol is in group 2000 by a supplementary group: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.stdout, b"q3 numbers");
+}
+
 #[test]
 fn explicit_deny_for_alice_beats_the_allow_for_her_group() {
     let m = shared_mount();

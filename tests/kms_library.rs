@@ -381,3 +381,28 @@ fn a_mounts_key_ring_sees_each_commit_of_another_connection_at_its_next_check() 
         f.kms.enable_key(&me, &id).unwrap();
     }
 }
+
+#[test]
+fn a_policy_naming_groups_is_seen_by_the_very_next_groups_question() {
+    // The mount asks whether callers' groups are needed before it checks a key; that answer
+    // must already reflect a policy committed by another connection just before.
+    use kmsfs::kms::audit_writer::AuditWriter;
+    use kmsfs::kms::keyring::{Access, KeyRing};
+    let mut f = fixture();
+    let id = f.key(Some("alias/groups"));
+    let ks = Keystore::open(&f.path).unwrap();
+    let root = ks.unlock(b"pw").unwrap();
+    let audit_kms = Kms::new(ks, root.clone(), f.clock.clone(), &f.me).unwrap();
+    let (sink, _writer) = AuditWriter::spawn(audit_kms, f.me.clone()).unwrap();
+    let ring = KeyRing::open(&f.path, root, f.clock.clone(), sink).unwrap();
+    let me = f.me.clone();
+    ring.check_key(Access { caller: &me, path: "/x" }, &id, "Decrypt").unwrap();
+    assert!(!ring.uses_groups(), "no policy names a group yet");
+    let policy = format!(
+        r#"{{"Statement": [{{"Effect": "Allow", "Principal": {{"Uid": [{}]}}, "Action": "kms:*"}},
+            {{"Effect": "Allow", "Principal": {{"Group": ["2000"]}}, "Action": "kms:Decrypt"}}]}}"#,
+        me.uid
+    );
+    f.kms.put_key_policy(&me, &id, &policy).unwrap();
+    assert!(ring.uses_groups(), "the policy just committed names a group");
+}

@@ -248,9 +248,12 @@ impl KeyRing {
         self.cache.read().expect("keyring cache lock").keys.get(key_id).map(|k| k.state)
     }
 
-    /// Whether any policy or grant names groups, so callers' groups must be known.
+    /// Whether any policy or grant names groups, so callers' groups must be known. Asked
+    /// before the request's key checks, so it refreshes first: the first request after a
+    /// policy or grant that introduces groups must be evaluated with the caller's groups.
+    /// If the keystore cannot be read the key checks fail anyway; groups are then looked up.
     pub fn uses_groups(&self) -> bool {
-        self.cache.read().expect("keyring cache lock").uses_groups
+        self.refresh().is_err() || self.cache.read().expect("keyring cache lock").uses_groups
     }
 
     fn material(&self, key_id: &str, version: u32) -> Result<Arc<Cipher>> {
