@@ -328,6 +328,64 @@ fn audit_verify_detects_edits_deletions_and_truncation() {
 }
 
 #[test]
+fn audit_verify_reports_an_edit_of_any_field() {
+    let mut f = fixture();
+    let me = f.me.clone();
+    let id = f.key(Some("alias/audited"));
+    f.kms.encrypt(&me, &id, b"x", &ctx(&["app=web"])).unwrap();
+    assert!(f.kms.describe_key(&me, "alias/none").is_err(), "an Error event");
+    let conn = rusqlite::Connection::open(&f.path).unwrap();
+    let seq_of = |outcome: &str| -> i64 {
+        conn.query_row("SELECT max(seq) FROM audit WHERE outcome = ?1", [outcome], |r| r.get(0)).unwrap()
+    };
+    let (ok_seq, err_seq) = (seq_of("Success"), seq_of("Error"));
+    assert!(f.kms.verify_audit().unwrap().intact);
+    // Each edit, on a Success row and on an Error row (an unknown outcome word used to be
+    // read as Error, so an Error row could be edited to anything unnoticed).
+    let edits = [
+        "time_ms = time_ms + 1",
+        "uid = uid + 1",
+        "user = user || 'x'",
+        "pid = 4242",
+        "pid = NULL",
+        "operation = 'Decrypt'",
+        "key_id = 'other'",
+        "key_id = NULL",
+        "outcome = 'Denied'",
+        "outcome = 'Bogus'",
+        "outcome = 'error'",
+        "reason = reason || '.'",
+        "context = '{}'",
+        "path = '/etc/shadow'",
+        "mac = zeroblob(32)",
+    ];
+    for seq in [ok_seq, err_seq] {
+        for edit in edits {
+            let saved: Vec<rusqlite::types::Value> = conn
+                .query_row("SELECT * FROM audit WHERE seq = ?1", [seq], |r| {
+                    (0..12).map(|i| r.get(i)).collect::<rusqlite::Result<Vec<_>>>()
+                })
+                .unwrap();
+            let changed = conn.execute(&format!("UPDATE audit SET {edit} WHERE seq = ?1"), [seq]).unwrap();
+            assert_eq!(changed, 1);
+            let report = f.kms.verify_audit().unwrap();
+            assert!(
+                !report.intact && report.problems.iter().any(|p| p.contains(&format!("event {seq} "))),
+                "edit `{edit}` of event {seq} went unreported: {:?}",
+                report.problems
+            );
+            conn.execute("DELETE FROM audit WHERE seq = ?1", [seq]).unwrap();
+            conn.execute(
+                "INSERT INTO audit VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+                rusqlite::params_from_iter(saved),
+            )
+            .unwrap();
+            assert!(f.kms.verify_audit().unwrap().intact, "restored after `{edit}`");
+        }
+    }
+}
+
+#[test]
 fn passphrase_change_keeps_keys_and_audit_chain() {
     let mut f = fixture();
     let id = f.key(None);

@@ -35,11 +35,13 @@ impl Outcome {
         }
     }
 
-    fn parse(s: &str) -> Self {
+    /// The outcome a stored word names; `None` for any other word.
+    fn parse(s: &str) -> Option<Self> {
         match s {
-            "Success" => Outcome::Success,
-            "Denied" => Outcome::Denied,
-            _ => Outcome::Error,
+            "Success" => Some(Outcome::Success),
+            "Denied" => Some(Outcome::Denied),
+            "Error" => Some(Outcome::Error),
+            _ => None,
         }
     }
 
@@ -93,6 +95,12 @@ impl AuditEvent {
 
     /// The bytes the MAC covers: every field, length-prefixed, after the sequence number.
     fn encode(&self, seq: i64) -> Vec<u8> {
+        self.encode_with_outcome(seq, self.outcome.as_str())
+    }
+
+    /// [`AuditEvent::encode`] with the outcome as stored text, so that verification covers
+    /// the very word in the row, not what it was parsed to.
+    fn encode_with_outcome(&self, seq: i64, outcome: &str) -> Vec<u8> {
         let mut out = Vec::with_capacity(128);
         out.extend_from_slice(&seq.to_be_bytes());
         out.extend_from_slice(&self.time_ms.to_be_bytes());
@@ -102,7 +110,7 @@ impl AuditEvent {
             Some(self.user.as_str()),
             Some(self.operation.as_str()),
             self.key_id.as_deref(),
-            Some(self.outcome.as_str()),
+            Some(outcome),
             Some(self.reason.as_str()),
             Some(self.context.as_str()),
             self.path.as_deref(),
@@ -192,7 +200,9 @@ pub fn append(conn: &Connection, key: &SecretKey, events: &[AuditEvent]) -> Resu
 
 const COLUMNS: &str = "seq, time_ms, uid, user, pid, operation, key_id, outcome, reason, context, path, mac";
 
-fn record_from_row(r: &Row<'_>) -> rusqlite::Result<(AuditRecord, Vec<u8>)> {
+/// A row as an event, its stored MAC and its outcome word as stored (an unknown word is
+/// shown as `Error`; `verify` checks the word itself).
+fn record_from_row(r: &Row<'_>) -> rusqlite::Result<(AuditRecord, Vec<u8>, String)> {
     let outcome: String = r.get(7)?;
     Ok((
         AuditRecord {
@@ -204,13 +214,14 @@ fn record_from_row(r: &Row<'_>) -> rusqlite::Result<(AuditRecord, Vec<u8>)> {
                 pid: r.get(4)?,
                 operation: r.get(5)?,
                 key_id: r.get(6)?,
-                outcome: Outcome::parse(&outcome),
+                outcome: Outcome::parse(&outcome).unwrap_or(Outcome::Error),
                 reason: r.get(8)?,
                 context: r.get(9)?,
                 path: r.get(10)?,
             },
         },
         r.get(11)?,
+        outcome,
     ))
 }
 
@@ -233,7 +244,7 @@ pub fn query(conn: &Connection, filter: &AuditFilter) -> Result<Vec<AuditRecord>
             filter.uid,
             limit
         ],
-        |r| record_from_row(r).map(|(rec, _)| rec),
+        |r| record_from_row(r).map(|(rec, _, _)| rec),
     )?;
     let mut out: Vec<AuditRecord> = rows.collect::<rusqlite::Result<_>>()?;
     out.reverse();
@@ -263,7 +274,7 @@ pub fn verify(conn: &Connection, key: &SecretKey) -> Result<VerifyReport> {
     let mut count = 0i64;
     while let Some(row) = rows.next()? {
         count += 1;
-        let (rec, stored_mac) = match record_from_row(row) {
+        let (rec, stored_mac, outcome) = match record_from_row(row) {
             Ok(r) => r,
             Err(e) => {
                 problems.push(format!("a row cannot be read ({e})"));
@@ -273,7 +284,10 @@ pub fn verify(conn: &Connection, key: &SecretKey) -> Result<VerifyReport> {
         if rec.seq != expected_seq {
             problems.push(format!("events {expected_seq}..{} are missing (deleted rows)", rec.seq - 1));
         }
-        let mac = crypto::hmac_sha256(key, &[&prev_mac, &rec.event.encode(rec.seq)]);
+        if Outcome::parse(&outcome).is_none() {
+            problems.push(format!("event {} has an unknown outcome '{outcome}' (edited)", rec.seq));
+        }
+        let mac = crypto::hmac_sha256(key, &[&prev_mac, &rec.event.encode_with_outcome(rec.seq, &outcome)]);
         if !crypto::ct_eq(&mac, &stored_mac) {
             problems.push(format!(
                 "event {} does not match its chain MAC (edited, inserted, or a preceding event was removed)",
