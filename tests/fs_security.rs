@@ -218,7 +218,7 @@ fn a_destroyed_key_makes_files_unreadable_for_good() {
     fs::write(m.path("gone.txt"), b"gone").unwrap();
     m.ok(&["key", "schedule-deletion", "alias/vol", "--pending-window-days", "7"]);
     // Eight days later the key material is destroyed.
-    let out = m.env.cmd(&["key", "purge-expired"]).env("KMSFS_CLOCK_OFFSET_SECS", "691200").output().unwrap();
+    let out = m.env.cmd_at(691_200, &["key", "purge-expired"]).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(m.json(&["key", "describe", &m.key_id])["KeyState"], "Destroyed");
     assert_eq!(open_errno(&m.path("gone.txt")), ENOKEY);
