@@ -19,13 +19,11 @@ pub enum Error {
     #[error("{path} is not a kmsfs keystore: {reason}")]
     NotAKeystore { path: PathBuf, reason: String },
 
-    /// The keystore file can be read or written by its group or by others (like ssh with a
-    /// private key, kmsfs refuses to use it).
-    #[error(
-        "keystore {path} is accessible by group or others (mode {mode:04o}); refusing to use it: \
-         run `chmod 600 {path}`"
-    )]
-    InsecureKeystore { path: PathBuf, mode: u32 },
+    /// The keystore, its side files or a directory it is reached through can be read,
+    /// written or replaced by someone other than the caller and root (like ssh with a private
+    /// key, kmsfs refuses to use it; `keystore::placement`).
+    #[error("keystore {path}: {problem}; refusing to use it: {fix}")]
+    InsecureKeystore { path: PathBuf, problem: String, fix: String },
 
     #[error("keystore {path} is corrupt: {reason}")]
     CorruptKeystore { path: PathBuf, reason: String },

@@ -6,12 +6,13 @@
 //! so changing the passphrase rewrites one row and the audit chain (keyed from the root key)
 //! stays verifiable across passphrase changes.
 
+pub mod placement;
 pub mod records;
 pub mod schema;
 
 use std::fs::OpenOptions;
 use std::io::ErrorKind;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -67,6 +68,7 @@ impl Keystore {
                 .create(parent)
                 .map_err(|e| Error::io(format!("cannot create {}", parent.display()), e))?;
         }
+        placement::check_directories(path)?;
         // Create the file ourselves so it is 0600 from its first byte; SQLite gives its
         // -wal and -shm files the same mode.
         OpenOptions::new().write(true).create_new(true).mode(0o600).open(path).map_err(|e| {
@@ -110,15 +112,7 @@ impl Keystore {
                     reason: "it is not a regular file".into(),
                 })
             }
-            // The passphrase is all that protects it; a file others may read invites offline
-            // guessing, one others may write lets them re-enable keys or rewrite policies.
-            Ok(m) if m.permissions().mode() & 0o077 != 0 => {
-                return Err(Error::InsecureKeystore {
-                    path: path.to_path_buf(),
-                    mode: m.permissions().mode() & 0o7777,
-                })
-            }
-            Ok(_) => {}
+            Ok(m) => placement::check_existing(path, &m)?,
         }
         let mut ks = Self::connect(path)?;
         let not_a_keystore = |reason: String| Error::NotAKeystore { path: path.to_path_buf(), reason };
