@@ -216,11 +216,24 @@ fn a_key_pending_deletion_refuses_opens_and_creates() {
 fn a_destroyed_key_makes_files_unreadable_for_good() {
     let m = Mounted::new();
     fs::write(m.path("gone.txt"), b"gone").unwrap();
+    let sealed: Vec<u8> = rusqlite::Connection::open(&m.env.keystore)
+        .unwrap()
+        .query_row("SELECT material FROM key_versions WHERE key_id = ?1", [&m.key_id], |r| r.get(0))
+        .unwrap();
     m.ok(&["key", "schedule-deletion", "alias/vol", "--pending-window-days", "7"]);
     // Eight days later the key material is destroyed.
     let out = m.env.cmd_at(691_200, &["key", "purge-expired"]).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(m.json(&["key", "describe", &m.key_id])["KeyState"], "Destroyed");
+    // Gone from the keystore's bytes too, while the mount keeps its connections open.
+    for suffix in ["", "-wal", "-shm"] {
+        let file = format!("{}{suffix}", m.env.keystore.display());
+        let bytes = fs::read(&file).unwrap_or_default();
+        assert!(
+            !sealed.windows(8).any(|piece| bytes.windows(8).any(|w| w == piece)),
+            "{file} still holds bytes of the destroyed material"
+        );
+    }
     assert_eq!(open_errno(&m.path("gone.txt")), ENOKEY);
     assert_eq!(create_errno(&m.path("new.txt")), ENOKEY);
     // Which key it was is still visible; the size too.

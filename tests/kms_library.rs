@@ -196,6 +196,66 @@ fn deletion_window_cancel_and_crypto_shredding() {
     assert_eq!(n, 0);
 }
 
+/// Every 8-byte window of `secret` that occurs in the keystore, its -wal or its -shm.
+fn traces_on_disk(keystore: &std::path::Path, secret: &[u8]) -> Vec<String> {
+    let mut found = Vec::new();
+    for suffix in ["", "-wal", "-shm"] {
+        let file = std::path::PathBuf::from(format!("{}{suffix}", keystore.display()));
+        let Ok(bytes) = std::fs::read(&file) else { continue };
+        for window in secret.windows(8) {
+            if bytes.windows(8).any(|w| w == window) {
+                found.push(format!("{} holds bytes of the material", file.display()));
+                break;
+            }
+        }
+    }
+    found
+}
+
+#[test]
+fn destroyed_material_leaves_no_byte_in_the_keystore_its_wal_or_shm() {
+    let mut f = fixture();
+    let me = f.me.clone();
+    // A connection that stays open, as a mount's do: the log is not removed by a last close.
+    let long_lived = rusqlite::Connection::open(&f.path).unwrap();
+    let doomed = f.key(Some("alias/doomed"));
+    f.kms.rotate_key(&me, &doomed).unwrap();
+    let kept = f.key(Some("alias/kept"));
+    let sealed: Vec<Vec<u8>> = {
+        let mut stmt = long_lived.prepare("SELECT material FROM key_versions WHERE key_id = ?1").unwrap();
+        stmt.query_map([&doomed], |r| r.get(0)).unwrap().map(Result::unwrap).collect()
+    };
+    assert_eq!(sealed.len(), 2);
+    f.kms.schedule_key_deletion(&me, &doomed, 7).unwrap();
+    f.clock.advance_days(8);
+
+    // A reader on an older snapshot while the key is destroyed: the log cannot be truncated.
+    let snapshot = long_lived.unchecked_transaction().unwrap();
+    let _: i64 = snapshot.query_row("SELECT count(*) FROM key_versions", [], |r| r.get(0)).unwrap();
+    f.reopen();
+    assert_eq!(format!("{:?}", f.kms.describe_key(&me, &doomed).unwrap().key_state), "Destroyed");
+    assert!(f.kms.keystore().erase_pending().unwrap(), "the erasure is owed");
+    drop(snapshot);
+
+    // The next command erases what the log still held.
+    f.reopen();
+    assert!(!f.kms.keystore().erase_pending().unwrap());
+    for s in &sealed {
+        let traces = traces_on_disk(&f.path, s);
+        assert!(traces.is_empty(), "{traces:?}");
+    }
+    // The other key is intact, and a destruction without readers erases at once.
+    let blob = f.kms.encrypt(&me, &kept, b"still here", &EncryptionContext::new()).unwrap();
+    let sealed_kept: Vec<u8> = long_lived
+        .query_row("SELECT material FROM key_versions WHERE key_id = ?1", [&kept], |r| r.get(0))
+        .unwrap();
+    assert!(f.kms.decrypt(&me, &blob, &EncryptionContext::new(), None).is_ok());
+    f.kms.schedule_key_deletion(&me, &kept, 7).unwrap();
+    f.clock.advance_days(8);
+    f.reopen();
+    assert!(traces_on_disk(&f.path, &sealed_kept).is_empty());
+}
+
 #[test]
 fn disabled_key_refuses_every_crypto_operation() {
     let mut f = fixture();

@@ -25,6 +25,13 @@ use crate::error::{Error, Result};
 /// write lock before giving up.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// How long the log truncation that erases destroyed material waits for readers on older
+/// snapshots before it is left to the next keystore open.
+const ERASE_WAIT: Duration = Duration::from_secs(2);
+
+/// Meta row present while destroyed material may have old page images in the log.
+const ERASE_PENDING: &str = "erase_pending";
+
 /// An open keystore file. Holds no key material itself: [`Keystore::unlock`] returns the
 /// root key to the caller.
 pub struct Keystore {
@@ -275,10 +282,32 @@ impl Keystore {
         Error::CorruptKeystore { path: self.path.clone(), reason }
     }
 
-    /// Removes what is left of destroyed key material from the write-ahead log, so
-    /// crypto-shredding also reaches the bytes on disk.
-    pub fn checkpoint(&self) -> Result<()> {
-        self.conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+    /// Copies every page of the write-ahead log into the file and truncates the log to zero
+    /// bytes, so that old page images (destroyed key material) survive in neither. Returns
+    /// whether it completed: a reader still on an older snapshot (a mount's query, another
+    /// command) stops it, and after [`ERASE_WAIT`] it gives up rather than hold the command.
+    pub fn truncate_wal(&self) -> Result<bool> {
+        self.conn.busy_timeout(ERASE_WAIT)?;
+        let result = self.conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get::<_, i64>(0));
+        self.conn.busy_timeout(BUSY_TIMEOUT)?;
+        Ok(result? == 0)
+    }
+
+    /// Whether destroyed material may still have old page images in the log (a truncation
+    /// after a destruction did not complete; see [`Keystore::set_erase_pending`]).
+    pub fn erase_pending(&self) -> Result<bool> {
+        Ok(self.meta(ERASE_PENDING)?.is_some())
+    }
+
+    /// Records (or clears) that a truncation of the log is owed, so every later open retries.
+    pub fn set_erase_pending(&mut self, pending: bool) -> Result<()> {
+        let tx = self.write_tx()?;
+        if pending {
+            set_meta(&tx, ERASE_PENDING, b"1")?;
+        } else {
+            tx.execute("DELETE FROM meta WHERE name = ?1", [ERASE_PENDING])?;
+        }
+        tx.commit()?;
         Ok(())
     }
 }

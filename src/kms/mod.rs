@@ -102,6 +102,10 @@ impl Kms {
         &self.ks
     }
 
+    pub(crate) fn keystore_mut(&mut self) -> &mut Keystore {
+        &mut self.ks
+    }
+
     pub fn root_key(&self) -> &SecretKey {
         &self.root
     }
