@@ -1,17 +1,20 @@
 //! kmsfs: an encrypted FUSE filesystem with a local, AWS-KMS-style key management service.
 //!
 //! Layers, each depending only on those below it (see docs/ARCHITECTURE.md):
-//! `cli` → `mount` → `fs` → `volume` → `format` → `kms` → `keystore` → `crypto`.
+//! `cli` → `mount` → `fs` → `volume` → `content` → `kms` → `keystore` → `crypto`, with the
+//! leaves `sys` (system calls on backing files), `encoding` and `harden` beside them.
 
 pub mod cli;
+pub mod content;
 pub mod crypto;
+pub mod encoding;
 pub mod error;
-pub mod format;
 pub mod fs;
 pub mod harden;
 pub mod keystore;
 pub mod kms;
 pub mod mount;
+pub mod sys;
 pub mod volume;
 
 pub use error::{Error, Result};

@@ -9,10 +9,11 @@ use std::sync::Arc;
 use fuser::{Errno, INodeNo};
 
 use super::{kms_errno, FsResult, KmsFs};
+use crate::content::names::DirNames;
+use crate::content::names::IV_LEN;
 use crate::crypto;
 use crate::kms::keyring::Access;
-use crate::volume::dirmeta::{DirKeys, DirMeta, Unusable, IV_LEN};
-use crate::volume::dirnames::DirNames;
+use crate::volume::dirmeta::{DirKeys, DirMeta, Unusable};
 
 /// A directory's keys, unwrapped.
 /// (The names key itself is not kept: a re-wrap reads it again from the metadata.)
@@ -25,6 +26,16 @@ impl From<DirKeys> for DirState {
     fn from(k: DirKeys) -> Self {
         DirState { names: DirNames::new(&k.names_key, &k.iv), key_id: k.key_id }
     }
+}
+
+/// When a new directory's metadata is made durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum MetaSync {
+    /// Before the call returns.
+    Now,
+    /// Within `dir_sync::DELAY`, or before anything below the directory is fsynced: for a
+    /// mkdir, whose directory holds nothing yet (see `dir_sync`).
+    Deferred,
 }
 
 impl KmsFs {
@@ -62,28 +73,26 @@ impl KmsFs {
         Ok(state)
     }
 
-    /// Creates the metadata of a new directory `dir` (inode `ino`) under `key_id`. With
-    /// `defer_sync` (a mkdir: the directory holds nothing yet) it is made durable within
-    /// `dir_sync::DELAY` or before anything below it is fsynced; otherwise before returning.
+    /// Creates the metadata of a new directory `dir` (inode `ino`) under `key_id`, its key
+    /// inherited (not set on it with `dir set-key`).
     pub(super) fn create_dir_meta(
         &self,
         access: Access<'_>,
         ino: u64,
         dir: &Path,
         key_id: &str,
-        explicit: bool,
-        defer_sync: bool,
+        sync: MetaSync,
     ) -> FsResult<Arc<DirState>> {
         let iv = crypto::random_bytes::<{ IV_LEN }>();
-        let iv_hex = crate::keystore::hex(&iv);
+        let iv_hex = crate::encoding::hex(&iv);
         let ctx = DirMeta::context(&self.config.volume_id, &iv_hex);
         let (names_key, blob) = self.keyring.generate_data_key(access, key_id, &ctx).map_err(kms_errno)?;
-        let unsynced = DirMeta::new(key_id, explicit, &iv, &blob).save_new(dir).map_err(|e| {
+        let unsynced = DirMeta::new(key_id, false, &iv, &blob).save_new(dir).map_err(|e| {
             log::warn!("{}: cannot write directory metadata: {e}", access.path);
             kms_errno(e) // EIO, or ENOSPC/EDQUOT when out of space
         })?;
-        match (&self.dir_sync, defer_sync) {
-            (Some(dir_sync), true) => dir_sync.defer(ino, unsynced),
+        match (&self.dir_sync, sync) {
+            (Some(dir_sync), MetaSync::Deferred) => dir_sync.defer(ino, unsynced),
             _ => unsynced.sync(),
         }
         .map_err(|e| {
@@ -125,8 +134,8 @@ impl KmsFs {
         let holds_entries =
             std::fs::read_dir(dir).map_err(super::io_errno)?.filter_map(|e| e.ok()).any(|e| {
                 !matches!(
-                    crate::volume::dirnames::classify(&e.file_name()),
-                    crate::volume::dirnames::BackingEntry::Internal
+                    crate::content::names::classify(&e.file_name()),
+                    crate::content::names::BackingEntry::Internal
                 )
             });
         if holds_entries || ino.0 == super::inodes::ROOT_INO {
@@ -142,7 +151,7 @@ impl KmsFs {
             "{}: directory metadata was missing or torn (interrupted mkdir); recreated it",
             access.path
         );
-        self.create_dir_meta(access, ino.0, dir, &key_id, false, false)
+        self.create_dir_meta(access, ino.0, dir, &key_id, MetaSync::Now)
     }
 
     /// The key of directory `parent`, loading it if needed. Called with the loading lock

@@ -8,8 +8,8 @@ use rusqlite::Connection;
 use super::policy::{self, Decision, GrantRule, Policy, Request};
 use super::{keyid, require_customer_managed, EncryptionContext, Kms, Op, Principal};
 use crate::crypto;
+use crate::encoding::hex;
 use crate::error::{Error, Result};
-use crate::keystore::hex;
 use crate::keystore::records::{self, GrantRecord, KeyRecord};
 
 /// The policy in force for a key: its stored document, or the keystore owner's default.

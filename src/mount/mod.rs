@@ -14,9 +14,9 @@ use std::sync::Arc;
 use fuser::{MountOption, SessionACL};
 use zeroize::Zeroizing;
 
+use crate::content::volume_cipher::VolumeCipher;
 use crate::crypto::SecretKey;
 use crate::error::{Error, Result};
-use crate::fs::names::NameCipher;
 use crate::fs::{FsOptions, KmsFs};
 use crate::keystore::Keystore;
 use crate::kms::audit_writer::AuditWriter;
@@ -365,7 +365,7 @@ fn serve_inner(p: Prepared, report: &mut dyn FnMut(std::result::Result<(), Strin
     let (sink, writer) =
         AuditWriter::spawn(kms, me).map_err(|e| Error::io("cannot start the audit writer", e))?;
     let keyring = Arc::new(KeyRing::open(&p.keystore, p.root.clone(), clock, sink)?);
-    let fs = KmsFs::new(p.cipher_dir.clone(), p.config, keyring, NameCipher::new(&names_key), p.fs_options)
+    let fs = KmsFs::new(p.cipher_dir.clone(), p.config, keyring, VolumeCipher::new(&names_key), p.fs_options)
         .map_err(|e| Error::io(format!("cannot read {}", p.cipher_dir.display()), e))?;
     drop(names_key);
 

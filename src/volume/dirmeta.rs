@@ -13,13 +13,13 @@ use base64::Engine;
 use serde::{Deserialize, Serialize};
 
 use super::write_atomically;
+use crate::content::names::IV_LEN;
+use crate::encoding::hex;
 use crate::error::{Error, Result};
-use crate::keystore::hex;
 use crate::kms::EncryptionContext;
 
 pub const DIR_META: &str = "kmsfs.dir";
 pub const DIR_META_BACKUP: &str = "kmsfs.dir.bak";
-pub const IV_LEN: usize = 16;
 
 /// One metadata copy as found on disk.
 enum Copy {
@@ -205,7 +205,7 @@ impl DirMeta {
         let mut primary = None;
         for name in [DIR_META, DIR_META_BACKUP] {
             let path = dir.join(name);
-            let mut f = match super::create_exclusive(&path, 0o644) {
+            let mut f = match crate::sys::create_exclusive(&path, 0o644) {
                 Ok(f) => f,
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
                     return self.save(dir).map(|()| Unsynced { files: Vec::new() })

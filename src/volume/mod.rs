@@ -1,21 +1,19 @@
 //! A cipher directory: its configuration file and the encryption contexts it binds keys to.
 
 use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
 pub mod copy;
 pub mod dirmeta;
-pub mod dirnames;
+pub mod file_keys;
 pub mod fsck;
-pub mod os;
 pub mod rewrap;
 
 use crate::crypto;
+use crate::encoding::hex;
 use crate::error::{Error, Result};
-use crate::keystore::hex;
 use crate::kms::EncryptionContext;
 
 /// The configuration file at the top of every cipher directory.
@@ -74,7 +72,7 @@ impl VolumeConfig {
                 config.version
             )));
         }
-        if config.block_size as u64 != crate::format::BLOCK_SIZE {
+        if config.block_size as u64 != crate::content::BLOCK_SIZE {
             return Err(bad(format!("block size {} is not supported", config.block_size)));
         }
         Ok(config)
@@ -111,28 +109,6 @@ impl VolumeConfig {
     }
 }
 
-/// Opens a backing file without updating its access time: kmsfs's own reads (headers,
-/// read-modify-write of blocks) are not the user's reads. Never follows a symlink.
-/// O_NOATIME needs ownership (or CAP_FOWNER), so it is dropped when refused.
-pub fn open_noatime(path: &Path, write: bool) -> std::io::Result<std::fs::File> {
-    open_noatime_with(path, write, 0)
-}
-
-/// [`open_noatime`] with more open flags (`flags`, e.g. O_NONBLOCK).
-pub fn open_noatime_with(path: &Path, write: bool, flags: i32) -> std::io::Result<std::fs::File> {
-    let open = |extra: i32| {
-        std::fs::OpenOptions::new()
-            .read(true)
-            .write(write)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | flags | extra)
-            .open(path)
-    };
-    match open(libc::O_NOATIME) {
-        Err(e) if e.raw_os_error() == Some(libc::EPERM) => open(0),
-        other => other,
-    }
-}
-
 /// A fresh random volume id (hex).
 pub fn new_volume_id() -> String {
     hex(&crypto::random_bytes::<16>())
@@ -157,21 +133,10 @@ pub fn write_atomically(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
         .map_err(|e| Error::io(format!("cannot write {}", path.display()), e))
 }
 
-/// Creates `path` for writing, failing if anything (a file, a symlink) is there already:
-/// `O_CREAT | O_EXCL | O_NOFOLLOW`.
-pub fn create_exclusive(path: &Path, mode: u32) -> std::io::Result<std::fs::File> {
-    std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(path)
-}
-
 /// [`write_atomically`] through the temporary file `tmp`, which must not exist yet. Removes
 /// `tmp` on failure only if this call created it.
 fn write_via_temp(path: &Path, tmp: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
-    let mut f = create_exclusive(tmp, mode)?;
+    let mut f = crate::sys::create_exclusive(tmp, mode)?;
     let written = f.write_all(bytes).and_then(|()| f.sync_all()).and_then(|()| std::fs::rename(tmp, path));
     if let Err(e) = written {
         let _ = std::fs::remove_file(tmp);
@@ -233,7 +198,7 @@ pub fn init_volume(
         volume_id,
         name,
         default_key_id: default_key_id.clone(),
-        block_size: crate::format::BLOCK_SIZE as u32,
+        block_size: crate::content::BLOCK_SIZE as u32,
         keystore_id: kms.keystore().keystore_id()?,
         created: crate::kms::clock::format_date(kms.now_secs()),
         names_key: String::new(),
@@ -242,7 +207,7 @@ pub fn init_volume(
         kms.generate_data_key_without_plaintext(caller, &default_key_id, &config.names_context())?;
     config.names_key = base64::engine::general_purpose::STANDARD.encode(names_blob);
     // The root directory's own metadata: its names key, under the default key.
-    let iv = crate::crypto::random_bytes::<{ dirmeta::IV_LEN }>();
+    let iv = crate::crypto::random_bytes::<{ crate::content::names::IV_LEN }>();
     let ctx = dirmeta::DirMeta::context(&config.volume_id, &hex(&iv));
     let (_, _, root_names) = kms.generate_data_key_without_plaintext(caller, &default_key_id, &ctx)?;
     dirmeta::DirMeta::new(&default_key_id, true, &iv, &root_names).save(&cipher_dir)?;

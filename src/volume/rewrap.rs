@@ -21,12 +21,12 @@ use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
 
 use super::dirmeta::{DirKeys, DirMeta};
-use super::dirnames::{DirNames, EntryName};
+use super::file_keys::unwrap_header;
 use super::VolumeConfig;
-use crate::crypto::SecretKey;
+use crate::content::names::{DirNames, EntryName};
+use crate::content::FileHeader;
+use crate::encoding::hex;
 use crate::error::{Error, Result};
-use crate::format::{FileHeader, HEADER_LEN};
-use crate::keystore::hex;
 use crate::kms::blob::BlobHeader;
 use crate::kms::keyring::{Access, KeyRing};
 use crate::kms::Principal;
@@ -42,50 +42,6 @@ pub fn target_key(
     let key = to_key.unwrap_or(key_id);
     let current = ring.current_version(key)?;
     Ok((key != key_id || version != current).then(|| key.to_string()))
-}
-
-/// A file's header with its data key unwrapped from the newest slot that allows it.
-pub struct UnwrappedHeader {
-    pub header: FileHeader,
-    pub data_key: SecretKey,
-    pub wrapped_by: BlobHeader,
-    /// Index of the slot that unwrapped.
-    pub slot: usize,
-    /// Whether that slot is the newest (false: the newer slot is damaged or unusable).
-    pub newest: bool,
-}
-
-/// Reads a backing file's header and unwraps its data key from the newest slot. The older
-/// slot is tried only when the newest is damaged (torn by a crash mid-write, or names no
-/// known key): a refusal by key state or policy is final, so the older slot of a file that
-/// was moved to another key can never serve to get around the new key.
-pub fn unwrap_header(
-    ring: &KeyRing,
-    access: Access<'_>,
-    config: &VolumeConfig,
-    file: &File,
-) -> Result<UnwrappedHeader> {
-    let mut raw = [0u8; HEADER_LEN as usize];
-    file.read_exact_at(&mut raw, 0).map_err(|e| match e.kind() {
-        std::io::ErrorKind::UnexpectedEof => Error::InvalidCiphertext("the file header is truncated".into()),
-        _ => Error::io("cannot read the header", e),
-    })?;
-    let header = FileHeader::parse(&raw).map_err(|e| Error::InvalidCiphertext(e.to_string()))?;
-    let ctx = config.file_context(&header.file_id);
-    let mut first_error = None;
-    for (rank, slot) in header.slot_order().into_iter().enumerate() {
-        match ring.decrypt_data_key(access, &header.slots[slot].blob, &ctx) {
-            Ok((data_key, wrapped_by)) => {
-                return Ok(UnwrappedHeader { header, data_key, wrapped_by, slot, newest: rank == 0 })
-            }
-            Err(e @ (Error::KeyState(_) | Error::AccessDenied(_))) => return Err(e),
-            Err(e) => {
-                first_error.get_or_insert(e);
-            }
-        }
-    }
-    Err(first_error
-        .unwrap_or_else(|| Error::InvalidCiphertext("the header holds no wrapped data key".into())))
 }
 
 /// Re-wraps one file's data key if it is not under the target (or if its newest slot is
@@ -125,7 +81,7 @@ pub fn rewrap_file(
 
 /// Opens a backing file for [`rewrap_file`].
 pub fn open_for_rewrap(path: &Path) -> Result<File> {
-    super::open_noatime(path, true).map_err(|e| Error::io("cannot open", e))
+    crate::sys::open_noatime(path, true).map_err(|e| Error::io("cannot open", e))
 }
 
 /// Re-wraps a directory's names key if it is not under the target; `mark_explicit` records
@@ -245,7 +201,7 @@ impl<'a> Rewrapper<'a> {
         self.directory(start, plain_start, true);
         // One sync at the end instead of one per file: a crash before it loses only new
         // slots, and the old ones are still there.
-        super::os::sync_filesystem(start);
+        crate::sys::sync_filesystem(start);
         self.report.seconds = began.elapsed().as_secs_f64();
         Ok(self.report)
     }

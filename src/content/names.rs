@@ -13,7 +13,9 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use base64::Engine;
 
 use crate::crypto::{self, Cipher, SecretKey};
-use crate::volume::dirmeta::IV_LEN;
+
+/// Bytes of a directory's IV, which separates equal names in different directories.
+pub const IV_LEN: usize = 16;
 
 /// Longest name the backing filesystem takes.
 pub const NAME_MAX: usize = 255;

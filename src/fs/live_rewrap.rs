@@ -43,7 +43,7 @@ impl KmsFs {
             return Ok(()); // symlinks and special files hold no key
         }
         // An open file's descriptor also serves an unlinked one.
-        let open = self.open_file_of(ino.0).filter(|o| o.writable);
+        let open = self.open_files.get(ino.0).filter(|o| o.writable);
         let own;
         let file = match (&open, path) {
             (Some(open), _) => &open.file,
