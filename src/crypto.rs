@@ -51,7 +51,8 @@ impl SecretKey {
     }
 
     /// An AEAD instance for many operations under this key (the key schedule is computed
-    /// once). The cipher zeroizes its round keys on drop.
+    /// once). The cipher zeroizes its round keys on drop (`aes`'s zeroize feature, checked
+    /// by tests/key_memory.rs).
     pub fn cipher(&self) -> Cipher {
         Cipher(Box::new(Aes256GcmSiv::new((&self.0).into())))
     }
@@ -311,6 +312,21 @@ mod tests {
         assert_ne!(a.as_bytes(), c.as_bytes());
         assert_ne!(a.as_bytes(), d.as_bytes());
         assert!(KdfParams { memory_kib: 1, iterations: 1, parallelism: 1 }.validate().is_err());
+    }
+
+    /// Compiles only while every type that holds key material or state derived from it wipes
+    /// itself on drop, which `aes`, `sha2` and `block-buffer` do only with their zeroize
+    /// features. An HMAC-SHA-256 state is two SHA-256 cores (the key's inner and outer pads
+    /// absorbed) and a block buffer; `Hmac` itself has no marker trait. POLYVAL wipes itself
+    /// under its own feature with no trait to show it. tests/key_memory.rs checks the AES
+    /// schedule in freed memory.
+    #[test]
+    fn every_key_holding_type_zeroizes_on_drop() {
+        fn zeroizes_on_drop<T: zeroize::ZeroizeOnDrop>() {}
+        zeroizes_on_drop::<aes::Aes256>();
+        zeroizes_on_drop::<<Sha256 as sha2::digest::block_api::EagerHash>::Core>();
+        zeroizes_on_drop::<Sha256>();
+        zeroizes_on_drop::<SecretKey>();
     }
 
     #[test]
