@@ -524,3 +524,81 @@ fn a_policy_naming_groups_is_seen_by_the_very_next_groups_question() {
     f.kms.put_key_policy(&me, &id, &policy).unwrap();
     assert!(ring.uses_groups(), "the policy just committed names a group");
 }
+
+/// A keystore made by kmsfs before per-purpose keys (tests/data/legacy-keystore.db: key
+/// alias/legacy with two versions, a blob sealed under each, six audit events). Opening it
+/// upgrades it: its blobs still decrypt, its audit chain still verifies (old events under the
+/// old audit key, new ones under the derived one), and no version stays sealed by the root key.
+#[test]
+fn a_keystore_from_before_per_purpose_keys_opens_upgrades_and_still_verifies() {
+    use kmsfs::kms::root_keys;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("legacy.db");
+    std::fs::copy("tests/data/legacy-keystore.db", &path).unwrap();
+    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let clock = Arc::new(ManualClock::new(START));
+    let me = Principal::current_process();
+    let ks = Keystore::open(&path).unwrap();
+    let root = ks.unlock(b"legacy passphrase").unwrap();
+    assert!(!root_keys::is_derived(ks.conn()).unwrap());
+    let mut kms = Kms::new(ks, root.clone(), clock.clone(), &me).unwrap();
+    assert!(root_keys::is_derived(kms.keystore().conn()).unwrap());
+
+    let context = ctx(&["app=legacy"]);
+    for (file, text) in [("v1", "sealed under version 1"), ("v2", "sealed under version 2")] {
+        let blob = std::fs::read(format!("tests/data/legacy-{file}.bin")).unwrap();
+        let out = kms.decrypt(&me, &blob, &context, Some("alias/legacy")).unwrap();
+        assert_eq!(&out.plaintext[..], text.as_bytes());
+    }
+    let report = kms.verify_audit().unwrap();
+    assert!(report.intact, "{:?}", report.problems);
+    let upgrade = kms.audit_events(&AuditFilter::default()).unwrap();
+    assert_eq!(upgrade[6].event.operation, "UpgradeKeyDerivation", "after the six old events");
+    assert!(upgrade[6].event.reason.contains("3 key versions re-sealed"), "{}", upgrade[6].event.reason);
+
+    // New work, another open (no second upgrade), and the chain still holds.
+    let id = kms.resolve_key_id("alias/legacy").unwrap();
+    kms.rotate_key(&me, &id).unwrap();
+    let blob = kms.encrypt(&me, &id, b"after", &context).unwrap();
+    // Every version (the re-sealed ones and a new one) is now sealed by the derived key, none by the root key itself.
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    let versions_key = kmsfs::crypto::hkdf_subkey(&root, root_keys::VERSIONS_LABEL);
+    let mut stmt = conn.prepare("SELECT key_id, version, material FROM key_versions").unwrap();
+    let rows: Vec<(String, u32, Vec<u8>)> =
+        stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))).unwrap().map(Result::unwrap).collect();
+    assert_eq!(rows.len(), 4);
+    for (key_id, version, sealed) in &rows {
+        let aad = [b"kmsfs-key-version\0".as_slice(), key_id.as_bytes(), &version.to_be_bytes()].concat();
+        assert!(
+            kmsfs::crypto::open(&root, &aad, sealed).is_err(),
+            "{key_id} v{version} sealed by the root key"
+        );
+        assert!(kmsfs::crypto::open(&versions_key, &aad, sealed).is_ok());
+    }
+
+    drop(kms);
+    let ks = Keystore::open(&path).unwrap();
+    let mut kms = Kms::new(ks, ks_root(&path), clock, &me).unwrap();
+    assert_eq!(&kms.decrypt(&me, &blob, &context, None).unwrap().plaintext[..], b"after");
+    let events = kms.audit_events(&AuditFilter::default()).unwrap();
+    assert_eq!(events.iter().filter(|e| e.event.operation == "UpgradeKeyDerivation").count(), 1);
+    assert!(kms.verify_audit().unwrap().intact);
+
+    // The point where the chain changes keys is covered: moving it is reported.
+    conn.execute("UPDATE meta SET value = CAST('5' AS BLOB) WHERE name = 'audit_legacy_until'", []).unwrap();
+    assert!(!kms.verify_audit().unwrap().intact, "an edited switch-over point is reported");
+}
+
+fn ks_root(path: &std::path::Path) -> kmsfs::crypto::SecretKey {
+    Keystore::open(path).unwrap().unlock(b"legacy passphrase").unwrap()
+}
+
+#[test]
+fn a_new_keystore_uses_per_purpose_keys_from_the_start() {
+    let mut f = fixture();
+    assert!(kmsfs::kms::root_keys::is_derived(f.kms.keystore().conn()).unwrap());
+    f.key(None);
+    let events = f.kms.audit_events(&AuditFilter::default()).unwrap();
+    assert!(events.iter().all(|e| e.event.operation != "UpgradeKeyDerivation"));
+    assert!(f.kms.verify_audit().unwrap().intact);
+}

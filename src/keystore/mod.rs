@@ -30,6 +30,11 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
 /// snapshots before it is left to the next keystore open.
 const ERASE_WAIT: Duration = Duration::from_secs(2);
 
+/// Meta row naming how the keys below the root key are derived (`kms::root_keys`); absent in
+/// keystores made before per-purpose keys.
+pub const KEY_DERIVATION: &str = "key_derivation";
+pub const KEY_DERIVATION_HKDF: &str = "hkdf-sha256-1";
+
 /// Meta row present while destroyed material may have old page images in the log.
 const ERASE_PENDING: &str = "erase_pending";
 
@@ -103,6 +108,7 @@ impl Keystore {
         set_meta(&tx, "keystore_id", keystore_id.as_bytes())?;
         set_meta(&tx, "created", now_secs().to_string().as_bytes())?;
         store_wrapped_root(&tx, &keystore_id, &root, passphrase, kdf)?;
+        set_meta(&tx, KEY_DERIVATION, KEY_DERIVATION_HKDF.as_bytes())?;
         tx.commit()?;
         Ok((ks, root))
     }

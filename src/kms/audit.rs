@@ -2,12 +2,13 @@
 //!
 //! Row `n` carries `mac_n = HMAC-SHA256(audit_key, mac_{n-1} || encode(n, event))`, with
 //! `mac_0` all zeros, and the keystore's meta table keeps the head (last seq and mac). The
-//! audit key is derived from the root key, so without the passphrase nobody can forge a
+//! audit key is derived from the root key (`root_keys`), so without the passphrase nobody can forge a
 //! consistent chain: `verify` finds an edited, inserted or deleted row, and a cut-off tail.
 
 use rusqlite::{params, Connection, Row};
 
 use super::principal::Principal;
+use super::root_keys::{self, RootKeys};
 use crate::crypto::{self, SecretKey};
 use crate::error::{Error, Result};
 use crate::keystore::{get_meta, set_meta};
@@ -150,9 +151,21 @@ pub struct AuditFilter {
     pub limit: Option<usize>,
 }
 
-/// The key the chain is MACed with, derived from the root key.
-pub fn audit_key(root: &SecretKey) -> SecretKey {
-    crypto::derive_subkey(root, "audit-chain")
+/// The sequence number of the last event in the chain (0: none).
+pub(crate) fn head_seq(conn: &Connection) -> Result<i64> {
+    Ok(read_head(conn)?.0)
+}
+
+/// Events up to this sequence number were MACed with the audit key of keystores made before
+/// per-purpose keys (`root_keys`); every event of a keystore not yet upgraded was.
+fn legacy_until(conn: &Connection) -> Result<i64> {
+    if !root_keys::is_derived(conn)? {
+        return Ok(i64::MAX);
+    }
+    Ok(get_meta(conn, root_keys::AUDIT_LEGACY_UNTIL)?
+        .and_then(|v| String::from_utf8(v).ok())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0))
 }
 
 fn read_head(conn: &Connection) -> Result<(i64, [u8; MAC_LEN])> {
@@ -261,12 +274,13 @@ pub struct VerifyReport {
 }
 
 /// Walks the whole chain and reports every place where it does not hold.
-pub fn verify(conn: &Connection, key: &SecretKey) -> Result<VerifyReport> {
+pub fn verify(conn: &Connection, keys: &RootKeys) -> Result<VerifyReport> {
     // The rows and the head from one snapshot (one read transaction): an event appended in
     // between, by a mount or another command, must not look like a cut tail.
     let snapshot = conn.unchecked_transaction()?;
     let conn: &Connection = &snapshot;
     let mut problems = Vec::new();
+    let legacy_until = legacy_until(conn)?;
     let mut stmt = conn.prepare(&format!("SELECT {COLUMNS} FROM audit ORDER BY seq"))?;
     let mut rows = stmt.query([])?;
     let mut prev_mac = [0u8; MAC_LEN];
@@ -287,6 +301,7 @@ pub fn verify(conn: &Connection, key: &SecretKey) -> Result<VerifyReport> {
         if Outcome::parse(&outcome).is_none() {
             problems.push(format!("event {} has an unknown outcome '{outcome}' (edited)", rec.seq));
         }
+        let key = if rec.seq <= legacy_until { keys.legacy_audit() } else { keys.audit() };
         let mac = crypto::hmac_sha256(key, &[&prev_mac, &rec.event.encode_with_outcome(rec.seq, &outcome)]);
         if !crypto::ct_eq(&mac, &stored_mac) {
             problems.push(format!(

@@ -21,6 +21,7 @@ use super::access;
 use super::audit_writer::AuditSink;
 use super::blob::{self, BlobHeader};
 use super::policy::{Decision, GrantRule, Policy, Request};
+use super::root_keys::{self, RootKeys};
 use super::wal_index::{self, WalIndex};
 use super::{require_enabled, version_material, AuditEvent, Clock, EncryptionContext, Outcome, Principal};
 use crate::crypto::{Cipher, SecretKey};
@@ -75,7 +76,7 @@ pub struct KeyRing {
     conn: Mutex<Connection>,
     /// Owner of the keystore file: the principal of keys without a stored policy.
     owner_uid: u32,
-    root: SecretKey,
+    keys: RootKeys,
     cache: RwLock<Cache>,
     audit: AuditSink,
     clock: Arc<dyn Clock>,
@@ -100,7 +101,7 @@ impl KeyRing {
         let mut ring = KeyRing {
             conn: Mutex::new(conn),
             owner_uid,
-            root,
+            keys: RootKeys::new(root),
             cache,
             audit,
             clock,
@@ -142,6 +143,7 @@ impl KeyRing {
         }
         let mut cache = self.cache.write().expect("keyring cache lock");
         let keys = records::list_keys(&conn)?;
+        let versions_key = self.keys.versions(root_keys::is_derived(&conn)?);
         let mut material = std::mem::take(&mut cache.material);
         // Destroyed keys leave memory too, not only the keystore.
         material.retain(|(id, _), _| keys.iter().any(|k| &k.key_id == id && k.state != KeyState::Destroyed));
@@ -149,7 +151,7 @@ impl KeyRing {
             for v in records::list_versions(&conn, &key.key_id)? {
                 let slot = (key.key_id.clone(), v.version);
                 if v.material_present && !material.contains_key(&slot) {
-                    let secret = version_material(&conn, &self.root, &key.key_id, v.version)?;
+                    let secret = version_material(&conn, versions_key, &key.key_id, v.version)?;
                     material.insert(slot, Arc::new(secret.cipher()));
                 }
             }
