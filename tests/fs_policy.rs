@@ -392,3 +392,86 @@ fn an_unprivileged_write_or_truncate_clears_set_id_bits() {
     drop(f);
     assert_eq!(mode("finance/root"), 0o4755);
 }
+
+fn put_policy_on(m: &Mounted, key: &str, json: &str) {
+    let file = m.env.path("policy-other.json");
+    fs::write(&file, json).unwrap();
+    m.ok(&["policy", "put", key, file.to_str().unwrap()]);
+}
+
+fn setfattr_as(uid: u32, name: &str, value: &str, path: &std::path::Path) -> Output {
+    run_as(uid, uid, &["setfattr", "-n", name, "-v", value, path.to_str().unwrap()])
+}
+
+fn key_of(m: &Mounted, path: &std::path::Path) -> String {
+    m.json(&["dir", "get-key", path.to_str().unwrap()])["KeyId"].as_str().unwrap().to_string()
+}
+
+/// Who may choose a directory's key: its owner or root, and only with kms:ReEncryptFrom on
+/// the old key and kms:ReEncryptTo plus kms:GenerateDataKey on the new one. Unix write
+/// permission on a shared directory is not enough.
+#[test]
+fn only_the_owner_with_re_encrypt_rights_may_change_a_directorys_key() {
+    let m = shared_mount();
+    let other = m.env.create_key("alias/other");
+    let everything = r#"{"Statement": [{"Effect": "Allow", "Principal": "*", "Action": "kms:*"}]}"#;
+    put_policy(&m, everything);
+    put_policy_on(&m, "alias/other", everything);
+    let finance = m.path("finance"); // root's, mode 0777: alice may write it
+    let denied = |out: &Output, what: &str| {
+        assert!(!out.status.success(), "{what} was allowed");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("Permission denied"), "{what}: EACCES: {err}");
+    };
+    denied(&setfattr_as(ALICE, "user.kmsfs.key", "alias/other", &finance), "set-key by a non-owner");
+    denied(
+        &setfattr_as(ALICE, "user.kmsfs.rewrap", "alias/other", &finance),
+        "rewrap --to-key by a non-owner",
+    );
+    denied(
+        &setfattr_as(ALICE, "user.kmsfs.rewrap", "alias/other", &m.path("finance/report.txt")),
+        "a file moved to another key by a non-owner",
+    );
+    assert_eq!(key_of(&m, &finance), m.key_id, "the directory keeps its key");
+    let audited = wait_until(Duration::from_secs(5), || {
+        m.json(&["audit", "--denied"]).as_array().unwrap().iter().any(|e| {
+            e["Uid"] == ALICE && e["Reason"].as_str().unwrap_or("").contains("only its owner (uid 0) or root")
+        })
+    });
+    assert!(audited, "the refusal is audited");
+
+    // Alice's own directory: hers to move, if the policies allow the re-wrap on both keys.
+    let mine = m.path("finance/alice");
+    assert!(run_as(ALICE, ALICE, &["mkdir", mine.to_str().unwrap()]).status.success());
+    let without = |action: &str| {
+        format!(
+            r#"{{"Statement": [{{"Effect": "Allow", "Principal": "*", "Action": "kms:*"}},
+                {{"Effect": "Deny", "Principal": {{"Uid": [{ALICE}]}}, "Action": "{action}"}}]}}"#
+        )
+    };
+    put_policy(&m, &without("kms:ReEncryptFrom"));
+    denied(
+        &setfattr_as(ALICE, "user.kmsfs.key", "alias/other", &mine),
+        "set-key without ReEncryptFrom on the old key",
+    );
+    put_policy(&m, everything);
+    for action in ["kms:ReEncryptTo", "kms:GenerateDataKey"] {
+        put_policy_on(&m, "alias/other", &without(action));
+        denied(
+            &setfattr_as(ALICE, "user.kmsfs.key", "alias/other", &mine),
+            &format!("set-key without {action}"),
+        );
+    }
+    assert_eq!(key_of(&m, &mine), m.key_id);
+    put_policy_on(&m, "alias/other", everything);
+    let out = setfattr_as(ALICE, "user.kmsfs.key", "alias/other", &mine);
+    assert!(
+        out.status.success(),
+        "the owner, allowed on both keys: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(key_of(&m, &mine), other);
+    // Root may move anyone's directory.
+    m.ok(&["dir", "set-key", finance.to_str().unwrap(), "alias/other"]);
+    assert_eq!(key_of(&m, &finance), other);
+}

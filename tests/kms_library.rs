@@ -602,3 +602,35 @@ fn a_new_keystore_uses_per_purpose_keys_from_the_start() {
     assert!(events.iter().all(|e| e.event.operation != "UpgradeKeyDerivation"));
     assert!(f.kms.verify_audit().unwrap().intact);
 }
+
+#[test]
+fn managed_keys_let_everyone_use_but_only_their_creator_re_wrap_even_in_old_keystores() {
+    let mut f = fixture();
+    let me = f.me.clone();
+    let id = f.kms.create_managed_key(&me, "vol", "a volume's key").unwrap();
+    let conn = rusqlite::Connection::open(&f.path).unwrap();
+    let policy_of = |conn: &rusqlite::Connection| -> String {
+        conn.query_row("SELECT policy FROM keys WHERE key_id = ?1", [&id], |r| r.get(0)).unwrap()
+    };
+    let check = |text: &str| {
+        let policy = kmsfs::kms::policy::Policy::parse(text).unwrap();
+        let alice = Principal::from_ids(1001, 1001, vec![], None);
+        let allowed = |who: &Principal, action: &str| {
+            let none = EncryptionContext::new();
+            let req = kmsfs::kms::policy::Request { caller: who, action, context: &none, path: None, now: 0 };
+            matches!(policy.decide(&[], &req), kmsfs::kms::policy::Decision::Allow(_))
+        };
+        assert!(allowed(&alice, "kms:Decrypt") && allowed(&alice, "kms:GenerateDataKey"));
+        assert!(!allowed(&alice, "kms:ReEncryptFrom") && !allowed(&alice, "kms:ReEncryptTo"));
+        assert!(allowed(&me, "kms:ReEncryptFrom") && allowed(&me, "kms:ReEncryptTo"));
+    };
+    check(&policy_of(&conn));
+    // A keystore from before stored the old default, which let everyone re-wrap.
+    conn.execute(
+        "UPDATE keys SET policy = ?1 WHERE key_id = ?2",
+        [kmsfs::kms::policy::Policy::legacy_managed_default(), id.clone()],
+    )
+    .unwrap();
+    f.reopen();
+    check(&policy_of(&conn));
+}

@@ -18,7 +18,28 @@ impl KmsFs {
     /// under KEY (names stay as they are) and new files and subdirectories use KEY.
     pub(super) fn set_dir_key(&self, access: Access<'_>, ino: INodeNo, key_ref: &str) -> FsResult<()> {
         let key_id = self.resolve_target(access, "set-key", key_ref)?;
+        self.require_owner(access, ino, "SetDirectoryKey", &key_id)?;
         self.rewrap_directory(access, ino, Some(&key_id), true)
+    }
+
+    /// Only the owner of a file or directory, or root, may choose which key protects it:
+    /// whoever may merely write a shared directory must not move it (and so everything later
+    /// created in it) to a key of their choosing. A refusal is EACCES and audited.
+    fn require_owner(&self, access: Access<'_>, ino: INodeNo, operation: &str, key_id: &str) -> FsResult<()> {
+        use std::os::unix::fs::MetadataExt;
+        let (meta, _) = self.stat_ino(ino)?;
+        let uid = access.caller.uid;
+        if uid == 0 || uid == meta.uid() {
+            return Ok(());
+        }
+        let e = Error::AccessDenied(format!(
+            "only its owner (uid {}) or root may change which key protects {}",
+            meta.uid(),
+            access.path
+        ));
+        log::info!("{}: {e}", access.path);
+        self.keyring.record_refusal(access, operation, Some(key_id), &e);
+        Err(Errno::EACCES)
     }
 
     /// `setfattr -n user.kmsfs.rewrap [-v KEY] PATH`: re-wraps a file's data key or a
@@ -29,6 +50,9 @@ impl KmsFs {
             "" => None,
             k => Some(self.resolve_target(access, "rewrap to", k)?),
         };
+        if let Some(key_id) = &to_key {
+            self.require_owner(access, ino, "ReEncrypt", key_id)?;
+        }
         let (meta, path) = self.stat_ino(ino)?;
         if meta.is_dir() {
             self.rewrap_directory(access, ino, to_key.as_deref(), false)?;

@@ -321,6 +321,25 @@ impl KeyRing {
         })
     }
 
+    /// Audits a refusal decided outside the ring (who may change a directory's key).
+    pub fn record_refusal(&self, access: Access<'_>, operation: &str, key_id: Option<&str>, error: &Error) {
+        let mut event = AuditEvent::new(access.caller, operation, self.clock.now_ms());
+        event.key_id = key_id.map(str::to_string);
+        event.path = Some(access.path.to_string());
+        event.outcome = Outcome::of_error(error);
+        event.reason = error.to_string();
+        self.audit.record(event);
+    }
+
+    /// The policy checks of moving a wrapped key from `from_key` to `to_key` beyond the
+    /// unwrap (kms:Decrypt) and the wrap (kms:ReEncryptTo), as AWS KMS's ReEncrypt and
+    /// GenerateDataKey ask them: kms:ReEncryptFrom on the old key, kms:GenerateDataKey on the
+    /// new one (new files will be created under it). Refusals are audited.
+    pub fn check_move(&self, access: Access<'_>, from_key: &str, to_key: &str) -> Result<()> {
+        self.check_key(access, from_key, "ReEncryptFrom")?;
+        self.check_key(access, to_key, "GenerateDataKey")
+    }
+
     /// Wraps an existing data key under the current version of `key_id` (a directory moved
     /// to another key keeps its names key), audited as ReEncrypt.
     pub fn wrap_data_key(

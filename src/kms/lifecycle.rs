@@ -53,9 +53,10 @@ impl Op<'_> {
         };
         records::insert_key(&self.tx, &key)?;
         // The default key policy: the creator may do everything with a customer key; a
-        // managed key may be used by everyone through a volume (Unix permissions decide).
+        // managed key may be used by everyone through a volume (Unix permissions decide) and
+        // re-wrapped by its creator only.
         let policy = if managed {
-            super::policy::Policy::managed_default()
+            super::policy::Policy::managed_default(self.event.uid)
         } else {
             super::policy::Policy::default_for_owner(self.event.uid)
         };

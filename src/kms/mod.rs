@@ -89,6 +89,7 @@ impl Kms {
         let keys = RootKeys::new(root);
         let mut kms = Kms { ks, keys, clock, housekeeping: Housekeeping::default(), owner_uid };
         kms.upgrade_key_derivation(caller)?;
+        kms.upgrade_managed_policies(caller)?;
         let destroyed = kms.purge_expired(caller)?;
         let rotated = kms.rotate_due(caller)?;
         kms.housekeeping = Housekeeping { destroyed, rotated };
@@ -110,6 +111,32 @@ impl Kms {
 
     pub fn root_key(&self) -> &SecretKey {
         self.keys.root()
+    }
+
+    /// Gives managed keys whose stored policy is the old default, which let everyone re-wrap
+    /// (and so move directories onto or off them), the current one.
+    fn upgrade_managed_policies(&mut self, caller: &Principal) -> Result<()> {
+        let old = policy::Policy::legacy_managed_default();
+        let count: i64 = self.ks.conn().query_row(
+            "SELECT count(*) FROM keys WHERE key_manager = 'MANAGED' AND policy = ?1",
+            [&old],
+            |r| r.get(0),
+        )?;
+        if count == 0 {
+            return Ok(());
+        }
+        let new = policy::Policy::managed_default(self.owner_uid);
+        self.audited(caller, "PutKeyPolicy", |op| {
+            op.tx.execute(
+                "UPDATE keys SET policy = ?1 WHERE key_manager = 'MANAGED' AND policy = ?2",
+                [&new, &old],
+            )?;
+            op.event.reason = format!(
+                "{count} managed keys: kms:ReEncrypt* only for uid {}, no longer for everyone",
+                op.owner_uid
+            );
+            Ok(())
+        })
     }
 
     /// Moves a keystore made before per-purpose keys to them (`root_keys`), in one

@@ -251,8 +251,32 @@ impl Policy {
     }
 
     /// The policy of a managed (volume) key: every user may use it through the volume, where
-    /// Unix permissions decide; nobody administers it but kmsfs.
-    pub fn managed_default() -> String {
+    /// Unix permissions decide; only its creator (the keystore's administrator) may re-wrap
+    /// under or away from it, so no user can move a directory onto it or off it; nobody
+    /// administers it but kmsfs.
+    pub fn managed_default(creator_uid: u32) -> String {
+        serde_json::to_string_pretty(&serde_json::json!({
+            "Version": "2012-10-17",
+            "Statement": [{
+                "Sid": "Allow use through kmsfs volumes",
+                "Effect": "Allow",
+                "Principal": "*",
+                "Action": ["kms:Decrypt", "kms:Encrypt", "kms:GenerateDataKey*", "kms:DescribeKey"],
+                "Resource": "*"
+            }, {
+                "Sid": "Allow re-wrapping by the key's creator",
+                "Effect": "Allow",
+                "Principal": { "Uid": [creator_uid] },
+                "Action": "kms:ReEncrypt*",
+                "Resource": "*"
+            }]
+        }))
+        .expect("static JSON")
+    }
+
+    /// The managed-key policy of keystores made before [`Policy::managed_default`] stopped
+    /// giving `kms:ReEncrypt*` to everyone; such stored policies are replaced on open.
+    pub fn legacy_managed_default() -> String {
         serde_json::to_string_pretty(&serde_json::json!({
             "Version": "2012-10-17",
             "Statement": [{
@@ -616,7 +640,7 @@ mod tests {
         assert!(err(r#"{"Statement":[]}"#).contains("at least one"));
         assert!(err(&format!("{{\"Id\":\"{}\"}}", "x".repeat(MAX_POLICY_BYTES))).contains("limit"));
         assert!(Policy::parse(&Policy::default_for_owner(0)).is_ok());
-        assert!(Policy::parse(&Policy::managed_default()).is_ok());
+        assert!(Policy::parse(&Policy::managed_default(0)).is_ok());
     }
 
     /// AWS IAM's documented results ("IAM JSON policy elements: Condition operators"): a key
