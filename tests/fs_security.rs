@@ -598,3 +598,31 @@ fn setattr_never_follows_a_symlink_planted_in_the_cipher_directory() {
     assert_eq!(fs::metadata(m.path(&names[0])).unwrap().mode() & 0o777, 0o604);
     assert_eq!(fs::read(m.path(&names[0])).unwrap(), b"inside");
 }
+
+/// A backing file emptied by someone who can write the cipher directory is given a fresh
+/// header only by an open for writing, and never through a second hard link: a read-only
+/// open, or a link to another file of the attacker's choosing, writes nothing.
+#[test]
+fn an_empty_backing_file_gets_a_header_only_from_an_open_for_writing_with_one_link() {
+    let mut m = Mounted::new();
+    fs::write(m.path("emptied.txt"), b"x").unwrap();
+    fs::write(m.path("linked.txt"), b"y").unwrap();
+    let emptied = m.backing_of(&m.path("emptied.txt"));
+    let linked = m.backing_of(&m.path("linked.txt"));
+    m.unmount();
+    OpenOptions::new().write(true).open(&emptied).unwrap().set_len(0).unwrap();
+    OpenOptions::new().write(true).open(&linked).unwrap().set_len(0).unwrap();
+    // A second name for linked.txt's inode, outside the volume, as an attacker's target.
+    let outside = m.env.path("victim");
+    fs::hard_link(&linked, &outside).unwrap();
+    m.start();
+
+    assert_eq!(open_errno(&m.path("emptied.txt")), libc::EIO, "a read-only open does not repair");
+    assert_eq!(fs::metadata(&emptied).unwrap().len(), 0, "and writes nothing");
+    let w = OpenOptions::new().write(true).open(m.path("linked.txt")).map_err(|e| e.raw_os_error());
+    assert_eq!(w.err(), Some(Some(libc::EIO)), "a file with two links is not repaired");
+    assert_eq!(fs::metadata(&outside).unwrap().len(), 0, "nothing written through the link");
+
+    fs::write(m.path("emptied.txt"), b"rewritten").unwrap();
+    assert_eq!(fs::read(m.path("emptied.txt")).unwrap(), b"rewritten", "an open for writing repairs");
+}
