@@ -475,3 +475,38 @@ fn only_the_owner_with_re_encrypt_rights_may_change_a_directorys_key() {
     m.ok(&["dir", "set-key", finance.to_str().unwrap(), "alias/other"]);
     assert_eq!(key_of(&m, &finance), other);
 }
+
+/// An open handle keeps a file's data key in the mount; after a live re-wrap to another key,
+/// a new open must still be a use of the key that wraps the file now, not the one it had.
+#[test]
+fn after_a_live_rewrap_each_open_is_checked_against_the_new_key() {
+    let m = shared_mount();
+    let report = m.path("finance/report.txt");
+    m.env.create_key("alias/other");
+    let alice_reads = format!(
+        r#"{{"Statement": [{{"Effect": "Allow", "Principal": {{"Uid": [0]}}, "Action": "kms:*"}},
+            {{"Effect": "Allow", "Principal": {{"Uid": [{ALICE}]}}, "Action": "kms:Decrypt"}}]}}"#
+    );
+    put_policy(&m, &alice_reads); // the old key: alice may read
+    let held = fs::File::open(&report).unwrap(); // keeps the file open in the mount
+    assert_eq!(cat_as(ALICE, ALICE, &report).unwrap(), b"q3 numbers");
+    let out = Command::new("setfattr")
+        .args(["-n", "user.kmsfs.rewrap", "-v", "alias/other"])
+        .arg(&report)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // alias/other's default policy admits only root.
+    let err = cat_as(ALICE, ALICE, &report).unwrap_err();
+    assert!(err.contains("Permission denied"), "alice has no rights on the new key: {err}");
+    let other = m.json(&["key", "describe", "alias/other"])["KeyId"].as_str().unwrap().to_string();
+    let audited = wait_until(Duration::from_secs(5), || {
+        m.json(&["audit", "--denied"])
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["Uid"] == ALICE && e["KeyId"] == other.as_str())
+    });
+    assert!(audited, "the refusal names the new key");
+    drop(held);
+}

@@ -79,8 +79,12 @@ impl KmsFs {
         };
         let _one = self.rewrap_lock.lock().expect("rewrap lock");
         rewrap_file(&self.keyring, access, &self.config, file, to_key.as_deref())
-            .map(|_| ())
-            .map_err(|e| self.rewrap_errno(access, e))
+            .map_err(|e| self.rewrap_errno(access, e))?;
+        // Handles still open keep the data key, but the next open is a use of the new key.
+        if let (Some(key_id), Some(open)) = (&to_key, self.open_files.get(ino.0)) {
+            open.rewrapped_under(key_id);
+        }
+        Ok(())
     }
 
     fn rewrap_directory(

@@ -117,7 +117,8 @@ impl KmsFs {
         let access = Self::access(&caller, &label);
         if let Some(of) = self.open_files.acquire(ino.0) {
             let ctx = self.config.file_context(&of.key.file_id);
-            if let Err(e) = self.keyring.authorize_cached(access, &of.key.key_id, &ctx) {
+            // Against the key that wraps the file now, which a live re-wrap may have changed.
+            if let Err(e) = self.keyring.authorize_cached(access, &of.wrapped_by(), &ctx) {
                 self.open_files.release(ino.0);
                 return Err(kms_errno(e));
             }
