@@ -52,7 +52,7 @@ pub struct CopyReport {
 }
 
 /// The destination's configuration: a new volume id, the volume names key wrapped for the
-/// destination, under `to_key` or the source's default key.
+/// destination, under `to_key` or the key that wraps the source's names key.
 pub fn destination_config(
     src: &Side<'_>,
     dst_ring: &KeyRing,
@@ -64,8 +64,12 @@ pub fn destination_config(
     let blob = B64
         .decode(&src.config.names_key)
         .map_err(|_| Error::InvalidCiphertext("the source volume names key is malformed".into()))?;
-    let (names_key, _) = src.ring.decrypt_data_key(src.access("/"), &blob, &src.config.names_context())?;
-    let default_key_id = to_key.unwrap_or(&src.config.default_key_id).to_string();
+    let (names_key, wrapped_by) =
+        src.ring.decrypt_data_key(src.access("/"), &blob, &src.config.names_context())?;
+    // Not the config's `default_key_id`, which nothing authenticates (anyone who can write
+    // the cipher directory could name their own key there): the key that really wraps the
+    // source's names key, as the successful unwrap just proved.
+    let default_key_id = to_key.unwrap_or(&wrapped_by.key_id).to_string();
     let mut config = VolumeConfig {
         volume_id: super::new_volume_id(),
         default_key_id: default_key_id.clone(),
