@@ -626,3 +626,51 @@ fn an_empty_backing_file_gets_a_header_only_from_an_open_for_writing_with_one_li
     fs::write(m.path("emptied.txt"), b"rewritten").unwrap();
     assert_eq!(fs::read(m.path("emptied.txt")).unwrap(), b"rewritten", "an open for writing repairs");
 }
+
+/// Directory metadata and long-name sidecars replaced, by someone who can write the cipher
+/// directory, with a FIFO, a symlink to /dev/zero or an oversized file: the mount neither
+/// blocks nor reads without end. That directory answers EIO (logged), the rest keeps serving.
+#[test]
+fn a_fifo_or_dev_zero_in_place_of_directory_metadata_or_a_sidecar_does_not_hang_the_mount() {
+    let mut m = Mounted::new();
+    for d in ["fifo", "zero", "big", "fine"] {
+        fs::create_dir(m.path(d)).unwrap();
+        fs::write(m.path(&format!("{d}/f.txt")), b"data").unwrap();
+    }
+    let long = "l".repeat(200);
+    fs::write(m.path(&format!("fine/{long}")), b"long").unwrap();
+    let dirs: Vec<_> = ["fifo", "zero", "big", "fine"].iter().map(|d| m.backing_of(&m.path(d))).collect();
+    m.unmount();
+    let mkfifo = |p: &Path| {
+        let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
+    };
+    for name in ["kmsfs.dir", "kmsfs.dir.bak"] {
+        fs::remove_file(dirs[0].join(name)).unwrap();
+        mkfifo(&dirs[0].join(name));
+        fs::remove_file(dirs[1].join(name)).unwrap();
+        std::os::unix::fs::symlink("/dev/zero", dirs[1].join(name)).unwrap();
+        fs::write(dirs[2].join(name), vec![b' '; 1 << 20]).unwrap();
+    }
+    let sidecar = fs::read_dir(&dirs[3])
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.to_string_lossy().ends_with(".name"))
+        .expect("the long name's sidecar");
+    fs::remove_file(&sidecar).unwrap();
+    mkfifo(&sidecar);
+    m.start();
+
+    let ls = |dir: &str| Command::new("timeout").args(["10", "ls"]).arg(m.path(dir)).output().unwrap();
+    for d in ["fifo", "zero", "big"] {
+        let out = ls(d);
+        assert_ne!(out.status.code(), Some(124), "listing {d} hung");
+        assert!(String::from_utf8_lossy(&out.stderr).contains("Input/output error"), "{d}: {out:?}");
+    }
+    let out = ls("fine");
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("f.txt"));
+    assert_eq!(fs::read(m.path("fine/f.txt")).unwrap(), b"data", "the mount keeps serving");
+    assert!(m.wait_log("is refused"), "the refusal is logged");
+}
