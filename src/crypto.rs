@@ -51,7 +51,8 @@ impl SecretKey {
     }
 
     /// An AEAD instance for many operations under this key (the key schedule is computed
-    /// once). The cipher zeroizes its round keys on drop.
+    /// once). The cipher zeroizes its round keys on drop (`aes`'s zeroize feature, checked
+    /// by tests/key_memory.rs).
     pub fn cipher(&self) -> Cipher {
         Cipher(Box::new(Aes256GcmSiv::new((&self.0).into())))
     }
@@ -248,9 +249,21 @@ pub fn sha256(parts: &[&[u8]]) -> [u8; 32] {
     hasher.finalize().into()
 }
 
-/// Derives an independent subkey for one purpose (`label`) from a key, so one key never
-/// serves two purposes directly.
-pub fn derive_subkey(key: &SecretKey, label: &str) -> SecretKey {
+/// Derives an independent key for one purpose from `key` with HKDF-SHA-256 (RFC 5869):
+/// `key` is the input key material, `label` the info, no salt (the input is already a
+/// uniformly random key). Different labels give unrelated keys, so one key never serves two
+/// primitives.
+pub fn hkdf_subkey(key: &SecretKey, label: &str) -> SecretKey {
+    let mut out = SecretKey([0; KEY_LEN]);
+    hkdf::Hkdf::<Sha256>::new(None, key.as_bytes())
+        .expand(label.as_bytes(), &mut out.0)
+        .expect("HKDF-SHA-256 yields 32 bytes");
+    out
+}
+
+/// The subkey derivation of keystores made before [`hkdf_subkey`]: HMAC-SHA-256 keyed with
+/// `key` itself. Kept only to verify audit events MACed before such a keystore's upgrade.
+pub fn legacy_hmac_subkey(key: &SecretKey, label: &str) -> SecretKey {
     let mut bytes = hmac_sha256(key, &[b"kmsfs-subkey\0", label.as_bytes()]);
     let sub = SecretKey(bytes);
     bytes.zeroize();
@@ -311,6 +324,35 @@ mod tests {
         assert_ne!(a.as_bytes(), c.as_bytes());
         assert_ne!(a.as_bytes(), d.as_bytes());
         assert!(KdfParams { memory_kib: 1, iterations: 1, parallelism: 1 }.validate().is_err());
+    }
+
+    /// Compiles only while every type that holds key material or state derived from it wipes
+    /// itself on drop, which `aes`, `sha2` and `block-buffer` do only with their zeroize
+    /// features. An HMAC-SHA-256 state is two SHA-256 cores (the key's inner and outer pads
+    /// absorbed) and a block buffer; `Hmac` itself has no marker trait. POLYVAL wipes itself
+    /// under its own feature with no trait to show it. tests/key_memory.rs checks the AES
+    /// schedule in freed memory.
+    #[test]
+    fn every_key_holding_type_zeroizes_on_drop() {
+        fn zeroizes_on_drop<T: zeroize::ZeroizeOnDrop>() {}
+        zeroizes_on_drop::<aes::Aes256>();
+        zeroizes_on_drop::<<Sha256 as sha2::digest::block_api::EagerHash>::Core>();
+        zeroizes_on_drop::<Sha256>();
+        zeroizes_on_drop::<SecretKey>();
+    }
+
+    #[test]
+    fn hkdf_subkeys_match_rfc_5869_and_differ_by_label() {
+        // RFC 5869 has no vector with an empty salt and a 32-byte input; check the
+        // construction directly: PRK = HMAC(zeros, IKM), OKM = HMAC(PRK, info || 0x01).
+        let root = SecretKey::from_slice(&[0x0b; 32]).unwrap();
+        let prk =
+            <Hmac<Sha256>>::new_from_slice(&[0u8; 32]).unwrap().chain_update(root.as_bytes()).finalize();
+        let prk = SecretKey::from_slice(&prk.into_bytes()).unwrap();
+        let okm = hmac_sha256(&prk, &[b"label", &[1]]);
+        assert_eq!(hkdf_subkey(&root, "label").as_bytes(), &okm);
+        assert_ne!(hkdf_subkey(&root, "a").as_bytes(), hkdf_subkey(&root, "b").as_bytes());
+        assert_ne!(hkdf_subkey(&root, "a").as_bytes(), root.as_bytes());
     }
 
     #[test]

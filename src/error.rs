@@ -24,10 +24,11 @@ pub enum Error {
     #[error("{path} is not a kmsfs keystore: {reason}")]
     NotAKeystore { path: PathBuf, reason: String },
 
-    /// The keystore file can be read or written by its group or by others (like ssh with a
-    /// private key, kmsfs refuses to use it).
-    #[error("keystore {path} is accessible by group or others (mode {mode:04o}); refusing to use it")]
-    InsecureKeystore { path: PathBuf, mode: u32 },
+    /// The keystore, its side files or a directory it is reached through can be read,
+    /// written or replaced by someone other than the caller and root (like ssh with a private
+    /// key, kmsfs refuses to use it; `keystore::placement`).
+    #[error("keystore {path}: {problem}; refusing to use it: {fix}")]
+    InsecureKeystore { path: PathBuf, problem: String, fix: String },
 
     #[error("keystore {path} is corrupt: {reason}")]
     CorruptKeystore { path: PathBuf, reason: String },
@@ -268,6 +269,8 @@ pub enum Denial {
     ReservedAlias { alias: String },
     /// Only the grantee retires a grant.
     NotGrantee { grant_id: String, grantee: String },
+    /// Only the owner of a file or directory (or root) chooses which key protects it.
+    NotOwner { owner_uid: u32, path: String },
 }
 
 impl fmt::Display for AccessDenied {
@@ -285,6 +288,9 @@ impl fmt::Display for AccessDenied {
             ),
             Denial::NotGrantee { grant_id, grantee } => {
                 write!(f, "only the grantee ({grantee}) retires grant {grant_id}")
+            }
+            Denial::NotOwner { owner_uid, path } => {
+                write!(f, "only its owner (uid {owner_uid}) or root may change which key protects {path}")
             }
         }
     }

@@ -91,6 +91,30 @@ pub fn open_noatime(path: &Path, write: bool) -> io::Result<File> {
     open_noatime_with(path, write, 0)
 }
 
+/// Reads one of the small files kmsfs keeps in the cipher directory (directory metadata, a
+/// long name's sidecar), where a user who can write their backing directories may have put
+/// anything: opened `O_NOFOLLOW | O_NONBLOCK`, so that neither a symlink (to /dev/zero, say)
+/// nor a FIFO can redirect or block the read, and refused (`InvalidData`) unless it is a
+/// regular file of at most `cap` bytes of UTF-8. A symlink is refused too (`ELOOP`).
+pub fn read_small_file(path: &Path, cap: u64) -> io::Result<String> {
+    use std::io::Read;
+    let file = open_noatime_with(path, false, libc::O_NONBLOCK)?;
+    let meta = file.metadata()?;
+    if !meta.is_file() {
+        return Err(io::Error::new(io::ErrorKind::InvalidData, "not a regular file"));
+    }
+    if meta.len() > cap {
+        return Err(io::Error::new(io::ErrorKind::InvalidData, format!("larger than {cap} bytes")));
+    }
+    let mut text = String::new();
+    // Bounded even if the file grows after the fstat.
+    file.take(cap + 1).read_to_string(&mut text)?;
+    if text.len() as u64 > cap {
+        return Err(io::Error::new(io::ErrorKind::InvalidData, format!("larger than {cap} bytes")));
+    }
+    Ok(text)
+}
+
 /// [`open_noatime`] with more open flags (`flags`, e.g. O_NONBLOCK).
 pub fn open_noatime_with(path: &Path, write: bool, flags: i32) -> io::Result<File> {
     let open = |extra: i32| {

@@ -269,15 +269,26 @@ fn rotation_commands() {
     assert_eq!(status["RotationPeriodInDays"], 90);
 
     // 91 days later, opening the keystore rotates it automatically.
-    let out = env
-        .cmd(&["--json", "key", "describe", &id])
-        .env("KMSFS_CLOCK_OFFSET_SECS", "7862400")
-        .output()
-        .unwrap();
+    let out = env.cmd_at(7_862_400, &["--json", "key", "describe", &id]).output().unwrap();
     let meta: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(meta["CurrentKeyVersion"], 3);
     env.ok(&["key", "rotation", "disable", &id]);
     assert_eq!(env.ok(&["key", "rotation", "status", &id]).trim(), "disabled");
+}
+
+#[test]
+fn the_kmsfs_binary_ignores_a_clock_offset_in_its_environment() {
+    let env = TestEnv::new();
+    let id = env.create_key("alias/kept");
+    env.ok(&["key", "schedule-deletion", &id, "--pending-window-days", "7"]);
+    // A stray offset of 8 days (say, left in a unit file) must not crypto-shred the key.
+    let out = env.cmd(&["key", "purge-expired"]).env("KMSFS_CLOCK_OFFSET_SECS", "691200").output().unwrap();
+    common::assert_success(&out, &["purge-expired"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("KMSFS_CLOCK_OFFSET_SECS is ignored"));
+    assert_eq!(env.json(&["key", "describe", &id])["KeyState"], "PendingDeletion");
+    // The test suite's binary honours it: the same offset would have destroyed the key.
+    common::assert_success(&env.cmd_at(691_200, &["key", "purge-expired"]).output().unwrap(), &["purge"]);
+    assert_eq!(env.json(&["key", "describe", &id])["KeyState"], "Destroyed");
 }
 
 #[test]
@@ -304,7 +315,7 @@ fn scheduled_deletion_window_cancel_and_expiry() {
     env.ok(&["key", "enable", &id]);
     env.ok(&["key", "schedule-deletion", &id, "--pending-window-days", "7"]);
     // 8 days later the material is gone for good.
-    let later = |args: &[&str]| env.cmd(args).env("KMSFS_CLOCK_OFFSET_SECS", "691200").output().unwrap();
+    let later = |args: &[&str]| env.cmd_at(691_200, args).output().unwrap();
     let out = later(&["key", "purge-expired"]);
     common::assert_success(&out, &["purge-expired"]);
     assert!(String::from_utf8_lossy(&out.stdout).contains(&id));

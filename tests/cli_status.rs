@@ -136,7 +136,7 @@ fn setup(env: &TestEnv) -> Setup {
 /// `kmsfs [--json] status` with the clock shifted by `offset` seconds.
 fn status_at(env: &TestEnv, offset: i64, json: bool) -> String {
     let args: &[&str] = if json { &["--json", "status"] } else { &["status"] };
-    let out = env.cmd(args).env("KMSFS_CLOCK_OFFSET_SECS", offset.to_string()).output().unwrap();
+    let out = env.cmd_at(offset, args).output().unwrap();
     common::assert_success(&out, args);
     String::from_utf8(out.stdout).unwrap()
 }

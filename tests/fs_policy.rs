@@ -137,6 +137,48 @@ fn policy_admits_alice_refuses_bob_and_root_and_grants_come_and_go() {
     assert!(m.ok(&["audit", "verify"]).contains("intact"));
 }
 
+/// Runs `cat PATH` as `uid` with primary group `gid` and supplementary groups `groups`.
+fn cat_with_groups(uid: u32, gid: u32, groups: &[u32], path: &std::path::Path) -> Output {
+    let groups: Vec<libc::gid_t> = groups.to_vec();
+    let mut cmd = Command::new("cat");
+    cmd.arg(path);
+    // SAFETY: setgroups, setgid and setuid are async-signal-safe and change only the
+    // child's credentials; groups first, while the child is still root.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::setgroups(groups.len(), groups.as_ptr()) != 0
+                || libc::setgid(gid) != 0
+                || libc::setuid(uid) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    cmd.output().expect("run cat")
+}
+
+#[test]
+fn the_first_open_after_a_policy_that_names_groups_sees_supplementary_groups() {
+    let m = shared_mount();
+    let report = m.path("finance/report.txt");
+    // Warm the mount under the default policy, so its key ring has decided groups are not
+    // needed before the new policy arrives.
+    fs::read(&report).unwrap();
+    put_policy(
+        &m,
+        r#"{"Statement": [{"Sid": "finance-group", "Effect": "Allow", "Principal": {"Group": ["2000"]},
+            "Action": "kms:Decrypt"}]}"#,
+    );
+    let out = cat_with_groups(CAROL, CAROL, &[FINANCE_GID], &report);
+    assert!(
+        out.status.success(),
+        "carol is in group 2000 by a supplementary group: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.stdout, b"q3 numbers");
+}
+
 #[test]
 fn explicit_deny_for_alice_beats_the_allow_for_her_group() {
     let m = shared_mount();
@@ -349,4 +391,122 @@ fn an_unprivileged_write_or_truncate_clears_set_id_bits() {
     std::io::Write::write_all(&mut f, b"root\n").unwrap();
     drop(f);
     assert_eq!(mode("finance/root"), 0o4755);
+}
+
+fn put_policy_on(m: &Mounted, key: &str, json: &str) {
+    let file = m.env.path("policy-other.json");
+    fs::write(&file, json).unwrap();
+    m.ok(&["policy", "put", key, file.to_str().unwrap()]);
+}
+
+fn setfattr_as(uid: u32, name: &str, value: &str, path: &std::path::Path) -> Output {
+    run_as(uid, uid, &["setfattr", "-n", name, "-v", value, path.to_str().unwrap()])
+}
+
+fn key_of(m: &Mounted, path: &std::path::Path) -> String {
+    m.json(&["dir", "get-key", path.to_str().unwrap()])["KeyId"].as_str().unwrap().to_string()
+}
+
+/// Who may choose a directory's key: its owner or root, and only with kms:ReEncryptFrom on
+/// the old key and kms:ReEncryptTo plus kms:GenerateDataKey on the new one. Unix write
+/// permission on a shared directory is not enough.
+#[test]
+fn only_the_owner_with_re_encrypt_rights_may_change_a_directorys_key() {
+    let m = shared_mount();
+    let other = m.env.create_key("alias/other");
+    let everything = r#"{"Statement": [{"Effect": "Allow", "Principal": "*", "Action": "kms:*"}]}"#;
+    put_policy(&m, everything);
+    put_policy_on(&m, "alias/other", everything);
+    let finance = m.path("finance"); // root's, mode 0777: alice may write it
+    let denied = |out: &Output, what: &str| {
+        assert!(!out.status.success(), "{what} was allowed");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("Permission denied"), "{what}: EACCES: {err}");
+    };
+    denied(&setfattr_as(ALICE, "user.kmsfs.key", "alias/other", &finance), "set-key by a non-owner");
+    denied(
+        &setfattr_as(ALICE, "user.kmsfs.rewrap", "alias/other", &finance),
+        "rewrap --to-key by a non-owner",
+    );
+    denied(
+        &setfattr_as(ALICE, "user.kmsfs.rewrap", "alias/other", &m.path("finance/report.txt")),
+        "a file moved to another key by a non-owner",
+    );
+    assert_eq!(key_of(&m, &finance), m.key_id, "the directory keeps its key");
+    let audited = wait_until(Duration::from_secs(5), || {
+        m.json(&["audit", "--denied"]).as_array().unwrap().iter().any(|e| {
+            e["Uid"] == ALICE && e["Reason"].as_str().unwrap_or("").contains("only its owner (uid 0) or root")
+        })
+    });
+    assert!(audited, "the refusal is audited");
+
+    // Alice's own directory: hers to move, if the policies allow the re-wrap on both keys.
+    let mine = m.path("finance/alice");
+    assert!(run_as(ALICE, ALICE, &["mkdir", mine.to_str().unwrap()]).status.success());
+    let without = |action: &str| {
+        format!(
+            r#"{{"Statement": [{{"Effect": "Allow", "Principal": "*", "Action": "kms:*"}},
+                {{"Effect": "Deny", "Principal": {{"Uid": [{ALICE}]}}, "Action": "{action}"}}]}}"#
+        )
+    };
+    put_policy(&m, &without("kms:ReEncryptFrom"));
+    denied(
+        &setfattr_as(ALICE, "user.kmsfs.key", "alias/other", &mine),
+        "set-key without ReEncryptFrom on the old key",
+    );
+    put_policy(&m, everything);
+    for action in ["kms:ReEncryptTo", "kms:GenerateDataKey"] {
+        put_policy_on(&m, "alias/other", &without(action));
+        denied(
+            &setfattr_as(ALICE, "user.kmsfs.key", "alias/other", &mine),
+            &format!("set-key without {action}"),
+        );
+    }
+    assert_eq!(key_of(&m, &mine), m.key_id);
+    put_policy_on(&m, "alias/other", everything);
+    let out = setfattr_as(ALICE, "user.kmsfs.key", "alias/other", &mine);
+    assert!(
+        out.status.success(),
+        "the owner, allowed on both keys: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(key_of(&m, &mine), other);
+    // Root may move anyone's directory.
+    m.ok(&["dir", "set-key", finance.to_str().unwrap(), "alias/other"]);
+    assert_eq!(key_of(&m, &finance), other);
+}
+
+/// An open handle keeps a file's data key in the mount; after a live re-wrap to another key,
+/// a new open must still be a use of the key that wraps the file now, not the one it had.
+#[test]
+fn after_a_live_rewrap_each_open_is_checked_against_the_new_key() {
+    let m = shared_mount();
+    let report = m.path("finance/report.txt");
+    m.env.create_key("alias/other");
+    let alice_reads = format!(
+        r#"{{"Statement": [{{"Effect": "Allow", "Principal": {{"Uid": [0]}}, "Action": "kms:*"}},
+            {{"Effect": "Allow", "Principal": {{"Uid": [{ALICE}]}}, "Action": "kms:Decrypt"}}]}}"#
+    );
+    put_policy(&m, &alice_reads); // the old key: alice may read
+    let held = fs::File::open(&report).unwrap(); // keeps the file open in the mount
+    assert_eq!(cat_as(ALICE, ALICE, &report).unwrap(), b"q3 numbers");
+    let out = Command::new("setfattr")
+        .args(["-n", "user.kmsfs.rewrap", "-v", "alias/other"])
+        .arg(&report)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // alias/other's default policy admits only root.
+    let err = cat_as(ALICE, ALICE, &report).unwrap_err();
+    assert!(err.contains("Permission denied"), "alice has no rights on the new key: {err}");
+    let other = m.json(&["key", "describe", "alias/other"])["KeyId"].as_str().unwrap().to_string();
+    let audited = wait_until(Duration::from_secs(5), || {
+        m.json(&["audit", "--denied"])
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["Uid"] == ALICE && e["KeyId"] == other.as_str())
+    });
+    assert!(audited, "the refusal names the new key");
+    drop(held);
 }

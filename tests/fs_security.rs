@@ -216,11 +216,24 @@ fn a_key_pending_deletion_refuses_opens_and_creates() {
 fn a_destroyed_key_makes_files_unreadable_for_good() {
     let m = Mounted::new();
     fs::write(m.path("gone.txt"), b"gone").unwrap();
+    let sealed: Vec<u8> = rusqlite::Connection::open(&m.env.keystore)
+        .unwrap()
+        .query_row("SELECT material FROM key_versions WHERE key_id = ?1", [&m.key_id], |r| r.get(0))
+        .unwrap();
     m.ok(&["key", "schedule-deletion", "alias/vol", "--pending-window-days", "7"]);
     // Eight days later the key material is destroyed.
-    let out = m.env.cmd(&["key", "purge-expired"]).env("KMSFS_CLOCK_OFFSET_SECS", "691200").output().unwrap();
+    let out = m.env.cmd_at(691_200, &["key", "purge-expired"]).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(m.json(&["key", "describe", &m.key_id])["KeyState"], "Destroyed");
+    // Gone from the keystore's bytes too, while the mount keeps its connections open.
+    for suffix in ["", "-wal", "-shm"] {
+        let file = format!("{}{suffix}", m.env.keystore.display());
+        let bytes = fs::read(&file).unwrap_or_default();
+        assert!(
+            !sealed.windows(8).any(|piece| bytes.windows(8).any(|w| w == piece)),
+            "{file} still holds bytes of the destroyed material"
+        );
+    }
     assert_eq!(open_errno(&m.path("gone.txt")), ENOKEY);
     assert_eq!(create_errno(&m.path("new.txt")), ENOKEY);
     // Which key it was is still visible; the size too.
@@ -584,4 +597,80 @@ fn setattr_never_follows_a_symlink_planted_in_the_cipher_directory() {
     }));
     assert_eq!(fs::metadata(m.path(&names[0])).unwrap().mode() & 0o777, 0o604);
     assert_eq!(fs::read(m.path(&names[0])).unwrap(), b"inside");
+}
+
+/// A backing file emptied by someone who can write the cipher directory is given a fresh
+/// header only by an open for writing, and never through a second hard link: a read-only
+/// open, or a link to another file of the attacker's choosing, writes nothing.
+#[test]
+fn an_empty_backing_file_gets_a_header_only_from_an_open_for_writing_with_one_link() {
+    let mut m = Mounted::new();
+    fs::write(m.path("emptied.txt"), b"x").unwrap();
+    fs::write(m.path("linked.txt"), b"y").unwrap();
+    let emptied = m.backing_of(&m.path("emptied.txt"));
+    let linked = m.backing_of(&m.path("linked.txt"));
+    m.unmount();
+    OpenOptions::new().write(true).open(&emptied).unwrap().set_len(0).unwrap();
+    OpenOptions::new().write(true).open(&linked).unwrap().set_len(0).unwrap();
+    // A second name for linked.txt's inode, outside the volume, as an attacker's target.
+    let outside = m.env.path("victim");
+    fs::hard_link(&linked, &outside).unwrap();
+    m.start();
+
+    assert_eq!(open_errno(&m.path("emptied.txt")), libc::EIO, "a read-only open does not repair");
+    assert_eq!(fs::metadata(&emptied).unwrap().len(), 0, "and writes nothing");
+    let w = OpenOptions::new().write(true).open(m.path("linked.txt")).map_err(|e| e.raw_os_error());
+    assert_eq!(w.err(), Some(Some(libc::EIO)), "a file with two links is not repaired");
+    assert_eq!(fs::metadata(&outside).unwrap().len(), 0, "nothing written through the link");
+
+    fs::write(m.path("emptied.txt"), b"rewritten").unwrap();
+    assert_eq!(fs::read(m.path("emptied.txt")).unwrap(), b"rewritten", "an open for writing repairs");
+}
+
+/// Directory metadata and long-name sidecars replaced, by someone who can write the cipher
+/// directory, with a FIFO, a symlink to /dev/zero or an oversized file: the mount neither
+/// blocks nor reads without end. That directory answers EIO (logged), the rest keeps serving.
+#[test]
+fn a_fifo_or_dev_zero_in_place_of_directory_metadata_or_a_sidecar_does_not_hang_the_mount() {
+    let mut m = Mounted::new();
+    for d in ["fifo", "zero", "big", "fine"] {
+        fs::create_dir(m.path(d)).unwrap();
+        fs::write(m.path(&format!("{d}/f.txt")), b"data").unwrap();
+    }
+    let long = "l".repeat(200);
+    fs::write(m.path(&format!("fine/{long}")), b"long").unwrap();
+    let dirs: Vec<_> = ["fifo", "zero", "big", "fine"].iter().map(|d| m.backing_of(&m.path(d))).collect();
+    m.unmount();
+    let mkfifo = |p: &Path| {
+        let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
+    };
+    for name in ["kmsfs.dir", "kmsfs.dir.bak"] {
+        fs::remove_file(dirs[0].join(name)).unwrap();
+        mkfifo(&dirs[0].join(name));
+        fs::remove_file(dirs[1].join(name)).unwrap();
+        std::os::unix::fs::symlink("/dev/zero", dirs[1].join(name)).unwrap();
+        fs::write(dirs[2].join(name), vec![b' '; 1 << 20]).unwrap();
+    }
+    let sidecar = fs::read_dir(&dirs[3])
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.to_string_lossy().ends_with(".name"))
+        .expect("the long name's sidecar");
+    fs::remove_file(&sidecar).unwrap();
+    mkfifo(&sidecar);
+    m.start();
+
+    let ls = |dir: &str| Command::new("timeout").args(["10", "ls"]).arg(m.path(dir)).output().unwrap();
+    for d in ["fifo", "zero", "big"] {
+        let out = ls(d);
+        assert_ne!(out.status.code(), Some(124), "listing {d} hung");
+        assert!(String::from_utf8_lossy(&out.stderr).contains("Input/output error"), "{d}: {out:?}");
+    }
+    let out = ls("fine");
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("f.txt"));
+    assert_eq!(fs::read(m.path("fine/f.txt")).unwrap(), b"data", "the mount keeps serving");
+    assert!(m.wait_log("is refused"), "the refusal is logged");
 }

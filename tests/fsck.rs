@@ -218,7 +218,7 @@ fn key_states_are_reported_and_destroyed_keys_are_pruned() {
     assert!(found.contains(&("/old".into(), "key-pending-deletion".into())), "{found:?}");
     assert!(found.contains(&("/paused".into(), "key-disabled".into())), "{found:?}");
     // Eight days later the old key is destroyed: its files are unrecoverable.
-    let later = |args: &[&str]| m.env.cmd(args).env("KMSFS_CLOCK_OFFSET_SECS", "691200").output().unwrap();
+    let later = |args: &[&str]| m.env.cmd_at(691_200, args).output().unwrap();
     let c = cipher(&m);
     let report: Value = serde_json::from_slice(&later(&["--json", "fsck", &c]).stdout).unwrap();
     let found = problems(&report);

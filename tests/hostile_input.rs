@@ -138,7 +138,7 @@ fn write_seed_corpus() {
     write("volume_config", "missing_field", json.replace("\"name\":\"finance\",", "").as_bytes());
 
     write("key_policy", "owner_default", Policy::default_for_owner(0).as_bytes());
-    write("key_policy", "managed_default", Policy::managed_default().as_bytes());
+    write("key_policy", "managed_default", Policy::managed_default(0).as_bytes());
     let conditions = r#"{
   "Version": "2012-10-17",
   "Statement": [

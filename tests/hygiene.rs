@@ -277,3 +277,70 @@ fn no_key_bytes_passphrase_or_plaintext_in_logs_audit_keystore_or_cipher_dir() {
         }
     }
 }
+
+/// Where the keystore lives matters as much as its mode: a keystore owned by another user,
+/// in a directory others may write (sticky or not), or with side files open to others, is
+/// refused with the problem and the fix named, and nothing is written.
+#[test]
+fn a_keystore_others_could_replace_or_whose_side_files_are_open_is_refused() {
+    let env = TestEnv::new();
+    env.create_key("alias/placed");
+    let ks = env.keystore.clone();
+    let dir = env.dir.path().to_path_buf();
+    let refused = |what: &str, needles: &[&str]| {
+        let before = fs::read(&ks).unwrap();
+        let err = env.fails(&["key", "list"], 1);
+        for needle in needles {
+            assert!(err.contains(needle), "{what}: the message names '{needle}': {err}");
+        }
+        assert_eq!(fs::read(&ks).unwrap(), before, "{what}: a refused keystore is not written");
+    };
+
+    // The file owned by another user (root runs the test; uid 1001 is someone else).
+    std::os::unix::fs::lchown(&ks, Some(1001), None).unwrap();
+    refused("owner", &["owned by uid 1001", &format!("chown 0 {}", ks.display())]);
+    std::os::unix::fs::lchown(&ks, Some(0), None).unwrap();
+    env.ok(&["key", "list"]);
+
+    // Its directory writable by others, with and without the sticky bit, or owned by another.
+    let dir_mode = fs::metadata(&dir).unwrap().mode() & 0o7777;
+    for mode in [0o777, 0o1777, 0o770, 0o1730] {
+        fs::set_permissions(&dir, fs::Permissions::from_mode(mode)).unwrap();
+        refused(
+            &format!("directory {mode:o}"),
+            &["writable by group or others", &format!("chmod go-w {}", dir.display())],
+        );
+    }
+    fs::set_permissions(&dir, fs::Permissions::from_mode(dir_mode)).unwrap();
+    std::os::unix::fs::lchown(&dir, Some(1001), None).unwrap();
+    refused("directory owner", &["its directory", "owned by uid 1001"]);
+    std::os::unix::fs::lchown(&dir, Some(0), None).unwrap();
+
+    // A directory above it writable by others: refused without the sticky bit only.
+    let outer = tempfile::tempdir().unwrap();
+    let inner = outer.path().join("inner");
+    fs::create_dir(&inner).unwrap();
+    let moved = inner.join("keystore.db");
+    fs::copy(&ks, &moved).unwrap();
+    fs::set_permissions(&moved, fs::Permissions::from_mode(0o600)).unwrap();
+    let list_at = |path: &Path| env.cmd(&["key", "list"]).env("KMSFS_KEYSTORE", path).output().unwrap();
+    fs::set_permissions(outer.path(), fs::Permissions::from_mode(0o1777)).unwrap();
+    common::assert_success(&list_at(&moved), &["key", "list", "under a sticky directory"]);
+    fs::set_permissions(outer.path(), fs::Permissions::from_mode(0o777)).unwrap();
+    let out = list_at(&moved);
+    let err = common::assert_failure(&out, &["key", "list", "under a 0777 directory"], 1);
+    assert!(err.contains("above it") && err.contains("writable by group or others"), "{err}");
+
+    // Side files open to others, or owned by another user.
+    for suffix in ["-wal", "-shm"] {
+        let side = PathBuf::from(format!("{}{suffix}", ks.display()));
+        fs::write(&side, b"").unwrap();
+        fs::set_permissions(&side, fs::Permissions::from_mode(0o644)).unwrap();
+        refused(suffix, &[&format!("{} is accessible by group or others", side.display()), "chmod 600"]);
+        fs::set_permissions(&side, fs::Permissions::from_mode(0o600)).unwrap();
+        std::os::unix::fs::lchown(&side, Some(1001), None).unwrap();
+        refused(suffix, &[&format!("{} is owned by uid 1001", side.display())]);
+        fs::remove_file(&side).unwrap();
+    }
+    env.ok(&["key", "list"]);
+}

@@ -196,6 +196,66 @@ fn deletion_window_cancel_and_crypto_shredding() {
     assert_eq!(n, 0);
 }
 
+/// Every 8-byte window of `secret` that occurs in the keystore, its -wal or its -shm.
+fn traces_on_disk(keystore: &std::path::Path, secret: &[u8]) -> Vec<String> {
+    let mut found = Vec::new();
+    for suffix in ["", "-wal", "-shm"] {
+        let file = std::path::PathBuf::from(format!("{}{suffix}", keystore.display()));
+        let Ok(bytes) = std::fs::read(&file) else { continue };
+        for window in secret.windows(8) {
+            if bytes.windows(8).any(|w| w == window) {
+                found.push(format!("{} holds bytes of the material", file.display()));
+                break;
+            }
+        }
+    }
+    found
+}
+
+#[test]
+fn destroyed_material_leaves_no_byte_in_the_keystore_its_wal_or_shm() {
+    let mut f = fixture();
+    let me = f.me.clone();
+    // A connection that stays open, as a mount's do: the log is not removed by a last close.
+    let long_lived = rusqlite::Connection::open(&f.path).unwrap();
+    let doomed = f.key(Some("alias/doomed"));
+    f.kms.rotate_key(&me, &doomed).unwrap();
+    let kept = f.key(Some("alias/kept"));
+    let sealed: Vec<Vec<u8>> = {
+        let mut stmt = long_lived.prepare("SELECT material FROM key_versions WHERE key_id = ?1").unwrap();
+        stmt.query_map([&doomed], |r| r.get(0)).unwrap().map(Result::unwrap).collect()
+    };
+    assert_eq!(sealed.len(), 2);
+    f.kms.schedule_key_deletion(&me, &doomed, 7).unwrap();
+    f.clock.advance_days(8);
+
+    // A reader on an older snapshot while the key is destroyed: the log cannot be truncated.
+    let snapshot = long_lived.unchecked_transaction().unwrap();
+    let _: i64 = snapshot.query_row("SELECT count(*) FROM key_versions", [], |r| r.get(0)).unwrap();
+    f.reopen();
+    assert_eq!(format!("{:?}", f.kms.describe_key(&me, &doomed).unwrap().key_state), "Destroyed");
+    assert!(f.kms.keystore().erase_pending().unwrap(), "the erasure is owed");
+    drop(snapshot);
+
+    // The next command erases what the log still held.
+    f.reopen();
+    assert!(!f.kms.keystore().erase_pending().unwrap());
+    for s in &sealed {
+        let traces = traces_on_disk(&f.path, s);
+        assert!(traces.is_empty(), "{traces:?}");
+    }
+    // The other key is intact, and a destruction without readers erases at once.
+    let blob = f.kms.encrypt(&me, &kept, b"still here", &EncryptionContext::new()).unwrap();
+    let sealed_kept: Vec<u8> = long_lived
+        .query_row("SELECT material FROM key_versions WHERE key_id = ?1", [&kept], |r| r.get(0))
+        .unwrap();
+    assert!(f.kms.decrypt(&me, &blob, &EncryptionContext::new(), None).is_ok());
+    f.kms.schedule_key_deletion(&me, &kept, 7).unwrap();
+    f.clock.advance_days(8);
+    f.reopen();
+    assert!(traces_on_disk(&f.path, &sealed_kept).is_empty());
+}
+
 #[test]
 fn disabled_key_refuses_every_crypto_operation() {
     let mut f = fixture();
@@ -328,6 +388,64 @@ fn audit_verify_detects_edits_deletions_and_truncation() {
 }
 
 #[test]
+fn audit_verify_reports_an_edit_of_any_field() {
+    let mut f = fixture();
+    let me = f.me.clone();
+    let id = f.key(Some("alias/audited"));
+    f.kms.encrypt(&me, &id, b"x", &ctx(&["app=web"])).unwrap();
+    assert!(f.kms.describe_key(&me, "alias/none").is_err(), "an Error event");
+    let conn = rusqlite::Connection::open(&f.path).unwrap();
+    let seq_of = |outcome: &str| -> i64 {
+        conn.query_row("SELECT max(seq) FROM audit WHERE outcome = ?1", [outcome], |r| r.get(0)).unwrap()
+    };
+    let (ok_seq, err_seq) = (seq_of("Success"), seq_of("Error"));
+    assert!(f.kms.verify_audit().unwrap().intact);
+    // Each edit, on a Success row and on an Error row (an unknown outcome word used to be
+    // read as Error, so an Error row could be edited to anything unnoticed).
+    let edits = [
+        "time_ms = time_ms + 1",
+        "uid = uid + 1",
+        "user = user || 'x'",
+        "pid = 4242",
+        "pid = NULL",
+        "operation = 'Decrypt'",
+        "key_id = 'other'",
+        "key_id = NULL",
+        "outcome = 'Denied'",
+        "outcome = 'Bogus'",
+        "outcome = 'error'",
+        "reason = reason || '.'",
+        "context = '{}'",
+        "path = '/etc/shadow'",
+        "mac = zeroblob(32)",
+    ];
+    for seq in [ok_seq, err_seq] {
+        for edit in edits {
+            let saved: Vec<rusqlite::types::Value> = conn
+                .query_row("SELECT * FROM audit WHERE seq = ?1", [seq], |r| {
+                    (0..12).map(|i| r.get(i)).collect::<rusqlite::Result<Vec<_>>>()
+                })
+                .unwrap();
+            let changed = conn.execute(&format!("UPDATE audit SET {edit} WHERE seq = ?1"), [seq]).unwrap();
+            assert_eq!(changed, 1);
+            let report = f.kms.verify_audit().unwrap();
+            assert!(
+                !report.intact && report.problems.iter().any(|p| p.contains(&format!("event {seq} "))),
+                "edit `{edit}` of event {seq} went unreported: {:?}",
+                report.problems
+            );
+            conn.execute("DELETE FROM audit WHERE seq = ?1", [seq]).unwrap();
+            conn.execute(
+                "INSERT INTO audit VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+                rusqlite::params_from_iter(saved),
+            )
+            .unwrap();
+            assert!(f.kms.verify_audit().unwrap().intact, "restored after `{edit}`");
+        }
+    }
+}
+
+#[test]
 fn passphrase_change_keeps_keys_and_audit_chain() {
     let mut f = fixture();
     let id = f.key(None);
@@ -380,4 +498,139 @@ fn a_mounts_key_ring_sees_each_commit_of_another_connection_at_its_next_check() 
         );
         f.kms.enable_key(&me, &id).unwrap();
     }
+}
+
+#[test]
+fn a_policy_naming_groups_is_seen_by_the_very_next_groups_question() {
+    // The mount asks whether callers' groups are needed before it checks a key; that answer
+    // must already reflect a policy committed by another connection just before.
+    use kmsfs::kms::audit_writer::AuditWriter;
+    use kmsfs::kms::keyring::{Access, KeyRing};
+    let mut f = fixture();
+    let id = f.key(Some("alias/groups"));
+    let ks = Keystore::open(&f.path).unwrap();
+    let root = ks.unlock(b"pw").unwrap();
+    let audit_kms = Kms::new(ks, root.clone(), f.clock.clone(), &f.me).unwrap();
+    let (sink, _writer) = AuditWriter::spawn(audit_kms, f.me.clone()).unwrap();
+    let ring = KeyRing::open(&f.path, root, f.clock.clone(), sink).unwrap();
+    let me = f.me.clone();
+    ring.check_key(Access { caller: &me, path: "/x" }, &id, "Decrypt").unwrap();
+    assert!(!ring.uses_groups(), "no policy names a group yet");
+    let policy = format!(
+        r#"{{"Statement": [{{"Effect": "Allow", "Principal": {{"Uid": [{}]}}, "Action": "kms:*"}},
+            {{"Effect": "Allow", "Principal": {{"Group": ["2000"]}}, "Action": "kms:Decrypt"}}]}}"#,
+        me.uid
+    );
+    f.kms.put_key_policy(&me, &id, &policy).unwrap();
+    assert!(ring.uses_groups(), "the policy just committed names a group");
+}
+
+/// A keystore made by kmsfs before per-purpose keys (tests/data/legacy-keystore.db: key
+/// alias/legacy with two versions, a blob sealed under each, six audit events). Opening it
+/// upgrades it: its blobs still decrypt, its audit chain still verifies (old events under the
+/// old audit key, new ones under the derived one), and no version stays sealed by the root key.
+#[test]
+fn a_keystore_from_before_per_purpose_keys_opens_upgrades_and_still_verifies() {
+    use kmsfs::kms::root_keys;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("legacy.db");
+    std::fs::copy("tests/data/legacy-keystore.db", &path).unwrap();
+    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let clock = Arc::new(ManualClock::new(START));
+    let me = Principal::current_process();
+    let ks = Keystore::open(&path).unwrap();
+    let root = ks.unlock(b"legacy passphrase").unwrap();
+    assert!(!root_keys::is_derived(ks.conn()).unwrap());
+    let mut kms = Kms::new(ks, root.clone(), clock.clone(), &me).unwrap();
+    assert!(root_keys::is_derived(kms.keystore().conn()).unwrap());
+
+    let context = ctx(&["app=legacy"]);
+    for (file, text) in [("v1", "sealed under version 1"), ("v2", "sealed under version 2")] {
+        let blob = std::fs::read(format!("tests/data/legacy-{file}.bin")).unwrap();
+        let out = kms.decrypt(&me, &blob, &context, Some("alias/legacy")).unwrap();
+        assert_eq!(&out.plaintext[..], text.as_bytes());
+    }
+    let report = kms.verify_audit().unwrap();
+    assert!(report.intact, "{:?}", report.problems);
+    let upgrade = kms.audit_events(&AuditFilter::default()).unwrap();
+    assert_eq!(upgrade[6].event.operation, "UpgradeKeyDerivation", "after the six old events");
+    assert!(upgrade[6].event.reason.contains("3 key versions re-sealed"), "{}", upgrade[6].event.reason);
+
+    // New work, another open (no second upgrade), and the chain still holds.
+    let id = kms.resolve_key_id("alias/legacy").unwrap();
+    kms.rotate_key(&me, &id).unwrap();
+    let blob = kms.encrypt(&me, &id, b"after", &context).unwrap();
+    // Every version (the re-sealed ones and a new one) is now sealed by the derived key, none by the root key itself.
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    let versions_key = kmsfs::crypto::hkdf_subkey(&root, root_keys::VERSIONS_LABEL);
+    let mut stmt = conn.prepare("SELECT key_id, version, material FROM key_versions").unwrap();
+    let rows: Vec<(String, u32, Vec<u8>)> =
+        stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))).unwrap().map(Result::unwrap).collect();
+    assert_eq!(rows.len(), 4);
+    for (key_id, version, sealed) in &rows {
+        let aad = [b"kmsfs-key-version\0".as_slice(), key_id.as_bytes(), &version.to_be_bytes()].concat();
+        assert!(
+            kmsfs::crypto::open(&root, &aad, sealed).is_err(),
+            "{key_id} v{version} sealed by the root key"
+        );
+        assert!(kmsfs::crypto::open(&versions_key, &aad, sealed).is_ok());
+    }
+
+    drop(kms);
+    let ks = Keystore::open(&path).unwrap();
+    let mut kms = Kms::new(ks, ks_root(&path), clock, &me).unwrap();
+    assert_eq!(&kms.decrypt(&me, &blob, &context, None).unwrap().plaintext[..], b"after");
+    let events = kms.audit_events(&AuditFilter::default()).unwrap();
+    assert_eq!(events.iter().filter(|e| e.event.operation == "UpgradeKeyDerivation").count(), 1);
+    assert!(kms.verify_audit().unwrap().intact);
+
+    // The point where the chain changes keys is covered: moving it is reported.
+    conn.execute("UPDATE meta SET value = CAST('5' AS BLOB) WHERE name = 'audit_legacy_until'", []).unwrap();
+    assert!(!kms.verify_audit().unwrap().intact, "an edited switch-over point is reported");
+}
+
+fn ks_root(path: &std::path::Path) -> kmsfs::crypto::SecretKey {
+    Keystore::open(path).unwrap().unlock(b"legacy passphrase").unwrap()
+}
+
+#[test]
+fn a_new_keystore_uses_per_purpose_keys_from_the_start() {
+    let mut f = fixture();
+    assert!(kmsfs::kms::root_keys::is_derived(f.kms.keystore().conn()).unwrap());
+    f.key(None);
+    let events = f.kms.audit_events(&AuditFilter::default()).unwrap();
+    assert!(events.iter().all(|e| e.event.operation != "UpgradeKeyDerivation"));
+    assert!(f.kms.verify_audit().unwrap().intact);
+}
+
+#[test]
+fn managed_keys_let_everyone_use_but_only_their_creator_re_wrap_even_in_old_keystores() {
+    let mut f = fixture();
+    let me = f.me.clone();
+    let id = f.kms.create_managed_key(&me, "vol", "a volume's key").unwrap();
+    let conn = rusqlite::Connection::open(&f.path).unwrap();
+    let policy_of = |conn: &rusqlite::Connection| -> String {
+        conn.query_row("SELECT policy FROM keys WHERE key_id = ?1", [&id], |r| r.get(0)).unwrap()
+    };
+    let check = |text: &str| {
+        let policy = kmsfs::kms::policy::Policy::parse(text).unwrap();
+        let alice = Principal::from_ids(1001, 1001, vec![], None);
+        let allowed = |who: &Principal, action: &str| {
+            let none = EncryptionContext::new();
+            let req = kmsfs::kms::policy::Request { caller: who, action, context: &none, path: None, now: 0 };
+            matches!(policy.decide(&[], &req), kmsfs::kms::policy::Decision::Allow(_))
+        };
+        assert!(allowed(&alice, "kms:Decrypt") && allowed(&alice, "kms:GenerateDataKey"));
+        assert!(!allowed(&alice, "kms:ReEncryptFrom") && !allowed(&alice, "kms:ReEncryptTo"));
+        assert!(allowed(&me, "kms:ReEncryptFrom") && allowed(&me, "kms:ReEncryptTo"));
+    };
+    check(&policy_of(&conn));
+    // A keystore from before stored the old default, which let everyone re-wrap.
+    conn.execute(
+        "UPDATE keys SET policy = ?1 WHERE key_id = ?2",
+        [kmsfs::kms::policy::Policy::legacy_managed_default(), id.clone()],
+    )
+    .unwrap();
+    f.reopen();
+    check(&policy_of(&conn));
 }

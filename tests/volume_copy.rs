@@ -214,3 +214,29 @@ fn refusals_are_clear_and_change_nothing() {
     assert_eq!(out.status.code(), Some(5), "{out:?}");
     assert!(!fresh.join("kmsfs.volume").exists());
 }
+
+/// Without `--to-key` a copy keeps the source's keys; the volume names key goes under the key
+/// that really wraps it, not the `default_key_id` of `kmsfs.volume`, which nothing
+/// authenticates: an edit there must not choose the copy's key.
+#[test]
+fn a_copy_without_to_key_ignores_an_edited_default_key_id() {
+    let mut m = Mounted::new();
+    populate(&m);
+    m.unmount();
+    let theirs = m.env.create_key("alias/theirs");
+    let config_path = m.cipher().join("kmsfs.volume");
+    let mut config: serde_json::Value = serde_json::from_slice(&fs::read(&config_path).unwrap()).unwrap();
+    config["default_key_id"] = serde_json::Value::String(theirs.clone());
+    fs::write(&config_path, serde_json::to_vec_pretty(&config).unwrap()).unwrap();
+    let dst = m.env.path("copy.enc");
+    let report = m.json(&["volume", "copy", m.cipher().to_str().unwrap(), dst.to_str().unwrap()]);
+    assert_eq!(report["DefaultKeyId"], m.key_id.as_str(), "{report}");
+    let copied: serde_json::Value =
+        serde_json::from_slice(&fs::read(dst.join("kmsfs.volume")).unwrap()).unwrap();
+    assert_eq!(copied["default_key_id"], m.key_id.as_str());
+    // The copy's names key opens under the source's real key, and not under the edited one.
+    m.ok(&["key", "disable", "alias/theirs"]);
+    let mnt = m.env.path("copy-mnt");
+    let _guard = mount_with(&m.env, &dst, &mnt);
+    assert!(mnt.join("notes.txt").exists());
+}

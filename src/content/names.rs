@@ -21,6 +21,8 @@ pub const IV_LEN: usize = 16;
 pub const NAME_MAX: usize = 255;
 pub const LONG_PREFIX: &str = "kmsfs.long.";
 pub const SIDECAR_SUFFIX: &str = ".name";
+/// Far above any sidecar (an encoded name of at most 255 bytes).
+const MAX_SIDECAR_BYTES: u64 = 4096;
 
 /// How a plaintext name is stored in its backing directory.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -115,7 +117,11 @@ impl NameCipher {
             BackingEntry::Internal => return EntryName::Internal,
             BackingEntry::Short(encoded) => self.decrypt(encoded),
             BackingEntry::Long(entry) => {
-                std::fs::read_to_string(dir.join(sidecar_of(entry))).ok().and_then(|full| self.decrypt(&full))
+                // Bounded and never blocking: a sidecar is a few hundred bytes, and a FIFO or a
+                // link to /dev/zero planted as one must not hang or exhaust the mount.
+                crate::sys::read_small_file(&dir.join(sidecar_of(entry)), MAX_SIDECAR_BYTES)
+                    .ok()
+                    .and_then(|full| self.decrypt(&full))
             }
         };
         plain.map_or(EntryName::Undecryptable, EntryName::Plain)

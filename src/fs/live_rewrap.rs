@@ -9,7 +9,7 @@ use fuser::{Errno, INodeNo};
 
 use super::dirs::CachedDir;
 use super::{kms_errno, FsResult, KmsFs};
-use crate::error::Error;
+use crate::error::{AccessDenied, Denial, Error};
 use crate::kms::keyring::Access;
 use crate::volume::rewrap::{open_for_rewrap, rewrap_dir, rewrap_file, rewrap_volume_key};
 
@@ -18,7 +18,27 @@ impl KmsFs {
     /// under KEY (names stay as they are) and new files and subdirectories use KEY.
     pub(super) fn set_dir_key(&self, access: Access<'_>, ino: INodeNo, key_ref: &str) -> FsResult<()> {
         let key_id = self.resolve_target(access, "set-key", key_ref)?;
+        self.require_owner(access, ino, "SetDirectoryKey", &key_id)?;
         self.rewrap_directory(access, ino, Some(&key_id), true)
+    }
+
+    /// Only the owner of a file or directory, or root, may choose which key protects it:
+    /// whoever may merely write a shared directory must not move it (and so everything later
+    /// created in it) to a key of their choosing. A refusal is EACCES and audited.
+    fn require_owner(&self, access: Access<'_>, ino: INodeNo, operation: &str, key_id: &str) -> FsResult<()> {
+        use std::os::unix::fs::MetadataExt;
+        let (meta, _) = self.stat_ino(ino)?;
+        let uid = access.caller.uid;
+        if uid == 0 || uid == meta.uid() {
+            return Ok(());
+        }
+        let e = Error::AccessDenied(AccessDenied {
+            key_id: Some(key_id.to_string()),
+            reason: Denial::NotOwner { owner_uid: meta.uid(), path: access.path.to_string() },
+        });
+        log::info!("{}: {e}", access.path);
+        self.keyring.record_refusal(access, operation, Some(key_id), &e);
+        Err(Errno::EACCES)
     }
 
     /// `setfattr -n user.kmsfs.rewrap [-v KEY] PATH`: re-wraps a file's data key or a
@@ -29,6 +49,9 @@ impl KmsFs {
             "" => None,
             k => Some(self.resolve_target(access, "rewrap to", k)?),
         };
+        if let Some(key_id) = &to_key {
+            self.require_owner(access, ino, "ReEncrypt", key_id)?;
+        }
         let (meta, path) = self.stat_ino(ino)?;
         if meta.is_dir() {
             self.rewrap_directory(access, ino, to_key.as_deref(), false)?;
@@ -55,8 +78,12 @@ impl KmsFs {
         };
         let _one = self.rewrap_lock.lock().expect("rewrap lock");
         rewrap_file(&self.keyring, access, &self.config, file, to_key.as_deref())
-            .map(|_| ())
-            .map_err(|e| self.rewrap_errno(access, e))
+            .map_err(|e| self.rewrap_errno(access, e))?;
+        // Handles still open keep the data key, but the next open is a use of the new key.
+        if let (Some(key_id), Some(open)) = (&to_key, self.open_files.get(ino.0)) {
+            open.rewrapped_under(key_id);
+        }
+        Ok(())
     }
 
     fn rewrap_directory(

@@ -155,7 +155,7 @@ impl KmsFs {
         if let Some(h) = fh.and_then(|fh| self.open_files.handle(fh.0).ok()) {
             return h.open.truncate(size, None);
         }
-        let of = self.acquire_open_file(req, ino)?;
+        let of = self.acquire_open_file(req, ino, true)?;
         let result = of.truncate(size, None);
         self.open_files.release(ino.0);
         result

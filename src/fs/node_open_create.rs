@@ -35,7 +35,7 @@ impl KmsFs {
         if write {
             self.check_writable()?;
         }
-        let of = self.acquire_open_file(req, ino)?;
+        let of = self.acquire_open_file(req, ino, write)?;
         let result = match (write, flags.0 & libc::O_TRUNC != 0) {
             (true, _) if !of.writable => Err(Errno::EACCES),
             (true, true) => of.truncate(0, self.kills_privs_for(req).as_ref()),
@@ -101,14 +101,21 @@ impl KmsFs {
     }
 
     /// The shared open state of `ino`, loading its key if no handle has it yet. Every call
-    /// is a key use: the key's state is checked and the access audited.
-    pub(super) fn acquire_open_file(&self, req: &Request, ino: INodeNo) -> FsResult<Arc<OpenFile>> {
+    /// is a key use: the key's state is checked and the access audited. `to_write`: the
+    /// caller asked to write (only then may a file without a header be given one).
+    pub(super) fn acquire_open_file(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        to_write: bool,
+    ) -> FsResult<Arc<OpenFile>> {
         let caller = self.caller(req);
         let label = self.display_path(ino.0);
         let access = Self::access(&caller, &label);
         if let Some(of) = self.open_files.acquire(ino.0) {
             let ctx = self.config.file_context(&of.key.file_id);
-            if let Err(e) = self.keyring.authorize_cached(access, &of.key.key_id, &ctx) {
+            // Against the key that wraps the file now, which a live re-wrap may have changed.
+            if let Err(e) = self.keyring.authorize_cached(access, &of.wrapped_by(), &ctx) {
                 self.open_files.release(ino.0);
                 return Err(kms_errno(e));
             }
@@ -117,7 +124,7 @@ impl KmsFs {
         let path = self.backing(ino)?;
         self.read_siblings_ahead(ino.0, &path);
         let (file, writable) = open_backing(&path)?;
-        let key = self.load_key(ino, &file, writable, access)?;
+        let key = self.load_key(ino, &file, writable && to_write, access)?;
         Ok(self.open_files.insert(ino.0, OpenFile::new(file, writable, key, label)))
     }
 
@@ -129,12 +136,22 @@ impl KmsFs {
         }
     }
 
-    /// Reads the header and unwraps the data key, newest slot first.
-    fn load_key(&self, ino: INodeNo, file: &File, writable: bool, access: Access<'_>) -> FsResult<FileKey> {
-        if file.metadata().map_err(io_errno)?.len() == 0 {
-            // Created but never given a header (a crash right after create): a new, empty file.
-            if !writable {
-                log::warn!("{} has no header and cannot be repaired read-only; answering EIO", access.path);
+    /// Reads the header and unwraps the data key, newest slot first. `may_repair`: the open
+    /// is for writing, through a descriptor that can write.
+    fn load_key(&self, ino: INodeNo, file: &File, may_repair: bool, access: Access<'_>) -> FsResult<FileKey> {
+        let meta = file.metadata().map_err(io_errno)?;
+        if meta.len() == 0 {
+            // Created but never given a header (a crash right after create): a new, empty file,
+            // given its header by the next open for writing. Never by a read-only open (the
+            // daemon, often root, would write where the caller asked to read), and never
+            // through a hard link or anything but a regular file: a user who can write the
+            // cipher directory could otherwise point that write at a file of someone else's.
+            if !may_repair || !meta.is_file() || meta.nlink() != 1 {
+                log::warn!(
+                    "{} has no header; it is given one only by an open for writing of a regular \
+                     file with one link; answering EIO",
+                    access.path
+                );
                 return Err(Errno::EIO);
             }
             // It gets the key of its directory, as at create.

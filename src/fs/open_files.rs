@@ -33,11 +33,33 @@ pub struct OpenFile {
     label: String,
     /// The last block as last written through this open file (`crypt_file::LastBlock`).
     last_block: Mutex<Option<LastBlock>>,
+    /// The master key that wraps the file now: `key.key_id` until a live re-wrap moves it
+    /// (`rewrapped_under`). Every further open is authorized against this one.
+    wrapped_by: Mutex<String>,
 }
 
 impl OpenFile {
     pub fn new(file: File, writable: bool, key: FileKey, label: String) -> Self {
-        OpenFile { file, writable, key, lock: RwLock::new(()), label, last_block: Mutex::new(None) }
+        let wrapped_by = Mutex::new(key.key_id.clone());
+        OpenFile {
+            file,
+            writable,
+            key,
+            lock: RwLock::new(()),
+            label,
+            last_block: Mutex::new(None),
+            wrapped_by,
+        }
+    }
+
+    /// The master key that wraps the file now.
+    pub fn wrapped_by(&self) -> String {
+        self.wrapped_by.lock().expect("wrapped-by lock").clone()
+    }
+
+    /// Records that the mount re-wrapped the file under `key_id`.
+    pub fn rewrapped_under(&self, key_id: &str) {
+        *self.wrapped_by.lock().expect("wrapped-by lock") = key_id.to_string();
     }
 
     fn crypt(&self) -> CryptFile<'_> {

@@ -6,12 +6,13 @@
 //! so changing the passphrase rewrites one row and the audit chain (keyed from the root key)
 //! stays verifiable across passphrase changes.
 
+pub mod placement;
 pub mod records;
 pub mod schema;
 
 use std::fs::OpenOptions;
 use std::io::ErrorKind;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -24,6 +25,18 @@ use crate::error::{Error, Result};
 /// How long a command waits for another process (a mount, another command) holding the
 /// write lock before giving up.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long the log truncation that erases destroyed material waits for readers on older
+/// snapshots before it is left to the next keystore open.
+const ERASE_WAIT: Duration = Duration::from_secs(2);
+
+/// Meta row naming how the keys below the root key are derived (`kms::root_keys`); absent in
+/// keystores made before per-purpose keys.
+pub const KEY_DERIVATION: &str = "key_derivation";
+pub const KEY_DERIVATION_HKDF: &str = "hkdf-sha256-1";
+
+/// Meta row present while destroyed material may have old page images in the log.
+const ERASE_PENDING: &str = "erase_pending";
 
 /// An open keystore file. Holds no key material itself: [`Keystore::unlock`] returns the
 /// root key to the caller.
@@ -68,6 +81,7 @@ impl Keystore {
                 .create(parent)
                 .map_err(|e| Error::io(format!("cannot create {}", parent.display()), e))?;
         }
+        placement::check_directories(path)?;
         // Create the file ourselves so it is 0600 from its first byte; SQLite gives its
         // -wal and -shm files the same mode.
         OpenOptions::new().write(true).create_new(true).mode(0o600).open(path).map_err(|e| {
@@ -94,6 +108,7 @@ impl Keystore {
         set_meta(&tx, "keystore_id", keystore_id.as_bytes())?;
         set_meta(&tx, "created", now_secs().to_string().as_bytes())?;
         store_wrapped_root(&tx, &keystore_id, &root, passphrase, kdf)?;
+        set_meta(&tx, KEY_DERIVATION, KEY_DERIVATION_HKDF.as_bytes())?;
         tx.commit()?;
         Ok((ks, root))
     }
@@ -111,15 +126,7 @@ impl Keystore {
                     reason: "it is not a regular file".into(),
                 })
             }
-            // The passphrase is all that protects it; a file others may read invites offline
-            // guessing, one others may write lets them re-enable keys or rewrite policies.
-            Ok(m) if m.permissions().mode() & 0o077 != 0 => {
-                return Err(Error::InsecureKeystore {
-                    path: path.to_path_buf(),
-                    mode: m.permissions().mode() & 0o7777,
-                })
-            }
-            Ok(_) => {}
+            Ok(m) => placement::check_existing(path, &m)?,
         }
         let mut ks = Self::connect(path)?;
         let not_a_keystore = |reason: String| Error::NotAKeystore { path: path.to_path_buf(), reason };
@@ -282,10 +289,32 @@ impl Keystore {
         Error::CorruptKeystore { path: self.path.clone(), reason }
     }
 
-    /// Removes what is left of destroyed key material from the write-ahead log, so
-    /// crypto-shredding also reaches the bytes on disk.
-    pub fn checkpoint(&self) -> Result<()> {
-        self.conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+    /// Copies every page of the write-ahead log into the file and truncates the log to zero
+    /// bytes, so that old page images (destroyed key material) survive in neither. Returns
+    /// whether it completed: a reader still on an older snapshot (a mount's query, another
+    /// command) stops it, and after [`ERASE_WAIT`] it gives up rather than hold the command.
+    pub fn truncate_wal(&self) -> Result<bool> {
+        self.conn.busy_timeout(ERASE_WAIT)?;
+        let result = self.conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get::<_, i64>(0));
+        self.conn.busy_timeout(BUSY_TIMEOUT)?;
+        Ok(result? == 0)
+    }
+
+    /// Whether destroyed material may still have old page images in the log (a truncation
+    /// after a destruction did not complete; see [`Keystore::set_erase_pending`]).
+    pub fn erase_pending(&self) -> Result<bool> {
+        Ok(self.meta(ERASE_PENDING)?.is_some())
+    }
+
+    /// Records (or clears) that a truncation of the log is owed, so every later open retries.
+    pub fn set_erase_pending(&mut self, pending: bool) -> Result<()> {
+        let tx = self.write_tx()?;
+        if pending {
+            set_meta(&tx, ERASE_PENDING, b"1")?;
+        } else {
+            tx.execute("DELETE FROM meta WHERE name = ?1", [ERASE_PENDING])?;
+        }
+        tx.commit()?;
         Ok(())
     }
 }

@@ -2,12 +2,13 @@
 //!
 //! Row `n` carries `mac_n = HMAC-SHA256(audit_key, mac_{n-1} || encode(n, event))`, with
 //! `mac_0` all zeros, and the keystore's meta table keeps the head (last seq and mac). The
-//! audit key is derived from the root key, so without the passphrase nobody can forge a
+//! audit key is derived from the root key (`root_keys`), so without the passphrase nobody can forge a
 //! consistent chain: `verify` finds an edited, inserted or deleted row, and a cut-off tail.
 
 use rusqlite::{params, Connection, Row};
 
 use super::principal::Principal;
+use super::root_keys::{self, RootKeys};
 use crate::crypto::{self, SecretKey};
 use crate::error::{Error, Result};
 use crate::keystore::{get_meta, set_meta};
@@ -35,11 +36,13 @@ impl Outcome {
         }
     }
 
-    fn parse(s: &str) -> Self {
+    /// The outcome a stored word names; `None` for any other word.
+    fn parse(s: &str) -> Option<Self> {
         match s {
-            "Success" => Outcome::Success,
-            "Denied" => Outcome::Denied,
-            _ => Outcome::Error,
+            "Success" => Some(Outcome::Success),
+            "Denied" => Some(Outcome::Denied),
+            "Error" => Some(Outcome::Error),
+            _ => None,
         }
     }
 
@@ -93,6 +96,12 @@ impl AuditEvent {
 
     /// The bytes the MAC covers: every field, length-prefixed, after the sequence number.
     fn encode(&self, seq: i64) -> Vec<u8> {
+        self.encode_with_outcome(seq, self.outcome.as_str())
+    }
+
+    /// [`AuditEvent::encode`] with the outcome as stored text, so that verification covers
+    /// the very word in the row, not what it was parsed to.
+    fn encode_with_outcome(&self, seq: i64, outcome: &str) -> Vec<u8> {
         let mut out = Vec::with_capacity(128);
         out.extend_from_slice(&seq.to_be_bytes());
         out.extend_from_slice(&self.time_ms.to_be_bytes());
@@ -102,7 +111,7 @@ impl AuditEvent {
             Some(self.user.as_str()),
             Some(self.operation.as_str()),
             self.key_id.as_deref(),
-            Some(self.outcome.as_str()),
+            Some(outcome),
             Some(self.reason.as_str()),
             Some(self.context.as_str()),
             self.path.as_deref(),
@@ -142,9 +151,21 @@ pub struct AuditFilter {
     pub limit: Option<usize>,
 }
 
-/// The key the chain is MACed with, derived from the root key.
-pub fn audit_key(root: &SecretKey) -> SecretKey {
-    crypto::derive_subkey(root, "audit-chain")
+/// The sequence number of the last event in the chain (0: none).
+pub(crate) fn head_seq(conn: &Connection) -> Result<i64> {
+    Ok(read_head(conn)?.0)
+}
+
+/// Events up to this sequence number were MACed with the audit key of keystores made before
+/// per-purpose keys (`root_keys`); every event of a keystore not yet upgraded was.
+fn legacy_until(conn: &Connection) -> Result<i64> {
+    if !root_keys::is_derived(conn)? {
+        return Ok(i64::MAX);
+    }
+    Ok(get_meta(conn, root_keys::AUDIT_LEGACY_UNTIL)?
+        .and_then(|v| String::from_utf8(v).ok())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0))
 }
 
 fn read_head(conn: &Connection) -> Result<(i64, [u8; MAC_LEN])> {
@@ -192,7 +213,9 @@ pub fn append(conn: &Connection, key: &SecretKey, events: &[AuditEvent]) -> Resu
 
 const COLUMNS: &str = "seq, time_ms, uid, user, pid, operation, key_id, outcome, reason, context, path, mac";
 
-fn record_from_row(r: &Row<'_>) -> rusqlite::Result<(AuditRecord, Vec<u8>)> {
+/// A row as an event, its stored MAC and its outcome word as stored (an unknown word is
+/// shown as `Error`; `verify` checks the word itself).
+fn record_from_row(r: &Row<'_>) -> rusqlite::Result<(AuditRecord, Vec<u8>, String)> {
     let outcome: String = r.get(7)?;
     Ok((
         AuditRecord {
@@ -204,13 +227,14 @@ fn record_from_row(r: &Row<'_>) -> rusqlite::Result<(AuditRecord, Vec<u8>)> {
                 pid: r.get(4)?,
                 operation: r.get(5)?,
                 key_id: r.get(6)?,
-                outcome: Outcome::parse(&outcome),
+                outcome: Outcome::parse(&outcome).unwrap_or(Outcome::Error),
                 reason: r.get(8)?,
                 context: r.get(9)?,
                 path: r.get(10)?,
             },
         },
         r.get(11)?,
+        outcome,
     ))
 }
 
@@ -233,7 +257,7 @@ pub fn query(conn: &Connection, filter: &AuditFilter) -> Result<Vec<AuditRecord>
             filter.uid,
             limit
         ],
-        |r| record_from_row(r).map(|(rec, _)| rec),
+        |r| record_from_row(r).map(|(rec, _, _)| rec),
     )?;
     let mut out: Vec<AuditRecord> = rows.collect::<rusqlite::Result<_>>()?;
     out.reverse();
@@ -250,12 +274,13 @@ pub struct VerifyReport {
 }
 
 /// Walks the whole chain and reports every place where it does not hold.
-pub fn verify(conn: &Connection, key: &SecretKey) -> Result<VerifyReport> {
+pub fn verify(conn: &Connection, keys: &RootKeys) -> Result<VerifyReport> {
     // The rows and the head from one snapshot (one read transaction): an event appended in
     // between, by a mount or another command, must not look like a cut tail.
     let snapshot = conn.unchecked_transaction()?;
     let conn: &Connection = &snapshot;
     let mut problems = Vec::new();
+    let legacy_until = legacy_until(conn)?;
     let mut stmt = conn.prepare(&format!("SELECT {COLUMNS} FROM audit ORDER BY seq"))?;
     let mut rows = stmt.query([])?;
     let mut prev_mac = [0u8; MAC_LEN];
@@ -263,7 +288,7 @@ pub fn verify(conn: &Connection, key: &SecretKey) -> Result<VerifyReport> {
     let mut count = 0i64;
     while let Some(row) = rows.next()? {
         count += 1;
-        let (rec, stored_mac) = match record_from_row(row) {
+        let (rec, stored_mac, outcome) = match record_from_row(row) {
             Ok(r) => r,
             Err(e) => {
                 problems.push(format!("a row cannot be read ({e})"));
@@ -273,7 +298,11 @@ pub fn verify(conn: &Connection, key: &SecretKey) -> Result<VerifyReport> {
         if rec.seq != expected_seq {
             problems.push(format!("events {expected_seq}..{} are missing (deleted rows)", rec.seq - 1));
         }
-        let mac = crypto::hmac_sha256(key, &[&prev_mac, &rec.event.encode(rec.seq)]);
+        if Outcome::parse(&outcome).is_none() {
+            problems.push(format!("event {} has an unknown outcome '{outcome}' (edited)", rec.seq));
+        }
+        let key = if rec.seq <= legacy_until { keys.legacy_audit() } else { keys.audit() };
+        let mac = crypto::hmac_sha256(key, &[&prev_mac, &rec.event.encode_with_outcome(rec.seq, &outcome)]);
         if !crypto::ct_eq(&mac, &stored_mac) {
             problems.push(format!(
                 "event {} does not match its chain MAC (edited, inserted, or a preceding event was removed)",

@@ -1,7 +1,7 @@
 //! The KMS's time source. Injectable so tests can cross a 30-day deletion window or a
 //! 365-day rotation period without waiting.
 
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Milliseconds since the Unix epoch.
@@ -13,21 +13,46 @@ pub trait Clock: Send + Sync {
     }
 }
 
-/// The system clock, optionally shifted by a fixed offset.
+/// The system clock; in the test suite's binary only, shifted by a fixed offset.
 ///
-/// The offset comes from `KMSFS_CLOCK_OFFSET_SECS` (see [`SystemClock::from_env`]); it exists
-/// for end-to-end tests of deletion windows and rotation periods. It grants nothing: whoever
-/// can set it for a kmsfs process already holds the passphrase, and so every key.
+/// The offset comes from `KMSFS_CLOCK_OFFSET_SECS` and exists for end-to-end tests of deletion
+/// windows, rotation periods and grant expiry. Only a process that called
+/// [`honour_offset_from_env`] reads it: the `kmsfs-test-clock` binary, which is built only
+/// with the `test-clock` feature (the test suite turns it on). The `kmsfs` binary never
+/// does, so a stray variable in a unit file cannot crypto-shred keys early or move expiry.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct SystemClock {
     offset_ms: i64,
 }
 
+/// Whether this process reads `KMSFS_CLOCK_OFFSET_SECS` (see [`SystemClock`]).
+static OFFSET_HONOURED: AtomicBool = AtomicBool::new(false);
+
+/// Makes [`SystemClock::from_env`] apply `KMSFS_CLOCK_OFFSET_SECS` in this process; for the
+/// test suite's binary only.
+#[cfg(feature = "test-clock")]
+pub fn honour_offset_from_env() {
+    OFFSET_HONOURED.store(true, Ordering::SeqCst);
+}
+
 impl SystemClock {
     pub fn from_env() -> Result<Self, String> {
-        match std::env::var("KMSFS_CLOCK_OFFSET_SECS") {
-            Err(_) => Ok(SystemClock::default()),
-            Ok(v) => v
+        let value = std::env::var("KMSFS_CLOCK_OFFSET_SECS").ok();
+        Self::from_setting(value.as_deref(), OFFSET_HONOURED.load(Ordering::SeqCst))
+    }
+
+    /// The clock for an offset setting, applied only if `honoured`; an ignored setting is
+    /// reported, so that whoever left it in an environment learns it does nothing.
+    fn from_setting(value: Option<&str>, honoured: bool) -> Result<Self, String> {
+        match value {
+            None => Ok(SystemClock::default()),
+            Some(_) if !honoured => {
+                log::warn!(
+                    "KMSFS_CLOCK_OFFSET_SECS is ignored: only the test suite's kmsfs-test-clock honours it"
+                );
+                Ok(SystemClock::default())
+            }
+            Some(v) => v
                 .trim()
                 .parse::<i64>()
                 .map(|secs| SystemClock { offset_ms: secs.saturating_mul(1000) })
@@ -102,6 +127,15 @@ mod tests {
         assert_eq!(c.now_secs(), 1000);
         c.advance_days(1);
         assert_eq!(c.now_secs(), 1000 + 86_400);
+    }
+
+    #[test]
+    fn the_offset_applies_only_where_honoured() {
+        let shifted = |value, honoured| SystemClock::from_setting(value, honoured).map(|c| c.offset_ms);
+        assert_eq!(shifted(Some("691200"), false), Ok(0), "the kmsfs binary ignores it");
+        assert_eq!(shifted(Some("691200"), true), Ok(691_200_000));
+        assert_eq!(shifted(None, true), Ok(0));
+        assert!(shifted(Some("8 days"), true).is_err());
     }
 
     #[test]

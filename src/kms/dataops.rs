@@ -42,7 +42,7 @@ impl Op<'_> {
         self.event.context = ctx.to_audit_string();
         self.authorize(caller, key, action, ctx)?;
         let version = key.current_version;
-        let material = version_material(&self.tx, self.root, &key.key_id, version)?;
+        let material = version_material(&self.tx, self.keys.versions(true), &key.key_id, version)?;
         let header = BlobHeader { key_id: key.key_id.clone(), key_version: version };
         Ok((version, blob::seal(&material.cipher(), &header, &ctx.encode(), plaintext)))
     }
@@ -62,7 +62,7 @@ impl Op<'_> {
             other => other,
         })?;
         self.authorize(caller, &key, action, ctx)?;
-        let material = version_material(&self.tx, self.root, &key.key_id, header.key_version)?;
+        let material = version_material(&self.tx, self.keys.versions(true), &key.key_id, header.key_version)?;
         let plaintext = blob::open(&material.cipher(), &header, &ctx.encode(), sealed)?;
         Ok(Decrypted { key_id: key.key_id, key_version: header.key_version, plaintext })
     }

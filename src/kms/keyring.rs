@@ -21,6 +21,7 @@ use super::access;
 use super::audit_writer::AuditSink;
 use super::blob::{self, BlobHeader};
 use super::policy::{GrantRule, Policy, Request};
+use super::root_keys::{self, RootKeys};
 use super::wal_index::{self, WalIndex};
 use super::{version_material, AuditEvent, Clock, EncryptionContext, Outcome, Principal};
 use crate::crypto::{Cipher, SecretKey};
@@ -75,7 +76,7 @@ pub struct KeyRing {
     conn: Mutex<Connection>,
     /// Owner of the keystore file: the principal of keys without a stored policy.
     owner_uid: u32,
-    root: SecretKey,
+    keys: RootKeys,
     cache: RwLock<Cache>,
     audit: AuditSink,
     clock: Arc<dyn Clock>,
@@ -100,7 +101,7 @@ impl KeyRing {
         let mut ring = KeyRing {
             conn: Mutex::new(conn),
             owner_uid,
-            root,
+            keys: RootKeys::new(root),
             cache,
             audit,
             clock,
@@ -142,6 +143,7 @@ impl KeyRing {
         }
         let mut cache = self.cache.write().expect("keyring cache lock");
         let keys = records::list_keys(&conn)?;
+        let versions_key = self.keys.versions(root_keys::is_derived(&conn)?);
         let mut material = std::mem::take(&mut cache.material);
         // Destroyed keys leave memory too, not only the keystore.
         material.retain(|(id, _), _| keys.iter().any(|k| &k.key_id == id && k.state != KeyState::Destroyed));
@@ -149,7 +151,7 @@ impl KeyRing {
             for v in records::list_versions(&conn, &key.key_id)? {
                 let slot = (key.key_id.clone(), v.version);
                 if v.material_present && !material.contains_key(&slot) {
-                    let secret = version_material(&conn, &self.root, &key.key_id, v.version)?;
+                    let secret = version_material(&conn, versions_key, &key.key_id, v.version)?;
                     material.insert(slot, Arc::new(secret.cipher()));
                 }
             }
@@ -240,9 +242,12 @@ impl KeyRing {
         self.cache.read().expect("keyring cache lock").keys.get(key_id).map(|k| k.state)
     }
 
-    /// Whether any policy or grant names groups, so callers' groups must be known.
+    /// Whether any policy or grant names groups, so callers' groups must be known. Asked
+    /// before the request's key checks, so it refreshes first: the first request after a
+    /// policy or grant that introduces groups must be evaluated with the caller's groups.
+    /// If the keystore cannot be read the key checks fail anyway; groups are then looked up.
     pub fn uses_groups(&self) -> bool {
-        self.cache.read().expect("keyring cache lock").uses_groups
+        self.refresh().is_err() || self.cache.read().expect("keyring cache lock").uses_groups
     }
 
     fn material(&self, key: &KeyRecord, version: u32) -> Result<Arc<Cipher>> {
@@ -304,6 +309,25 @@ impl KeyRing {
             event.reason = e.to_string();
             self.audit.record(event);
         })
+    }
+
+    /// Audits a refusal decided outside the ring (who may change a directory's key).
+    pub fn record_refusal(&self, access: Access<'_>, operation: &str, key_id: Option<&str>, error: &Error) {
+        let mut event = AuditEvent::new(access.caller, operation, self.clock.now_ms());
+        event.key_id = key_id.map(str::to_string);
+        event.path = Some(access.path.to_string());
+        event.outcome = Outcome::of_error(error);
+        event.reason = error.to_string();
+        self.audit.record(event);
+    }
+
+    /// The policy checks of moving a wrapped key from `from_key` to `to_key` beyond the
+    /// unwrap (kms:Decrypt) and the wrap (kms:ReEncryptTo), as AWS KMS's ReEncrypt and
+    /// GenerateDataKey ask them: kms:ReEncryptFrom on the old key, kms:GenerateDataKey on the
+    /// new one (new files will be created under it). Refusals are audited.
+    pub fn check_move(&self, access: Access<'_>, from_key: &str, to_key: &str) -> Result<()> {
+        self.check_key(access, from_key, "ReEncryptFrom")?;
+        self.check_key(access, to_key, "GenerateDataKey")
     }
 
     /// Wraps an existing data key under the current version of `key_id` (a directory moved

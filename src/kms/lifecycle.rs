@@ -53,9 +53,10 @@ impl Op<'_> {
         };
         records::insert_key(&self.tx, &key)?;
         // The default key policy: the creator may do everything with a customer key; a
-        // managed key may be used by everyone through a volume (Unix permissions decide).
+        // managed key may be used by everyone through a volume (Unix permissions decide) and
+        // re-wrapped by its creator only.
         let policy = if managed {
-            super::policy::Policy::managed_default()
+            super::policy::Policy::managed_default(self.event.uid)
         } else {
             super::policy::Policy::default_for_owner(self.event.uid)
         };
@@ -268,10 +269,32 @@ impl Kms {
             })?;
             destroyed.push(key.key_id);
         }
-        if !destroyed.is_empty() {
-            self.keystore().checkpoint()?;
-        }
+        self.erase_destroyed_pages(!destroyed.is_empty())?;
         Ok(destroyed)
+    }
+
+    /// After a destruction, and at every later open and housekeeping until it succeeds,
+    /// truncates the keystore's write-ahead log, whose older frames still hold the destroyed
+    /// material (secure_delete has zeroed it in the newest page images already).
+    fn erase_destroyed_pages(&mut self, destroyed_now: bool) -> Result<()> {
+        if !destroyed_now && !self.keystore().erase_pending()? {
+            return Ok(());
+        }
+        let done = self.keystore().truncate_wal()?;
+        if !done {
+            log::warn!(
+                "destroyed key material may remain in {}-wal while another process reads an older \
+                 snapshot; the next kmsfs command (or a mount's hourly housekeeping) erases it",
+                self.keystore().path().display()
+            );
+        }
+        let pending = self.keystore().erase_pending()?;
+        if done && pending {
+            self.keystore_mut().set_erase_pending(false)?;
+        } else if !done && !pending {
+            self.keystore_mut().set_erase_pending(true)?;
+        }
+        Ok(())
     }
 
     /// Rotates every key whose automatic rotation date has come. Returns their ids.

@@ -19,6 +19,7 @@ pub mod lifecycle;
 pub mod metadata;
 pub mod policy;
 pub mod principal;
+pub mod root_keys;
 pub mod status;
 mod wal_index;
 
@@ -39,6 +40,7 @@ use crate::keystore::records::{self, KeyManager, KeyRecord, KeyState};
 use crate::keystore::{self, Keystore};
 use audit_writer::AuditWriter;
 use keyring::KeyRing;
+use root_keys::RootKeys;
 
 /// Prefix of every alias name.
 pub const ALIAS_PREFIX: &str = "alias/";
@@ -48,8 +50,7 @@ pub const MANAGED_ALIAS_PREFIX: &str = "alias/kmsfs/";
 /// An unlocked keystore with its KMS logic.
 pub struct Kms {
     ks: Keystore,
-    root: SecretKey,
-    audit_key: SecretKey,
+    keys: RootKeys,
     clock: Arc<dyn Clock>,
     housekeeping: Housekeeping,
     /// Owner of the keystore file: the principal of keys that have no stored policy.
@@ -69,7 +70,7 @@ pub struct Housekeeping {
 /// will leave.
 pub(crate) struct Op<'a> {
     pub tx: Transaction<'a>,
-    pub root: &'a SecretKey,
+    pub keys: &'a RootKeys,
     pub now: i64,
     pub event: AuditEvent,
     pub owner_uid: u32,
@@ -85,10 +86,12 @@ impl Kms {
     /// Wraps an unlocked keystore and runs the housekeeping that is due: destroying keys
     /// whose deletion window has passed and rotating keys whose rotation date has come.
     pub fn new(ks: Keystore, root: SecretKey, clock: Arc<dyn Clock>, caller: &Principal) -> Result<Kms> {
-        let audit_key = audit::audit_key(&root);
         use std::os::unix::fs::MetadataExt;
         let owner_uid = std::fs::metadata(ks.path()).map(|m| m.uid()).unwrap_or(0);
-        let mut kms = Kms { ks, root, audit_key, clock, housekeeping: Housekeeping::default(), owner_uid };
+        let keys = RootKeys::new(root);
+        let mut kms = Kms { ks, keys, clock, housekeeping: Housekeeping::default(), owner_uid };
+        kms.upgrade_key_derivation(caller)?;
+        kms.upgrade_managed_policies(caller)?;
         let destroyed = kms.purge_expired(caller)?;
         let rotated = kms.rotate_due(caller)?;
         kms.housekeeping = Housekeeping { destroyed, rotated };
@@ -104,8 +107,59 @@ impl Kms {
         &self.ks
     }
 
+    pub(crate) fn keystore_mut(&mut self) -> &mut Keystore {
+        &mut self.ks
+    }
+
     pub fn root_key(&self) -> &SecretKey {
-        &self.root
+        self.keys.root()
+    }
+
+    /// Gives managed keys whose stored policy is the old default, which let everyone re-wrap
+    /// (and so move directories onto or off them), the current one.
+    fn upgrade_managed_policies(&mut self, caller: &Principal) -> Result<()> {
+        let old = policy::Policy::legacy_managed_default();
+        let count: i64 = self.ks.conn().query_row(
+            "SELECT count(*) FROM keys WHERE key_manager = 'MANAGED' AND policy = ?1",
+            [&old],
+            |r| r.get(0),
+        )?;
+        if count == 0 {
+            return Ok(());
+        }
+        let new = policy::Policy::managed_default(self.owner_uid);
+        self.audited(caller, "PutKeyPolicy", |op| {
+            op.tx.execute(
+                "UPDATE keys SET policy = ?1 WHERE key_manager = 'MANAGED' AND policy = ?2",
+                [&new, &old],
+            )?;
+            op.event.reason = format!(
+                "{count} managed keys: kms:ReEncrypt* only for uid {}, no longer for everyone",
+                op.owner_uid
+            );
+            Ok(())
+        })
+    }
+
+    /// Moves a keystore made before per-purpose keys to them (`root_keys`), in one
+    /// transaction with its audit event. Not through `audited`: a failure must not append an
+    /// event under the new audit key to a chain that has not switched to it.
+    fn upgrade_key_derivation(&mut self, caller: &Principal) -> Result<()> {
+        if root_keys::is_derived(self.ks.conn())? {
+            return Ok(());
+        }
+        let mut event = AuditEvent::new(caller, "UpgradeKeyDerivation", self.clock.now_ms());
+        let tx = self.ks.write_tx()?;
+        let head = audit::head_seq(&tx)?;
+        if let Some(resealed) = root_keys::upgrade(&tx, &self.keys, head)? {
+            event.reason = format!(
+                "{resealed} key versions re-sealed under a key derived for that purpose; audit events \
+                 after {head} are MACed with a key derived for the audit chain"
+            );
+            audit::append(&tx, self.keys.audit(), std::slice::from_ref(&event))?;
+        }
+        tx.commit()?;
+        Ok(())
     }
 
     pub fn clock(&self) -> &Arc<dyn Clock> {
@@ -117,7 +171,8 @@ impl Kms {
     /// and the ring reads the same keystore, already opened and checked here, through a
     /// read-only connection of its own.
     pub fn into_key_ring(self, me: Principal) -> Result<(KeyRing, AuditWriter)> {
-        let (path, root, clock) = (self.ks.path().to_path_buf(), self.root.clone(), Arc::clone(&self.clock));
+        let (path, root, clock) =
+            (self.ks.path().to_path_buf(), self.keys.root().clone(), Arc::clone(&self.clock));
         let (sink, writer) =
             AuditWriter::spawn(self, me).map_err(|e| Error::io("cannot start the audit writer", e))?;
         Ok((KeyRing::open(&path, root, clock, sink)?, writer))
@@ -138,12 +193,12 @@ impl Kms {
         let event = AuditEvent::new(caller, operation, now_ms);
         let tx = self.ks.write_tx()?;
         let mut op =
-            Op { tx, root: &self.root, now: now_ms.div_euclid(1000), event, owner_uid: self.owner_uid };
+            Op { tx, keys: &self.keys, now: now_ms.div_euclid(1000), event, owner_uid: self.owner_uid };
         let result = body(&mut op);
         let (tx, mut event) = op.into_parts();
         let result = match result {
             Ok(value) => {
-                audit::append(&tx, &self.audit_key, std::slice::from_ref(&event))?;
+                audit::append(&tx, self.keys.audit(), std::slice::from_ref(&event))?;
                 tx.commit()?;
                 Ok(value)
             }
@@ -176,14 +231,14 @@ impl Kms {
             let keystore_id = keystore::get_meta(&op.tx, "keystore_id")?
                 .and_then(|v| String::from_utf8(v).ok())
                 .ok_or_else(|| Error::CorruptMaterial("the keystore id is missing".into()))?;
-            keystore::store_wrapped_root(&op.tx, &keystore_id, op.root, new_passphrase, kdf)
+            keystore::store_wrapped_root(&op.tx, &keystore_id, op.keys.root(), new_passphrase, kdf)
         })
     }
 
     /// Appends events produced elsewhere (the mount's batched audit writer).
     pub fn append_audit(&mut self, events: &[AuditEvent]) -> Result<()> {
         let tx = self.ks.write_tx()?;
-        audit::append(&tx, &self.audit_key, events)?;
+        audit::append(&tx, self.keys.audit(), events)?;
         tx.commit()?;
         Ok(())
     }
@@ -195,7 +250,7 @@ impl Kms {
 
     /// Checks the whole audit chain.
     pub fn verify_audit(&self) -> Result<VerifyReport> {
-        audit::verify(self.ks.conn(), &self.audit_key)
+        audit::verify(self.ks.conn(), &self.keys)
     }
 
     /// Resolves a key id or alias to its key id without auditing (for filters and display).
@@ -233,14 +288,15 @@ pub(crate) fn require_customer_managed(key: &KeyRecord, action: &str) -> Result<
 }
 
 /// Additional data binding a sealed key version to its key id and version number.
-fn version_aad(key_id: &str, version: u32) -> Vec<u8> {
+pub(crate) fn version_aad(key_id: &str, version: u32) -> Vec<u8> {
     [b"kmsfs-key-version\0".as_slice(), key_id.as_bytes(), &version.to_be_bytes()].concat()
 }
 
-/// Generates fresh material for `version` of `key_id` and stores it sealed by the root key.
+/// Generates fresh material for `version` of `key_id` and stores it sealed by the versions key
+/// (derived from the root key).
 pub(crate) fn add_version(op: &Op<'_>, key_id: &str, version: u32, rotation_type: &str) -> Result<()> {
     let material = SecretKey::random();
-    let sealed = crypto::seal(op.root, &version_aad(key_id, version), material.as_bytes());
+    let sealed = crypto::seal(op.keys.versions(true), &version_aad(key_id, version), material.as_bytes());
     records::insert_version(&op.tx, key_id, version, op.now, rotation_type, &sealed)
 }
 

@@ -3,7 +3,8 @@
 //! A request is denied unless a policy statement or a grant allows it, and an explicit Deny
 //! in the policy always wins. Principals are Linux users: `{"User": [names], "Uid": [ids],
 //! "Group": [names]}` or `"*"`. Conditions test the request's encryption context and the
-//! path inside a mount (`kmsfs:Path`).
+//! path inside a mount (`kmsfs:Path`) with the String operators (plain, `IfExists`) and
+//! `Null`, evaluated as AWS IAM does when a key is absent from the request.
 
 use std::collections::BTreeMap;
 
@@ -99,27 +100,86 @@ impl PrincipalSpec {
 /// A condition: operator, key, accepted values.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Condition {
-    operator: String,
+    test: Test,
+    /// `...IfExists`: the condition holds when the key is absent from the request.
+    if_exists: bool,
     key: String,
     values: Vec<String>,
 }
 
-const OPERATORS: &[&str] = &["StringEquals", "StringNotEquals", "StringLike", "StringNotLike"];
+/// What a condition operator compares, without its `IfExists` suffix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Test {
+    StringEquals,
+    StringNotEquals,
+    StringEqualsIgnoreCase,
+    StringNotEqualsIgnoreCase,
+    StringLike,
+    StringNotLike,
+    /// `Null: {"key": "true"}` holds when the key is absent, `"false"` when it is present.
+    Null,
+}
+
+/// The string operators; each also exists with the `IfExists` suffix.
+const STRING_OPERATORS: &[(&str, Test)] = &[
+    ("StringEquals", Test::StringEquals),
+    ("StringNotEquals", Test::StringNotEquals),
+    ("StringEqualsIgnoreCase", Test::StringEqualsIgnoreCase),
+    ("StringNotEqualsIgnoreCase", Test::StringNotEqualsIgnoreCase),
+    ("StringLike", Test::StringLike),
+    ("StringNotLike", Test::StringNotLike),
+];
+
+/// The operator named `name`, and whether it is an `...IfExists` form.
+fn parse_operator(name: &str) -> Option<(Test, bool)> {
+    if name == "Null" {
+        return Some((Test::Null, false));
+    }
+    let (base, if_exists) = match name.strip_suffix("IfExists") {
+        Some(base) => (base, true),
+        None => (name, false),
+    };
+    STRING_OPERATORS.iter().find(|(n, _)| *n == base).map(|&(_, test)| (test, if_exists))
+}
+
+fn operator_names() -> String {
+    let names: Vec<&str> = STRING_OPERATORS.iter().map(|(n, _)| *n).collect();
+    format!("{}, each also with IfExists, or Null", names.join(", "))
+}
 
 impl Condition {
+    /// As AWS IAM evaluates it: a key absent from the request makes a positive operator
+    /// false and a negated one (`...Not...`) true; `...IfExists` makes any operator true
+    /// then; `Null` tests only presence. Several values: the key matches any of them (for a
+    /// negated operator: none of them).
     fn holds(&self, request: &Request<'_>) -> bool {
         let actual = request.value(&self.key);
-        let matched = |v: &String| match (self.operator.as_str(), actual.as_deref()) {
-            (_, None) => false,
-            ("StringEquals" | "StringNotEquals", Some(a)) => a == v,
-            (_, Some(a)) => glob(v, a),
+        let Some(actual) = actual.as_deref() else {
+            return match self.test {
+                Test::Null => self.values.iter().any(|v| v == "true"),
+                _ => self.if_exists || self.test.negated(),
+            };
         };
-        let any = self.values.iter().any(matched);
-        if self.operator.contains("Not") {
-            actual.is_some() && !any
+        let matches = |v: &String| match self.test {
+            Test::StringEquals | Test::StringNotEquals => v == actual,
+            Test::StringEqualsIgnoreCase | Test::StringNotEqualsIgnoreCase => {
+                v.to_lowercase() == actual.to_lowercase()
+            }
+            Test::StringLike | Test::StringNotLike => glob(v, actual),
+            Test::Null => v == "false",
+        };
+        let any = self.values.iter().any(matches);
+        if self.test.negated() {
+            !any
         } else {
             any
         }
+    }
+}
+
+impl Test {
+    fn negated(self) -> bool {
+        matches!(self, Test::StringNotEquals | Test::StringNotEqualsIgnoreCase | Test::StringNotLike)
     }
 }
 
@@ -191,8 +251,32 @@ impl Policy {
     }
 
     /// The policy of a managed (volume) key: every user may use it through the volume, where
-    /// Unix permissions decide; nobody administers it but kmsfs.
-    pub fn managed_default() -> String {
+    /// Unix permissions decide; only its creator (the keystore's administrator) may re-wrap
+    /// under or away from it, so no user can move a directory onto it or off it; nobody
+    /// administers it but kmsfs.
+    pub fn managed_default(creator_uid: u32) -> String {
+        serde_json::to_string_pretty(&serde_json::json!({
+            "Version": "2012-10-17",
+            "Statement": [{
+                "Sid": "Allow use through kmsfs volumes",
+                "Effect": "Allow",
+                "Principal": "*",
+                "Action": ["kms:Decrypt", "kms:Encrypt", "kms:GenerateDataKey*", "kms:DescribeKey"],
+                "Resource": "*"
+            }, {
+                "Sid": "Allow re-wrapping by the key's creator",
+                "Effect": "Allow",
+                "Principal": { "Uid": [creator_uid] },
+                "Action": "kms:ReEncrypt*",
+                "Resource": "*"
+            }]
+        }))
+        .expect("static JSON")
+    }
+
+    /// The managed-key policy of keystores made before [`Policy::managed_default`] stopped
+    /// giving `kms:ReEncrypt*` to everyone; such stored policies are replaced on open.
+    pub fn legacy_managed_default() -> String {
         serde_json::to_string_pretty(&serde_json::json!({
             "Version": "2012-10-17",
             "Statement": [{
@@ -339,12 +423,9 @@ fn parse_statement(v: &Value, at: &str) -> Result<Statement> {
     if let Some(cond) = obj.get("Condition") {
         let cond = cond.as_object().ok_or_else(|| bad("Condition", "must be an object".into()))?;
         for (operator, tests) in cond {
-            if !OPERATORS.contains(&operator.as_str()) {
-                return Err(bad(
-                    "Condition",
-                    format!("unknown operator '{operator}' (use {})", OPERATORS.join(", ")),
-                ));
-            }
+            let (test, if_exists) = parse_operator(operator).ok_or_else(|| {
+                bad("Condition", format!("unknown operator '{operator}' (use {})", operator_names()))
+            })?;
             let tests = tests
                 .as_object()
                 .ok_or_else(|| bad(&format!("Condition.{operator}"), "must be an object".into()))?;
@@ -357,9 +438,10 @@ fn parse_statement(v: &Value, at: &str) -> Result<Statement> {
                         ),
                     ));
                 }
-                let values =
-                    strings(values).map_err(|why| bad(&format!("Condition.{operator}.{key}"), why))?;
-                conditions.push(Condition { operator: operator.clone(), key: key.clone(), values });
+                let at = format!("Condition.{operator}.{key}");
+                let values = if test == Test::Null { null_values(values) } else { strings(values) }
+                    .map_err(|why| bad(&at, why))?;
+                conditions.push(Condition { test, if_exists, key: key.clone(), values });
             }
         }
     }
@@ -404,6 +486,23 @@ fn parse_principal(v: &Value) -> std::result::Result<PrincipalSpec, String> {
         }
         _ => Err("must be \"*\" or an object such as {\"User\": [\"alice\"]}".into()),
     }
+}
+
+/// The values of a `Null` test: `"true"`/`"false"` (or JSON booleans), as text.
+fn null_values(v: &Value) -> std::result::Result<Vec<String>, String> {
+    let items = match v {
+        Value::Array(items) if !items.is_empty() => items.clone(),
+        Value::Array(_) => return Err("must be \"true\" or \"false\"".into()),
+        other => vec![other.clone()],
+    };
+    items
+        .iter()
+        .map(|i| match i {
+            Value::Bool(b) => Ok(b.to_string()),
+            Value::String(s) if s == "true" || s == "false" => Ok(s.clone()),
+            other => Err(format!("must be \"true\" or \"false\", not {other}")),
+        })
+        .collect()
 }
 
 /// A string or a list of strings.
@@ -541,7 +640,90 @@ mod tests {
         assert!(err(r#"{"Statement":[]}"#).contains("at least one"));
         assert!(err(&format!("{{\"Id\":\"{}\"}}", "x".repeat(MAX_POLICY_BYTES))).contains("limit"));
         assert!(Policy::parse(&Policy::default_for_owner(0)).is_ok());
-        assert!(Policy::parse(&Policy::managed_default()).is_ok());
+        assert!(Policy::parse(&Policy::managed_default(0)).is_ok());
+    }
+
+    /// AWS IAM's documented results ("IAM JSON policy elements: Condition operators"): a key
+    /// absent from the request makes a positive operator false and a negated one true,
+    /// `...IfExists` is true when the key is absent, `Null` tests presence only. Each row:
+    /// operator, policy value, then whether the condition holds when the request's `dept` is
+    /// `finance`, is `hr`, and is absent. An Allow with the condition allows exactly when it
+    /// holds; a Deny with it (beside an unconditional Allow) refuses exactly when it holds.
+    #[test]
+    fn conditions_evaluate_as_aws_iam_for_present_and_absent_keys() {
+        let table: &[(&str, &str, [bool; 3])] = &[
+            ("StringEquals", r#""finance""#, [true, false, false]),
+            ("StringNotEquals", r#""finance""#, [false, true, true]),
+            ("StringEqualsIgnoreCase", r#""FINANCE""#, [true, false, false]),
+            ("StringNotEqualsIgnoreCase", r#""FINANCE""#, [false, true, true]),
+            ("StringLike", r#""fin*""#, [true, false, false]),
+            ("StringNotLike", r#""fin*""#, [false, true, true]),
+            ("StringEqualsIfExists", r#""finance""#, [true, false, true]),
+            ("StringNotEqualsIfExists", r#""finance""#, [false, true, true]),
+            ("StringEqualsIgnoreCaseIfExists", r#""FINANCE""#, [true, false, true]),
+            ("StringNotEqualsIgnoreCaseIfExists", r#""FINANCE""#, [false, true, true]),
+            ("StringLikeIfExists", r#""fin*""#, [true, false, true]),
+            ("StringNotLikeIfExists", r#""fin*""#, [false, true, true]),
+            ("StringNotEquals", r#"["finance", "hr"]"#, [false, false, true]),
+            ("StringEquals", r#"["finance", "hr"]"#, [true, true, false]),
+            ("Null", r#""true""#, [false, false, true]),
+            ("Null", r#""false""#, [true, true, false]),
+            ("Null", "true", [false, false, true]),
+        ];
+        let who = user("alice", 1001, 1001);
+        let contexts = [
+            EncryptionContext::new().with("dept", "finance"),
+            EncryptionContext::new().with("dept", "hr"),
+            EncryptionContext::new().with("other", "x"),
+        ];
+        for &(operator, value, expected) in table {
+            let condition = format!(r#"{{"{operator}": {{"kms:EncryptionContext:dept": {value}}}}}"#);
+            let allow = Policy::parse(&format!(
+                r#"{{"Statement": [{{"Effect": "Allow", "Principal": "*", "Action": "kms:*", "Condition": {condition}}}]}}"#
+            ))
+            .unwrap();
+            let deny = Policy::parse(&format!(
+                r#"{{"Statement": [{{"Effect": "Allow", "Principal": "*", "Action": "kms:*"}},
+                    {{"Effect": "Deny", "Principal": "*", "Action": "kms:Decrypt", "Condition": {condition}}}]}}"#
+            ))
+            .unwrap();
+            for (ctx, holds) in contexts.iter().zip(expected) {
+                let req = Request { caller: &who, action: "kms:Decrypt", context: ctx, path: None, now: 0 };
+                let allowed = |p: &Policy| matches!(p.decide(&[], &req), Decision::Allow(_));
+                assert_eq!(allowed(&allow), holds, "Allow with {condition}, context {ctx:?}");
+                assert_eq!(allowed(&deny), !holds, "Deny with {condition}, context {ctx:?}");
+            }
+        }
+    }
+
+    /// What the mount asks at a lookup carries no encryption context: a Deny on a negated
+    /// context condition refuses it (it failed open before).
+    #[test]
+    fn negated_deny_refuses_a_request_without_context() {
+        let policy = Policy::parse(
+            r#"{"Statement": [{"Effect": "Allow", "Principal": "*", "Action": "kms:*"},
+                {"Effect": "Deny", "Principal": {"User": ["bob"]}, "Action": "kms:*",
+                 "Condition": {"StringNotEquals": {"kms:EncryptionContext:dept": "public"}}}]}"#,
+        )
+        .unwrap();
+        let bob = user("bob", 1002, 1002);
+        let empty = EncryptionContext::new();
+        let req = Request { caller: &bob, action: "kms:Decrypt", context: &empty, path: Some("/x"), now: 0 };
+        assert!(matches!(policy.decide(&[], &req), Decision::Deny(_)));
+    }
+
+    #[test]
+    fn bad_condition_operators_are_named() {
+        let err = |cond: &str| {
+            Policy::parse(&format!(
+                r#"{{"Statement": [{{"Effect": "Allow", "Principal": "*", "Action": "kms:*", "Condition": {cond}}}]}}"#
+            ))
+            .unwrap_err()
+            .to_string()
+        };
+        assert!(err(r#"{"NullIfExists": {"kmsfs:Path": "true"}}"#).contains("NullIfExists"));
+        assert!(err(r#"{"Null": {"kmsfs:Path": "maybe"}}"#).contains("Condition.Null.kmsfs:Path"));
+        assert!(err(r#"{"StringLikeIfExist": {"kmsfs:Path": "x"}}"#).contains("IfExists"));
     }
 
     #[test]

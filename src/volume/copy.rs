@@ -51,7 +51,7 @@ pub struct CopyReport {
 }
 
 /// The destination's configuration: a new volume id, the volume names key wrapped for the
-/// destination, under `to_key` or the source's default key.
+/// destination, under `to_key` or the key that wraps the source's names key.
 pub fn destination_config(
     src: &Side<'_>,
     dst_ring: &KeyRing,
@@ -60,8 +60,11 @@ pub fn destination_config(
     to_key: Option<&str>,
     now: i64,
 ) -> Result<VolumeConfig> {
-    let (names_key, _) = src.config.unwrap_names_key(src.ring, src.access("/"))?;
-    let default_key_id = to_key.unwrap_or(&src.config.default_key_id).to_string();
+    let (names_key, wrapped_by) = src.config.unwrap_names_key(src.ring, src.access("/"))?;
+    // Not the config's `default_key_id`, which nothing authenticates (anyone who can write
+    // the cipher directory could name their own key there): the key that really wraps the
+    // source's names key, as the successful unwrap just proved.
+    let default_key_id = to_key.unwrap_or(&wrapped_by.key_id).to_string();
     let mut config = VolumeConfig {
         volume_id: super::new_volume_id(),
         default_key_id: default_key_id.clone(),

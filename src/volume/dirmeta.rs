@@ -20,6 +20,8 @@ use crate::kms::EncryptionContext;
 
 pub const DIR_META: &str = "kmsfs.dir";
 pub const DIR_META_BACKUP: &str = "kmsfs.dir.bak";
+/// Far above any real copy (a few hundred bytes of JSON); a larger one is refused unread.
+const MAX_DIR_META_BYTES: u64 = 64 * 1024;
 
 /// One metadata copy as found on disk.
 enum Copy {
@@ -180,7 +182,7 @@ impl DirMeta {
 
     /// One copy: absent, damaged (logged), or parsed.
     fn read_copy(dir: &Path, name: &str) -> Result<Copy> {
-        match std::fs::read_to_string(dir.join(name)) {
+        match crate::sys::read_small_file(&dir.join(name), MAX_DIR_META_BYTES) {
             Ok(text) => Ok(match Self::parse(&text) {
                 Some(meta) => Copy::Parsed(meta),
                 None => {
@@ -189,6 +191,14 @@ impl DirMeta {
                 }
             }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Copy::Absent),
+            // A symlink, FIFO, device or oversized file where a copy belongs: refused as
+            // damaged, so the other copy is used or the directory answers EIO.
+            Err(e)
+                if e.kind() == std::io::ErrorKind::InvalidData || e.raw_os_error() == Some(libc::ELOOP) =>
+            {
+                log::warn!("{}/{name} is refused ({e}); trying the other copy", dir.display());
+                Ok(Copy::Damaged)
+            }
             Err(e) => Err(Error::io(format!("cannot read {}/{name}", dir.display()), e)),
         }
     }

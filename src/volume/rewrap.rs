@@ -63,6 +63,9 @@ pub fn rewrap_file(
         None if !found.newest => by.key_id.clone(),
         None => return Ok(false),
     };
+    if target != by.key_id {
+        ring.check_move(access, &by.key_id, &target)?;
+    }
     let ctx = config.file_context(&found.header.file_id);
     let new_blob = ring.wrap_data_key(access, &target, &ctx, &found.data_key)?;
     let slot = found.header.rewrap(found.slot, new_blob);
@@ -100,6 +103,9 @@ pub fn rewrap_dir(
         return Ok((keys, false));
     }
     let key = target.unwrap_or_else(|| keys.key_id.clone());
+    if key != keys.key_id {
+        ring.check_move(access, &keys.key_id, &key)?;
+    }
     let ctx = DirMeta::context(volume_id, &hex(&keys.iv));
     let blob = ring.wrap_data_key(access, &key, &ctx, &keys.names_key)?;
     DirMeta::new(&key, explicit, &keys.iv, &blob).save(dir)?;
@@ -123,6 +129,9 @@ pub fn rewrap_volume_key(
     let Some(target) = target_key(ring, to_key, &wrapped_by.key_id, wrapped_by.key_version)? else {
         return Ok(false);
     };
+    if target != wrapped_by.key_id {
+        ring.check_move(access, &wrapped_by.key_id, &target)?;
+    }
     let wrapped = ring.wrap_data_key(access, &target, &config.names_context(), &names_key)?;
     config.set_names_key_blob(&wrapped);
     if to_key.is_some() {

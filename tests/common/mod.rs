@@ -46,6 +46,19 @@ impl TestEnv {
         c
     }
 
+    /// A `kmsfs` command whose KMS clock runs `offset_secs` ahead: the test suite's binary,
+    /// the only one that honours `KMSFS_CLOCK_OFFSET_SECS`.
+    pub fn cmd_at(&self, offset_secs: i64, args: &[&str]) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_kmsfs-test-clock"));
+        c.args(args)
+            .env("KMSFS_KEYSTORE", &self.keystore)
+            .env("KMSFS_PASSPHRASE", PASSPHRASE)
+            .env_remove("KMSFS_PASSPHRASE_FILE")
+            .env("KMSFS_CLOCK_OFFSET_SECS", offset_secs.to_string())
+            .stdin(Stdio::null());
+        c
+    }
+
     pub fn run(&self, args: &[&str]) -> Output {
         self.cmd(args).output().expect("run kmsfs")
     }
