@@ -18,7 +18,9 @@ const MAX_BATCH: usize = 4096;
 /// this much of the trail in a crash.
 const GATHER: Duration = Duration::from_millis(20);
 
-/// What goes down the writer's channel.
+/// What goes down the writer's channel. (Events are the common message: boxing them would
+/// cost an allocation each.)
+#[allow(clippy::large_enum_variant)]
 enum Message {
     Event(AuditEvent),
     /// Called once every event sent before it is committed (or failed to be).
