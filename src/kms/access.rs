@@ -190,6 +190,7 @@ impl Kms {
         self.audited(caller, "CreateGrant", |op| {
             let key = op.key(key_ref)?;
             require_customer_managed(&key, "given grants")?;
+            super::require_not_deleted(&key)?;
             let grantee = policy::parse_grantee(&opts.grantee)?;
             if opts.operations.is_empty() {
                 return Err(Error::InvalidArgument("a grant needs at least one operation".into()));

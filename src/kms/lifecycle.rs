@@ -144,6 +144,7 @@ impl Kms {
         self.audited(caller, "UpdateKeyDescription", |op| {
             let mut key = op.key(key_ref)?;
             require_customer_managed(&key, "re-described")?;
+            super::require_not_deleted(&key)?;
             if key.state == KeyState::Destroyed {
                 return Err(Error::KeyState(KeyStateError::new(&key, StateProblem::NotEnabled)));
             }

@@ -296,6 +296,16 @@ pub(crate) fn require_enabled(key: &KeyRecord) -> Result<()> {
     }
 }
 
+/// Refuses changes (tags, description, grants) to a key on its way out, as AWS does.
+pub(crate) fn require_not_deleted(key: &KeyRecord) -> Result<()> {
+    match key.state {
+        KeyState::PendingDeletion | KeyState::Destroyed => Err(Error::KeyState(
+            crate::error::KeyStateError::new(key, crate::error::StateProblem::NotEnabled),
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// Refuses changes to a managed key, which only kmsfs itself administers.
 pub(crate) fn require_customer_managed(key: &KeyRecord, action: &str) -> Result<()> {
     if key.key_manager == KeyManager::Managed {

@@ -55,6 +55,7 @@ impl Kms {
             validate(tags)?;
             let key = op.key(key_ref)?;
             super::require_customer_managed(&key, "tagged")?;
+            super::require_not_deleted(&key)?;
             put(&op.tx, &key.key_id, tags)
         })
     }
@@ -63,6 +64,7 @@ impl Kms {
         self.audited(caller, "UntagResource", |op| {
             let key = op.key(key_ref)?;
             super::require_customer_managed(&key, "untagged")?;
+            super::require_not_deleted(&key)?;
             for k in tag_keys {
                 op.tx
                     .execute("DELETE FROM tags WHERE key_id = ?1 AND tag_key = ?2", params![key.key_id, k])?;
