@@ -5,12 +5,13 @@
 # and fstrim from util-linux, mkfs.ext4 and e2fsck from e2fsprogs for tests/fs_blockdev.rs; mount(8)
 # and fuse3's mount.fuse3 for tests/boot_mount.rs, which installs /sbin/mount.fuse.kmsfs
 # itself for its duration; scripts/install.sh installs it for real; tar for tests/stress.rs,
-# mount -t tmpfs for tests/enospc.rs; pjdfstest from crates.io for tests/pjdfstest.rs). With
+# mount -t tmpfs for tests/enospc.rs; pjdfstest from crates.io for tests/pjdfstest.rs; openssl and curl
+# for the TLS case of tests/api_server.rs). With
 # KMSFS_BENCH=1 also what scripts/bench.sh runs (gocryptfs, securefs, fio, bc, python3 to read
 # fio's JSON, and linux-source-6.1 for the untar phase's tarball). Idempotent; a no-op when everything is present.
 set -euo pipefail
 
-packages=(fuse3 attr sqlite3 git xz-utils mount util-linux e2fsprogs tar)
+packages=(fuse3 attr sqlite3 git xz-utils mount util-linux e2fsprogs tar openssl curl)
 [ "${KMSFS_BENCH:-0}" = 1 ] && packages+=(gocryptfs securefs fio bc python3 linux-source-6.1)
 
 missing=()

@@ -1,7 +1,7 @@
 //! kmsfs: an encrypted FUSE filesystem with a local, AWS-KMS-style key management service.
 //!
 //! Layers, each depending only on those below it (see docs/ARCHITECTURE.md):
-//! `cli` → `mount` → `fs` → `volume` → `content` (what is stored: headers, blocks, names)
+//! `cli` → `server`, `mount` → `fs` → `volume` → `content` (what is stored: headers, blocks, names)
 //! and `kms` (keys and decisions; `KeyRing` is the door for fs and volume) → `keystore` →
 //! `crypto`, with the leaves `sys` (system calls on backing files), `encoding`, `harden` and
 //! `error` beside them.
@@ -16,6 +16,7 @@ pub mod harden;
 pub mod keystore;
 pub mod kms;
 pub mod mount;
+pub mod server;
 pub mod sys;
 pub mod volume;
 

@@ -50,6 +50,18 @@ pub(crate) fn insert_unique(op: &Op<'_>, alias: &str, key_id: &str) -> Result<()
     records::insert_alias(&op.tx, alias, key_id, op.now)
 }
 
+/// Refuses an API caller `action` on the key an alias points to now, unless that key's
+/// policy or a grant allows it.
+fn authorize_current_target(op: &mut Op<'_>, caller: &Principal, key_id: &str, action: &str) -> Result<()> {
+    if caller.remote.is_none() {
+        return Ok(());
+    }
+    match records::load_key(&op.tx, key_id)? {
+        Some(current) => op.authorize_admin(caller, &current, action),
+        None => Ok(()),
+    }
+}
+
 /// An alias may only point to a customer key that is not on its way out.
 fn check_target(key: &KeyRecord) -> Result<()> {
     require_customer_managed(key, "given user aliases")?;
@@ -75,9 +87,11 @@ impl Kms {
             validate_alias_name(alias, false)?;
             let key = op.key(key_ref)?;
             check_target(&key)?;
-            if records::load_alias(&op.tx, alias)?.is_none() {
-                return Err(Error::NotFound(NotFound::Alias { alias: alias.to_string() }));
-            }
+            let existing = records::load_alias(&op.tx, alias)?
+                .ok_or_else(|| Error::NotFound(NotFound::Alias { alias: alias.to_string() }))?;
+            // An API caller moves an alias only away from a key it may administer, as in AWS
+            // (otherwise anyone could point another's alias at a key of their own).
+            authorize_current_target(op, caller, &existing.target_key_id, "kms:UpdateAlias")?;
             records::retarget_alias(&op.tx, alias, &key.key_id, op.now)
         })
     }
@@ -87,6 +101,7 @@ impl Kms {
             validate_alias_name(alias, false)?;
             let existing = records::load_alias(&op.tx, alias)?
                 .ok_or_else(|| Error::NotFound(NotFound::Alias { alias: alias.to_string() }))?;
+            authorize_current_target(op, caller, &existing.target_key_id, "kms:DeleteAlias")?;
             op.event.key_id = Some(existing.target_key_id);
             records::delete_alias(&op.tx, alias)
         })

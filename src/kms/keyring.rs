@@ -18,6 +18,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use rusqlite::{Connection, OpenFlags};
 
 use super::access;
+use super::access_keys::{self, Credential};
 use super::audit_writer::AuditSink;
 use super::blob::{self, BlobHeader};
 use super::policy::{GrantRule, Policy, Request};
@@ -38,6 +39,10 @@ pub struct Access<'a> {
 #[derive(Default)]
 struct Cache {
     data_version: Option<i64>,
+    /// The keystore's change counter at the last reload (`keystore::generation`): a commit
+    /// that only appended audit events (the writer's, many per second) leaves it, and the
+    /// cache, as they are.
+    generation: Option<u64>,
     /// The WAL-index header read just before `data_version` was asked (`wal_index`).
     wal_header: Option<wal_index::Header>,
     keys: HashMap<String, KeyRecord>,
@@ -46,6 +51,10 @@ struct Cache {
     policies: HashMap<String, Policy>,
     grants: HashMap<String, Vec<GrantRule>>,
     uses_groups: bool,
+    /// Active access keys (for the API server's signature checks).
+    access_keys: HashMap<String, Arc<Credential>>,
+    /// Tokens of every grant, for the GrantTokens of API calls.
+    grant_tokens: std::collections::HashSet<String>,
 }
 
 thread_local! {
@@ -84,6 +93,11 @@ pub struct KeyRing {
     checked_for: AtomicU64,
     /// The keystore's WAL index, to skip `PRAGMA data_version` when nothing was committed.
     wal_index: Option<WalIndex>,
+    /// Outside requests, how long a look at the keystore stays good (0: every call looks).
+    check_every_us: u64,
+    /// When the ring last looked, in microseconds since `started`.
+    last_check_us: AtomicU64,
+    started: std::time::Instant,
 }
 
 impl KeyRing {
@@ -107,11 +121,21 @@ impl KeyRing {
             clock,
             checked_for,
             wal_index: None,
+            check_every_us: 0,
+            last_check_us: AtomicU64::new(0),
+            started: std::time::Instant::now(),
         };
         ring.refresh()?;
         // Opened after the first query: by then the connection has opened the WAL index.
         ring.wal_index = WalIndex::open(path);
         Ok(ring)
+    }
+
+    /// Lets a look at the keystore stand for `every` (the API server: its own audit writer
+    /// commits hundreds of times a second, and each commit would send every request to
+    /// SQLite; a change made elsewhere is still seen within `every`).
+    pub fn set_check_interval(&mut self, every: std::time::Duration) {
+        self.check_every_us = every.as_micros() as u64;
     }
 
     /// Reloads keys if another connection committed since the last look (once per request).
@@ -120,7 +144,14 @@ impl KeyRing {
         if request != 0 && self.checked_for.load(Ordering::Relaxed) == request {
             return Ok(());
         }
+        let now_us = self.started.elapsed().as_micros() as u64;
+        if self.check_every_us > 0
+            && now_us.saturating_sub(self.last_check_us.load(Ordering::Relaxed)) < self.check_every_us
+        {
+            return Ok(());
+        }
         self.reload_if_changed()?;
+        self.last_check_us.store(now_us, Ordering::Relaxed);
         if request != 0 {
             self.checked_for.store(request, Ordering::Relaxed);
         }
@@ -139,6 +170,15 @@ impl KeyRing {
         let version: i64 = conn.prepare_cached("PRAGMA data_version")?.query_row([], |r| r.get(0))?;
         if self.cache.read().expect("keyring cache lock").data_version == Some(version) {
             self.cache.write().expect("keyring cache lock").wal_header = wal_header;
+            return Ok(());
+        }
+        // Read before the keys, so that a change committed in between shows as a newer
+        // generation at the next look, never as an older one.
+        let generation = crate::keystore::generation(&conn)?;
+        if self.cache.read().expect("keyring cache lock").generation == Some(generation) {
+            let mut cache = self.cache.write().expect("keyring cache lock");
+            cache.data_version = Some(version);
+            cache.wal_header = wal_header;
             return Ok(());
         }
         let mut cache = self.cache.write().expect("keyring cache lock");
@@ -177,9 +217,12 @@ impl KeyRing {
         }
         cache.uses_groups = cache.policies.values().any(Policy::uses_groups)
             || cache.grants.values().flatten().any(|g| g.grantee.uses_groups());
+        cache.access_keys = access_keys::load_active(&conn, self.keys.access_keys())?;
+        cache.grant_tokens = records::list_grants(&conn, None)?.into_iter().map(|g| g.token).collect();
         cache.keys = keys.into_iter().map(|k| (k.key_id.clone(), k)).collect();
         cache.material = material;
         cache.data_version = Some(version);
+        cache.generation = Some(generation);
         cache.wal_header = wal_header;
         Ok(())
     }
@@ -206,6 +249,17 @@ impl KeyRing {
         action: &str,
         ctx: &EncryptionContext,
     ) -> Result<(KeyRecord, String)> {
+        self.permitted_at(access.caller, Some(access.path), key_id, action, ctx)
+    }
+
+    fn permitted_at(
+        &self,
+        caller: &Principal,
+        path: Option<&str>,
+        key_id: &str,
+        action: &str,
+        ctx: &EncryptionContext,
+    ) -> Result<(KeyRecord, String)> {
         self.refresh()?;
         let cache = self.cache.read().expect("keyring cache lock");
         let key = cache
@@ -213,13 +267,7 @@ impl KeyRing {
             .get(key_id)
             .cloned()
             .ok_or_else(|| Error::NotFound(NotFound::Key { key_id: key_id.to_string() }))?;
-        let request = Request {
-            caller: access.caller,
-            action,
-            context: ctx,
-            path: Some(access.path),
-            now: self.clock.now_secs(),
-        };
+        let request = Request { caller, action, context: ctx, path, now: self.clock.now_secs() };
         let grants = cache.grants.get(key_id).map(Vec::as_slice).unwrap_or(&[]);
         let why = access::authorize(&key, cache.policies.get(key_id), grants, &request)?;
         Ok((key, why))
@@ -305,8 +353,7 @@ impl KeyRing {
             let mut event = AuditEvent::new(access.caller, operation, self.clock.now_ms());
             event.key_id = Some(key_id.to_string());
             event.path = Some(access.path.to_string());
-            event.outcome = Outcome::of_error(e);
-            event.reason = e.to_string();
+            event.fail(e);
             self.audit.record(event);
         })
     }
@@ -373,8 +420,205 @@ impl KeyRing {
                 Ok(value)
             }
             Err(e) => {
-                event.outcome = Outcome::of_error(&e);
-                event.reason = e.to_string();
+                event.fail(&e);
+                Err(e)
+            }
+        };
+        self.audit.record(event);
+        result
+    }
+}
+
+/// The data plane of the API server: the same keys, policies, grants and blobs as the
+/// mount's, without a keystore transaction per call (audit events go through the sink).
+impl KeyRing {
+    /// The active access key `id`, as the keystore says now.
+    pub fn credential(&self, id: &str) -> Result<Option<Arc<Credential>>> {
+        self.refresh()?;
+        Ok(self.cache.read().expect("keyring cache lock").access_keys.get(id).cloned())
+    }
+
+    /// Refuses grant tokens this keystore did not issue (or whose grant is gone). A valid
+    /// token adds nothing: a grant takes effect as soon as it is committed.
+    pub fn check_grant_tokens(&self, tokens: &[&str]) -> Result<()> {
+        self.refresh()?;
+        let cache = self.cache.read().expect("keyring cache lock");
+        match tokens.iter().find(|t| !cache.grant_tokens.contains(**t)) {
+            None => Ok(()),
+            Some(_) => {
+                Err(Error::InvalidArgument(format!("{}is not valid", super::aws_errors::GRANT_TOKEN_ERROR)))
+            }
+        }
+    }
+
+    /// Encrypt of up to 4096 bytes under the current version of `key_ref`. Returns the key
+    /// id and the blob.
+    pub fn encrypt(
+        &self,
+        caller: &Principal,
+        key_ref: &str,
+        plaintext: &[u8],
+        ctx: &EncryptionContext,
+    ) -> Result<(String, Vec<u8>)> {
+        self.api_audited(caller, "Encrypt", Some(key_ref), ctx, |event| {
+            let key_id = self.resolve(key_ref)?;
+            event.key_id = Some(key_id.clone());
+            if plaintext.len() > super::dataops::MAX_PLAINTEXT {
+                return Err(Error::InvalidArgument(format!(
+                    "the plaintext is {} bytes; Encrypt takes at most {}",
+                    plaintext.len(),
+                    super::dataops::MAX_PLAINTEXT
+                )));
+            }
+            let (key, why) = self.permitted_at(caller, None, &key_id, "kms:Encrypt", ctx)?;
+            let cipher = self.material(&key, key.current_version)?;
+            let header = BlobHeader { key_id: key_id.clone(), key_version: key.current_version };
+            Ok(((key_id, blob::seal(&cipher, &header, &ctx.encode(), plaintext)), why))
+        })
+    }
+
+    /// Decrypt of any blob: the blob names its key. With `expected` (a key id or alias), a
+    /// blob of another key is refused before anything is decrypted (IncorrectKeyException).
+    pub fn decrypt(
+        &self,
+        caller: &Principal,
+        blob_bytes: &[u8],
+        ctx: &EncryptionContext,
+        expected: Option<&str>,
+    ) -> Result<(String, zeroize::Zeroizing<Vec<u8>>)> {
+        self.api_audited(caller, "Decrypt", None, ctx, |event| {
+            let (header, sealed) = BlobHeader::parse(blob_bytes)?;
+            event.key_id = Some(header.key_id.clone());
+            if let Some(expected) = expected {
+                let want = self.resolve(expected)?;
+                if want != header.key_id {
+                    return Err(Error::IncorrectKey {
+                        actual: header.key_id.clone(),
+                        expected: expected.to_string(),
+                        expected_key_id: want,
+                    });
+                }
+            }
+            let (key, why) = self.permitted_at(caller, None, &header.key_id, "kms:Decrypt", ctx)?;
+            let cipher = self.material(&key, header.key_version)?;
+            let plain = blob::open(&cipher, &header, &ctx.encode(), sealed)?;
+            Ok(((header.key_id, plain), why))
+        })
+    }
+
+    /// GenerateDataKey (`with_plaintext`) or GenerateDataKeyWithoutPlaintext: `len` random
+    /// bytes, returned wrapped (and in plaintext). Returns key id, plaintext, blob.
+    pub fn generate_data_key_of(
+        &self,
+        caller: &Principal,
+        key_ref: &str,
+        ctx: &EncryptionContext,
+        len: usize,
+        with_plaintext: bool,
+    ) -> Result<(String, zeroize::Zeroizing<Vec<u8>>, Vec<u8>)> {
+        let operation = if with_plaintext { "GenerateDataKey" } else { "GenerateDataKeyWithoutPlaintext" };
+        self.api_audited(caller, operation, Some(key_ref), ctx, |event| {
+            let key_id = self.resolve(key_ref)?;
+            event.key_id = Some(key_id.clone());
+            let (key, why) = self.permitted_at(caller, None, &key_id, &format!("kms:{operation}"), ctx)?;
+            let cipher = self.material(&key, key.current_version)?;
+            let mut plain = zeroize::Zeroizing::new(vec![0u8; len]);
+            crate::crypto::fill_random(&mut plain);
+            let header = BlobHeader { key_id: key_id.clone(), key_version: key.current_version };
+            let wrapped = blob::seal(&cipher, &header, &ctx.encode(), &plain);
+            Ok(((key_id, plain, wrapped), why))
+        })
+    }
+
+    /// ReEncrypt: opens `blob_bytes` and seals its plaintext under `dest_ref`'s current
+    /// version, without the plaintext leaving the service. Returns (source key, dest key, blob).
+    pub fn re_encrypt(
+        &self,
+        caller: &Principal,
+        blob_bytes: &[u8],
+        source_ctx: &EncryptionContext,
+        source_expected: Option<&str>,
+        dest_ref: &str,
+        dest_ctx: &EncryptionContext,
+    ) -> Result<(String, String, Vec<u8>)> {
+        self.api_audited(caller, "ReEncrypt", None, source_ctx, |event| {
+            let (header, sealed) = BlobHeader::parse(blob_bytes)?;
+            event.key_id = Some(header.key_id.clone());
+            if let Some(expected) = source_expected {
+                let want = self.resolve(expected)?;
+                if want != header.key_id {
+                    return Err(Error::IncorrectKey {
+                        actual: header.key_id.clone(),
+                        expected: expected.to_string(),
+                        expected_key_id: want,
+                    });
+                }
+            }
+            let (source, why_from) =
+                self.permitted_at(caller, None, &header.key_id, "kms:ReEncryptFrom", source_ctx)?;
+            let dest_id = self.resolve(dest_ref)?;
+            let (dest, why_to) = self.permitted_at(caller, None, &dest_id, "kms:ReEncryptTo", dest_ctx)?;
+            let cipher = self.material(&source, header.key_version)?;
+            let plain = blob::open(&cipher, &header, &source_ctx.encode(), sealed)?;
+            let dest_cipher = self.material(&dest, dest.current_version)?;
+            let dest_header = BlobHeader { key_id: dest_id.clone(), key_version: dest.current_version };
+            let out = blob::seal(&dest_cipher, &dest_header, &dest_ctx.encode(), &plain);
+            event.reason = format!("to key {dest_id}");
+            Ok(((header.key_id, dest_id, out), format!("{why_from}; {why_to}")))
+        })
+    }
+
+    /// AWS's DryRun of a cryptographic operation: checks each (key, action) as the operation
+    /// would, audits the call, and ends with the refusal or `dry_run_error()`.
+    pub fn dry_run(
+        &self,
+        caller: &Principal,
+        operation: &str,
+        checks: &[(&str, &str)],
+        ctx: &EncryptionContext,
+    ) -> Result<()> {
+        self.api_audited(caller, operation, None, ctx, |event| {
+            for (key_ref, action) in checks {
+                let key_id = self.resolve(key_ref)?;
+                event.key_id.get_or_insert(key_id.clone());
+                self.permitted_at(caller, None, &key_id, action, ctx)?;
+            }
+            Err::<((), String), _>(super::dry_run_error())
+        })
+    }
+
+    /// Records one API call that ends before reaching a key (a refused signature, bad input).
+    pub fn record(&self, event: AuditEvent) {
+        self.audit.record(event);
+    }
+
+    /// Calls `done(committed)` once every event this ring recorded so far is in the keystore.
+    pub fn audit_barrier(&self, done: Box<dyn FnOnce(bool) + Send>) {
+        self.audit.barrier(done);
+    }
+
+    fn api_audited<T>(
+        &self,
+        caller: &Principal,
+        operation: &str,
+        key_ref: Option<&str>,
+        ctx: &EncryptionContext,
+        body: impl FnOnce(&mut AuditEvent) -> Result<(T, String)>,
+    ) -> Result<T> {
+        let mut event = AuditEvent::new(caller, operation, self.clock.now_ms());
+        event.key_id = key_ref.map(str::to_string);
+        event.context = ctx.to_audit_string();
+        let result = match body(&mut event) {
+            Ok((value, why)) => {
+                event.reason = if event.reason.is_empty() {
+                    format!("allowed by {why}")
+                } else {
+                    format!("{} (allowed by {why})", event.reason)
+                };
+                Ok(value)
+            }
+            Err(e) => {
+                event.fail(&e);
                 Err(e)
             }
         };

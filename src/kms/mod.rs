@@ -6,21 +6,25 @@
 //! refusal is recorded in a transaction of its own).
 
 pub mod access;
+pub mod access_keys;
 pub mod aliases;
 pub mod audit;
 pub mod audit_writer;
+pub mod aws_errors;
 pub mod blob;
 pub mod clock;
 pub mod context;
 pub mod dataops;
 pub mod keyid;
 pub mod keyring;
+pub mod last_usage;
 pub mod lifecycle;
 pub mod metadata;
 pub mod policy;
 pub mod principal;
 pub mod root_keys;
 pub mod status;
+pub mod tags;
 mod wal_index;
 
 use std::sync::Arc;
@@ -55,6 +59,16 @@ pub struct Kms {
     housekeeping: Housekeeping,
     /// Owner of the keystore file: the principal of keys that have no stored policy.
     owner_uid: u32,
+    /// Operations check and roll back instead of committing (AWS's DryRun).
+    dry_run: bool,
+}
+
+/// The refusal a dry run ends with when the operation would have succeeded.
+pub fn dry_run_error() -> Error {
+    Error::InvalidArgument(format!(
+        "{}The request would have succeeded, but the DryRun option is set.",
+        aws_errors::DRY_RUN
+    ))
 }
 
 /// What opening the keystore did by itself.
@@ -74,6 +88,7 @@ pub(crate) struct Op<'a> {
     pub now: i64,
     pub event: AuditEvent,
     pub owner_uid: u32,
+    pub caller: &'a Principal,
 }
 
 impl<'a> Op<'a> {
@@ -89,7 +104,8 @@ impl Kms {
         use std::os::unix::fs::MetadataExt;
         let owner_uid = std::fs::metadata(ks.path()).map(|m| m.uid()).unwrap_or(0);
         let keys = RootKeys::new(root);
-        let mut kms = Kms { ks, keys, clock, housekeeping: Housekeeping::default(), owner_uid };
+        let mut kms =
+            Kms { ks, keys, clock, housekeeping: Housekeeping::default(), owner_uid, dry_run: false };
         kms.upgrade_key_derivation(caller)?;
         kms.upgrade_managed_policies(caller)?;
         let destroyed = kms.purge_expired(caller)?;
@@ -192,20 +208,35 @@ impl Kms {
         let now_ms = self.clock.now_ms();
         let event = AuditEvent::new(caller, operation, now_ms);
         let tx = self.ks.write_tx()?;
-        let mut op =
-            Op { tx, keys: &self.keys, now: now_ms.div_euclid(1000), event, owner_uid: self.owner_uid };
+        let mut op = Op {
+            tx,
+            keys: &self.keys,
+            now: now_ms.div_euclid(1000),
+            event,
+            owner_uid: self.owner_uid,
+            caller,
+        };
+        let changes_before = op.tx.total_changes();
         let result = body(&mut op);
         let (tx, mut event) = op.into_parts();
         let result = match result {
+            Ok(_) if self.dry_run => {
+                tx.rollback()?;
+                let err = dry_run_error();
+                event.fail(&err);
+                Err((err, event))
+            }
             Ok(value) => {
+                if tx.total_changes() != changes_before {
+                    keystore::bump_generation(&tx)?;
+                }
                 audit::append(&tx, self.keys.audit(), std::slice::from_ref(&event))?;
                 tx.commit()?;
                 Ok(value)
             }
             Err(err) => {
                 tx.rollback()?;
-                event.outcome = Outcome::of_error(&err);
-                event.reason = err.to_string();
+                event.fail(&err);
                 Err((err, event))
             }
         };
@@ -217,6 +248,15 @@ impl Kms {
                 Err(err)
             }
         }
+    }
+
+    /// Runs `f` as AWS's DryRun: every check, nothing kept; a call that would have succeeded
+    /// ends with `dry_run_error()`.
+    pub fn dry_run<T>(&mut self, f: impl FnOnce(&mut Kms) -> Result<T>) -> Result<T> {
+        self.dry_run = true;
+        let result = f(self);
+        self.dry_run = false;
+        result
     }
 
     /// Protects the root key with a new passphrase. Keys, their versions and the audit
@@ -232,6 +272,31 @@ impl Kms {
                 .and_then(|v| String::from_utf8(v).ok())
                 .ok_or_else(|| Error::CorruptMaterial("the keystore id is missing".into()))?;
             keystore::store_wrapped_root(&op.tx, &keystore_id, op.keys.root(), new_passphrase, kdf)
+        })
+    }
+
+    /// Sets the account id and region the keystore answers as (audited).
+    pub fn set_identity(
+        &mut self,
+        caller: &Principal,
+        account_id: Option<&str>,
+        region: Option<&str>,
+    ) -> Result<()> {
+        if let Some(a) = account_id {
+            keystore::validate_account_id(a)?;
+        }
+        if let Some(r) = region {
+            keystore::validate_region(r)?;
+        }
+        self.audited(caller, "SetIdentity", |op| {
+            if let Some(a) = account_id {
+                keystore::set_meta(&op.tx, "account_id", a.as_bytes())?;
+            }
+            if let Some(r) = region {
+                keystore::set_meta(&op.tx, "region", r.as_bytes())?;
+            }
+            op.event.reason = format!("account {account_id:?}, region {region:?}");
+            Ok(())
         })
     }
 
@@ -276,6 +341,16 @@ pub(crate) fn require_enabled(key: &KeyRecord) -> Result<()> {
     match key.state {
         KeyState::Enabled => Ok(()),
         _ => Err(Error::KeyState(KeyStateError::new(key, StateProblem::NotEnabled))),
+    }
+}
+
+/// Refuses changes (tags, description, grants) to a key on its way out, as AWS does.
+pub(crate) fn require_not_deleted(key: &KeyRecord) -> Result<()> {
+    match key.state {
+        KeyState::PendingDeletion | KeyState::Destroyed => Err(Error::KeyState(
+            crate::error::KeyStateError::new(key, crate::error::StateProblem::NotEnabled),
+        )),
+        _ => Ok(()),
     }
 }
 

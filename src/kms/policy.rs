@@ -42,6 +42,13 @@ pub const ACTIONS: &[&str] = &[
     "kms:CreateAlias",
     "kms:UpdateAlias",
     "kms:DeleteAlias",
+    "kms:UpdateKeyDescription",
+    "kms:GetKeyRotationStatus",
+    "kms:ListKeyPolicies",
+    "kms:TagResource",
+    "kms:UntagResource",
+    "kms:ListResourceTags",
+    "kms:GetKeyLastUsage",
 ];
 
 /// Operations a grant may allow (AWS grant operations), each the action `kms:<op>`.
@@ -53,6 +60,8 @@ pub const GRANT_OPERATIONS: &[&str] = &[
     "ReEncryptFrom",
     "ReEncryptTo",
     "DescribeKey",
+    "CreateGrant",
+    "RetireGrant",
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -68,12 +77,27 @@ pub struct PrincipalSpec {
     pub users: Vec<String>,
     pub uids: Vec<u32>,
     pub groups: Vec<String>,
+    /// IAM principals: `arn:aws:iam::ACCOUNT:user/NAME` or `arn:aws:iam::ACCOUNT:root` (every
+    /// access key of that account: there is no IAM layer to delegate to).
+    pub aws: Vec<String>,
 }
 
 impl PrincipalSpec {
     pub fn matches(&self, p: &Principal) -> bool {
-        self.anyone
-            || self.uids.contains(&p.uid)
+        self.anyone || self.matches_aws(p) || (p.is_unix() && self.matches_unix(p))
+    }
+
+    fn matches_aws(&self, p: &Principal) -> bool {
+        let Some(remote) = p.remote.as_ref() else { return false };
+        let Some(arn) = remote.arn.as_deref() else { return false };
+        self.aws.iter().any(|a| match a.strip_suffix(":root") {
+            Some(prefix) => prefix.strip_prefix("arn:aws:iam::") == Some(remote.account.as_str()),
+            None => a == arn,
+        })
+    }
+
+    fn matches_unix(&self, p: &Principal) -> bool {
+        self.uids.contains(&p.uid)
             || self.users.contains(&p.user)
             || self
                 .groups
@@ -93,6 +117,7 @@ impl PrincipalSpec {
         let mut parts: Vec<String> = self.users.iter().map(|u| format!("user:{u}")).collect();
         parts.extend(self.uids.iter().map(|u| format!("uid:{u}")));
         parts.extend(self.groups.iter().map(|g| format!("group:{g}")));
+        parts.extend(self.aws.iter().cloned());
         parts.join(",")
     }
 }
@@ -116,11 +141,14 @@ enum Test {
     StringNotEqualsIgnoreCase,
     StringLike,
     StringNotLike,
+    /// The request's address is inside one of the CIDR blocks (`aws:SourceIp`).
+    IpAddress,
+    NotIpAddress,
     /// `Null: {"key": "true"}` holds when the key is absent, `"false"` when it is present.
     Null,
 }
 
-/// The string operators; each also exists with the `IfExists` suffix.
+/// The operators besides `Null`; each also exists with the `IfExists` suffix.
 const STRING_OPERATORS: &[(&str, Test)] = &[
     ("StringEquals", Test::StringEquals),
     ("StringNotEquals", Test::StringNotEquals),
@@ -128,6 +156,8 @@ const STRING_OPERATORS: &[(&str, Test)] = &[
     ("StringNotEqualsIgnoreCase", Test::StringNotEqualsIgnoreCase),
     ("StringLike", Test::StringLike),
     ("StringNotLike", Test::StringNotLike),
+    ("IpAddress", Test::IpAddress),
+    ("NotIpAddress", Test::NotIpAddress),
 ];
 
 /// The operator named `name`, and whether it is an `...IfExists` form.
@@ -146,6 +176,9 @@ fn operator_names() -> String {
     let names: Vec<&str> = STRING_OPERATORS.iter().map(|(n, _)| *n).collect();
     format!("{}, each also with IfExists, or Null", names.join(", "))
 }
+
+/// Condition keys about the caller rather than the encryption context.
+const CALLER_KEYS: &[&str] = &["kmsfs:Path", "kms:CallerAccount", "aws:PrincipalArn", "aws:SourceIp"];
 
 impl Condition {
     /// As AWS IAM evaluates it: a key absent from the request makes a positive operator
@@ -166,6 +199,7 @@ impl Condition {
                 v.to_lowercase() == actual.to_lowercase()
             }
             Test::StringLike | Test::StringNotLike => glob(v, actual),
+            Test::IpAddress | Test::NotIpAddress => cidr_contains(v, actual),
             Test::Null => v == "false",
         };
         let any = self.values.iter().any(matches);
@@ -179,7 +213,13 @@ impl Condition {
 
 impl Test {
     fn negated(self) -> bool {
-        matches!(self, Test::StringNotEquals | Test::StringNotEqualsIgnoreCase | Test::StringNotLike)
+        matches!(
+            self,
+            Test::StringNotEquals
+                | Test::StringNotEqualsIgnoreCase
+                | Test::StringNotLike
+                | Test::NotIpAddress
+        )
     }
 }
 
@@ -206,6 +246,8 @@ pub struct GrantRule {
     pub operations: Vec<String>,
     /// Encryption-context pairs (values may use `*`) the request must carry.
     pub constraints: BTreeMap<String, String>,
+    /// The request's encryption context must be exactly `constraints` (literal values).
+    pub context_equals: bool,
     pub expires: Option<i64>,
 }
 
@@ -222,6 +264,18 @@ impl Request<'_> {
     fn value(&self, key: &str) -> Option<String> {
         if key == "kmsfs:Path" {
             return self.path.map(str::to_string);
+        }
+        let remote = self.caller.remote.as_deref();
+        match key {
+            "kms:CallerAccount" => return remote.map(|r| r.account.clone()),
+            "aws:PrincipalArn" => return remote.and_then(|r| r.arn.clone()),
+            // The address without its port (IAM's aws:SourceIp); a socket peer has none.
+            "aws:SourceIp" => {
+                return remote
+                    .and_then(|r| r.source.parse::<std::net::SocketAddr>().ok())
+                    .map(|a| a.ip().to_string())
+            }
+            _ => {}
         }
         key.strip_prefix("kms:EncryptionContext:").and_then(|k| self.context.get(k)).map(str::to_string)
     }
@@ -246,6 +300,31 @@ impl Policy {
                 "Action": "kms:*",
                 "Resource": "*"
             }]
+        }))
+        .expect("static JSON")
+    }
+
+    /// The policy of a key created through the API: the creating IAM principal and the
+    /// keystore owner (its administrator) may do everything.
+    pub fn default_for_api_creator(owner_uid: u32, creator_arn: &str) -> String {
+        serde_json::to_string_pretty(&serde_json::json!({
+            "Version": "2012-10-17",
+            "Statement": [
+                {
+                    "Sid": "Enable the key creator",
+                    "Effect": "Allow",
+                    "Principal": { "AWS": creator_arn },
+                    "Action": "kms:*",
+                    "Resource": "*"
+                },
+                {
+                    "Sid": "Enable the keystore administrator",
+                    "Effect": "Allow",
+                    "Principal": { "Uid": [owner_uid] },
+                    "Action": "kms:*",
+                    "Resource": "*"
+                }
+            ]
         }))
         .expect("static JSON")
     }
@@ -362,10 +441,14 @@ impl Policy {
             g.expires.is_none_or(|t| t > request.now)
                 && g.grantee.matches(request.caller)
                 && g.operations.iter().any(|o| o == op)
-                && g.constraints.iter().all(|(k, v)| {
-                    let actual = if k == "kmsfs:Path" { request.path } else { request.context.get(k) };
-                    actual.is_some_and(|a| glob(v, a))
-                })
+                && if g.context_equals {
+                    request.context.0 == g.constraints
+                } else {
+                    g.constraints.iter().all(|(k, v)| {
+                        let actual = if k == "kmsfs:Path" { request.path } else { request.context.get(k) };
+                        actual.is_some_and(|a| glob(v, a))
+                    })
+                }
         });
         match granted {
             Some(g) => Decision::Allow(format!("grant {}", g.grant_id)),
@@ -430,11 +513,29 @@ fn parse_statement(v: &Value, at: &str) -> Result<Statement> {
                 .as_object()
                 .ok_or_else(|| bad(&format!("Condition.{operator}"), "must be an object".into()))?;
             for (key, values) in tests {
-                if key != "kmsfs:Path" && !key.starts_with("kms:EncryptionContext:") {
+                if operator.ends_with("IpAddress") {
+                    if key != "aws:SourceIp" {
+                        return Err(bad(
+                            &format!("Condition.{operator}"),
+                            format!("{operator} tests aws:SourceIp, not '{key}'"),
+                        ));
+                    }
+                    for v in
+                        strings(values).map_err(|why| bad(&format!("Condition.{operator}.{key}"), why))?
+                    {
+                        if parse_cidr(&v).is_none() {
+                            return Err(bad(
+                                &format!("Condition.{operator}.{key}"),
+                                format!("'{v}' is not an address or CIDR block"),
+                            ));
+                        }
+                    }
+                }
+                if !CALLER_KEYS.contains(&key.as_str()) && !key.starts_with("kms:EncryptionContext:") {
                     return Err(bad(
                         &format!("Condition.{operator}"),
                         format!(
-                            "unknown condition key '{key}' (use kmsfs:Path or kms:EncryptionContext:KEY)"
+                            "unknown condition key '{key}' (use kmsfs:Path, kms:EncryptionContext:KEY, kms:CallerAccount, aws:PrincipalArn or aws:SourceIp)"
                         ),
                     ));
                 }
@@ -472,9 +573,18 @@ fn parse_principal(v: &Value) -> std::result::Result<PrincipalSpec, String> {
                         }
                     }
                     "AWS" if values == "*" => spec.anyone = true,
+                    "AWS" => {
+                        for v in strings(values)? {
+                            if v == "*" {
+                                spec.anyone = true;
+                            } else {
+                                spec.aws.push(normalize_iam_principal(&v)?);
+                            }
+                        }
+                    }
                     other => {
                         return Err(format!(
-                            "unknown principal type '{other}' (use User, Group, Uid or \"*\")"
+                            "unknown principal type '{other}' (use AWS, User, Group, Uid or \"*\")"
                         ))
                     }
                 }
@@ -503,6 +613,35 @@ fn null_values(v: &Value) -> std::result::Result<Vec<String>, String> {
             other => Err(format!("must be \"true\" or \"false\", not {other}")),
         })
         .collect()
+}
+
+/// An IAM principal as a policy may name it: an account id (its root), the account root
+/// ARN, or a user ARN; returned as an ARN.
+pub fn normalize_iam_principal(text: &str) -> std::result::Result<String, String> {
+    let is_account = |a: &str| a.len() == 12 && a.bytes().all(|b| b.is_ascii_digit());
+    if is_account(text) {
+        return Ok(format!("arn:aws:iam::{text}:root"));
+    }
+    let bad = || {
+        format!("'{text}' is not an IAM principal (arn:aws:iam::ACCOUNT:user/NAME, arn:aws:iam::ACCOUNT:root or an account id)")
+    };
+    let rest = text.strip_prefix("arn:aws:iam::").ok_or_else(bad)?;
+    let (account, resource) = rest.split_once(':').ok_or_else(bad)?;
+    if !is_account(account) {
+        return Err(bad());
+    }
+    match resource.strip_prefix("user/") {
+        _ if resource == "root" => Ok(text.to_string()),
+        Some(name) if valid_iam_user_name(name) => Ok(text.to_string()),
+        _ => Err(bad()),
+    }
+}
+
+/// IAM's rule for user names: 1-64 of letters, digits and `+=,.@_-`.
+pub fn valid_iam_user_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"+=,.@_-".contains(&b))
 }
 
 /// A string or a list of strings.
@@ -545,6 +684,44 @@ pub fn glob(pattern: &str, text: &str) -> bool {
     p[pi..].iter().all(|&c| c == '*')
 }
 
+/// `203.0.113.0/24`, `2001:db8::/32` or a single address.
+fn parse_cidr(text: &str) -> Option<(std::net::IpAddr, u32)> {
+    let (addr, bits) = match text.split_once('/') {
+        Some((a, b)) => (a.parse::<std::net::IpAddr>().ok()?, b.parse::<u32>().ok()?),
+        None => {
+            let a: std::net::IpAddr = text.parse().ok()?;
+            (a, if a.is_ipv4() { 32 } else { 128 })
+        }
+    };
+    let max = if addr.is_ipv4() { 32 } else { 128 };
+    (bits <= max).then_some((addr, bits))
+}
+
+/// Whether address `ip` is inside `cidr` (IAM's IpAddress operator).
+fn cidr_contains(cidr: &str, ip: &str) -> bool {
+    use std::net::IpAddr;
+    let (Some((net, bits)), Ok(ip)) = (parse_cidr(cidr), ip.parse::<IpAddr>()) else { return false };
+    let prefix = |bytes: &[u8], bits: u32| -> Vec<u8> {
+        bytes
+            .iter()
+            .enumerate()
+            .map(|(i, b)| {
+                let keep = bits.saturating_sub(8 * i as u32).min(8);
+                if keep == 0 {
+                    0
+                } else {
+                    b & (0xffu8 << (8 - keep))
+                }
+            })
+            .collect()
+    };
+    match (net, ip) {
+        (IpAddr::V4(n), IpAddr::V4(i)) => prefix(&n.octets(), bits) == prefix(&i.octets(), bits),
+        (IpAddr::V6(n), IpAddr::V6(i)) => prefix(&n.octets(), bits) == prefix(&i.octets(), bits),
+        _ => false,
+    }
+}
+
 /// Looks up a group's gid by name.
 fn group_id(name: &str) -> Option<u32> {
     if let Ok(gid) = name.parse() {
@@ -562,6 +739,10 @@ fn group_id(name: &str) -> Option<u32> {
 
 /// Parses `user:NAME`, `group:NAME` or `uid:N`.
 pub fn parse_grantee(text: &str) -> Result<PrincipalSpec> {
+    if text.starts_with("arn:") {
+        let arn = normalize_iam_principal(text).map_err(Error::InvalidArgument)?;
+        return Ok(PrincipalSpec { aws: vec![arn], ..Default::default() });
+    }
     let bad = || Error::InvalidArgument(format!("grantee '{text}' must be user:NAME, group:NAME or uid:N"));
     let (kind, value) = text.split_once(':').ok_or_else(bad)?;
     if value.is_empty() {
@@ -587,7 +768,7 @@ mod tests {
     use super::*;
 
     fn user(name: &str, uid: u32, gid: u32) -> Principal {
-        Principal { uid, gid, groups: vec![gid], user: name.into(), pid: None }
+        Principal { uid, gid, groups: vec![gid], user: name.into(), pid: None, remote: None }
     }
 
     fn decide(policy: &Policy, grants: &[GrantRule], who: &Principal, action: &str, path: &str) -> bool {
@@ -618,6 +799,7 @@ mod tests {
             grantee: parse_grantee("user:bob").unwrap(),
             operations: vec!["Decrypt".into()],
             constraints: [("app".to_string(), "w*".to_string())].into(),
+            context_equals: false,
             expires: Some(200),
         };
         assert!(decide(&policy, std::slice::from_ref(&grant), &bob, "kms:Decrypt", "/x"));
@@ -724,6 +906,17 @@ mod tests {
         assert!(err(r#"{"NullIfExists": {"kmsfs:Path": "true"}}"#).contains("NullIfExists"));
         assert!(err(r#"{"Null": {"kmsfs:Path": "maybe"}}"#).contains("Condition.Null.kmsfs:Path"));
         assert!(err(r#"{"StringLikeIfExist": {"kmsfs:Path": "x"}}"#).contains("IfExists"));
+    }
+
+    #[test]
+    fn cidr_blocks() {
+        assert!(cidr_contains("127.0.0.0/8", "127.0.0.1"));
+        assert!(cidr_contains("127.0.0.1/32", "127.0.0.1"));
+        assert!(!cidr_contains("10.0.0.0/8", "127.0.0.1"));
+        assert!(cidr_contains("0.0.0.0/0", "192.0.2.1"));
+        assert!(cidr_contains("2001:db8::/32", "2001:db8::1"));
+        assert!(!cidr_contains("2001:db8::/32", "127.0.0.1"));
+        assert!(parse_cidr("10.0.0.0/33").is_none());
     }
 
     #[test]

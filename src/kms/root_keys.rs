@@ -4,7 +4,8 @@
 //!
 //! HKDF-SHA-256 with the root key as input and a label per purpose:
 //! - [`VERSIONS_LABEL`]: the AES-256-GCM-SIV key that seals every master-key version;
-//! - [`AUDIT_LABEL`]: the HMAC-SHA-256 key of the audit chain.
+//! - [`AUDIT_LABEL`]: the HMAC-SHA-256 key of the audit chain;
+//! - [`ACCESS_KEYS_LABEL`]: the AES-256-GCM-SIV key that seals API access keys' secrets.
 //!
 //! The root key is used for nothing else. The keystore's `key_derivation` meta row says which
 //! scheme it uses (absent: the old one); opening an old keystore with its passphrase upgrades
@@ -21,6 +22,7 @@ use crate::keystore::{self, get_meta, set_meta};
 
 pub const VERSIONS_LABEL: &str = "kmsfs 1 master-key versions";
 pub const AUDIT_LABEL: &str = "kmsfs 1 audit chain";
+pub const ACCESS_KEYS_LABEL: &str = "kmsfs 1 access-key secrets";
 
 /// Meta row: the audit events up to this sequence number are MACed with the old audit key.
 pub const AUDIT_LEGACY_UNTIL: &str = "audit_legacy_until";
@@ -31,6 +33,7 @@ pub struct RootKeys {
     versions: SecretKey,
     audit: SecretKey,
     legacy_audit: SecretKey,
+    access_keys: SecretKey,
 }
 
 impl RootKeys {
@@ -38,6 +41,7 @@ impl RootKeys {
         RootKeys {
             versions: crypto::hkdf_subkey(&root, VERSIONS_LABEL),
             audit: crypto::hkdf_subkey(&root, AUDIT_LABEL),
+            access_keys: crypto::hkdf_subkey(&root, ACCESS_KEYS_LABEL),
             legacy_audit: crypto::legacy_hmac_subkey(&root, "audit-chain"),
             root,
         }
@@ -60,6 +64,11 @@ impl RootKeys {
     /// The key new audit events are MACed with.
     pub fn audit(&self) -> &SecretKey {
         &self.audit
+    }
+
+    /// The key API access keys' secrets are sealed under.
+    pub fn access_keys(&self) -> &SecretKey {
+        &self.access_keys
     }
 
     /// The key of audit events written before the keystore's upgrade.
