@@ -1,0 +1,112 @@
+"""Every API call is one audit event naming principal, access key, source, operation, key,
+outcome and AWS error code; the hash chain verifies after a burst of concurrent calls."""
+
+import threading
+
+from kmsapi import raises_code, user_arn
+
+
+def events(api):
+    return api.keystore.audit()
+
+
+def last_seq(api):
+    evs = api.keystore.audit("--limit", "1")
+    return max((e["Seq"] for e in evs), default=0)
+
+
+def new_events(api, since):
+    return [e for e in events(api) if e["Seq"] > since]
+
+
+def test_one_event_per_call_with_identity(fresh_api):
+    api = fresh_api
+    key = api.new_key()
+    since = last_seq(api)
+    blob = api.alice.encrypt(KeyId=key, Plaintext=b"audited")["CiphertextBlob"]
+    api.alice.decrypt(CiphertextBlob=blob)
+    with raises_code("AccessDeniedException"):
+        api.bob.decrypt(CiphertextBlob=blob)
+    with raises_code("NotFoundException"):
+        api.alice.describe_key(KeyId="alias/missing")
+    evs = new_events(api, since)
+    assert [e["Operation"] for e in evs] == ["Encrypt", "Decrypt", "Decrypt", "DescribeKey"], evs
+
+    enc, dec, denied, missing = evs
+    for e, who in [(enc, "alice"), (dec, "alice"), (denied, "bob"), (missing, "alice")]:
+        assert e["PrincipalArn"] == user_arn(who), e
+        assert e["AccessKeyId"] == api.creds[who]["AccessKeyId"], e
+        assert e["Source"].startswith("127.0.0.1"), e
+    assert enc["KeyId"] == key and dec["KeyId"] == key and denied["KeyId"] == key
+    assert enc["Outcome"] == "Success" and not enc.get("ErrorCode")
+    assert denied["Outcome"] != "Success" and denied["ErrorCode"] == "AccessDeniedException", denied
+    assert missing["Outcome"] != "Success" and missing["ErrorCode"] == "NotFoundException", missing
+    # Nothing secret in the trail.
+    assert "audited" not in repr(evs)
+    for c in api.creds.values():
+        assert c["SecretAccessKey"] not in repr(evs)
+
+
+def test_auth_failures_are_audited(fresh_api):
+    from kmsapi import make_client
+
+    api = fresh_api
+    since = last_seq(api)
+    with raises_code("InvalidSignatureException"):
+        make_client(api.endpoint, dict(api.creds["alice"], SecretAccessKey="C" * 40)).list_keys()
+    with raises_code("UnrecognizedClientException"):
+        make_client(api.endpoint, {"AccessKeyId": "AKIAUNKNOWNUNKNOWN00", "SecretAccessKey": "x" * 40}).list_keys()
+    codes = [e.get("ErrorCode") for e in new_events(api, since)]
+    assert codes == ["InvalidSignatureException", "UnrecognizedClientException"], codes
+
+
+def test_audit_filters(fresh_api):
+    api = fresh_api
+    key = api.new_key()
+    with raises_code("AccessDeniedException"):
+        api.bob.encrypt(KeyId=key, Plaintext=b"x")
+    api.alice.encrypt(KeyId=key, Plaintext=b"x")
+    bob = api.keystore.audit("--principal", user_arn("bob"))
+    assert bob and all(e["PrincipalArn"] == user_arn("bob") for e in bob)
+    by_key = api.keystore.audit("--access-key-id", api.creds["alice"]["AccessKeyId"])
+    assert {e["Operation"] for e in by_key} >= {"CreateKey", "Encrypt"}
+    denied = api.keystore.audit("--error-code", "AccessDeniedException")
+    assert [e["PrincipalArn"] for e in denied] == [user_arn("bob")]
+    assert api.keystore.audit("--denied") and all(e["Outcome"] != "Success" for e in api.keystore.audit("--denied"))
+
+
+def test_concurrent_burst_loses_no_event_and_chain_verifies(fresh_api):
+    api = fresh_api
+    key = api.new_key()
+    blob = api.alice.encrypt(KeyId=key, Plaintext=b"burst")["CiphertextBlob"]
+    since = last_seq(api)
+    threads, calls, errors = 8, 25, []
+
+    def worker(n):
+        client = api.server.client(api.creds["alice"])
+        try:
+            for i in range(calls):
+                if i % 3 == 0:
+                    client.encrypt(KeyId=key, Plaintext=b"x")
+                elif i % 3 == 1:
+                    client.decrypt(CiphertextBlob=blob)
+                else:
+                    client.generate_data_key(KeyId=key, KeySpec="AES_256")
+        except Exception as e:  # collected and asserted below
+            errors.append(repr(e))
+
+    ts = [threading.Thread(target=worker, args=(n,)) for n in range(threads)]
+    # The CLI works on the same keystore during the burst.
+    for t in ts:
+        t.start()
+    api.keystore.run(["key", "list"])
+    for t in ts:
+        t.join(timeout=120)
+    assert not errors, errors[:3]
+    evs = new_events(api, since)
+    api_events = [e for e in evs if e.get("PrincipalArn") == user_arn("alice")]
+    assert len(api_events) == threads * calls
+    assert all(e["Outcome"] == "Success" for e in api_events)
+    seqs = [e["Seq"] for e in evs]
+    assert len(seqs) == len(set(seqs))
+    api.keystore.run(["audit", "verify"])
