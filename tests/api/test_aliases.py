@@ -43,7 +43,7 @@ def test_duplicate_alias_already_exists(api, key):
     assert aliases_of(api, key) == {"alias/dup"}
 
 
-@pytest.mark.parametrize("name", ["no-prefix", "alias/", "alias/has space", "alias/" + "x" * 250])
+@pytest.mark.parametrize("name", ["no-prefix", "alias/", "alias/has space", "alias/" + "x" * 251])
 def test_bad_alias_names_are_validation(api, key, name):
     with raises_code("ValidationException"):
         api.alice_raw.create_alias(AliasName=name, TargetKeyId=key)

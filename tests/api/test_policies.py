@@ -166,3 +166,14 @@ def test_create_key_with_policy(api):
 def test_get_unknown_policy_name(api, key):
     with raises_code("NotFoundException", "ValidationException"):
         api.alice.get_key_policy(KeyId=key, PolicyName="other")
+
+
+def test_key_belongs_to_its_creator(api):
+    """A key bob creates gets a default policy naming bob: alice, who made the others, is
+    refused on it."""
+    key = api.new_key("bob's", client=api.bob)
+    doc = api.bob.get_key_policy(KeyId=key, PolicyName="default")["Policy"]
+    assert BOB in doc and ALICE not in doc
+    api.bob.encrypt(KeyId=key, Plaintext=b"x")
+    with raises_code("AccessDeniedException"):
+        api.alice.encrypt(KeyId=key, Plaintext=b"x")
