@@ -1,7 +1,7 @@
 //! kmsfs: an encrypted FUSE filesystem with a local, AWS-KMS-style key management service.
 //!
 //! Layers, each depending only on those below it (see docs/ARCHITECTURE.md):
-//! `cli` → `mount` → `fs` → `volume` → `format` → `kms` → `keystore` → `crypto`.
+//! `cli` → `server`, `mount` → `fs` → `volume` → `format` → `kms` → `keystore` → `crypto`.
 
 pub mod cli;
 pub mod crypto;
@@ -12,6 +12,7 @@ pub mod harden;
 pub mod keystore;
 pub mod kms;
 pub mod mount;
+pub mod server;
 pub mod volume;
 
 pub use error::{Error, Result};

@@ -39,7 +39,7 @@ impl Fixture {
     }
 
     fn key(&mut self, alias: Option<&str>) -> String {
-        let opts = CreateKeyOptions { alias: alias.map(str::to_string), description: String::new() };
+        let opts = CreateKeyOptions { alias: alias.map(str::to_string), ..Default::default() };
         self.kms.create_key(&self.me, &opts).unwrap()
     }
 }

@@ -31,6 +31,18 @@ pub struct AuditArgs {
     /// Only operations by this uid
     #[arg(long)]
     pub uid: Option<u32>,
+    /// Only API calls by this IAM principal (arn:aws:iam::ACCOUNT:user/NAME)
+    #[arg(long, value_name = "ARN")]
+    pub principal: Option<String>,
+    /// Only API calls signed with this access key
+    #[arg(long, value_name = "ID")]
+    pub access_key_id: Option<String>,
+    /// Only API calls from this address (IP, IP:PORT, or `unix` for the socket)
+    #[arg(long, value_name = "ADDR")]
+    pub source: Option<String>,
+    /// Only operations that failed with this AWS error (e.g. AccessDeniedException)
+    #[arg(long, value_name = "CODE")]
+    pub error_code: Option<String>,
     /// Only the newest N events
     #[arg(long, value_name = "N")]
     pub limit: Option<usize>,
@@ -75,6 +87,10 @@ pub fn run(s: &mut Session, args: AuditArgs) -> Result<()> {
         operation: args.operation,
         outcome: args.denied.then_some(Outcome::Denied),
         uid: args.uid,
+        principal_arn: args.principal,
+        access_key_id: args.access_key_id,
+        source: args.source,
+        error_code: args.error_code,
         limit: args.limit,
     };
     let events = s.kms.audit_events(&filter)?;
@@ -85,15 +101,22 @@ pub fn run(s: &mut Session, args: AuditArgs) -> Result<()> {
     let mut t = Table::new(&["SEQ", "TIME", "USER", "OPERATION", "KEY", "OUTCOME", "DETAIL"]);
     for e in events {
         let ev = e.event;
-        let detail = [
-            ev.path.clone(),
-            (!ev.context.is_empty()).then(|| ev.context.clone()),
-            (!ev.reason.is_empty()).then(|| ev.reason.clone()),
-        ]
-        .into_iter()
-        .flatten()
-        .collect::<Vec<_>>()
-        .join(" ");
+        let caller = [
+            ev.principal_arn.clone(),
+            ev.access_key_id.clone(),
+            ev.source.as_ref().map(|s| format!("from {s}")),
+            ev.error_code.clone(),
+        ];
+        let detail = caller
+            .into_iter()
+            .chain([
+                ev.path.clone(),
+                (!ev.context.is_empty()).then(|| ev.context.clone()),
+                (!ev.reason.is_empty()).then(|| ev.reason.clone()),
+            ])
+            .flatten()
+            .collect::<Vec<_>>()
+            .join(" ");
         t.row(vec![
             e.seq.to_string(),
             format_time_ms(ev.time_ms),

@@ -85,7 +85,8 @@ pub fn run(s: &mut Session, cmd: KeyCmd) -> Result<()> {
     let me = s.me.clone();
     match cmd {
         KeyCmd::Create { alias, description } => {
-            let key_id = s.kms.create_key(&me, &CreateKeyOptions { alias, description })?;
+            let key_id =
+                s.kms.create_key(&me, &CreateKeyOptions { alias, description, ..Default::default() })?;
             if s.json {
                 output::json(&s.kms.describe_key(&me, &key_id)?);
             } else {

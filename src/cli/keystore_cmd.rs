@@ -15,8 +15,23 @@ use crate::kms::clock::format_date;
 #[derive(Debug, Subcommand)]
 pub enum KeystoreCmd {
     /// Create a new keystore protected by a passphrase
-    #[command(after_help = "Example:\n  KMSFS_PASSPHRASE_FILE=~/.kmsfs-pass kmsfs keystore init")]
-    Init(KdfArgs),
+    #[command(
+        after_help = "Example:\n  KMSFS_PASSPHRASE_FILE=~/.kmsfs-pass kmsfs keystore init --account-id 111122223333 --region eu-west-1"
+    )]
+    Init {
+        #[command(flatten)]
+        kdf: KdfArgs,
+        #[command(flatten)]
+        identity: IdentityArgs,
+    },
+    /// Change the AWS account id and region the keystore answers as (key ARNs change)
+    #[command(
+        after_help = "Example:\n  kmsfs keystore set-identity --account-id 111122223333 --region eu-west-1"
+    )]
+    SetIdentity {
+        #[command(flatten)]
+        identity: IdentityArgs,
+    },
     /// Change the keystore passphrase (and optionally the argon2 costs)
     #[command(after_help = "Example:\n  kmsfs keystore passwd --new-passphrase-file ~/.kmsfs-new-pass")]
     Passwd {
@@ -29,6 +44,29 @@ pub enum KeystoreCmd {
     /// Show the keystore's location, id, schema version and argon2 costs
     #[command(after_help = "Example:\n  kmsfs keystore info --json")]
     Info,
+}
+
+/// The AWS identity of the keystore: key ARNs are arn:aws:kms:REGION:ACCOUNT:key/ID.
+#[derive(Debug, clap::Args)]
+pub struct IdentityArgs {
+    /// 12-digit AWS account id [default: derived from the keystore id]
+    #[arg(long, value_name = "ID")]
+    pub account_id: Option<String>,
+    /// AWS region name [default: us-east-1]
+    #[arg(long, value_name = "NAME")]
+    pub region: Option<String>,
+}
+
+impl IdentityArgs {
+    fn validate(&self) -> Result<()> {
+        if let Some(a) = &self.account_id {
+            crate::keystore::validate_account_id(a)?;
+        }
+        if let Some(r) = &self.region {
+            crate::keystore::validate_region(r)?;
+        }
+        Ok(())
+    }
 }
 
 /// argon2id costs for a new passphrase (defaults: 64 MiB, 3 passes, 1 lane).
@@ -58,16 +96,18 @@ impl KdfArgs {
 
 pub fn run(g: &Global, cmd: KeystoreCmd) -> Result<()> {
     match cmd {
-        KeystoreCmd::Init(kdf) => {
+        KeystoreCmd::Init { kdf, identity } => {
             let path = g.keystore_path();
             let params = kdf.params();
             params.validate().map_err(crate::Error::InvalidArgument)?;
+            identity.validate()?;
             if path.exists() {
                 // Say so before asking for a passphrase that would be thrown away.
                 return Err(crate::keystore::already_exists(&path));
             }
             let pass = g.passphrase(true)?;
-            let (ks, _root) = Keystore::create(&path, &pass, params)?;
+            let (mut ks, _root) = Keystore::create(&path, &pass, params)?;
+            ks.set_identity(identity.account_id.as_deref(), identity.region.as_deref())?;
             if g.json {
                 output::json(&ks.info()?);
             } else {
@@ -90,6 +130,25 @@ pub fn run(g: &Global, cmd: KeystoreCmd) -> Result<()> {
             }
             Ok(())
         }
+        KeystoreCmd::SetIdentity { identity } => {
+            identity.validate()?;
+            if identity.account_id.is_none() && identity.region.is_none() {
+                return Err(crate::Error::InvalidArgument("give --account-id, --region or both".into()));
+            }
+            let mut session = Session::open(g)?;
+            let me = session.me.clone();
+            session.kms.set_identity(&me, identity.account_id.as_deref(), identity.region.as_deref())?;
+            let ks = session.kms.keystore();
+            if !g.json {
+                println!(
+                    "keystore {} is account {} in {}",
+                    g.keystore_path().display(),
+                    ks.account_id()?,
+                    ks.region()?
+                );
+            }
+            Ok(())
+        }
         KeystoreCmd::Info => {
             let session = Session::open(g)?;
             let info = session.kms.keystore().info()?;
@@ -99,6 +158,8 @@ pub fn run(g: &Global, cmd: KeystoreCmd) -> Result<()> {
                 output::fields(&[
                     ("Path", info.path.display().to_string()),
                     ("KeystoreId", info.keystore_id),
+                    ("AccountId", info.account_id),
+                    ("Region", info.region),
                     ("SchemaVersion", info.schema_version.to_string()),
                     ("Created", format_date(info.created)),
                     (

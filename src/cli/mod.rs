@@ -1,6 +1,7 @@
 //! The command line: parses, asks for passphrases, prints. Decisions live in `kms`.
 
 mod access_cmd;
+mod access_key_cmd;
 mod alias_cmd;
 mod audit_cmd;
 mod copy_cmd;
@@ -117,6 +118,12 @@ pub enum Command {
     /// Grants: extra, revocable, expiring permissions on a key
     #[command(subcommand)]
     Grant(access_cmd::GrantCmd),
+    /// Access keys that API callers sign requests with (SigV4)
+    #[command(subcommand)]
+    AccessKey(access_key_cmd::AccessKeyCmd),
+    /// Serve the AWS KMS API (JSON 1.1 + SigV4) on loopback and a Unix socket
+    #[command(after_help = crate::server::config::AFTER_HELP)]
+    Serve(crate::server::config::ServeArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell)
     Completions(shell_cmd::CompletionsArgs),
     /// Print the manual page, or write one page per command into a directory
@@ -253,6 +260,8 @@ fn run(cli: Cli) -> Result<()> {
         Command::Fsck(args) => fsck_cmd::run_fsck(g, args),
         Command::Policy(cmd) => access_cmd::run_policy(&mut Session::open(g)?, cmd),
         Command::Grant(cmd) => access_cmd::run_grant(&mut Session::open(g)?, cmd),
+        Command::AccessKey(cmd) => access_key_cmd::run(&mut Session::open(g)?, cmd),
+        Command::Serve(args) => crate::server::run(g, args),
         Command::Completions(args) => shell_cmd::completions(args),
         Command::Man(args) => shell_cmd::man(g, args),
         Command::Status => status_cmd::run(&mut Session::open(g)?),

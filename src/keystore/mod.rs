@@ -40,6 +40,8 @@ pub struct KeystoreInfo {
     pub schema_version: i64,
     pub created: i64,
     pub kdf: KdfParams,
+    pub account_id: String,
+    pub region: String,
     pub key_count: i64,
     pub alias_count: i64,
     pub audit_events: i64,
@@ -91,6 +93,8 @@ impl Keystore {
         let tx = ks.write_tx()?;
         tx.pragma_update(None, "application_id", schema::APPLICATION_ID)?;
         set_meta(&tx, "keystore_id", keystore_id.as_bytes())?;
+        set_meta(&tx, ACCOUNT_META, default_account_id(keystore_id.as_bytes()).as_bytes())?;
+        set_meta(&tx, REGION_META, DEFAULT_REGION.as_bytes())?;
         set_meta(&tx, "created", now_secs().to_string().as_bytes())?;
         store_wrapped_root(&tx, &keystore_id, &root, passphrase, kdf)?;
         tx.commit()?;
@@ -198,6 +202,16 @@ impl Keystore {
         for sql in &schema::MIGRATIONS[from as usize..] {
             tx.execute_batch(sql)?;
         }
+        // A keystore from before the API server gets an account id and region (changed later
+        // with `kmsfs keystore set-identity`); a new one gets them at `keystore init`.
+        if let Some(id) = get_meta(&tx, "keystore_id")? {
+            if get_meta(&tx, ACCOUNT_META)?.is_none() {
+                set_meta(&tx, ACCOUNT_META, default_account_id(&id).as_bytes())?;
+            }
+            if get_meta(&tx, REGION_META)?.is_none() {
+                set_meta(&tx, REGION_META, DEFAULT_REGION.as_bytes())?;
+            }
+        }
         tx.pragma_update(None, "user_version", schema::current_version())?;
         tx.commit()?;
         Ok(())
@@ -222,6 +236,37 @@ impl Keystore {
     pub fn keystore_id(&self) -> Result<String> {
         let bytes = self.required_meta("keystore_id")?;
         String::from_utf8(bytes).map_err(|_| self.corrupt("its keystore id is not text".into()))
+    }
+
+    /// The AWS account id this keystore answers as (12 digits).
+    pub fn account_id(&self) -> Result<String> {
+        let raw = self.required_meta(ACCOUNT_META)?;
+        String::from_utf8(raw).map_err(|_| self.corrupt("its account id is not text".into()))
+    }
+
+    /// The AWS region this keystore answers as.
+    pub fn region(&self) -> Result<String> {
+        let raw = self.required_meta(REGION_META)?;
+        String::from_utf8(raw).map_err(|_| self.corrupt("its region is not text".into()))
+    }
+
+    /// Sets the account id and region (`keystore init`, `keystore set-identity`).
+    pub fn set_identity(&mut self, account_id: Option<&str>, region: Option<&str>) -> Result<()> {
+        if let Some(a) = account_id {
+            validate_account_id(a)?;
+        }
+        if let Some(r) = region {
+            validate_region(r)?;
+        }
+        let tx = self.write_tx()?;
+        if let Some(a) = account_id {
+            set_meta(&tx, ACCOUNT_META, a.as_bytes())?;
+        }
+        if let Some(r) = region {
+            set_meta(&tx, REGION_META, r.as_bytes())?;
+        }
+        tx.commit()?;
+        Ok(())
     }
 
     pub fn kdf_params(&self) -> Result<KdfParams> {
@@ -252,6 +297,8 @@ impl Keystore {
             schema_version: self.schema_version()?,
             created,
             kdf: self.kdf_params()?,
+            account_id: self.account_id()?,
+            region: self.region()?,
             key_count: count("SELECT count(*) FROM keys")?,
             alias_count: count("SELECT count(*) FROM aliases")?,
             audit_events: count("SELECT count(*) FROM audit")?,
@@ -286,6 +333,40 @@ impl Keystore {
     pub fn checkpoint(&self) -> Result<()> {
         self.conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
         Ok(())
+    }
+}
+
+const ACCOUNT_META: &str = "account_id";
+const REGION_META: &str = "region";
+/// The region a keystore answers as unless told otherwise: the one SDKs default to.
+pub const DEFAULT_REGION: &str = "us-east-1";
+
+/// An account id of 12 digits derived from the keystore id, so two keystores differ
+/// without anyone choosing (and an ARN names one keystore).
+fn default_account_id(keystore_id: &[u8]) -> String {
+    let digest = crypto::sha256(&[b"kmsfs-account-id\0", keystore_id]);
+    let n = u64::from_be_bytes(digest[..8].try_into().expect("8 bytes")) % 1_000_000_000_000;
+    format!("{n:012}")
+}
+
+pub fn validate_account_id(id: &str) -> Result<()> {
+    if id.len() == 12 && id.bytes().all(|b| b.is_ascii_digit()) {
+        Ok(())
+    } else {
+        Err(Error::InvalidArgument(format!("account id '{id}' must be 12 digits, as in AWS")))
+    }
+}
+
+pub fn validate_region(region: &str) -> Result<()> {
+    let ok = !region.is_empty()
+        && region.len() <= 32
+        && region.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::InvalidArgument(format!(
+            "region '{region}' must be lower-case letters, digits and '-', such as us-east-1"
+        )))
     }
 }
 

@@ -78,6 +78,29 @@ pub const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX grants_by_key ON grants(key_id);
     "#,
+    // 3: the API server: access keys, who called from where in the audit trail, tags, and
+    // the AWS parts of grants. The account id and region are set by `Keystore::migrate`.
+    r#"
+    CREATE TABLE access_keys (
+        access_key_id  TEXT PRIMARY KEY,
+        user_name      TEXT NOT NULL,
+        uid            INTEGER,                        -- the Unix uid it also acts as; NULL: none
+        secret_wrapped BLOB NOT NULL,                  -- sealed by the root key
+        status         TEXT NOT NULL CHECK (status IN ('Active', 'Inactive')),
+        created        INTEGER NOT NULL
+    );
+    ALTER TABLE audit ADD COLUMN principal_arn TEXT;
+    ALTER TABLE audit ADD COLUMN access_key_id TEXT;
+    ALTER TABLE audit ADD COLUMN source TEXT;
+    ALTER TABLE audit ADD COLUMN error_code TEXT;
+    CREATE TABLE tags (
+        key_id    TEXT NOT NULL REFERENCES keys(key_id),
+        tag_key   TEXT NOT NULL,
+        tag_value TEXT NOT NULL,
+        PRIMARY KEY (key_id, tag_key)
+    );
+    ALTER TABLE grants ADD COLUMN retiring_principal TEXT;
+    "#,
 ];
 
 /// The schema version this binary writes.

@@ -69,6 +69,14 @@ pub struct AuditEvent {
     pub context: String,
     /// The path inside a mount, for filesystem operations.
     pub path: Option<String>,
+    /// An API caller's IAM principal ARN.
+    pub principal_arn: Option<String>,
+    /// The access key an API call was signed with.
+    pub access_key_id: Option<String>,
+    /// Where an API call came from: `IP:PORT` or `unix`.
+    pub source: Option<String>,
+    /// The AWS error name of a failed operation.
+    pub error_code: Option<String>,
 }
 
 fn serialize_time<S: serde::Serializer>(ms: &i64, s: S) -> Result<S::Ok, S::Error> {
@@ -88,7 +96,18 @@ impl AuditEvent {
             reason: String::new(),
             context: String::new(),
             path: None,
+            principal_arn: caller.remote.as_ref().and_then(|r| r.arn.clone()),
+            access_key_id: caller.remote.as_ref().and_then(|r| r.access_key_id.clone()),
+            source: caller.remote.as_ref().map(|r| r.source.clone()),
+            error_code: None,
         }
+    }
+
+    /// Records how `err` ended the operation: outcome, AWS error name and message.
+    pub fn fail(&mut self, err: &Error) {
+        self.outcome = Outcome::of_error(err);
+        self.error_code = Some(super::aws_errors::error_name(err).to_string());
+        self.reason = err.to_string();
     }
 
     /// The bytes the MAC covers: every field, length-prefixed, after the sequence number.
@@ -107,14 +126,29 @@ impl AuditEvent {
             Some(self.context.as_str()),
             self.path.as_deref(),
         ];
+        let put = |out: &mut Vec<u8>, text: Option<&str>| match text {
+            None => out.push(0),
+            Some(t) => {
+                out.push(1);
+                out.extend_from_slice(&(t.len() as u32).to_be_bytes());
+                out.extend_from_slice(t.as_bytes());
+            }
+        };
         for text in texts {
-            match text {
-                None => out.push(0),
-                Some(t) => {
-                    out.push(1);
-                    out.extend_from_slice(&(t.len() as u32).to_be_bytes());
-                    out.extend_from_slice(t.as_bytes());
-                }
+            put(&mut out, text);
+        }
+        // Fields added with the API server are covered only when one is set, so events
+        // written before them keep their MACs.
+        let api = [
+            self.principal_arn.as_deref(),
+            self.access_key_id.as_deref(),
+            self.source.as_deref(),
+            self.error_code.as_deref(),
+        ];
+        if api.iter().any(Option::is_some) {
+            out.push(2);
+            for text in api {
+                put(&mut out, text);
             }
         }
         out
@@ -138,6 +172,11 @@ pub struct AuditFilter {
     pub operation: Option<String>,
     pub outcome: Option<Outcome>,
     pub uid: Option<u32>,
+    pub principal_arn: Option<String>,
+    pub access_key_id: Option<String>,
+    /// `IP`, `IP:PORT` or `unix`: an address matches with or without its port.
+    pub source: Option<String>,
+    pub error_code: Option<String>,
     /// The newest N, still shown oldest first.
     pub limit: Option<usize>,
 }
@@ -165,8 +204,9 @@ pub fn append(conn: &Connection, key: &SecretKey, events: &[AuditEvent]) -> Resu
     }
     let (mut seq, mut mac) = read_head(conn)?;
     let mut stmt = conn.prepare_cached(
-        "INSERT INTO audit (seq, time_ms, uid, user, pid, operation, key_id, outcome, reason, context, path, mac)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+        "INSERT INTO audit (seq, time_ms, uid, user, pid, operation, key_id, outcome, reason, context, path, mac,
+                            principal_arn, access_key_id, source, error_code)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
     )?;
     for ev in events {
         seq += 1;
@@ -184,13 +224,19 @@ pub fn append(conn: &Connection, key: &SecretKey, events: &[AuditEvent]) -> Resu
             ev.context,
             ev.path,
             &mac[..],
+            ev.principal_arn,
+            ev.access_key_id,
+            ev.source,
+            ev.error_code,
         ])?;
     }
     let head = [&seq.to_be_bytes()[..], &mac[..]].concat();
     set_meta(conn, HEAD_META, &head)
 }
 
-const COLUMNS: &str = "seq, time_ms, uid, user, pid, operation, key_id, outcome, reason, context, path, mac";
+const COLUMNS: &str =
+    "seq, time_ms, uid, user, pid, operation, key_id, outcome, reason, context, path, mac, \
+                       principal_arn, access_key_id, source, error_code";
 
 fn record_from_row(r: &Row<'_>) -> rusqlite::Result<(AuditRecord, Vec<u8>)> {
     let outcome: String = r.get(7)?;
@@ -208,6 +254,10 @@ fn record_from_row(r: &Row<'_>) -> rusqlite::Result<(AuditRecord, Vec<u8>)> {
                 reason: r.get(8)?,
                 context: r.get(9)?,
                 path: r.get(10)?,
+                principal_arn: r.get(12)?,
+                access_key_id: r.get(13)?,
+                source: r.get(14)?,
+                error_code: r.get(15)?,
             },
         },
         r.get(11)?,
@@ -220,7 +270,10 @@ pub fn query(conn: &Connection, filter: &AuditFilter) -> Result<Vec<AuditRecord>
         "SELECT {COLUMNS} FROM audit
          WHERE (?1 IS NULL OR key_id = ?1) AND (?2 IS NULL OR time_ms >= ?2)
            AND (?3 IS NULL OR operation = ?3 COLLATE NOCASE) AND (?4 IS NULL OR outcome = ?4)
-           AND (?5 IS NULL OR uid = ?5)
+           AND (?5 IS NULL OR uid = ?5) AND (?7 IS NULL OR principal_arn = ?7)
+           AND (?8 IS NULL OR access_key_id = ?8)
+           AND (?9 IS NULL OR source = ?9 OR source LIKE ?9 || ':%' OR source LIKE '[' || ?9 || ']:%')
+           AND (?10 IS NULL OR error_code = ?10)
          ORDER BY seq DESC LIMIT ?6"
     ))?;
     let limit = filter.limit.map(|l| l as i64).unwrap_or(-1);
@@ -231,7 +284,11 @@ pub fn query(conn: &Connection, filter: &AuditFilter) -> Result<Vec<AuditRecord>
             filter.operation,
             filter.outcome.map(Outcome::as_str),
             filter.uid,
-            limit
+            limit,
+            filter.principal_arn,
+            filter.access_key_id,
+            filter.source,
+            filter.error_code,
         ],
         |r| record_from_row(r).map(|(rec, _)| rec),
     )?;

@@ -18,11 +18,12 @@ use std::sync::{Arc, Mutex, RwLock};
 use rusqlite::{Connection, OpenFlags};
 
 use super::access;
+use super::access_keys::{self, Credential};
 use super::audit_writer::AuditSink;
 use super::blob::{self, BlobHeader};
 use super::policy::{Decision, GrantRule, Policy, Request};
 use super::wal_index::{self, WalIndex};
-use super::{require_enabled, version_material, AuditEvent, Clock, EncryptionContext, Outcome, Principal};
+use super::{require_enabled, version_material, AuditEvent, Clock, EncryptionContext, Principal};
 use crate::crypto::{Cipher, SecretKey};
 use crate::error::{Error, Result};
 use crate::keystore::records::{self, KeyRecord, KeyState};
@@ -45,6 +46,8 @@ struct Cache {
     policies: HashMap<String, Policy>,
     grants: HashMap<String, Vec<GrantRule>>,
     uses_groups: bool,
+    /// Active access keys (for the API server's signature checks).
+    access_keys: HashMap<String, Arc<Credential>>,
 }
 
 thread_local! {
@@ -175,6 +178,7 @@ impl KeyRing {
         }
         cache.uses_groups = cache.policies.values().any(Policy::uses_groups)
             || cache.grants.values().flatten().any(|g| g.grantee.uses_groups());
+        cache.access_keys = access_keys::load_active(&conn, &self.root)?;
         cache.keys = keys.into_iter().map(|k| (k.key_id.clone(), k)).collect();
         cache.material = material;
         cache.data_version = Some(version);
@@ -205,6 +209,17 @@ impl KeyRing {
         action: &str,
         ctx: &EncryptionContext,
     ) -> Result<(KeyRecord, String)> {
+        self.permitted_at(access.caller, Some(access.path), key_id, action, ctx)
+    }
+
+    fn permitted_at(
+        &self,
+        caller: &Principal,
+        path: Option<&str>,
+        key_id: &str,
+        action: &str,
+        ctx: &EncryptionContext,
+    ) -> Result<(KeyRecord, String)> {
         self.refresh()?;
         let cache = self.cache.read().expect("keyring cache lock");
         let key = cache
@@ -213,13 +228,7 @@ impl KeyRing {
             .cloned()
             .ok_or_else(|| Error::NotFound(format!("key {key_id} is not in this keystore")))?;
         require_enabled(&key)?;
-        let request = Request {
-            caller: access.caller,
-            action,
-            context: ctx,
-            path: Some(access.path),
-            now: self.clock.now_secs(),
-        };
+        let request = Request { caller, action, context: ctx, path, now: self.clock.now_secs() };
         let grants = cache.grants.get(key_id).map(Vec::as_slice).unwrap_or(&[]);
         let decision = match cache.policies.get(key_id) {
             Some(policy) => policy.decide(grants, &request),
@@ -310,8 +319,7 @@ impl KeyRing {
             let mut event = AuditEvent::new(access.caller, operation, self.clock.now_ms());
             event.key_id = Some(key_id.to_string());
             event.path = Some(access.path.to_string());
-            event.outcome = Outcome::of_error(e);
-            event.reason = e.to_string();
+            event.fail(e);
             self.audit.record(event);
         })
     }
@@ -359,8 +367,168 @@ impl KeyRing {
                 Ok(value)
             }
             Err(e) => {
-                event.outcome = Outcome::of_error(&e);
-                event.reason = e.to_string();
+                event.fail(&e);
+                Err(e)
+            }
+        };
+        self.audit.record(event);
+        result
+    }
+}
+
+/// The data plane of the API server: the same keys, policies, grants and blobs as the
+/// mount's, without a keystore transaction per call (audit events go through the sink).
+impl KeyRing {
+    /// The active access key `id`, as the keystore says now.
+    pub fn credential(&self, id: &str) -> Result<Option<Arc<Credential>>> {
+        self.refresh()?;
+        Ok(self.cache.read().expect("keyring cache lock").access_keys.get(id).cloned())
+    }
+
+    /// Encrypt of up to 4096 bytes under the current version of `key_ref`. Returns the key
+    /// id and the blob.
+    pub fn encrypt(
+        &self,
+        caller: &Principal,
+        key_ref: &str,
+        plaintext: &[u8],
+        ctx: &EncryptionContext,
+    ) -> Result<(String, Vec<u8>)> {
+        self.api_audited(caller, "Encrypt", Some(key_ref), ctx, |event| {
+            let key_id = self.resolve(key_ref)?;
+            event.key_id = Some(key_id.clone());
+            if plaintext.len() > super::dataops::MAX_PLAINTEXT {
+                return Err(Error::InvalidArgument(format!(
+                    "the plaintext is {} bytes; Encrypt takes at most {}",
+                    plaintext.len(),
+                    super::dataops::MAX_PLAINTEXT
+                )));
+            }
+            let (key, why) = self.permitted_at(caller, None, &key_id, "kms:Encrypt", ctx)?;
+            let cipher = self.material(&key_id, key.current_version)?;
+            let header = BlobHeader { key_id: key_id.clone(), key_version: key.current_version };
+            Ok(((key_id, blob::seal(&cipher, &header, &ctx.encode(), plaintext)), why))
+        })
+    }
+
+    /// Decrypt of any blob: the blob names its key. With `expected` (a key id or alias), a
+    /// blob of another key is refused before anything is decrypted (IncorrectKeyException).
+    pub fn decrypt(
+        &self,
+        caller: &Principal,
+        blob_bytes: &[u8],
+        ctx: &EncryptionContext,
+        expected: Option<&str>,
+    ) -> Result<(String, zeroize::Zeroizing<Vec<u8>>)> {
+        self.api_audited(caller, "Decrypt", None, ctx, |event| {
+            let (header, sealed) = BlobHeader::parse(blob_bytes)?;
+            event.key_id = Some(header.key_id.clone());
+            if let Some(expected) = expected {
+                let want = self.resolve(expected)?;
+                if want != header.key_id {
+                    return Err(Error::InvalidCiphertext(format!(
+                        "{}{}, not {expected} ({want})",
+                        super::aws_errors::INCORRECT_KEY,
+                        header.key_id
+                    )));
+                }
+            }
+            let (_, why) = self.permitted_at(caller, None, &header.key_id, "kms:Decrypt", ctx)?;
+            let cipher = self.material(&header.key_id, header.key_version)?;
+            let plain = blob::open(&cipher, &header, &ctx.encode(), sealed)?;
+            Ok(((header.key_id, plain), why))
+        })
+    }
+
+    /// GenerateDataKey (`with_plaintext`) or GenerateDataKeyWithoutPlaintext: `len` random
+    /// bytes, returned wrapped (and in plaintext). Returns key id, plaintext, blob.
+    pub fn generate_data_key_of(
+        &self,
+        caller: &Principal,
+        key_ref: &str,
+        ctx: &EncryptionContext,
+        len: usize,
+        with_plaintext: bool,
+    ) -> Result<(String, zeroize::Zeroizing<Vec<u8>>, Vec<u8>)> {
+        let operation = if with_plaintext { "GenerateDataKey" } else { "GenerateDataKeyWithoutPlaintext" };
+        self.api_audited(caller, operation, Some(key_ref), ctx, |event| {
+            let key_id = self.resolve(key_ref)?;
+            event.key_id = Some(key_id.clone());
+            let (key, why) = self.permitted_at(caller, None, &key_id, &format!("kms:{operation}"), ctx)?;
+            let cipher = self.material(&key_id, key.current_version)?;
+            let mut plain = zeroize::Zeroizing::new(vec![0u8; len]);
+            crate::crypto::fill_random(&mut plain);
+            let header = BlobHeader { key_id: key_id.clone(), key_version: key.current_version };
+            let wrapped = blob::seal(&cipher, &header, &ctx.encode(), &plain);
+            Ok(((key_id, plain, wrapped), why))
+        })
+    }
+
+    /// ReEncrypt: opens `blob_bytes` and seals its plaintext under `dest_ref`'s current
+    /// version, without the plaintext leaving the service. Returns (source key, dest key, blob).
+    pub fn re_encrypt(
+        &self,
+        caller: &Principal,
+        blob_bytes: &[u8],
+        source_ctx: &EncryptionContext,
+        source_expected: Option<&str>,
+        dest_ref: &str,
+        dest_ctx: &EncryptionContext,
+    ) -> Result<(String, String, Vec<u8>)> {
+        self.api_audited(caller, "ReEncrypt", None, source_ctx, |event| {
+            let (header, sealed) = BlobHeader::parse(blob_bytes)?;
+            event.key_id = Some(header.key_id.clone());
+            if let Some(expected) = source_expected {
+                let want = self.resolve(expected)?;
+                if want != header.key_id {
+                    return Err(Error::InvalidCiphertext(format!(
+                        "{}{}, not {expected} ({want})",
+                        super::aws_errors::INCORRECT_KEY,
+                        header.key_id
+                    )));
+                }
+            }
+            let (_, why_from) =
+                self.permitted_at(caller, None, &header.key_id, "kms:ReEncryptFrom", source_ctx)?;
+            let dest_id = self.resolve(dest_ref)?;
+            let (dest, why_to) = self.permitted_at(caller, None, &dest_id, "kms:ReEncryptTo", dest_ctx)?;
+            let cipher = self.material(&header.key_id, header.key_version)?;
+            let plain = blob::open(&cipher, &header, &source_ctx.encode(), sealed)?;
+            let dest_cipher = self.material(&dest_id, dest.current_version)?;
+            let dest_header = BlobHeader { key_id: dest_id.clone(), key_version: dest.current_version };
+            let out = blob::seal(&dest_cipher, &dest_header, &dest_ctx.encode(), &plain);
+            event.reason = format!("to key {dest_id}");
+            Ok(((header.key_id, dest_id, out), format!("{why_from}; {why_to}")))
+        })
+    }
+
+    /// Records one API call that ends before reaching a key (a refused signature, bad input).
+    pub fn record(&self, event: AuditEvent) {
+        self.audit.record(event);
+    }
+
+    fn api_audited<T>(
+        &self,
+        caller: &Principal,
+        operation: &str,
+        key_ref: Option<&str>,
+        ctx: &EncryptionContext,
+        body: impl FnOnce(&mut AuditEvent) -> Result<(T, String)>,
+    ) -> Result<T> {
+        let mut event = AuditEvent::new(caller, operation, self.clock.now_ms());
+        event.key_id = key_ref.map(str::to_string);
+        event.context = ctx.to_audit_string();
+        let result = match body(&mut event) {
+            Ok((value, why)) => {
+                event.reason = if event.reason.is_empty() {
+                    format!("allowed by {why}")
+                } else {
+                    format!("{} (allowed by {why})", event.reason)
+                };
+                Ok(value)
+            }
+            Err(e) => {
+                event.fail(&e);
                 Err(e)
             }
         };

@@ -22,7 +22,16 @@ pub const DEFAULT_ROTATION_PERIOD_DAYS: i64 = 365;
 pub struct CreateKeyOptions {
     pub alias: Option<String>,
     pub description: String,
+    /// A key policy to start with instead of the default one (validated first).
+    pub policy: Option<String>,
+    /// Tags (key, value) to start with.
+    pub tags: Vec<(String, String)>,
 }
+
+/// Operations that authorize each key they use with an action of their own
+/// (ReEncryptFrom/ReEncryptTo, the caller's encryption context).
+const SELF_AUTHORIZING: &[&str] =
+    &["Encrypt", "Decrypt", "ReEncrypt", "GenerateDataKey", "GenerateDataKeyWithoutPlaintext"];
 
 impl Op<'_> {
     /// Resolves `key_ref` and records the key in this operation's audit event.
@@ -30,6 +39,13 @@ impl Op<'_> {
         self.event.key_id = Some(key_ref.to_string());
         let key = resolve(&self.tx, key_ref)?;
         self.event.key_id = Some(key.key_id.clone());
+        // An API caller needs the key policy's (or a grant's) leave for administration
+        // too; the passphrase holder at the command line is the keystore's administrator.
+        if self.caller.remote.is_some() && !SELF_AUTHORIZING.contains(&self.event.operation.as_str()) {
+            let action = format!("kms:{}", self.event.operation);
+            let caller = self.caller;
+            self.authorize(caller, &key, &action, &Default::default())?;
+        }
         Ok(key)
     }
 
@@ -56,6 +72,9 @@ impl Op<'_> {
         // managed key may be used by everyone through a volume (Unix permissions decide).
         let policy = if managed {
             super::policy::Policy::managed_default()
+        } else if let Some(arn) = self.event.principal_arn.clone() {
+            // An API caller: it and the keystore's administrators, as for a CLI-created key.
+            super::policy::Policy::default_for_api_creator(self.owner_uid, &arn)
         } else {
             super::policy::Policy::default_for_owner(self.event.uid)
         };
@@ -82,7 +101,15 @@ impl Kms {
     /// CreateKey: a customer-managed key, optionally with an alias. Returns the key id.
     pub fn create_key(&mut self, caller: &Principal, opts: &CreateKeyOptions) -> Result<String> {
         self.audited(caller, "CreateKey", |op| {
+            if let Some(text) = &opts.policy {
+                super::policy::Policy::parse(text)?;
+            }
+            super::tags::validate(&opts.tags)?;
             let key = op.insert_new_key(KeyManager::Customer, &opts.description)?;
+            if let Some(text) = &opts.policy {
+                records::store_policy(&op.tx, &key.key_id, text)?;
+            }
+            super::tags::put(&op.tx, &key.key_id, &opts.tags)?;
             if let Some(alias) = &opts.alias {
                 validate_alias_name(alias, false)?;
                 super::aliases::insert_unique(op, alias, &key.key_id)?;
@@ -104,6 +131,24 @@ impl Kms {
             let key = op.insert_new_key(KeyManager::Managed, description)?;
             super::aliases::insert_unique(op, &alias, &key.key_id)?;
             Ok(key.key_id)
+        })
+    }
+
+    /// UpdateKeyDescription.
+    pub fn update_key_description(
+        &mut self,
+        caller: &Principal,
+        key_ref: &str,
+        description: &str,
+    ) -> Result<()> {
+        self.audited(caller, "UpdateKeyDescription", |op| {
+            let mut key = op.key(key_ref)?;
+            require_customer_managed(&key, "re-described")?;
+            if key.state == KeyState::Destroyed {
+                return Err(Error::KeyState(format!("key {} was destroyed", key.key_id)));
+            }
+            key.description = description.to_string();
+            records::update_key(&op.tx, &key)
         })
     }
 

@@ -25,11 +25,21 @@ pub struct KeyMetadata {
     pub next_rotation_date: Option<String>,
     pub current_key_version: u32,
     pub aliases: Vec<String>,
+    /// The same dates as unix seconds (the API answers with numbers).
+    #[serde(skip)]
+    pub created_secs: i64,
+    #[serde(skip)]
+    pub deletion_secs: Option<i64>,
+    #[serde(skip)]
+    pub next_rotation_secs: Option<i64>,
 }
 
 impl KeyMetadata {
     fn from_record(key: KeyRecord, aliases: Vec<String>) -> Self {
         KeyMetadata {
+            created_secs: key.created,
+            deletion_secs: key.deletion_date,
+            next_rotation_secs: key.next_rotation,
             creation_date: format_date(key.created),
             enabled: key.state == KeyState::Enabled,
             key_state: key.state,
@@ -61,6 +71,14 @@ impl Kms {
             let key = op.key(key_ref)?;
             with_aliases(&op.tx, key)
         })
+    }
+
+    /// The metadata of a key an operation just created or changed, for its answer; not
+    /// audited again (the operation was).
+    pub fn metadata_after(&self, key_id: &str) -> Result<KeyMetadata> {
+        let key = records::load_key(self.keystore().conn(), key_id)?
+            .ok_or_else(|| crate::Error::NotFound(format!("unknown key '{key_id}'")))?;
+        with_aliases(self.keystore().conn(), key)
     }
 
     pub fn list_keys(&mut self, caller: &Principal) -> Result<Vec<KeyMetadata>> {

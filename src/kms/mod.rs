@@ -6,9 +6,11 @@
 //! refusal is recorded in a transaction of its own).
 
 pub mod access;
+pub mod access_keys;
 pub mod aliases;
 pub mod audit;
 pub mod audit_writer;
+pub mod aws_errors;
 pub mod blob;
 pub mod clock;
 pub mod context;
@@ -20,6 +22,7 @@ pub mod metadata;
 pub mod policy;
 pub mod principal;
 pub mod status;
+pub mod tags;
 mod wal_index;
 
 use std::sync::Arc;
@@ -71,6 +74,7 @@ pub(crate) struct Op<'a> {
     pub now: i64,
     pub event: AuditEvent,
     pub owner_uid: u32,
+    pub caller: &'a Principal,
 }
 
 impl<'a> Op<'a> {
@@ -124,8 +128,14 @@ impl Kms {
         let now_ms = self.clock.now_ms();
         let event = AuditEvent::new(caller, operation, now_ms);
         let tx = self.ks.write_tx()?;
-        let mut op =
-            Op { tx, root: &self.root, now: now_ms.div_euclid(1000), event, owner_uid: self.owner_uid };
+        let mut op = Op {
+            tx,
+            root: &self.root,
+            now: now_ms.div_euclid(1000),
+            event,
+            owner_uid: self.owner_uid,
+            caller,
+        };
         let result = body(&mut op);
         let (tx, mut event) = op.into_parts();
         let result = match result {
@@ -136,8 +146,7 @@ impl Kms {
             }
             Err(err) => {
                 tx.rollback()?;
-                event.outcome = Outcome::of_error(&err);
-                event.reason = err.to_string();
+                event.fail(&err);
                 Err((err, event))
             }
         };
@@ -164,6 +173,31 @@ impl Kms {
                 .and_then(|v| String::from_utf8(v).ok())
                 .ok_or_else(|| Error::CorruptMaterial("the keystore id is missing".into()))?;
             keystore::store_wrapped_root(&op.tx, &keystore_id, op.root, new_passphrase, kdf)
+        })
+    }
+
+    /// Sets the account id and region the keystore answers as (audited).
+    pub fn set_identity(
+        &mut self,
+        caller: &Principal,
+        account_id: Option<&str>,
+        region: Option<&str>,
+    ) -> Result<()> {
+        if let Some(a) = account_id {
+            keystore::validate_account_id(a)?;
+        }
+        if let Some(r) = region {
+            keystore::validate_region(r)?;
+        }
+        self.audited(caller, "SetIdentity", |op| {
+            if let Some(a) = account_id {
+                keystore::set_meta(&op.tx, "account_id", a.as_bytes())?;
+            }
+            if let Some(r) = region {
+                keystore::set_meta(&op.tx, "region", r.as_bytes())?;
+            }
+            op.event.reason = format!("account {account_id:?}, region {region:?}");
+            Ok(())
         })
     }
 

@@ -41,6 +41,13 @@ pub const ACTIONS: &[&str] = &[
     "kms:CreateAlias",
     "kms:UpdateAlias",
     "kms:DeleteAlias",
+    "kms:UpdateKeyDescription",
+    "kms:GetKeyRotationStatus",
+    "kms:ListKeyPolicies",
+    "kms:TagResource",
+    "kms:UntagResource",
+    "kms:ListResourceTags",
+    "kms:GetKeyLastUsage",
 ];
 
 /// Operations a grant may allow (AWS grant operations), each the action `kms:<op>`.
@@ -67,12 +74,27 @@ pub struct PrincipalSpec {
     pub users: Vec<String>,
     pub uids: Vec<u32>,
     pub groups: Vec<String>,
+    /// IAM principals: `arn:aws:iam::ACCOUNT:user/NAME` or `arn:aws:iam::ACCOUNT:root` (every
+    /// access key of that account: there is no IAM layer to delegate to).
+    pub aws: Vec<String>,
 }
 
 impl PrincipalSpec {
     pub fn matches(&self, p: &Principal) -> bool {
-        self.anyone
-            || self.uids.contains(&p.uid)
+        self.anyone || self.matches_aws(p) || (p.is_unix() && self.matches_unix(p))
+    }
+
+    fn matches_aws(&self, p: &Principal) -> bool {
+        let Some(remote) = p.remote.as_ref() else { return false };
+        let Some(arn) = remote.arn.as_deref() else { return false };
+        self.aws.iter().any(|a| match a.strip_suffix(":root") {
+            Some(prefix) => prefix.strip_prefix("arn:aws:iam::") == Some(remote.account.as_str()),
+            None => a == arn,
+        })
+    }
+
+    fn matches_unix(&self, p: &Principal) -> bool {
+        self.uids.contains(&p.uid)
             || self.users.contains(&p.user)
             || self
                 .groups
@@ -92,6 +114,7 @@ impl PrincipalSpec {
         let mut parts: Vec<String> = self.users.iter().map(|u| format!("user:{u}")).collect();
         parts.extend(self.uids.iter().map(|u| format!("uid:{u}")));
         parts.extend(self.groups.iter().map(|g| format!("group:{g}")));
+        parts.extend(self.aws.iter().cloned());
         parts.join(",")
     }
 }
@@ -103,6 +126,9 @@ struct Condition {
     key: String,
     values: Vec<String>,
 }
+
+/// Condition keys about the caller rather than the encryption context.
+const CALLER_KEYS: &[&str] = &["kmsfs:Path", "kms:CallerAccount", "aws:PrincipalArn", "aws:SourceIp"];
 
 const OPERATORS: &[&str] = &["StringEquals", "StringNotEquals", "StringLike", "StringNotLike"];
 
@@ -163,6 +189,18 @@ impl Request<'_> {
         if key == "kmsfs:Path" {
             return self.path.map(str::to_string);
         }
+        let remote = self.caller.remote.as_deref();
+        match key {
+            "kms:CallerAccount" => return remote.map(|r| r.account.clone()),
+            "aws:PrincipalArn" => return remote.and_then(|r| r.arn.clone()),
+            // The address without its port (IAM's aws:SourceIp); a socket peer has none.
+            "aws:SourceIp" => {
+                return remote
+                    .and_then(|r| r.source.parse::<std::net::SocketAddr>().ok())
+                    .map(|a| a.ip().to_string())
+            }
+            _ => {}
+        }
         key.strip_prefix("kms:EncryptionContext:").and_then(|k| self.context.get(k)).map(str::to_string)
     }
 }
@@ -186,6 +224,31 @@ impl Policy {
                 "Action": "kms:*",
                 "Resource": "*"
             }]
+        }))
+        .expect("static JSON")
+    }
+
+    /// The policy of a key created through the API: the creating IAM principal and the
+    /// keystore owner (its administrator) may do everything.
+    pub fn default_for_api_creator(owner_uid: u32, creator_arn: &str) -> String {
+        serde_json::to_string_pretty(&serde_json::json!({
+            "Version": "2012-10-17",
+            "Statement": [
+                {
+                    "Sid": "Enable the key creator",
+                    "Effect": "Allow",
+                    "Principal": { "AWS": creator_arn },
+                    "Action": "kms:*",
+                    "Resource": "*"
+                },
+                {
+                    "Sid": "Enable the keystore administrator",
+                    "Effect": "Allow",
+                    "Principal": { "Uid": [owner_uid] },
+                    "Action": "kms:*",
+                    "Resource": "*"
+                }
+            ]
         }))
         .expect("static JSON")
     }
@@ -349,11 +412,11 @@ fn parse_statement(v: &Value, at: &str) -> Result<Statement> {
                 .as_object()
                 .ok_or_else(|| bad(&format!("Condition.{operator}"), "must be an object".into()))?;
             for (key, values) in tests {
-                if key != "kmsfs:Path" && !key.starts_with("kms:EncryptionContext:") {
+                if !CALLER_KEYS.contains(&key.as_str()) && !key.starts_with("kms:EncryptionContext:") {
                     return Err(bad(
                         &format!("Condition.{operator}"),
                         format!(
-                            "unknown condition key '{key}' (use kmsfs:Path or kms:EncryptionContext:KEY)"
+                            "unknown condition key '{key}' (use kmsfs:Path, kms:EncryptionContext:KEY, kms:CallerAccount, aws:PrincipalArn or aws:SourceIp)"
                         ),
                     ));
                 }
@@ -390,9 +453,18 @@ fn parse_principal(v: &Value) -> std::result::Result<PrincipalSpec, String> {
                         }
                     }
                     "AWS" if values == "*" => spec.anyone = true,
+                    "AWS" => {
+                        for v in strings(values)? {
+                            if v == "*" {
+                                spec.anyone = true;
+                            } else {
+                                spec.aws.push(normalize_iam_principal(&v)?);
+                            }
+                        }
+                    }
                     other => {
                         return Err(format!(
-                            "unknown principal type '{other}' (use User, Group, Uid or \"*\")"
+                            "unknown principal type '{other}' (use AWS, User, Group, Uid or \"*\")"
                         ))
                     }
                 }
@@ -404,6 +476,35 @@ fn parse_principal(v: &Value) -> std::result::Result<PrincipalSpec, String> {
         }
         _ => Err("must be \"*\" or an object such as {\"User\": [\"alice\"]}".into()),
     }
+}
+
+/// An IAM principal as a policy may name it: an account id (its root), the account root
+/// ARN, or a user ARN; returned as an ARN.
+pub fn normalize_iam_principal(text: &str) -> std::result::Result<String, String> {
+    let is_account = |a: &str| a.len() == 12 && a.bytes().all(|b| b.is_ascii_digit());
+    if is_account(text) {
+        return Ok(format!("arn:aws:iam::{text}:root"));
+    }
+    let bad = || {
+        format!("'{text}' is not an IAM principal (arn:aws:iam::ACCOUNT:user/NAME, arn:aws:iam::ACCOUNT:root or an account id)")
+    };
+    let rest = text.strip_prefix("arn:aws:iam::").ok_or_else(bad)?;
+    let (account, resource) = rest.split_once(':').ok_or_else(bad)?;
+    if !is_account(account) {
+        return Err(bad());
+    }
+    match resource.strip_prefix("user/") {
+        _ if resource == "root" => Ok(text.to_string()),
+        Some(name) if valid_iam_user_name(name) => Ok(text.to_string()),
+        _ => Err(bad()),
+    }
+}
+
+/// IAM's rule for user names: 1-64 of letters, digits and `+=,.@_-`.
+pub fn valid_iam_user_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"+=,.@_-".contains(&b))
 }
 
 /// A string or a list of strings.
@@ -463,6 +564,10 @@ fn group_id(name: &str) -> Option<u32> {
 
 /// Parses `user:NAME`, `group:NAME` or `uid:N`.
 pub fn parse_grantee(text: &str) -> Result<PrincipalSpec> {
+    if text.starts_with("arn:") {
+        let arn = normalize_iam_principal(text).map_err(Error::InvalidArgument)?;
+        return Ok(PrincipalSpec { aws: vec![arn], ..Default::default() });
+    }
     let bad = || Error::InvalidArgument(format!("grantee '{text}' must be user:NAME, group:NAME or uid:N"));
     let (kind, value) = text.split_once(':').ok_or_else(bad)?;
     if value.is_empty() {
@@ -488,7 +593,7 @@ mod tests {
     use super::*;
 
     fn user(name: &str, uid: u32, gid: u32) -> Principal {
-        Principal { uid, gid, groups: vec![gid], user: name.into(), pid: None }
+        Principal { uid, gid, groups: vec![gid], user: name.into(), pid: None, remote: None }
     }
 
     fn decide(policy: &Policy, grants: &[GrantRule], who: &Principal, action: &str, path: &str) -> bool {

@@ -1,6 +1,7 @@
 //! Who is calling: the principal every KMS operation is decided for and audited under.
 
 use std::ffi::CStr;
+use std::sync::Arc;
 
 /// A Linux user acting through a process: the command-line user, or the process behind a
 /// FUSE request.
@@ -13,19 +14,56 @@ pub struct Principal {
     /// The user name, or the uid as text if the user has no passwd entry.
     pub user: String,
     pub pid: Option<u32>,
+    /// Set for a caller of the API server: how it was identified and from where.
+    pub remote: Option<Arc<Remote>>,
 }
+
+/// A caller of the API server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Remote {
+    /// `arn:aws:iam::ACCOUNT:user/NAME` for an access key; `None` for a Unix-socket peer.
+    pub arn: Option<String>,
+    /// The account the caller belongs to (the keystore's).
+    pub account: String,
+    pub access_key_id: Option<String>,
+    /// `IP:PORT`, or `unix` for the socket.
+    pub source: String,
+    /// Whether the caller is also a Unix user (a socket peer, an access key with a uid), so
+    /// that Unix principals in policies and grants apply to it.
+    pub unix: bool,
+}
+
+/// The uid an access key without one acts as: no Unix principal names it.
+pub const NO_UID: u32 = u32::MAX;
 
 impl Principal {
     /// The user running this process.
     pub fn current_process() -> Self {
         // SAFETY: these calls cannot fail and touch no memory of ours.
         let (uid, gid, pid) = unsafe { (libc::getuid(), libc::getgid(), libc::getpid()) };
-        Principal { uid, gid, groups: current_groups(), user: user_name(uid), pid: Some(pid as u32) }
+        Principal {
+            uid,
+            gid,
+            groups: current_groups(),
+            user: user_name(uid),
+            pid: Some(pid as u32),
+            remote: None,
+        }
     }
 
     /// A principal known only by ids (a FUSE request); the name is looked up.
     pub fn from_ids(uid: u32, gid: u32, groups: Vec<u32>, pid: Option<u32>) -> Self {
-        Principal { uid, gid, groups, user: user_name(uid), pid }
+        Principal { uid, gid, groups, user: user_name(uid), pid, remote: None }
+    }
+
+    /// Whether Unix principals (users, uids, groups) in policies can name this caller.
+    pub fn is_unix(&self) -> bool {
+        self.remote.as_ref().is_none_or(|r| r.unix)
+    }
+
+    /// The caller's IAM principal ARN, if it signed with an access key.
+    pub fn arn(&self) -> Option<&str> {
+        self.remote.as_ref().and_then(|r| r.arn.as_deref())
     }
 }
 

@@ -1,0 +1,515 @@
+//! The JSON of each operation: input members to KMS calls, results to AWS's output shapes.
+//! Inputs were validated against the service model already (required members, lengths,
+//! ranges, enums), so extraction here only reads.
+
+use base64::Engine;
+use serde_json::{json, Map, Value};
+
+use super::errors::ApiError;
+use super::Service;
+use crate::kms::access::GrantOptions;
+use crate::kms::lifecycle::{CreateKeyOptions, DEFAULT_PENDING_WINDOW_DAYS, DEFAULT_ROTATION_PERIOD_DAYS};
+use crate::kms::{EncryptionContext, KeyMetadata, Principal};
+
+/// Operations kmsfs adds to the AWS model.
+pub const EXTENSIONS: &[&str] = &["GetKeyLastUsage"];
+
+const SYMMETRIC: &str = "SYMMETRIC_DEFAULT";
+
+type Answer = Result<Value, ApiError>;
+
+pub fn is_data_plane(op: &str) -> bool {
+    matches!(
+        op,
+        "Encrypt"
+            | "Decrypt"
+            | "ReEncrypt"
+            | "GenerateDataKey"
+            | "GenerateDataKeyWithoutPlaintext"
+            | "GenerateRandom"
+    )
+}
+
+fn b64(bytes: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+fn str_of<'a>(input: &'a Value, name: &str) -> Option<&'a str> {
+    input.get(name).and_then(Value::as_str)
+}
+
+fn required<'a>(input: &'a Value, name: &str) -> Result<&'a str, ApiError> {
+    str_of(input, name).ok_or_else(|| {
+        ApiError::validation(format!(
+            "1 validation error detected: Value null at '{name}' failed to satisfy constraint: Member must not be null"
+        ))
+    })
+}
+
+fn blob(input: &Value, name: &str) -> Result<Option<Vec<u8>>, ApiError> {
+    match str_of(input, name) {
+        None => Ok(None),
+        Some(s) => base64::engine::general_purpose::STANDARD
+            .decode(s)
+            .map(Some)
+            .map_err(|_| ApiError::client("SerializationException", format!("{name} is not valid base64"))),
+    }
+}
+
+fn context(input: &Value, name: &str) -> Result<EncryptionContext, ApiError> {
+    let mut ctx = EncryptionContext::new();
+    if let Some(map) = input.get(name).and_then(Value::as_object) {
+        for (k, v) in map {
+            let v =
+                v.as_str().ok_or_else(|| ApiError::validation(format!("{name} values must be strings")))?;
+            ctx.0.insert(k.clone(), v.to_string());
+        }
+    }
+    Ok(ctx)
+}
+
+fn int(input: &Value, name: &str) -> Option<i64> {
+    input.get(name).and_then(Value::as_i64)
+}
+
+fn check_algorithm(input: &Value, name: &str) -> Result<(), ApiError> {
+    match str_of(input, name) {
+        None | Some(SYMMETRIC) => Ok(()),
+        Some(other) => Err(ApiError::client(
+            "InvalidKeyUsageException",
+            format!("{other} is not a valid encryption algorithm for a symmetric key; use SYMMETRIC_DEFAULT"),
+        )),
+    }
+}
+
+impl Service {
+    /// A KeyId as AWS takes it (key id, key ARN, alias name, alias ARN) as the KMS names it.
+    fn key_ref(&self, id: &str) -> Result<String, ApiError> {
+        let Some(rest) = id.strip_prefix("arn:") else { return Ok(id.to_string()) };
+        let fields: Vec<&str> = rest.splitn(5, ':').collect();
+        let not_found = || ApiError::client("NotFoundException", format!("Invalid arn {id}"));
+        if fields.len() != 5 || fields[0] != "aws" || fields[1] != "kms" {
+            return Err(not_found());
+        }
+        if fields[2] != self.region || fields[3] != self.account {
+            return Err(ApiError::client(
+                "NotFoundException",
+                format!(
+                    "{id} is not in this key service's account {} and region {}",
+                    self.account, self.region
+                ),
+            ));
+        }
+        let resource = fields[4];
+        if let Some(key_id) = resource.strip_prefix("key/") {
+            Ok(key_id.to_string())
+        } else if resource.starts_with("alias/") {
+            Ok(resource.to_string())
+        } else {
+            Err(not_found())
+        }
+    }
+
+    fn key_metadata(&self, m: &KeyMetadata) -> Value {
+        let mut v = json!({
+            "AWSAccountId": self.account,
+            "KeyId": m.key_id,
+            "Arn": self.key_arn(&m.key_id),
+            "CreationDate": m.created_secs,
+            "Enabled": m.enabled,
+            "Description": m.description,
+            "KeyUsage": "ENCRYPT_DECRYPT",
+            "KeyState": m.key_state.as_str(),
+            "Origin": if m.origin == "KMSFS" { "AWS_KMS" } else { m.origin.as_str() },
+            "KeyManager": if m.key_manager.as_str() == "MANAGED" { "AWS" } else { "CUSTOMER" },
+            "CustomerMasterKeySpec": SYMMETRIC,
+            "KeySpec": SYMMETRIC,
+            "EncryptionAlgorithms": [SYMMETRIC],
+            "MultiRegion": false,
+        });
+        if let Some(d) = m.deletion_secs {
+            v["DeletionDate"] = json!(d);
+        }
+        if let Some(days) = m.pending_deletion_window_in_days {
+            v["PendingDeletionWindowInDays"] = json!(days);
+        }
+        v
+    }
+}
+
+/// Encrypt, Decrypt, ReEncrypt, GenerateDataKey*, GenerateRandom: through the key ring.
+pub fn data_plane(svc: &Service, caller: &Principal, op: &str, input: &Value) -> Answer {
+    let ring = &svc.ring;
+    match op {
+        "Encrypt" => {
+            check_algorithm(input, "EncryptionAlgorithm")?;
+            let key = svc.key_ref(required(input, "KeyId")?)?;
+            let plaintext = zeroize::Zeroizing::new(blob(input, "Plaintext")?.unwrap_or_default());
+            let (key_id, ciphertext) =
+                ring.encrypt(caller, &key, &plaintext, &context(input, "EncryptionContext")?)?;
+            Ok(
+                json!({"CiphertextBlob": b64(&ciphertext), "KeyId": svc.key_arn(&key_id), "EncryptionAlgorithm": SYMMETRIC}),
+            )
+        }
+        "Decrypt" => {
+            check_algorithm(input, "EncryptionAlgorithm")?;
+            let blob_bytes = blob(input, "CiphertextBlob")?.unwrap_or_default();
+            let expected = str_of(input, "KeyId").map(|k| svc.key_ref(k)).transpose()?;
+            let ctx = context(input, "EncryptionContext")?;
+            let (key_id, plaintext) = ring.decrypt(caller, &blob_bytes, &ctx, expected.as_deref())?;
+            Ok(
+                json!({"KeyId": svc.key_arn(&key_id), "Plaintext": b64(&plaintext), "EncryptionAlgorithm": SYMMETRIC}),
+            )
+        }
+        "ReEncrypt" => {
+            check_algorithm(input, "SourceEncryptionAlgorithm")?;
+            check_algorithm(input, "DestinationEncryptionAlgorithm")?;
+            let blob_bytes = blob(input, "CiphertextBlob")?.unwrap_or_default();
+            let source = str_of(input, "SourceKeyId").map(|k| svc.key_ref(k)).transpose()?;
+            let dest = svc.key_ref(required(input, "DestinationKeyId")?)?;
+            let (from, to, out) = ring.re_encrypt(
+                caller,
+                &blob_bytes,
+                &context(input, "SourceEncryptionContext")?,
+                source.as_deref(),
+                &dest,
+                &context(input, "DestinationEncryptionContext")?,
+            )?;
+            Ok(json!({
+                "CiphertextBlob": b64(&out),
+                "SourceKeyId": svc.key_arn(&from),
+                "KeyId": svc.key_arn(&to),
+                "SourceEncryptionAlgorithm": SYMMETRIC,
+                "DestinationEncryptionAlgorithm": SYMMETRIC,
+            }))
+        }
+        "GenerateDataKey" | "GenerateDataKeyWithoutPlaintext" => {
+            let key = svc.key_ref(required(input, "KeyId")?)?;
+            let len = match (str_of(input, "KeySpec"), int(input, "NumberOfBytes")) {
+                (Some(_), Some(_)) => {
+                    return Err(ApiError::validation(
+                        "Please specify either number of bytes or key spec, not both.",
+                    ))
+                }
+                (None, None) => {
+                    return Err(ApiError::validation("Please specify either number of bytes or key spec."))
+                }
+                (Some("AES_128"), None) => 16,
+                (Some(_), None) => 32,
+                (None, Some(n)) => n as usize,
+            };
+            let with_plaintext = op == "GenerateDataKey";
+            let (key_id, plaintext, wrapped) = ring.generate_data_key_of(
+                caller,
+                &key,
+                &context(input, "EncryptionContext")?,
+                len,
+                with_plaintext,
+            )?;
+            let mut out = json!({"CiphertextBlob": b64(&wrapped), "KeyId": svc.key_arn(&key_id)});
+            if with_plaintext {
+                out["Plaintext"] = json!(b64(&plaintext));
+            }
+            Ok(out)
+        }
+        "GenerateRandom" => {
+            let n = int(input, "NumberOfBytes").unwrap_or(32) as usize;
+            let mut bytes = zeroize::Zeroizing::new(vec![0u8; n]);
+            crate::crypto::fill_random(&mut bytes);
+            let mut event = crate::kms::AuditEvent::new(caller, "GenerateRandom", svc.clock.now_ms());
+            event.reason = format!("{n} bytes");
+            ring.record(event);
+            Ok(json!({"Plaintext": b64(&bytes)}))
+        }
+        _ => Err(ApiError::client("UnknownOperationException", "")),
+    }
+}
+
+/// Paging for list operations: Marker is the index of the next item, as text.
+fn page(items: Vec<Value>, input: &Value, field: &str) -> Answer {
+    let limit = int(input, "Limit").unwrap_or(100).clamp(1, 1000) as usize;
+    let start = match str_of(input, "Marker") {
+        None => 0,
+        Some(m) => m.parse::<usize>().ok().filter(|&i| i <= items.len()).ok_or_else(|| {
+            ApiError::client("InvalidMarkerException", format!("the marker '{m}' is not valid"))
+        })?,
+    };
+    let end = (start + limit).min(items.len());
+    let mut out = Map::new();
+    out.insert(field.into(), Value::Array(items[start..end].to_vec()));
+    out.insert("Truncated".into(), json!(end < items.len()));
+    if end < items.len() {
+        out.insert("NextMarker".into(), json!(end.to_string()));
+    }
+    Ok(Value::Object(out))
+}
+
+fn tags_json(tags: Vec<(String, String)>) -> Vec<Value> {
+    tags.into_iter().map(|(k, v)| json!({"TagKey": k, "TagValue": v})).collect()
+}
+
+fn tags_of(input: &Value) -> Vec<(String, String)> {
+    input
+        .get("Tags")
+        .and_then(Value::as_array)
+        .map(|tags| {
+            tags.iter()
+                .filter_map(|t| Some((str_of(t, "TagKey")?.to_string(), str_of(t, "TagValue")?.to_string())))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn unsupported(what: String) -> ApiError {
+    ApiError::client("UnsupportedOperationException", what)
+}
+
+/// Every other operation: through `Kms`, one keystore transaction and audit event each.
+pub fn control_plane(svc: &Service, caller: &Principal, op: &str, input: &Value) -> Answer {
+    let mut kms = svc.kms.lock().map_err(|_| ApiError::internal("the control plane lock is poisoned"))?;
+    let kms = &mut *kms;
+    let key = || -> Result<String, ApiError> { svc.key_ref(required(input, "KeyId")?) };
+    match op {
+        "CreateKey" => {
+            for (field, allowed) in [
+                ("KeySpec", SYMMETRIC),
+                ("CustomerMasterKeySpec", SYMMETRIC),
+                ("KeyUsage", "ENCRYPT_DECRYPT"),
+                ("Origin", "AWS_KMS"),
+            ] {
+                if let Some(v) = str_of(input, field).filter(|v| *v != allowed) {
+                    return Err(unsupported(format!(
+                        "{field} {v} is not supported yet: kmsfs keys are {allowed}"
+                    )));
+                }
+            }
+            if input.get("MultiRegion").and_then(Value::as_bool) == Some(true) {
+                return Err(unsupported("multi-Region keys are not supported".into()));
+            }
+            if input.get("CustomKeyStoreId").is_some() || input.get("XksKeyId").is_some() {
+                return Err(unsupported("custom key stores are not supported".into()));
+            }
+            let opts = CreateKeyOptions {
+                alias: None,
+                description: str_of(input, "Description").unwrap_or("").to_string(),
+                policy: str_of(input, "Policy").map(str::to_string),
+                tags: tags_of(input),
+            };
+            let key_id = kms.create_key(caller, &opts)?;
+            Ok(json!({"KeyMetadata": svc.key_metadata(&kms.metadata_after(&key_id)?)}))
+        }
+        "DescribeKey" => Ok(json!({"KeyMetadata": svc.key_metadata(&kms.describe_key(caller, &key()?)?)})),
+        "ListKeys" => {
+            let keys: Vec<Value> = kms
+                .list_keys(caller)?
+                .into_iter()
+                .filter(|k| k.key_state.as_str() != "Destroyed")
+                .map(|k| json!({"KeyId": k.key_id, "KeyArn": svc.key_arn(&k.key_id)}))
+                .collect();
+            page(keys, input, "Keys")
+        }
+        "EnableKey" => kms.enable_key(caller, &key()?).map(|_| json!({})).map_err(Into::into),
+        "DisableKey" => kms.disable_key(caller, &key()?).map(|_| json!({})).map_err(Into::into),
+        "ScheduleKeyDeletion" => {
+            let days = int(input, "PendingWindowInDays").unwrap_or(DEFAULT_PENDING_WINDOW_DAYS);
+            let key_id = key()?;
+            let date = kms.schedule_key_deletion(caller, &key_id, days)?;
+            let m = kms.metadata_after(&kms.resolve_key_id(&key_id)?)?;
+            Ok(json!({
+                "KeyId": svc.key_arn(&m.key_id),
+                "DeletionDate": date,
+                "KeyState": "PendingDeletion",
+                "PendingWindowInDays": days,
+            }))
+        }
+        "CancelKeyDeletion" => {
+            let key_id = key()?;
+            kms.cancel_key_deletion(caller, &key_id)?;
+            Ok(json!({"KeyId": svc.key_arn(&kms.resolve_key_id(&key_id)?)}))
+        }
+        "EnableKeyRotation" => {
+            let days = int(input, "RotationPeriodInDays").unwrap_or(DEFAULT_ROTATION_PERIOD_DAYS);
+            kms.enable_key_rotation(caller, &key()?, days)?;
+            Ok(json!({}))
+        }
+        "DisableKeyRotation" => {
+            kms.disable_key_rotation(caller, &key()?).map(|_| json!({})).map_err(Into::into)
+        }
+        "GetKeyRotationStatus" => {
+            let m = kms.describe_key(caller, &key()?)?;
+            let mut out =
+                json!({"KeyRotationEnabled": m.key_rotation_enabled, "KeyId": svc.key_arn(&m.key_id)});
+            if let Some(days) = m.rotation_period_in_days.filter(|_| m.key_rotation_enabled) {
+                out["RotationPeriodInDays"] = json!(days);
+            }
+            if let Some(next) = m.next_rotation_secs {
+                out["NextRotationDate"] = json!(next);
+            }
+            Ok(out)
+        }
+        "RotateKeyOnDemand" => {
+            let key_id = key()?;
+            kms.rotate_key(caller, &key_id)?;
+            Ok(json!({"KeyId": svc.key_arn(&kms.resolve_key_id(&key_id)?)}))
+        }
+        "ListKeyRotations" => {
+            let key_id = key()?;
+            let versions = kms.list_key_versions(caller, &key_id)?;
+            let id = kms.resolve_key_id(&key_id)?;
+            let rotations: Vec<Value> = versions
+                .into_iter()
+                .filter(|v| v.rotation_type != "INITIAL")
+                .map(|v| json!({"KeyId": id, "RotationDate": v.created, "RotationType": v.rotation_type}))
+                .collect();
+            page(rotations, input, "Rotations")
+        }
+        "UpdateKeyDescription" => {
+            kms.update_key_description(caller, &key()?, required(input, "Description")?)?;
+            Ok(json!({}))
+        }
+        "CreateAlias" => {
+            kms.create_alias(
+                caller,
+                required(input, "AliasName")?,
+                &svc.key_ref(required(input, "TargetKeyId")?)?,
+            )?;
+            Ok(json!({}))
+        }
+        "UpdateAlias" => {
+            kms.update_alias(
+                caller,
+                required(input, "AliasName")?,
+                &svc.key_ref(required(input, "TargetKeyId")?)?,
+            )?;
+            Ok(json!({}))
+        }
+        "DeleteAlias" => {
+            kms.delete_alias(caller, required(input, "AliasName")?).map(|_| json!({})).map_err(Into::into)
+        }
+        "ListAliases" => {
+            let key_id = str_of(input, "KeyId").map(|k| svc.key_ref(k)).transpose()?;
+            let aliases: Vec<Value> = kms
+                .list_aliases(caller, key_id.as_deref())?
+                .into_iter()
+                .map(|a| {
+                    json!({
+                        "AliasName": a.alias_name,
+                        "AliasArn": svc.alias_arn(&a.alias_name),
+                        "TargetKeyId": a.target_key_id,
+                        "CreationDate": a.creation_date,
+                        "LastUpdatedDate": a.last_updated_date,
+                    })
+                })
+                .collect();
+            page(aliases, input, "Aliases")
+        }
+        "GetKeyPolicy" => {
+            let name = str_of(input, "PolicyName").unwrap_or("default");
+            if name != "default" {
+                return Err(ApiError::client(
+                    "NotFoundException",
+                    format!("no policy named {name}; keys have 'default'"),
+                ));
+            }
+            Ok(json!({"Policy": kms.get_key_policy(caller, &key()?)?, "PolicyName": "default"}))
+        }
+        "PutKeyPolicy" => {
+            let name = str_of(input, "PolicyName").unwrap_or("default");
+            if name != "default" {
+                return Err(ApiError::validation(format!("PolicyName must be 'default', not '{name}'")));
+            }
+            kms.put_key_policy(caller, &key()?, required(input, "Policy")?)?;
+            Ok(json!({}))
+        }
+        "ListKeyPolicies" => {
+            // The policy itself is not read: answered from the key's existence and the caller's right.
+            kms.get_key_policy(caller, &key()?)?;
+            Ok(json!({"PolicyNames": ["default"], "Truncated": false}))
+        }
+        "CreateGrant" => create_grant(svc, kms, caller, input),
+        "ListGrants" => {
+            let grants = kms.list_grants(caller, &key()?)?;
+            let wanted_id = str_of(input, "GrantId");
+            let wanted_grantee = str_of(input, "GranteePrincipal");
+            let items: Vec<Value> = grants
+                .into_iter()
+                .filter(|g| wanted_id.is_none_or(|id| g.grant_id == id))
+                .filter(|g| wanted_grantee.is_none_or(|p| g.grantee == p))
+                .map(|g| grant_json(svc, &g))
+                .collect();
+            page(items, input, "Grants")
+        }
+        "RetireGrant" => {
+            let target = match (str_of(input, "GrantToken"), str_of(input, "GrantId")) {
+                (Some(token), _) => token.to_string(),
+                (None, Some(id)) => id.to_string(),
+                (None, None) => return Err(ApiError::validation("give GrantToken, or KeyId and GrantId")),
+            };
+            kms.retire_grant(caller, &target)?;
+            Ok(json!({}))
+        }
+        "RevokeGrant" => {
+            kms.revoke_grant(caller, &key()?, required(input, "GrantId")?)?;
+            Ok(json!({}))
+        }
+        "TagResource" => kms.tag_key(caller, &key()?, &tags_of(input)).map(|_| json!({})).map_err(Into::into),
+        "UntagResource" => {
+            let keys: Vec<String> = input
+                .get("TagKeys")
+                .and_then(Value::as_array)
+                .map(|a| a.iter().filter_map(|k| k.as_str().map(str::to_string)).collect())
+                .unwrap_or_default();
+            kms.untag_key(caller, &key()?, &keys).map(|_| json!({})).map_err(Into::into)
+        }
+        "ListResourceTags" => page(tags_json(kms.list_key_tags(caller, &key()?)?), input, "Tags"),
+        other => Err(unsupported(format!("{other} is not supported by kmsfs"))),
+    }
+}
+
+fn grant_json(svc: &Service, g: &crate::keystore::records::GrantRecord) -> Value {
+    let mut v = json!({
+        "KeyId": svc.key_arn(&g.key_id),
+        "GrantId": g.grant_id,
+        "Name": g.name,
+        "CreationDate": g.created,
+        "GranteePrincipal": g.grantee,
+        "IssuingAccount": format!("arn:aws:iam::{}:root", svc.account),
+        "Operations": g.operations,
+    });
+    if !g.constraints.is_empty() {
+        v["Constraints"] = json!({"EncryptionContextSubset": g.constraints});
+    }
+    v
+}
+
+fn create_grant(svc: &Service, kms: &mut crate::kms::Kms, caller: &Principal, input: &Value) -> Answer {
+    let key_id = svc.key_ref(required(input, "KeyId")?)?;
+    let operations: Vec<String> = input
+        .get("Operations")
+        .and_then(Value::as_array)
+        .map(|a| a.iter().filter_map(|o| o.as_str().map(str::to_string)).collect())
+        .unwrap_or_default();
+    let mut constraints = std::collections::BTreeMap::new();
+    if let Some(c) = input.get("Constraints") {
+        if c.get("EncryptionContextEquals").is_some() {
+            return Err(unsupported(
+                "grant constraint EncryptionContextEquals is not supported yet; use EncryptionContextSubset"
+                    .into(),
+            ));
+        }
+        if let Some(subset) = c.get("EncryptionContextSubset").and_then(Value::as_object) {
+            for (k, v) in subset {
+                constraints.insert(k.clone(), v.as_str().unwrap_or_default().to_string());
+            }
+        }
+    }
+    let opts = GrantOptions {
+        grantee: required(input, "GranteePrincipal")?.to_string(),
+        operations,
+        constraints,
+        expires: None,
+        name: str_of(input, "Name").unwrap_or("").to_string(),
+    };
+    let (grant_id, token) = kms.create_grant(caller, &key_id, &opts)?;
+    Ok(json!({"GrantId": grant_id, "GrantToken": token}))
+}

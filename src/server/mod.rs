@@ -1,0 +1,254 @@
+//! `kmsfs serve`: the AWS KMS API (JSON 1.1 over HTTP/1.1, SigV4) on a loopback TCP port
+//! (TLS for any other address) and a Unix socket whose callers are known by SO_PEERCRED.
+//!
+//! This layer is transport, authentication, JSON mapping and error naming only: every
+//! operation is the KMS's. The data plane (Encrypt, Decrypt, GenerateDataKey*, ReEncrypt)
+//! runs on the async workers against a `KeyRing` (keys unwrapped once, key states kept live
+//! by the keystore's WAL index, audit events batched by the writer thread); the control
+//! plane runs on blocking threads through `Kms`, one keystore transaction per call.
+
+mod api;
+pub mod config;
+mod errors;
+mod http;
+mod listen;
+pub mod model;
+pub mod sigv4;
+
+use std::sync::{Arc, Mutex};
+
+use crate::cli::{Global, Session};
+use crate::error::{Error, Result};
+use crate::kms::audit_writer::AuditWriter;
+use crate::kms::keyring::KeyRing;
+use crate::kms::principal::{Remote, NO_UID};
+use crate::kms::{AuditEvent, Clock, Kms, Principal};
+use errors::ApiError;
+
+/// Who is on the other end of a connection.
+#[derive(Debug, Clone)]
+pub enum Peer {
+    Tcp(std::net::SocketAddr),
+    /// A Unix-socket peer: uid, gid, pid from SO_PEERCRED.
+    Unix {
+        uid: u32,
+        gid: u32,
+        pid: Option<u32>,
+    },
+}
+
+/// What every request handler shares.
+pub struct Service {
+    ring: KeyRing,
+    kms: Mutex<Kms>,
+    clock: Arc<dyn Clock>,
+    account: String,
+    region: String,
+}
+
+impl Service {
+    fn key_arn(&self, key_id: &str) -> String {
+        format!("arn:aws:kms:{}:{}:key/{key_id}", self.region, self.account)
+    }
+
+    fn alias_arn(&self, alias: &str) -> String {
+        format!("arn:aws:kms:{}:{}:{alias}", self.region, self.account)
+    }
+
+    /// The principal a request is decided and audited for.
+    fn caller(&self, peer: &Peer, credential: Option<&crate::kms::access_keys::Credential>) -> Principal {
+        match (peer, credential) {
+            (Peer::Unix { uid, gid, pid }, _) => {
+                let mut p = Principal::from_ids(*uid, *gid, vec![*gid], *pid);
+                p.remote = Some(Arc::new(Remote {
+                    arn: None,
+                    account: self.account.clone(),
+                    access_key_id: None,
+                    source: "unix".into(),
+                    unix: true,
+                }));
+                p
+            }
+            (Peer::Tcp(addr), Some(c)) => {
+                let arn = format!("arn:aws:iam::{}:user/{}", self.account, c.user_name);
+                let (uid, user) = match c.uid {
+                    Some(uid) => (uid, crate::kms::principal::user_name(uid)),
+                    None => (NO_UID, format!("iam:{}", c.user_name)),
+                };
+                Principal {
+                    uid,
+                    gid: NO_UID,
+                    groups: Vec::new(),
+                    user,
+                    pid: None,
+                    remote: Some(Arc::new(Remote {
+                        arn: Some(arn),
+                        account: self.account.clone(),
+                        access_key_id: Some(c.access_key_id.clone()),
+                        source: addr.to_string(),
+                        unix: c.uid.is_some(),
+                    })),
+                }
+            }
+            (Peer::Tcp(addr), None) => Principal {
+                uid: NO_UID,
+                gid: NO_UID,
+                groups: Vec::new(),
+                user: "anonymous".into(),
+                pid: None,
+                remote: Some(Arc::new(Remote {
+                    arn: None,
+                    account: self.account.clone(),
+                    access_key_id: None,
+                    source: addr.to_string(),
+                    unix: false,
+                })),
+            },
+        }
+    }
+
+    /// Audits a call that failed before any KMS operation could record it.
+    fn record_unaudited(
+        &self,
+        peer: &Peer,
+        caller: Option<&Principal>,
+        parts: &::http::request::Parts,
+        err: &ApiError,
+    ) {
+        let anonymous;
+        let caller = match caller {
+            Some(c) => c,
+            None => {
+                anonymous = self.caller(peer, None);
+                &anonymous
+            }
+        };
+        let mut event = AuditEvent::new(caller, operation_of(parts).unwrap_or("(none)"), self.clock.now_ms());
+        if event.access_key_id.is_none() {
+            event.access_key_id = claimed_access_key(parts);
+        }
+        event.outcome = match err.code {
+            "AccessDeniedException"
+            | "InvalidSignatureException"
+            | "UnrecognizedClientException"
+            | "MissingAuthenticationTokenException"
+            | "IncompleteSignatureException" => crate::kms::Outcome::Denied,
+            _ => crate::kms::Outcome::Error,
+        };
+        event.error_code = Some(err.code.to_string());
+        event.reason = err.message.clone();
+        self.ring.record(event);
+    }
+}
+
+/// The operation named by `X-Amz-Target: TrentService.<Op>`.
+fn operation_of(parts: &::http::request::Parts) -> Option<&str> {
+    parts.headers.get("x-amz-target")?.to_str().ok()?.strip_prefix("TrentService.")
+}
+
+/// The access key id an Authorization header claims (for the audit of a refused request).
+fn claimed_access_key(parts: &::http::request::Parts) -> Option<String> {
+    let auth = parts.headers.get(::http::header::AUTHORIZATION)?.to_str().ok()?;
+    let cred = auth.split("Credential=").nth(1)?;
+    let id = cred.split('/').next()?;
+    (id.len() <= 128).then(|| id.to_string())
+}
+
+/// Authenticates, validates and runs one request; returns the status and JSON body.
+async fn answer(
+    svc: &Arc<Service>,
+    peer: &Peer,
+    parts: &::http::request::Parts,
+    body: &[u8],
+) -> (u16, Vec<u8>) {
+    let credential = match peer {
+        Peer::Unix { .. } => None,
+        Peer::Tcp(_) => {
+            let now = svc.clock.now_secs();
+            match sigv4::verify(parts, body, &svc.ring, &svc.region, now) {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    svc.record_unaudited(peer, None, parts, &e);
+                    return (e.status, e.body());
+                }
+            }
+        }
+    };
+    let caller = svc.caller(peer, credential.as_deref());
+    let result = match operation_of(parts) {
+        None => Err(ApiError::client("UnknownOperationException", "")),
+        Some(op) => run_operation(svc, &caller, op, body).await,
+    };
+    match result {
+        Ok(value) => (200, serde_json::to_vec(&value).expect("JSON values serialize")),
+        Err(e) => {
+            if !e.audited {
+                svc.record_unaudited(peer, Some(&caller), parts, &e);
+            }
+            (e.status, e.body())
+        }
+    }
+}
+
+async fn run_operation(
+    svc: &Arc<Service>,
+    caller: &Principal,
+    op: &str,
+    body: &[u8],
+) -> std::result::Result<serde_json::Value, ApiError> {
+    if !model::is_operation(op) && !api::EXTENSIONS.contains(&op) {
+        return Err(ApiError::client("UnknownOperationException", ""));
+    }
+    let input: serde_json::Value = if body.iter().all(u8::is_ascii_whitespace) {
+        serde_json::Value::Object(Default::default())
+    } else {
+        serde_json::from_slice(body)
+            .map_err(|e| ApiError::client("SerializationException", format!("the body is not JSON: {e}")))?
+    };
+    if !input.is_object() {
+        return Err(ApiError::client("SerializationException", "the body must be a JSON object"));
+    }
+    model::validate(op, &input)?;
+    if api::is_data_plane(op) {
+        // Microseconds of work against the key ring: done on the async worker.
+        let _scope = crate::kms::keyring::begin_request();
+        return api::data_plane(svc, caller, op, &input);
+    }
+    let (svc, caller, op) = (Arc::clone(svc), caller.clone(), op.to_string());
+    tokio::task::spawn_blocking(move || api::control_plane(&svc, &caller, &op, &input))
+        .await
+        .map_err(|e| ApiError::internal(format!("the operation's thread failed: {e}")))?
+}
+
+/// `kmsfs serve`.
+pub fn run(g: &Global, args: config::ServeArgs) -> Result<()> {
+    args.check()?;
+    let path = g.keystore_path();
+    let session = Session::open(g)?;
+    let me = session.me.clone();
+    let kms = session.kms;
+    let (account, region) = (kms.keystore().account_id()?, kms.keystore().region()?);
+    let (root, clock) = (kms.root_key().clone(), Arc::clone(kms.clock()));
+    // The writer gets a keystore connection of its own; the control plane keeps `kms`.
+    let writer_kms =
+        Kms::new(crate::keystore::Keystore::open(&path)?, root.clone(), Arc::clone(&clock), &me)?;
+    let (sink, writer) = AuditWriter::spawn(writer_kms, me).map_err(|e| Error::io("audit writer", e))?;
+    let ring = KeyRing::open(&path, root, Arc::clone(&clock), sink)?;
+    let svc = Arc::new(Service { ring, kms: Mutex::new(kms), clock, account, region });
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .max_blocking_threads(8)
+        .thread_name("kmsfs-serve")
+        .enable_all()
+        .build()
+        .map_err(|e| Error::io("cannot start the server runtime", e))?;
+    let result = runtime.block_on(listen::serve(Arc::clone(&svc), &args, &path));
+    drop(runtime);
+    // The ring holds the writer's last sink: dropping the service lets the writer drain.
+    match Arc::try_unwrap(svc) {
+        Ok(svc) => drop(svc),
+        Err(_) => log::error!("requests still hold the service at exit; audit events may be flushed late"),
+    }
+    writer.finish();
+    result
+}
