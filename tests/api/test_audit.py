@@ -2,8 +2,13 @@
 outcome and AWS error code; the hash chain verifies after a burst of concurrent calls."""
 
 import threading
+import time
 
 from kmsapi import raises_code, user_arn
+
+# The server may write audit events in batches; an event must be in the trail within this
+# long of its answer (and at once after a graceful stop).
+AUDIT_DELAY = 5.0
 
 
 def events(api):
@@ -15,8 +20,21 @@ def last_seq(api):
     return max((e["Seq"] for e in evs), default=0)
 
 
-def new_events(api, since):
-    return [e for e in events(api) if e["Seq"] > since]
+def new_events(api, since, expect=None, principal=None):
+    """Events after Seq `since` (of `principal` if given), in Seq order; waits up to
+    AUDIT_DELAY for `expect` of them to be there."""
+    deadline = time.monotonic() + AUDIT_DELAY
+    while True:
+        evs = [e for e in events(api) if e["Seq"] > since and (principal is None or e.get("PrincipalArn") == principal)]
+        if expect is None or len(evs) >= expect or time.monotonic() > deadline:
+            return sorted(evs, key=lambda e: e["Seq"])
+        time.sleep(0.1)
+
+
+def by_op(evs, op, who):
+    found = [e for e in evs if e["Operation"] == op and e.get("PrincipalArn") == user_arn(who)]
+    assert len(found) == 1, f"{op} by {who}: {found}"
+    return found[0]
 
 
 def test_one_event_per_call_with_identity(fresh_api):
@@ -29,10 +47,10 @@ def test_one_event_per_call_with_identity(fresh_api):
         api.bob.decrypt(CiphertextBlob=blob)
     with raises_code("NotFoundException"):
         api.alice.describe_key(KeyId="alias/missing")
-    evs = new_events(api, since)
-    assert [e["Operation"] for e in evs] == ["Encrypt", "Decrypt", "Decrypt", "DescribeKey"], evs
-
-    enc, dec, denied, missing = evs
+    evs = new_events(api, since, expect=4)
+    assert sorted(e["Operation"] for e in evs) == ["Decrypt", "Decrypt", "DescribeKey", "Encrypt"], evs
+    enc, dec = by_op(evs, "Encrypt", "alice"), by_op(evs, "Decrypt", "alice")
+    denied, missing = by_op(evs, "Decrypt", "bob"), by_op(evs, "DescribeKey", "alice")
     for e, who in [(enc, "alice"), (dec, "alice"), (denied, "bob"), (missing, "alice")]:
         assert e["PrincipalArn"] == user_arn(who), e
         assert e["AccessKeyId"] == api.creds[who]["AccessKeyId"], e
@@ -56,7 +74,7 @@ def test_auth_failures_are_audited(fresh_api):
         make_client(api.endpoint, dict(api.creds["alice"], SecretAccessKey="C" * 40)).list_keys()
     with raises_code("UnrecognizedClientException"):
         make_client(api.endpoint, {"AccessKeyId": "AKIAUNKNOWNUNKNOWN00", "SecretAccessKey": "x" * 40}).list_keys()
-    codes = [e.get("ErrorCode") for e in new_events(api, since)]
+    codes = sorted(e.get("ErrorCode") for e in new_events(api, since, expect=2))
     assert codes == ["InvalidSignatureException", "UnrecognizedClientException"], codes
 
 
@@ -66,6 +84,8 @@ def test_audit_filters(fresh_api):
     with raises_code("AccessDeniedException"):
         api.bob.encrypt(KeyId=key, Plaintext=b"x")
     api.alice.encrypt(KeyId=key, Plaintext=b"x")
+    assert len(new_events(api, 0, expect=2, principal=user_arn("alice"))) == 2
+    assert len(new_events(api, 0, expect=1, principal=user_arn("bob"))) == 1
     bob = api.keystore.audit("--principal", user_arn("bob"))
     assert bob and all(e["PrincipalArn"] == user_arn("bob") for e in bob)
     by_key = api.keystore.audit("--access-key-id", api.creds["alice"]["AccessKeyId"])
@@ -103,8 +123,8 @@ def test_concurrent_burst_loses_no_event_and_chain_verifies(fresh_api):
     for t in ts:
         t.join(timeout=120)
     assert not errors, errors[:3]
+    api_events = new_events(api, since, expect=threads * calls, principal=user_arn("alice"))
     evs = new_events(api, since)
-    api_events = [e for e in evs if e.get("PrincipalArn") == user_arn("alice")]
     assert len(api_events) == threads * calls
     assert all(e["Outcome"] == "Success" for e in api_events)
     seqs = [e["Seq"] for e in evs]
