@@ -31,6 +31,13 @@ def new_events(api, since, expect=None, principal=None):
         time.sleep(0.1)
 
 
+def settled_seq(api, alice_calls):
+    """The last Seq once alice's first `alice_calls` API calls are in the trail: events
+    after it belong to what the test does next."""
+    assert len(new_events(api, 0, expect=alice_calls, principal=user_arn("alice"))) == alice_calls
+    return last_seq(api)
+
+
 def by_op(evs, op, who):
     found = [e for e in evs if e["Operation"] == op and e.get("PrincipalArn") == user_arn(who)]
     assert len(found) == 1, f"{op} by {who}: {found}"
@@ -40,7 +47,7 @@ def by_op(evs, op, who):
 def test_one_event_per_call_with_identity(fresh_api):
     api = fresh_api
     key = api.new_key()
-    since = last_seq(api)
+    since = settled_seq(api, 1)
     blob = api.alice.encrypt(KeyId=key, Plaintext=b"audited")["CiphertextBlob"]
     api.alice.decrypt(CiphertextBlob=blob)
     with raises_code("AccessDeniedException"):
@@ -99,7 +106,7 @@ def test_concurrent_burst_loses_no_event_and_chain_verifies(fresh_api):
     api = fresh_api
     key = api.new_key()
     blob = api.alice.encrypt(KeyId=key, Plaintext=b"burst")["CiphertextBlob"]
-    since = last_seq(api)
+    since = settled_seq(api, 2)
     threads, calls, errors = 8, 25, []
 
     def worker(n):
