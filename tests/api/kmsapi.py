@@ -144,9 +144,11 @@ class Keystore:
     def json(self, args):
         return json.loads(self.run([*args, "--json"]).stdout)
 
-    def access_key(self, user):
-        """{"AccessKeyId", "SecretAccessKey", "UserName", ...} of a new access key."""
-        doc = json.loads(self.run(["access-key", "create", "--user", user, "--json"]).stdout)
+    def access_key(self, user, uid=None):
+        """{"AccessKeyId", "SecretAccessKey", "UserName", ...} of a new access key (acting
+        also as Unix uid `uid` if given)."""
+        extra = ["--uid", str(uid)] if uid is not None else []
+        doc = json.loads(self.run(["access-key", "create", "--user", user, *extra, "--json"]).stdout)
         key = doc["AccessKey"]
         assert key["UserName"] == user and key["Status"] == "Active", doc
         return key
@@ -163,7 +165,7 @@ class Server:
     Ready when it prints its readiness line (one JSON object with Url/Listen/Socket/Pid) on
     stdout and answers on the port."""
 
-    def __init__(self, keystore, extra_args=()):
+    def __init__(self, keystore, extra_args=(), env=None):
         self.keystore = keystore
         self.port = free_port()
         self.endpoint = f"http://127.0.0.1:{self.port}"
@@ -173,7 +175,7 @@ class Server:
         with open(self.out_path, "wb") as out, open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(
                 [kmsfs_bin(), "serve", "--listen", f"127.0.0.1:{self.port}", *extra_args],
-                env=keystore.env(),
+                env=env or keystore.env(),
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=log,
@@ -201,6 +203,7 @@ class Server:
                 raise RuntimeError(f"kmsfs serve exited {self.proc.returncode} before it was ready:\n{self.log_text()}")
             self.ready = self.ready or self._readiness_line()
             if self.ready:
+                self.endpoint = self.ready.get("Url") or self.endpoint
                 try:
                     with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
                         return
@@ -242,7 +245,7 @@ class Server:
         return make_client(self.endpoint, creds, **config)
 
 
-def make_client(endpoint, creds, validate=True, session_token=None, **config):
+def make_client(endpoint, creds, validate=True, session_token=None, verify=None, **config):
     cfg = Config(
         region_name=REGION,
         retries={"total_max_attempts": 1, "mode": "standard"},
@@ -258,7 +261,7 @@ def make_client(endpoint, creds, validate=True, session_token=None, **config):
         region_name=REGION,
         botocore_session=botocore.session.Session(),
     )
-    return session.client("kms", endpoint_url=endpoint, config=cfg)
+    return session.client("kms", endpoint_url=endpoint, config=cfg, verify=verify)
 
 
 class Api:

@@ -177,3 +177,16 @@ def test_key_belongs_to_its_creator(api):
     api.bob.encrypt(KeyId=key, Plaintext=b"x")
     with raises_code("AccessDeniedException"):
         api.alice.encrypt(KeyId=key, Plaintext=b"x")
+
+
+def test_access_key_with_uid_matches_unix_statements(api, key):
+    """`access-key create --uid N`: Unix policy statements for uid N apply to that key."""
+    dave = api.keystore.access_key("dave", uid=4321)
+    client = api.server.client(dave)
+    with raises_code("AccessDeniedException"):
+        client.encrypt(KeyId=key, Plaintext=b"x")
+    unix = {"Effect": "Allow", "Principal": {"Uid": [4321]}, "Action": "kms:Encrypt", "Resource": "*"}
+    api.alice.put_key_policy(KeyId=key, PolicyName="default", Policy=policy(admin_alice(), unix))
+    client.encrypt(KeyId=key, Plaintext=b"x")
+    with raises_code("AccessDeniedException"):
+        client.decrypt(CiphertextBlob=api.alice.encrypt(KeyId=key, Plaintext=b"y")["CiphertextBlob"])
