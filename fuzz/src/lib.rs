@@ -110,8 +110,14 @@ pub fn key_policy(data: &[u8]) {
     let Ok(parsed) = Policy::parse(doc) else { return };
     let _ = parsed.uses_groups();
     let context = EncryptionContext::new().with("kmsfs:volume", "v").with("dept", "finance");
-    let caller =
-        |uid: u32| Principal { uid, gid: uid, groups: vec![uid, 27], user: format!("u{uid}"), pid: None };
+    let caller = |uid: u32| Principal {
+        uid,
+        gid: uid,
+        groups: vec![uid, 27],
+        user: format!("u{uid}"),
+        pid: None,
+        remote: None,
+    };
     for uid in [0, 1000] {
         for action in ["kms:Decrypt", "kms:GenerateDataKey", "kms:ReEncryptTo", "kms:PutKeyPolicy"] {
             for path in [None, Some("/finance/q1/report.pdf")] {

@@ -95,7 +95,7 @@ pub fn run_grant(s: &mut Session, cmd: GrantCmd) -> Result<()> {
                 .map(|t| parse_time(&t, s.kms.now_secs(), false).map_err(Error::InvalidArgument))
                 .transpose()?;
             let constraints = EncryptionContext::from_pairs(&constraints)?.0;
-            let opts = GrantOptions { grantee, operations, constraints, expires, name };
+            let opts = GrantOptions { grantee, operations, constraints, expires, name, ..Default::default() };
             let (grant_id, token) = s.kms.create_grant(&me, &key, &opts)?;
             if s.json {
                 output::json(&serde_json::json!({ "GrantId": grant_id, "GrantToken": token,

@@ -30,6 +30,8 @@ struct StatusJson<'a> {
     #[serde(flatten)]
     status: &'a Status,
     mounts: &'a [MountStatus],
+    /// The API server running on this keystore (`kmsfs serve`), if any.
+    server: Option<serde_json::Value>,
 }
 
 /// One mounted volume.
@@ -52,10 +54,20 @@ pub fn run(s: &mut Session) -> Result<()> {
     let me = s.me.clone();
     let status = s.kms.status(&me, EXPIRING_SOON_SECS)?;
     let mounts = mounts(&status);
+    let server = crate::server::running(s.kms.keystore().path());
     if s.json {
-        output::json(&StatusJson { status: &status, mounts: &mounts });
+        output::json(&StatusJson { status: &status, mounts: &mounts, server });
     } else {
         print!("{}", render(&status, &mounts));
+        match server {
+            Some(v) => println!(
+                "\nAPI server\n  URL:    {}\n  Socket: {}\n  Pid:    {}",
+                v["Url"].as_str().unwrap_or("-"),
+                v["Socket"].as_str().unwrap_or("-"),
+                v["Pid"]
+            ),
+            None => println!("\nAPI server: not running"),
+        }
     }
     Ok(())
 }

@@ -340,12 +340,18 @@ pub struct GrantRecord {
     pub expires: Option<i64>,
     #[serde(skip)]
     pub token: String,
+    /// Who besides the grantee may retire it.
+    pub retiring_principal: Option<String>,
+    /// The constraints are the whole encryption context (EncryptionContextEquals), not a
+    /// subset of it.
+    pub context_equals: bool,
 }
 
 pub fn insert_grant(conn: &Connection, g: &GrantRecord) -> Result<()> {
     conn.execute(
-        "INSERT INTO grants (grant_id, key_id, name, grantee, operations, constraints, created, expires, token)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+        "INSERT INTO grants (grant_id, key_id, name, grantee, operations, constraints, created, expires, token,
+                             retiring_principal, context_equals)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
         params![
             g.grant_id,
             g.key_id,
@@ -355,7 +361,9 @@ pub fn insert_grant(conn: &Connection, g: &GrantRecord) -> Result<()> {
             serde_json::to_string(&g.constraints).expect("map serializes"),
             g.created,
             g.expires,
-            g.token
+            g.token,
+            g.retiring_principal,
+            g.context_equals,
         ],
     )?;
     Ok(())
@@ -364,7 +372,8 @@ pub fn insert_grant(conn: &Connection, g: &GrantRecord) -> Result<()> {
 /// Grants of one key, or of every key.
 pub fn list_grants(conn: &Connection, key_id: Option<&str>) -> Result<Vec<GrantRecord>> {
     let mut stmt = conn.prepare(
-        "SELECT grant_id, key_id, name, grantee, operations, constraints, created, expires, token
+        "SELECT grant_id, key_id, name, grantee, operations, constraints, created, expires, token,
+                retiring_principal, context_equals
          FROM grants WHERE ?1 IS NULL OR key_id = ?1 ORDER BY created, grant_id",
     )?;
     let rows = stmt.query_map([key_id], |r| {
@@ -380,6 +389,8 @@ pub fn list_grants(conn: &Connection, key_id: Option<&str>) -> Result<Vec<GrantR
             created: r.get(6)?,
             expires: r.get(7)?,
             token: r.get(8)?,
+            retiring_principal: r.get(9)?,
+            context_equals: r.get(10)?,
         })
     })?;
     Ok(rows.collect::<rusqlite::Result<_>>()?)

@@ -99,7 +99,8 @@ pub const MIGRATIONS: &[&str] = &[
         tag_value TEXT NOT NULL,
         PRIMARY KEY (key_id, tag_key)
     );
-    ALTER TABLE grants ADD COLUMN retiring_principal TEXT;
+    ALTER TABLE grants ADD COLUMN retiring_principal TEXT;  -- an IAM ARN that may retire it
+    ALTER TABLE grants ADD COLUMN context_equals INTEGER NOT NULL DEFAULT 0;  -- constraints: exact context
     "#,
 ];
 

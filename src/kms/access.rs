@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 
 use rusqlite::Connection;
 
+use super::aws_errors::GRANT_TOKEN_ERROR;
 use super::policy::{self, Decision, GrantRule, Policy, Request};
 use super::{keyid, require_customer_managed, EncryptionContext, Kms, Op, Principal};
 use crate::crypto;
@@ -33,6 +34,7 @@ pub fn rule_of(g: &GrantRecord) -> Result<GrantRule> {
         grantee: policy::parse_grantee(&g.grantee)?,
         operations: g.operations.clone(),
         constraints: g.constraints.clone(),
+        context_equals: g.context_equals,
         expires: g.expires,
     })
 }
@@ -59,6 +61,24 @@ impl Op<'_> {
     }
 }
 
+/// Removes `grant` if the caller is its grantee or its retiring principal.
+fn retire(op: &mut Op<'_>, caller: &Principal, grant: &GrantRecord) -> Result<()> {
+    op.event.key_id = Some(grant.key_id.clone());
+    let retiring = grant.retiring_principal.as_deref().is_some_and(|p| caller.arn() == Some(p));
+    // Through the API a grantee retires only a grant that gives it RetireGrant, as in AWS;
+    // at the command line (the keystore's administrator) being the grantee is enough.
+    let grantee = policy::parse_grantee(&grant.grantee)?.matches(caller)
+        && (caller.remote.is_none() || grant.operations.iter().any(|o| o == "RetireGrant"));
+    if !retiring && !grantee {
+        return Err(Error::AccessDenied(format!(
+            "only the grantee ({}) or the retiring principal retires grant {}; an administrator revokes it",
+            grant.grantee, grant.grant_id
+        )));
+    }
+    records::delete_grant(&op.tx, &grant.grant_id)?;
+    Ok(())
+}
+
 /// Options of CreateGrant.
 #[derive(Debug, Clone, Default)]
 pub struct GrantOptions {
@@ -68,6 +88,10 @@ pub struct GrantOptions {
     /// Unix seconds.
     pub expires: Option<i64>,
     pub name: String,
+    /// An IAM principal that may retire the grant besides its grantee.
+    pub retiring_principal: Option<String>,
+    /// `constraints` are the exact encryption context (EncryptionContextEquals).
+    pub context_equals: bool,
 }
 
 impl Kms {
@@ -79,14 +103,37 @@ impl Kms {
         })
     }
 
-    /// PutKeyPolicy: validated first; a refused policy leaves the old one in place.
-    pub fn put_key_policy(&mut self, caller: &Principal, key_ref: &str, text: &str) -> Result<()> {
+    /// PutKeyPolicy as AWS does it: unless `bypass_lockout_check`, a policy that would not
+    /// let the caller change it again is refused (MalformedPolicyDocumentException).
+    pub fn put_key_policy_checked(
+        &mut self,
+        caller: &Principal,
+        key_ref: &str,
+        text: &str,
+        bypass_lockout_check: bool,
+    ) -> Result<()> {
         self.audited(caller, "PutKeyPolicy", |op| {
             let key = op.key(key_ref)?;
             require_customer_managed(&key, "re-policied")?;
-            Policy::parse(text)?;
+            let policy = Policy::parse(text)?;
+            let ctx = EncryptionContext::new();
+            let request =
+                Request { caller, action: "kms:PutKeyPolicy", context: &ctx, path: None, now: op.now };
+            if !bypass_lockout_check && matches!(policy.decide(&[], &request), Decision::Deny(_)) {
+                return Err(Error::InvalidArgument(
+                    "the policy would not allow you to update the key policy in the future (set \
+                     BypassPolicyLockoutSafetyCheck to put it anyway)"
+                        .into(),
+                ));
+            }
             records::store_policy(&op.tx, &key.key_id, text)
         })
+    }
+
+    /// PutKeyPolicy by the keystore's administrator: validated first; a refused policy
+    /// leaves the old one in place.
+    pub fn put_key_policy(&mut self, caller: &Principal, key_ref: &str, text: &str) -> Result<()> {
+        self.put_key_policy_checked(caller, key_ref, text, true)
     }
 
     /// CreateGrant. Returns (grant id, grant token).
@@ -114,16 +161,40 @@ impl Kms {
             if opts.expires.is_some_and(|t| t <= op.now) {
                 return Err(Error::InvalidArgument("the grant's expiry is in the past".into()));
             }
+            let retiring = opts
+                .retiring_principal
+                .as_deref()
+                .map(|p| policy::normalize_iam_principal(p).map_err(Error::InvalidArgument))
+                .transpose()?;
+            let grantee_text = policy::grantee_text(&grantee);
+            // CreateGrant is idempotent by name: the same grant asked for again is the one
+            // that exists (AWS answers with its id and a token).
+            if !opts.name.is_empty() {
+                let same = records::list_grants(&op.tx, Some(&key.key_id))?.into_iter().find(|g| {
+                    g.name == opts.name
+                        && g.grantee == grantee_text
+                        && g.operations == opts.operations
+                        && g.constraints == opts.constraints
+                        && g.context_equals == opts.context_equals
+                        && g.retiring_principal == retiring
+                });
+                if let Some(g) = same {
+                    op.event.reason = format!("grant {} exists under the name {}", g.grant_id, g.name);
+                    return Ok((g.grant_id, g.token));
+                }
+            }
             let grant = GrantRecord {
                 grant_id: keyid::new_key_id().replace('-', ""),
                 key_id: key.key_id.clone(),
                 name: opts.name.clone(),
-                grantee: policy::grantee_text(&grantee),
+                grantee: grantee_text,
                 operations: opts.operations.clone(),
                 constraints: opts.constraints.clone(),
                 created: op.now,
                 expires: opts.expires,
                 token: hex(&crypto::random_bytes::<24>()),
+                retiring_principal: retiring,
+                context_equals: opts.context_equals,
             };
             records::insert_grant(&op.tx, &grant)?;
             op.event.reason =
@@ -139,23 +210,60 @@ impl Kms {
         })
     }
 
-    /// RetireGrant: by the grantee, naming the grant by id or token.
+    /// RetireGrant: by the grantee or the retiring principal, naming the grant by id or token.
     pub fn retire_grant(&mut self, caller: &Principal, id_or_token: &str) -> Result<()> {
         self.audited(caller, "RetireGrant", |op| {
             let grant = records::list_grants(&op.tx, None)?
                 .into_iter()
-                .find(|g| g.grant_id == id_or_token || crypto::ct_eq(g.token.as_bytes(), id_or_token.as_bytes()))
+                .find(|g| {
+                    g.grant_id == id_or_token || crypto::ct_eq(g.token.as_bytes(), id_or_token.as_bytes())
+                })
                 .ok_or_else(|| Error::NotFound("no grant with that id or token".into()))?;
-            op.event.key_id = Some(grant.key_id.clone());
-            if !policy::parse_grantee(&grant.grantee)?.matches(caller) {
-                return Err(Error::AccessDenied(format!(
-                    "only the grantee ({}) retires grant {}; an administrator revokes it with `kmsfs grant revoke`",
-                    grant.grantee, grant.grant_id
-                )));
-            }
-            records::delete_grant(&op.tx, &grant.grant_id)?;
-            Ok(())
+            retire(op, caller, &grant)
         })
+    }
+
+    /// RetireGrant with a grant token (AWS's InvalidGrantTokenException for an unknown one).
+    pub fn retire_grant_by_token(&mut self, caller: &Principal, token: &str) -> Result<()> {
+        self.audited(caller, "RetireGrant", |op| {
+            let grant = records::list_grants(&op.tx, None)?
+                .into_iter()
+                .find(|g| crypto::ct_eq(g.token.as_bytes(), token.as_bytes()))
+                .ok_or_else(|| Error::InvalidArgument(format!("{GRANT_TOKEN_ERROR}is not valid")))?;
+            retire(op, caller, &grant)
+        })
+    }
+
+    /// RetireGrant with a key and a grant id.
+    pub fn retire_grant_of_key(&mut self, caller: &Principal, key_ref: &str, grant_id: &str) -> Result<()> {
+        self.audited(caller, "RetireGrant", |op| {
+            op.event.key_id = Some(key_ref.to_string());
+            let key = super::resolve(&op.tx, key_ref)?;
+            op.event.key_id = Some(key.key_id.clone());
+            let grant = records::list_grants(&op.tx, Some(&key.key_id))?
+                .into_iter()
+                .find(|g| g.grant_id == grant_id)
+                .ok_or_else(|| Error::NotFound(format!("key {} has no grant {grant_id}", key.key_id)))?;
+            retire(op, caller, &grant)
+        })
+    }
+
+    /// ListRetirableGrants: the grants `principal` may retire.
+    pub fn list_retirable_grants(&mut self, caller: &Principal, principal: &str) -> Result<Vec<GrantRecord>> {
+        self.audited(caller, "ListRetirableGrants", |op| {
+            let principal = policy::normalize_iam_principal(principal).map_err(Error::InvalidArgument)?;
+            Ok(records::list_grants(&op.tx, None)?
+                .into_iter()
+                .filter(|g| g.retiring_principal.as_deref() == Some(principal.as_str()))
+                .collect())
+        })
+    }
+
+    /// Whether `token` is a grant token this keystore issued (GrantTokens of an API call).
+    pub fn is_grant_token(&self, token: &str) -> Result<bool> {
+        Ok(records::list_grants(self.keystore().conn(), None)?
+            .iter()
+            .any(|g| crypto::ct_eq(g.token.as_bytes(), token.as_bytes())))
     }
 
     /// RevokeGrant: by an administrator (the passphrase holder).

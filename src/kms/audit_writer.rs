@@ -18,16 +18,42 @@ const MAX_BATCH: usize = 4096;
 /// this much of the trail in a crash.
 const GATHER: Duration = Duration::from_millis(20);
 
+/// What goes down the writer's channel. (Events are the common message: boxing them would
+/// cost an allocation each.)
+#[allow(clippy::large_enum_variant)]
+enum Message {
+    Event(AuditEvent),
+    /// Called once every event sent before it is committed (or failed to be).
+    Barrier(Box<dyn FnOnce(bool) + Send>),
+}
+
 /// Where the mount sends audit events. Cheap to clone; sending never blocks.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct AuditSink {
-    tx: Sender<AuditEvent>,
+    tx: Sender<Message>,
+}
+
+impl std::fmt::Debug for AuditSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AuditSink")
+    }
 }
 
 impl AuditSink {
     pub fn record(&self, event: AuditEvent) {
-        if self.tx.send(event).is_err() {
+        if self.tx.send(Message::Event(event)).is_err() {
             log::error!("audit writer has stopped; an audit event was lost");
+        }
+    }
+
+    /// Calls `done(committed)` once every event recorded before this call is in the
+    /// keystore: the API server answers a call only then, so an answered call is audited.
+    /// A barrier ends the writer's gathering window at once; callers waiting together
+    /// share one commit.
+    pub fn barrier(&self, done: Box<dyn FnOnce(bool) + Send>) {
+        if let Err(mpsc::SendError(Message::Barrier(done))) = self.tx.send(Message::Barrier(done)) {
+            log::error!("audit writer has stopped");
+            done(false);
         }
     }
 }
@@ -41,9 +67,19 @@ pub struct AuditWriter {
 impl AuditWriter {
     /// Starts the writer thread, which owns `kms` (its own keystore connection).
     pub fn spawn(kms: Kms, caller: Principal) -> std::io::Result<(AuditSink, AuditWriter)> {
+        Self::spawn_gathering(kms, caller, GATHER)
+    }
+
+    /// Like `spawn`, gathering each batch for `gather` after its first event.
+    pub fn spawn_gathering(
+        kms: Kms,
+        caller: Principal,
+        gather: Duration,
+    ) -> std::io::Result<(AuditSink, AuditWriter)> {
         let (tx, rx) = mpsc::channel();
-        let thread =
-            std::thread::Builder::new().name("kmsfs-audit".into()).spawn(move || run(kms, caller, rx))?;
+        let thread = std::thread::Builder::new()
+            .name("kmsfs-audit".into())
+            .spawn(move || run(kms, caller, rx, gather))?;
         Ok((AuditSink { tx }, AuditWriter { thread }))
     }
 
@@ -55,7 +91,7 @@ impl AuditWriter {
     }
 }
 
-fn run(mut kms: Kms, caller: Principal, rx: Receiver<AuditEvent>) {
+fn run(mut kms: Kms, caller: Principal, rx: Receiver<Message>, gather: Duration) {
     let mut next_housekeeping = Instant::now() + HOUSEKEEPING_EVERY;
     loop {
         let wait = next_housekeeping.saturating_duration_since(Instant::now());
@@ -71,13 +107,22 @@ fn run(mut kms: Kms, caller: Principal, rx: Receiver<AuditEvent>) {
         // Sleep through the gathering window instead of waiting on the channel: a sender
         // wakes the receiver only while it waits, so a busy mount costs this thread two
         // wake-ups per batch rather than one per event (a context switch per file created,
-        // on machines with two cores).
-        std::thread::sleep(GATHER);
-        let mut batch = vec![first];
+        // on machines with two cores). The API server gathers nothing: its callers wait
+        // for the commit (barriers), and those arriving during one commit share the next.
+        if !gather.is_zero() {
+            std::thread::sleep(gather);
+        }
+        let mut batch = Vec::new();
+        let mut barriers = Vec::new();
+        match first {
+            Message::Event(event) => batch.push(event),
+            Message::Barrier(done) => barriers.push(done),
+        }
         let mut disconnected = false;
         while batch.len() < MAX_BATCH {
             match rx.try_recv() {
-                Ok(event) => batch.push(event),
+                Ok(Message::Event(event)) => batch.push(event),
+                Ok(Message::Barrier(done)) => barriers.push(done),
                 Err(TryRecvError::Empty) => break,
                 Err(TryRecvError::Disconnected) => {
                     disconnected = true;
@@ -85,8 +130,15 @@ fn run(mut kms: Kms, caller: Principal, rx: Receiver<AuditEvent>) {
                 }
             }
         }
-        if let Err(e) = kms.append_audit(&batch) {
-            log::error!("cannot write {} audit event(s) to the keystore: {e}", batch.len());
+        let committed = match kms.append_audit(&batch) {
+            Ok(()) => true,
+            Err(e) => {
+                log::error!("cannot write {} audit event(s) to the keystore: {e}", batch.len());
+                false
+            }
+        };
+        for done in barriers {
+            done(committed);
         }
         if disconnected {
             return;

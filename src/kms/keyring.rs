@@ -48,6 +48,8 @@ struct Cache {
     uses_groups: bool,
     /// Active access keys (for the API server's signature checks).
     access_keys: HashMap<String, Arc<Credential>>,
+    /// Tokens of every grant, for the GrantTokens of API calls.
+    grant_tokens: std::collections::HashSet<String>,
 }
 
 thread_local! {
@@ -179,6 +181,7 @@ impl KeyRing {
         cache.uses_groups = cache.policies.values().any(Policy::uses_groups)
             || cache.grants.values().flatten().any(|g| g.grantee.uses_groups());
         cache.access_keys = access_keys::load_active(&conn, &self.root)?;
+        cache.grant_tokens = records::list_grants(&conn, None)?.into_iter().map(|g| g.token).collect();
         cache.keys = keys.into_iter().map(|k| (k.key_id.clone(), k)).collect();
         cache.material = material;
         cache.data_version = Some(version);
@@ -385,6 +388,19 @@ impl KeyRing {
         Ok(self.cache.read().expect("keyring cache lock").access_keys.get(id).cloned())
     }
 
+    /// Refuses grant tokens this keystore did not issue (or whose grant is gone). A valid
+    /// token adds nothing: a grant takes effect as soon as it is committed.
+    pub fn check_grant_tokens(&self, tokens: &[&str]) -> Result<()> {
+        self.refresh()?;
+        let cache = self.cache.read().expect("keyring cache lock");
+        match tokens.iter().find(|t| !cache.grant_tokens.contains(**t)) {
+            None => Ok(()),
+            Some(_) => {
+                Err(Error::InvalidArgument(format!("{}is not valid", super::aws_errors::GRANT_TOKEN_ERROR)))
+            }
+        }
+    }
+
     /// Encrypt of up to 4096 bytes under the current version of `key_ref`. Returns the key
     /// id and the blob.
     pub fn encrypt(
@@ -505,6 +521,11 @@ impl KeyRing {
     /// Records one API call that ends before reaching a key (a refused signature, bad input).
     pub fn record(&self, event: AuditEvent) {
         self.audit.record(event);
+    }
+
+    /// Calls `done(committed)` once every event this ring recorded so far is in the keystore.
+    pub fn audit_barrier(&self, done: Box<dyn FnOnce(bool) + Send>) {
+        self.audit.barrier(done);
     }
 
     fn api_audited<T>(

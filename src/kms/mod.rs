@@ -17,6 +17,7 @@ pub mod context;
 pub mod dataops;
 pub mod keyid;
 pub mod keyring;
+pub mod last_usage;
 pub mod lifecycle;
 pub mod metadata;
 pub mod policy;

@@ -59,6 +59,8 @@ pub const GRANT_OPERATIONS: &[&str] = &[
     "ReEncryptFrom",
     "ReEncryptTo",
     "DescribeKey",
+    "CreateGrant",
+    "RetireGrant",
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -130,7 +132,8 @@ struct Condition {
 /// Condition keys about the caller rather than the encryption context.
 const CALLER_KEYS: &[&str] = &["kmsfs:Path", "kms:CallerAccount", "aws:PrincipalArn", "aws:SourceIp"];
 
-const OPERATORS: &[&str] = &["StringEquals", "StringNotEquals", "StringLike", "StringNotLike"];
+const OPERATORS: &[&str] =
+    &["StringEquals", "StringNotEquals", "StringLike", "StringNotLike", "IpAddress", "NotIpAddress"];
 
 impl Condition {
     fn holds(&self, request: &Request<'_>) -> bool {
@@ -138,6 +141,7 @@ impl Condition {
         let matched = |v: &String| match (self.operator.as_str(), actual.as_deref()) {
             (_, None) => false,
             ("StringEquals" | "StringNotEquals", Some(a)) => a == v,
+            ("IpAddress" | "NotIpAddress", Some(a)) => cidr_contains(v, a),
             (_, Some(a)) => glob(v, a),
         };
         let any = self.values.iter().any(matched);
@@ -172,6 +176,8 @@ pub struct GrantRule {
     pub operations: Vec<String>,
     /// Encryption-context pairs (values may use `*`) the request must carry.
     pub constraints: BTreeMap<String, String>,
+    /// The request's encryption context must be exactly `constraints` (literal values).
+    pub context_equals: bool,
     pub expires: Option<i64>,
 }
 
@@ -341,10 +347,14 @@ impl Policy {
             g.expires.is_none_or(|t| t > request.now)
                 && g.grantee.matches(request.caller)
                 && g.operations.iter().any(|o| o == op)
-                && g.constraints.iter().all(|(k, v)| {
-                    let actual = if k == "kmsfs:Path" { request.path } else { request.context.get(k) };
-                    actual.is_some_and(|a| glob(v, a))
-                })
+                && if g.context_equals {
+                    request.context.0 == g.constraints
+                } else {
+                    g.constraints.iter().all(|(k, v)| {
+                        let actual = if k == "kmsfs:Path" { request.path } else { request.context.get(k) };
+                        actual.is_some_and(|a| glob(v, a))
+                    })
+                }
         });
         match granted {
             Some(g) => Decision::Allow(format!("grant {}", g.grant_id)),
@@ -412,6 +422,24 @@ fn parse_statement(v: &Value, at: &str) -> Result<Statement> {
                 .as_object()
                 .ok_or_else(|| bad(&format!("Condition.{operator}"), "must be an object".into()))?;
             for (key, values) in tests {
+                if operator.ends_with("IpAddress") {
+                    if key != "aws:SourceIp" {
+                        return Err(bad(
+                            &format!("Condition.{operator}"),
+                            format!("{operator} tests aws:SourceIp, not '{key}'"),
+                        ));
+                    }
+                    for v in
+                        strings(values).map_err(|why| bad(&format!("Condition.{operator}.{key}"), why))?
+                    {
+                        if parse_cidr(&v).is_none() {
+                            return Err(bad(
+                                &format!("Condition.{operator}.{key}"),
+                                format!("'{v}' is not an address or CIDR block"),
+                            ));
+                        }
+                    }
+                }
                 if !CALLER_KEYS.contains(&key.as_str()) && !key.starts_with("kms:EncryptionContext:") {
                     return Err(bad(
                         &format!("Condition.{operator}"),
@@ -547,6 +575,44 @@ pub fn glob(pattern: &str, text: &str) -> bool {
     p[pi..].iter().all(|&c| c == '*')
 }
 
+/// `203.0.113.0/24`, `2001:db8::/32` or a single address.
+fn parse_cidr(text: &str) -> Option<(std::net::IpAddr, u32)> {
+    let (addr, bits) = match text.split_once('/') {
+        Some((a, b)) => (a.parse::<std::net::IpAddr>().ok()?, b.parse::<u32>().ok()?),
+        None => {
+            let a: std::net::IpAddr = text.parse().ok()?;
+            (a, if a.is_ipv4() { 32 } else { 128 })
+        }
+    };
+    let max = if addr.is_ipv4() { 32 } else { 128 };
+    (bits <= max).then_some((addr, bits))
+}
+
+/// Whether address `ip` is inside `cidr` (IAM's IpAddress operator).
+fn cidr_contains(cidr: &str, ip: &str) -> bool {
+    use std::net::IpAddr;
+    let (Some((net, bits)), Ok(ip)) = (parse_cidr(cidr), ip.parse::<IpAddr>()) else { return false };
+    let prefix = |bytes: &[u8], bits: u32| -> Vec<u8> {
+        bytes
+            .iter()
+            .enumerate()
+            .map(|(i, b)| {
+                let keep = bits.saturating_sub(8 * i as u32).min(8);
+                if keep == 0 {
+                    0
+                } else {
+                    b & (0xffu8 << (8 - keep))
+                }
+            })
+            .collect()
+    };
+    match (net, ip) {
+        (IpAddr::V4(n), IpAddr::V4(i)) => prefix(&n.octets(), bits) == prefix(&i.octets(), bits),
+        (IpAddr::V6(n), IpAddr::V6(i)) => prefix(&n.octets(), bits) == prefix(&i.octets(), bits),
+        _ => false,
+    }
+}
+
 /// Looks up a group's gid by name.
 fn group_id(name: &str) -> Option<u32> {
     if let Ok(gid) = name.parse() {
@@ -624,6 +690,7 @@ mod tests {
             grantee: parse_grantee("user:bob").unwrap(),
             operations: vec!["Decrypt".into()],
             constraints: [("app".to_string(), "w*".to_string())].into(),
+            context_equals: false,
             expires: Some(200),
         };
         assert!(decide(&policy, std::slice::from_ref(&grant), &bob, "kms:Decrypt", "/x"));
@@ -647,6 +714,17 @@ mod tests {
         assert!(err(&format!("{{\"Id\":\"{}\"}}", "x".repeat(MAX_POLICY_BYTES))).contains("limit"));
         assert!(Policy::parse(&Policy::default_for_owner(0)).is_ok());
         assert!(Policy::parse(&Policy::managed_default()).is_ok());
+    }
+
+    #[test]
+    fn cidr_blocks() {
+        assert!(cidr_contains("127.0.0.0/8", "127.0.0.1"));
+        assert!(cidr_contains("127.0.0.1/32", "127.0.0.1"));
+        assert!(!cidr_contains("10.0.0.0/8", "127.0.0.1"));
+        assert!(cidr_contains("0.0.0.0/0", "192.0.2.1"));
+        assert!(cidr_contains("2001:db8::/32", "2001:db8::1"));
+        assert!(!cidr_contains("2001:db8::/32", "127.0.0.1"));
+        assert!(parse_cidr("10.0.0.0/33").is_none());
     }
 
     #[test]

@@ -51,8 +51,8 @@ pub fn list(conn: &Connection, key_id: &str) -> Result<Vec<(String, String)>> {
 
 impl Kms {
     pub fn tag_key(&mut self, caller: &Principal, key_ref: &str, tags: &[(String, String)]) -> Result<()> {
-        validate(tags)?;
         self.audited(caller, "TagResource", |op| {
+            validate(tags)?;
             let key = op.key(key_ref)?;
             super::require_customer_managed(&key, "tagged")?;
             put(&op.tx, &key.key_id, tags)

@@ -11,9 +11,6 @@ use crate::kms::access::GrantOptions;
 use crate::kms::lifecycle::{CreateKeyOptions, DEFAULT_PENDING_WINDOW_DAYS, DEFAULT_ROTATION_PERIOD_DAYS};
 use crate::kms::{EncryptionContext, KeyMetadata, Principal};
 
-/// Operations kmsfs adds to the AWS model.
-pub const EXTENSIONS: &[&str] = &["GetKeyLastUsage"];
-
 const SYMMETRIC: &str = "SYMMETRIC_DEFAULT";
 
 type Answer = Result<Value, ApiError>;
@@ -42,6 +39,17 @@ fn required<'a>(input: &'a Value, name: &str) -> Result<&'a str, ApiError> {
     str_of(input, name).ok_or_else(|| {
         ApiError::validation(format!(
             "1 validation error detected: Value null at '{name}' failed to satisfy constraint: Member must not be null"
+        ))
+    })
+}
+
+/// A blob the model leaves optional but the operation needs.
+fn required_blob(input: &Value, name: &str) -> Result<Vec<u8>, ApiError> {
+    blob(input, name)?.ok_or_else(|| {
+        let mut c = name.chars();
+        let member: String = c.next().map(|f| f.to_ascii_lowercase().to_string() + c.as_str()).unwrap_or_default();
+        ApiError::validation(format!(
+            "1 validation error detected: Value null at '{member}' failed to satisfy constraint: Member must not be null"
         ))
     })
 }
@@ -137,9 +145,32 @@ impl Service {
     }
 }
 
+fn grant_tokens(input: &Value) -> Vec<&str> {
+    input
+        .get("GrantTokens")
+        .and_then(Value::as_array)
+        .map(|a| a.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default()
+}
+
+/// AWS's wording for a number outside the range the operation (not the model) allows.
+fn out_of_range(member: &str, value: i64, range: std::ops::RangeInclusive<i64>) -> Result<(), ApiError> {
+    let constraint = if value < *range.start() {
+        format!("greater than or equal to {}", range.start())
+    } else if value > *range.end() {
+        format!("less than or equal to {}", range.end())
+    } else {
+        return Ok(());
+    };
+    Err(ApiError::validation(format!(
+        "1 validation error detected: Value '{value}' at '{member}' failed to satisfy constraint: Member must have value {constraint}"
+    )))
+}
+
 /// Encrypt, Decrypt, ReEncrypt, GenerateDataKey*, GenerateRandom: through the key ring.
 pub fn data_plane(svc: &Service, caller: &Principal, op: &str, input: &Value) -> Answer {
     let ring = &svc.ring;
+    ring.check_grant_tokens(&grant_tokens(input)).map_err(ApiError::unaudited)?;
     match op {
         "Encrypt" => {
             check_algorithm(input, "EncryptionAlgorithm")?;
@@ -153,7 +184,7 @@ pub fn data_plane(svc: &Service, caller: &Principal, op: &str, input: &Value) ->
         }
         "Decrypt" => {
             check_algorithm(input, "EncryptionAlgorithm")?;
-            let blob_bytes = blob(input, "CiphertextBlob")?.unwrap_or_default();
+            let blob_bytes = required_blob(input, "CiphertextBlob")?;
             let expected = str_of(input, "KeyId").map(|k| svc.key_ref(k)).transpose()?;
             let ctx = context(input, "EncryptionContext")?;
             let (key_id, plaintext) = ring.decrypt(caller, &blob_bytes, &ctx, expected.as_deref())?;
@@ -164,7 +195,7 @@ pub fn data_plane(svc: &Service, caller: &Principal, op: &str, input: &Value) ->
         "ReEncrypt" => {
             check_algorithm(input, "SourceEncryptionAlgorithm")?;
             check_algorithm(input, "DestinationEncryptionAlgorithm")?;
-            let blob_bytes = blob(input, "CiphertextBlob")?.unwrap_or_default();
+            let blob_bytes = required_blob(input, "CiphertextBlob")?;
             let source = str_of(input, "SourceKeyId").map(|k| svc.key_ref(k)).transpose()?;
             let dest = svc.key_ref(required(input, "DestinationKeyId")?)?;
             let (from, to, out) = ring.re_encrypt(
@@ -312,6 +343,7 @@ pub fn control_plane(svc: &Service, caller: &Principal, op: &str, input: &Value)
         "DisableKey" => kms.disable_key(caller, &key()?).map(|_| json!({})).map_err(Into::into),
         "ScheduleKeyDeletion" => {
             let days = int(input, "PendingWindowInDays").unwrap_or(DEFAULT_PENDING_WINDOW_DAYS);
+            out_of_range("pendingWindowInDays", days, crate::kms::lifecycle::PENDING_WINDOW_DAYS)?;
             let key_id = key()?;
             let date = kms.schedule_key_deletion(caller, &key_id, days)?;
             let m = kms.metadata_after(&kms.resolve_key_id(&key_id)?)?;
@@ -352,10 +384,22 @@ pub fn control_plane(svc: &Service, caller: &Principal, op: &str, input: &Value)
             kms.rotate_key(caller, &key_id)?;
             Ok(json!({"KeyId": svc.key_arn(&kms.resolve_key_id(&key_id)?)}))
         }
+        "GetKeyLastUsage" => {
+            let usage = kms.key_last_usage(caller, &key()?)?;
+            let mut out = json!({
+                "KeyId": usage.key_id,
+                "TrackingStartDate": usage.key_created,
+                "KeyCreationDate": usage.key_created,
+            });
+            if let Some((operation, ms)) = usage.last {
+                out["KeyLastUsage"] = json!({"Operation": operation, "Timestamp": ms as f64 / 1000.0});
+            }
+            Ok(out)
+        }
         "ListKeyRotations" => {
             let key_id = key()?;
             let versions = kms.list_key_versions(caller, &key_id)?;
-            let id = kms.resolve_key_id(&key_id)?;
+            let id = svc.key_arn(&kms.resolve_key_id(&key_id)?);
             let rotations: Vec<Value> = versions
                 .into_iter()
                 .filter(|v| v.rotation_type != "INITIAL")
@@ -418,7 +462,8 @@ pub fn control_plane(svc: &Service, caller: &Principal, op: &str, input: &Value)
             if name != "default" {
                 return Err(ApiError::validation(format!("PolicyName must be 'default', not '{name}'")));
             }
-            kms.put_key_policy(caller, &key()?, required(input, "Policy")?)?;
+            let bypass = input.get("BypassPolicyLockoutSafetyCheck").and_then(Value::as_bool) == Some(true);
+            kms.put_key_policy_checked(caller, &key()?, required(input, "Policy")?, bypass)?;
             Ok(json!({}))
         }
         "ListKeyPolicies" => {
@@ -440,13 +485,18 @@ pub fn control_plane(svc: &Service, caller: &Principal, op: &str, input: &Value)
             page(items, input, "Grants")
         }
         "RetireGrant" => {
-            let target = match (str_of(input, "GrantToken"), str_of(input, "GrantId")) {
-                (Some(token), _) => token.to_string(),
-                (None, Some(id)) => id.to_string(),
-                (None, None) => return Err(ApiError::validation("give GrantToken, or KeyId and GrantId")),
-            };
-            kms.retire_grant(caller, &target)?;
+            match (str_of(input, "GrantToken"), str_of(input, "KeyId"), str_of(input, "GrantId")) {
+                (Some(token), _, _) => kms.retire_grant_by_token(caller, token)?,
+                (None, Some(key_id), Some(grant_id)) => {
+                    kms.retire_grant_of_key(caller, &svc.key_ref(key_id)?, grant_id)?
+                }
+                _ => return Err(ApiError::validation("give GrantToken, or KeyId and GrantId")),
+            }
             Ok(json!({}))
+        }
+        "ListRetirableGrants" => {
+            let grants = kms.list_retirable_grants(caller, required(input, "RetiringPrincipal")?)?;
+            page(grants.iter().map(|g| grant_json(svc, g)).collect(), input, "Grants")
         }
         "RevokeGrant" => {
             kms.revoke_grant(caller, &key()?, required(input, "GrantId")?)?;
@@ -476,8 +526,12 @@ fn grant_json(svc: &Service, g: &crate::keystore::records::GrantRecord) -> Value
         "IssuingAccount": format!("arn:aws:iam::{}:root", svc.account),
         "Operations": g.operations,
     });
-    if !g.constraints.is_empty() {
-        v["Constraints"] = json!({"EncryptionContextSubset": g.constraints});
+    if let Some(p) = &g.retiring_principal {
+        v["RetiringPrincipal"] = json!(p);
+    }
+    if !g.constraints.is_empty() || g.context_equals {
+        let kind = if g.context_equals { "EncryptionContextEquals" } else { "EncryptionContextSubset" };
+        v["Constraints"] = json!({ kind: g.constraints });
     }
     v
 }
@@ -490,25 +544,30 @@ fn create_grant(svc: &Service, kms: &mut crate::kms::Kms, caller: &Principal, in
         .map(|a| a.iter().filter_map(|o| o.as_str().map(str::to_string)).collect())
         .unwrap_or_default();
     let mut constraints = std::collections::BTreeMap::new();
+    let mut context_equals = false;
     if let Some(c) = input.get("Constraints") {
-        if c.get("EncryptionContextEquals").is_some() {
-            return Err(unsupported(
-                "grant constraint EncryptionContextEquals is not supported yet; use EncryptionContextSubset"
-                    .into(),
+        let (equals, subset) = (c.get("EncryptionContextEquals"), c.get("EncryptionContextSubset"));
+        if equals.is_some() && subset.is_some() {
+            return Err(ApiError::validation(
+                "give EncryptionContextEquals or EncryptionContextSubset in a grant's Constraints, not both",
             ));
         }
-        if let Some(subset) = c.get("EncryptionContextSubset").and_then(Value::as_object) {
-            for (k, v) in subset {
+        context_equals = equals.is_some();
+        if let Some(map) = equals.or(subset).and_then(Value::as_object) {
+            for (k, v) in map {
                 constraints.insert(k.clone(), v.as_str().unwrap_or_default().to_string());
             }
         }
     }
+    svc.ring.check_grant_tokens(&grant_tokens(input)).map_err(ApiError::unaudited)?;
     let opts = GrantOptions {
         grantee: required(input, "GranteePrincipal")?.to_string(),
         operations,
         constraints,
         expires: None,
         name: str_of(input, "Name").unwrap_or("").to_string(),
+        retiring_principal: str_of(input, "RetiringPrincipal").map(str::to_string),
+        context_equals,
     };
     let (grant_id, token) = kms.create_grant(caller, &key_id, &opts)?;
     Ok(json!({"GrantId": grant_id, "GrantToken": token}))

@@ -21,6 +21,9 @@ use super::config::Limits;
 use super::errors::ApiError;
 use super::{Peer, Service};
 
+/// How much of a too-large body is read and dropped before answering.
+const DRAIN_LIMIT: usize = 16 << 20;
+
 /// Milliseconds since `origin`, for activity stamps.
 fn millis(origin: Instant) -> u64 {
     origin.elapsed().as_millis() as u64
@@ -146,6 +149,13 @@ async fn handle(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     let result = if declared.is_some_and(|n| n > limits.max_request_bytes as u64) {
+        // Read (and drop) a bounded amount first, so a client still sending sees the answer
+        // instead of a reset.
+        let _ = tokio::time::timeout(
+            limits.header_timeout,
+            Limited::new(body, DRAIN_LIMIT.max(limits.max_request_bytes)).collect(),
+        )
+        .await;
         Err(too_large())
     } else {
         match tokio::time::timeout(
@@ -172,6 +182,7 @@ async fn handle(
         Ok(body) => super::answer(svc, peer, &parts, &body).await,
         Err(e) => {
             svc.record_unaudited(peer, None, &parts, &e);
+            svc.audit_committed().await;
             (e.status, e.body())
         }
     };

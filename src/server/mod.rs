@@ -107,6 +107,16 @@ impl Service {
         }
     }
 
+    /// Waits until the audit events of this call are committed: a call is answered only
+    /// once its event is in the keystore (an answer without an audit event is an error).
+    async fn audit_committed(&self) -> bool {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.ring.audit_barrier(Box::new(move |ok| {
+            let _ = tx.send(ok);
+        }));
+        rx.await.unwrap_or(false)
+    }
+
     /// Audits a call that failed before any KMS operation could record it.
     fn record_unaudited(
         &self,
@@ -169,24 +179,33 @@ async fn answer(
                 Ok(c) => Some(c),
                 Err(e) => {
                     svc.record_unaudited(peer, None, parts, &e);
+                    svc.audit_committed().await;
                     return (e.status, e.body());
                 }
             }
         }
     };
     let caller = svc.caller(peer, credential.as_deref());
-    let result = match operation_of(parts) {
+    let op = operation_of(parts);
+    let result = match op {
         None => Err(ApiError::client("UnknownOperationException", "")),
         Some(op) => run_operation(svc, &caller, op, body).await,
     };
+    if let Err(e) = &result {
+        if !e.audited {
+            svc.record_unaudited(peer, Some(&caller), parts, e);
+        }
+    }
+    // Control-plane operations commit their event with their change; everything else went
+    // to the audit writer.
+    let through_writer = op.is_none_or(api::is_data_plane) || result.as_ref().is_err_and(|e| !e.audited);
+    if through_writer && !svc.audit_committed().await {
+        let e = ApiError::internal("the call's audit event could not be written");
+        return (e.status, e.body());
+    }
     match result {
         Ok(value) => (200, serde_json::to_vec(&value).expect("JSON values serialize")),
-        Err(e) => {
-            if !e.audited {
-                svc.record_unaudited(peer, Some(&caller), parts, &e);
-            }
-            (e.status, e.body())
-        }
+        Err(e) => (e.status, e.body()),
     }
 }
 
@@ -196,7 +215,7 @@ async fn run_operation(
     op: &str,
     body: &[u8],
 ) -> std::result::Result<serde_json::Value, ApiError> {
-    if !model::is_operation(op) && !api::EXTENSIONS.contains(&op) {
+    if !model::is_operation(op) {
         return Err(ApiError::client("UnknownOperationException", ""));
     }
     let input: serde_json::Value = if body.iter().all(u8::is_ascii_whitespace) {
@@ -220,6 +239,18 @@ async fn run_operation(
         .map_err(|e| ApiError::internal(format!("the operation's thread failed: {e}")))?
 }
 
+/// The announcement of the server running on the keystore at `keystore`, if its process
+/// is alive (for `kmsfs status`).
+pub fn running(keystore: &std::path::Path) -> Option<serde_json::Value> {
+    let text = std::fs::read_to_string(listen::state_file(keystore)).ok()?;
+    let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+    let pid = i32::try_from(v["Pid"].as_u64()?).ok()?;
+    // SAFETY: signal 0 only asks whether the process exists.
+    let alive = unsafe { libc::kill(pid, 0) } == 0
+        || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM);
+    alive.then_some(v)
+}
+
 /// `kmsfs serve`.
 pub fn run(g: &Global, args: config::ServeArgs) -> Result<()> {
     args.check()?;
@@ -232,7 +263,8 @@ pub fn run(g: &Global, args: config::ServeArgs) -> Result<()> {
     // The writer gets a keystore connection of its own; the control plane keeps `kms`.
     let writer_kms =
         Kms::new(crate::keystore::Keystore::open(&path)?, root.clone(), Arc::clone(&clock), &me)?;
-    let (sink, writer) = AuditWriter::spawn(writer_kms, me).map_err(|e| Error::io("audit writer", e))?;
+    let (sink, writer) = AuditWriter::spawn_gathering(writer_kms, me, std::time::Duration::ZERO)
+        .map_err(|e| Error::io("audit writer", e))?;
     let ring = KeyRing::open(&path, root, Arc::clone(&clock), sink)?;
     let svc = Arc::new(Service { ring, kms: Mutex::new(kms), clock, account, region });
     let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -141,11 +141,7 @@ fn check(m: &Model, shape_name: &str, v: &Value, at: &str, out: &mut Vec<String>
         "boolean" => {
             v.as_bool().ok_or_else(wrong_type)?;
         }
-        "timestamp" => {
-            if !v.is_number() && !v.is_string() {
-                return Err(wrong_type());
-            }
-        }
+        "timestamp" if !v.is_number() && !v.is_string() => return Err(wrong_type()),
         "list" => {
             let items = v.as_array().ok_or_else(wrong_type)?;
             length_checks(shape, items.len() as f64, None, &fail, out);

@@ -191,8 +191,7 @@ pub fn verify(
     if !auth.signed_headers.contains(&"host") {
         return Err(invalid_signature("'Host' must be a 'SignedHeader' in the AWS Authorization."));
     }
-    let credential =
-        ring.credential(auth.access_key_id).map_err(|e| ApiError::from(e))?.ok_or_else(unrecognized)?;
+    let credential = ring.credential(auth.access_key_id).map_err(ApiError::from)?.ok_or_else(unrecognized)?;
     let expected = expected_signature(parts, body, &auth, &credential, region, signed_at)?;
     if !crypto::ct_eq(expected.as_bytes(), auth.signature.as_bytes()) {
         return Err(invalid_signature(
