@@ -48,6 +48,8 @@ work = tempfile.mkdtemp(prefix="kmsfs-bench-api-")
 env = dict(os.environ, KMSFS_KEYSTORE=f"{work}/keystore.db", KMSFS_PASSPHRASE="bench passphrase")
 env.pop("KMSFS_PASSPHRASE_FILE", None)
 procs = []
+endpoint_names = {}  # endpoint -> "kmsfs" / "moto"
+counted = [0]  # responses wrk counted from kmsfs (each must be one audit event)
 
 
 def free_port():
@@ -124,6 +126,8 @@ end""")
     if not m:
         sys.exit(f"wrk printed no result:\n{out.stdout}\n{out.stderr}")
     n, dur_us, p99_us, errors = map(int, m.groups())
+    if "kmsfs" in endpoint_names.get(endpoint, ""):
+        counted[0] += n
     return n / (dur_us / 1e6), p99_us / 1000.0, errors
 
 
@@ -154,6 +158,7 @@ try:
     server = start([KMSFS, "serve", "--listen", f"127.0.0.1:{kport}"], kport, "kmsfs serve", log)
     start(["moto_server", "-H", "127.0.0.1", "-p", str(mport)], mport, "moto_server", log)
     targets = {"kmsfs": f"http://127.0.0.1:{kport}", "moto": f"http://127.0.0.1:{mport}"}
+    endpoint_names.update({v: k for k, v in targets.items()})
     moto_creds = {"AccessKeyId": "AKIAMOTOBENCH0000000", "SecretAccessKey": "m" * 40}
     tcreds = {"kmsfs": creds, "moto": moto_creds}
     tbodies = {t: bodies(targets[t], tcreds[t]) for t in targets}
@@ -193,6 +198,12 @@ try:
     with open(f"/proc/{server.pid}/status") as f:
         hwm = next(line.split(":", 1)[1].strip() for line in f if line.startswith("VmHWM"))
     print(f"kmsfs serve peak RSS (VmHWM): {hwm}")
+    stop_all()  # graceful: every answered call is in the trail before it exits
+    last = json.loads(subprocess.run([KMSFS, "audit", "--json", "--limit", "1"], env=env, check=True,
+                                     capture_output=True).stdout)
+    seq = last[0]["Seq"] if last else 0
+    print(f"audit: {seq} events for {counted[0]} responses wrk counted from kmsfs"
+          f"{'' if seq >= counted[0] else '  <-- EVENTS MISSING'}")
     subprocess.run([KMSFS, "audit", "verify"], env=env, check=True, capture_output=True)
     print("audit verify: ok")
 finally:
