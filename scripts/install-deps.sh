@@ -5,7 +5,7 @@
 # from util-linux, mkfs.ext4 and e2fsck from e2fsprogs for tests/fs_blockdev.rs; mount(8)
 # and fuse3's mount.fuse3 for tests/boot_mount.rs, which installs /sbin/mount.fuse.kmsfs
 # itself for its duration; scripts/install.sh installs it for real; tar for tests/stress.rs,
-# mount -t tmpfs for tests/enospc.rs). With
+# mount -t tmpfs for tests/enospc.rs; openssl and curl for the TLS case of tests/api_server.rs). With
 # KMSFS_BENCH=1 also what scripts/bench.sh runs (gocryptfs, securefs, fio, bc, python3 to read
 # fio's JSON, and linux-source-6.1 for the untar phase's tarball). For the AWS KMS API suite
 # (tests/api, run by pytest) and scripts/bench-api.sh: python3 with pip, the Python packages
@@ -13,7 +13,7 @@
 # Idempotent; a no-op when everything is present.
 set -euo pipefail
 
-packages=(fuse3 attr sqlite3 git xz-utils mount util-linux e2fsprogs tar wrk)
+packages=(fuse3 attr sqlite3 git xz-utils mount util-linux e2fsprogs tar openssl curl wrk)
 command -v python3 >/dev/null || packages+=(python3)
 python3 -m pip --version >/dev/null 2>&1 || packages+=(python3-pip)
 [ "${KMSFS_BENCH:-0}" = 1 ] && packages+=(gocryptfs securefs fio bc python3 linux-source-6.1)

@@ -14,6 +14,7 @@ pub fn error_name(err: &Error) -> &'static str {
         Error::InvalidArgument(msg) if msg.starts_with(MARKER_ERROR) => "InvalidMarkerException",
         Error::InvalidArgument(msg) if msg.starts_with(UNSUPPORTED) => "UnsupportedOperationException",
         Error::InvalidArgument(msg) if msg.starts_with(LIMIT_ERROR) => "LimitExceededException",
+        Error::InvalidArgument(msg) if msg.starts_with(DRY_RUN) => "DryRunOperationException",
         Error::InvalidArgument(_) => "ValidationException",
         Error::KeyState(msg) if msg.contains(" is disabled") => "DisabledException",
         Error::KeyState(_) => "KMSInvalidStateException",
@@ -41,6 +42,7 @@ pub const GRANT_TOKEN_ERROR: &str = "grant token ";
 pub const MARKER_ERROR: &str = "marker ";
 pub const UNSUPPORTED: &str = "unsupported: ";
 pub const LIMIT_ERROR: &str = "limit exceeded: ";
+pub const DRY_RUN: &str = "dry run: ";
 pub const INCORRECT_KEY: &str = "the ciphertext was encrypted under key ";
 
 /// Policy documents that do not parse (`Policy::parse`'s messages).

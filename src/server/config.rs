@@ -78,8 +78,8 @@ impl ServeArgs {
     pub fn check(&self) -> Result<()> {
         if !self.listen.ip().is_loopback() && self.tls_cert.is_none() {
             return Err(Error::InvalidArgument(format!(
-                "--listen {} is not a loopback address: give --tls-cert and --tls-key (requests carry secrets \
-                 and plaintext)",
+                "--listen {} is not a loopback address: serve it with TLS (--tls-cert and \
+                 --tls-key): requests carry secrets and plaintext",
                 self.listen
             )));
         }
