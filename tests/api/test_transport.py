@@ -105,3 +105,88 @@ def test_port_zero_reports_the_bound_port(keystore, request):
 
     client = make_client(line["Url"], keystore.access_key("alice"))
     assert client.list_keys()["Keys"] == []
+
+
+def test_socket_mode_configurable(keystore, request):
+    import os
+    import stat
+
+    path = keystore.dir / "api.sock"
+    server = Server(keystore, extra_args=["--socket", str(path), "--socket-mode", "660"])
+    request.addfinalizer(server.stop)
+    assert server.socket_path == str(path)
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o660
+
+
+def test_header_timeout_drops_half_open_client(keystore, request):
+    import socket
+    import time
+
+    server = Server(keystore, extra_args=["--header-timeout", "1", "--no-socket"])
+    request.addfinalizer(server.stop)
+    s = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+    try:
+        s.sendall(b"POST / HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+        start = time.monotonic()
+        data = b""
+        try:
+            while True:
+                chunk = s.recv(4096)
+                if not chunk:
+                    break
+                data += chunk
+        except ConnectionResetError:
+            pass
+        waited = time.monotonic() - start
+    finally:
+        s.close()
+    assert waited < 5, f"a half-open request held its connection for {waited:.1f} s"
+    assert not data or data.startswith(b"HTTP/1.1 408") or data.startswith(b"HTTP/1.1 400"), data[:100]
+
+
+def test_max_request_bytes(keystore, request):
+    server = Server(keystore, extra_args=["--max-request-bytes", "2048", "--no-socket"])
+    request.addfinalizer(server.stop)
+    creds = keystore.access_key("alice")
+    status, _, doc = post(server.endpoint, creds, "GenerateRandom", {"NumberOfBytes": 8, "CustomKeyStoreId": "x" * 4000})
+    assert status == 413, (status, doc)
+    status, _, _ = post(server.endpoint, creds, "GenerateRandom", {"NumberOfBytes": 8})
+    assert status == 200
+
+
+def test_sigterm_under_load_loses_no_answered_call(keystore, request):
+    """Clients keep calling while SIGTERM arrives: every call answered 200 is in the audit
+    trail afterwards, no call gets a 5xx, the chain verifies, the exit status is 0."""
+    import threading
+    import time
+
+    server = Server(keystore, extra_args=["--no-socket"])
+    request.addfinalizer(server.stop)
+    creds = keystore.access_key("alice")
+    ok, bad, stop = [0], [], threading.Event()
+
+    def caller():
+        while not stop.is_set():
+            try:
+                status, _, doc = post(server.endpoint, creds, "GenerateRandom", {"NumberOfBytes": 8})
+            except (OSError, http.client.HTTPException):
+                return  # the server is gone: connection refused or closed
+            if status == 200:
+                ok[0] += 1
+            else:
+                bad.append((status, doc))
+
+    threads = [threading.Thread(target=caller) for _ in range(6)]
+    for t in threads:
+        t.start()
+    time.sleep(1.0)
+    code = server.terminate()
+    stop.set()
+    for t in threads:
+        t.join(timeout=20)
+    assert code == 0
+    assert not [b for b in bad if b[0] >= 500], bad[:3]
+    assert ok[0] > 0
+    keystore.run(["audit", "verify"])
+    events = keystore.audit("--operation", "GenerateRandom")
+    assert len(events) >= ok[0], f"{ok[0]} calls answered, {len(events)} in the trail"
