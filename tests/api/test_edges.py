@@ -159,3 +159,58 @@ def test_validation_failures_are_audited(fresh_api):
         time.sleep(0.1)
     assert [e["Operation"] for e in evs] == ["GenerateRandom"], evs
     assert evs[0]["PrincipalArn"] == user_arn("alice")
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {"Content-Length": None},
+        {"X-Amz-Content-Sha256": None},
+        {"User-Agent-Like": "x"},
+    ],
+    ids=["content-length-signed", "content-sha256-signed", "extra-signed-header"],
+)
+def test_other_sdks_signed_header_sets(api, extra):
+    """SDKs differ in which headers they sign (Go and Java sign Content-Length, some send
+    X-Amz-Content-Sha256): any header set AWS accepts must verify."""
+    import hashlib
+
+    body = json.dumps({"NumberOfBytes": 8}).encode()
+    headers = {}
+    for k, v in extra.items():
+        if k == "Content-Length":
+            headers[k] = str(len(body))
+        elif k == "X-Amz-Content-Sha256":
+            headers[k] = hashlib.sha256(body).hexdigest()
+        else:
+            headers[k] = v
+    _, signed_headers, data = signed_request(api.endpoint, api.creds["alice"], "GenerateRandom", body, headers=headers)
+    assert any(k.lower() in signed_headers["Authorization"].lower() for k in headers), signed_headers["Authorization"]
+    conn = http.client.HTTPConnection("127.0.0.1", api.server.port, timeout=10)
+    conn.request("POST", "/", body=data, headers=signed_headers)
+    resp = conn.getresponse()
+    doc = json.loads(resp.read())
+    assert resp.status == 200, doc
+
+
+def test_connection_survives_error_answers(api):
+    """Keep-alive after a 400: the next request on the same connection is served."""
+    conn = http.client.HTTPConnection("127.0.0.1", api.server.port, timeout=10)
+    bad = dict(api.creds["alice"], SecretAccessKey="D" * 40)
+    for creds, expect in [(bad, 400), (api.creds["alice"], 200), (api.creds["alice"], 400), (api.creds["alice"], 200)]:
+        target, body = ("DescribeKey", {"KeyId": "alias/none"}) if expect == 400 and creds is not bad else ("GenerateRandom", {"NumberOfBytes": 4})
+        _, headers, data = signed_request(api.endpoint, creds, target, body)
+        conn.request("POST", "/", body=data, headers=headers)
+        resp = conn.getresponse()
+        resp.read()
+        assert resp.status == expect
+
+
+def test_unicode_context_and_every_byte(api, key):
+    ctx = {"ключ": "значение 🎉", "日本": "語", "e\u0301": "\u00e9"}
+    data = bytes(range(256)) * 4
+    blob = api.alice.encrypt(KeyId=key, Plaintext=data, EncryptionContext=ctx)["CiphertextBlob"]
+    assert api.alice.decrypt(CiphertextBlob=blob, EncryptionContext=ctx)["Plaintext"] == data
+    # Unicode is compared as sent: NFD "é" and NFC "é" are different context values.
+    with raises_code("InvalidCiphertextException"):
+        api.alice.decrypt(CiphertextBlob=blob, EncryptionContext={**ctx, "e\u0301": "e\u0301"})
