@@ -100,6 +100,12 @@ def test_audit_filters(fresh_api):
     denied = api.keystore.audit("--error-code", "AccessDeniedException")
     assert [e["PrincipalArn"] for e in denied] == [user_arn("bob")]
     assert api.keystore.audit("--denied") and all(e["Outcome"] != "Success" for e in api.keystore.audit("--denied"))
+    from_loopback = api.keystore.audit("--source", "127.0.0.1")
+    assert len(from_loopback) == 3 and all(e["Source"].startswith("127.0.0.1:") for e in from_loopback)
+    assert api.keystore.audit("--source", "unix") == []
+    one = from_loopback[0]["Source"]
+    assert [e["Source"] for e in api.keystore.audit("--source", one)] == [one] * len(
+        [e for e in from_loopback if e["Source"] == one])
 
 
 def test_concurrent_burst_loses_no_event_and_chain_verifies(fresh_api):
