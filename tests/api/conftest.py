@@ -1,16 +1,9 @@
 """Fixtures for the AWS KMS API suite (helpers live in kmsapi.py)."""
 
-import shutil
-
 import botocore.session
 import pytest
 
-import kmsapi
 from kmsapi import Api, Keystore, Server
-
-
-def pytest_unconfigure(config):
-    shutil.rmtree(kmsapi._AWS_CONFIG_DIR, ignore_errors=True)
 
 
 def start_api(request):

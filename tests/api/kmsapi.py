@@ -8,6 +8,7 @@ environment's AWS_* variables are dropped and the config/credentials files are e
 files.
 """
 
+import atexit
 import json
 import os
 import shutil
@@ -48,6 +49,7 @@ def _isolate_from_machine_aws_config():
 
 
 _AWS_CONFIG_DIR = _isolate_from_machine_aws_config()
+atexit.register(shutil.rmtree, _AWS_CONFIG_DIR, True)
 
 
 def kmsfs_bin():
