@@ -214,3 +214,60 @@ def test_unicode_context_and_every_byte(api, key):
     # Unicode is compared as sent: NFD "é" and NFC "é" are different context values.
     with raises_code("InvalidCiphertextException"):
         api.alice.decrypt(CiphertextBlob=blob, EncryptionContext={**ctx, "e\u0301": "e\u0301"})
+
+
+def test_alias_permissions_follow_the_key(api, key):
+    api.alice.create_alias(AliasName="alias/alices", TargetKeyId=key)
+    with raises_code("AccessDeniedException"):
+        api.bob.create_alias(AliasName="alias/bobs-on-alices", TargetKeyId=key)
+    with raises_code("AccessDeniedException"):
+        api.bob.delete_alias(AliasName="alias/alices")
+    bobs = api.new_key("bob's", client=api.bob)
+    with raises_code("AccessDeniedException"):
+        api.bob.update_alias(AliasName="alias/alices", TargetKeyId=bobs)
+    assert api.alice.describe_key(KeyId="alias/alices")["KeyMetadata"]["KeyId"] == key
+    with raises_code("NotFoundException"):
+        api.alice.update_alias(AliasName="alias/alices", TargetKeyId="00000000-0000-0000-0000-000000000000")
+
+
+def test_more_pending_deletion_rules(api, key):
+    """AWS's key-state table: in PendingDeletion, TagResource, UntagResource,
+    UpdateKeyDescription, CreateGrant, DisableKey, EnableKeyRotation and the cryptographic
+    operations answer KMSInvalidStateException; PutKeyPolicy, the reads and the grant
+    removals still work."""
+    api.alice.tag_resource(KeyId=key, Tags=[{"TagKey": "kept", "TagValue": "1"}])
+    g = api.alice.create_grant(KeyId=key, GranteePrincipal=BOB, Operations=["Decrypt"])
+    api.alice.schedule_key_deletion(KeyId=key, PendingWindowInDays=7)
+    refused = {
+        "TagResource": lambda: api.alice.tag_resource(KeyId=key, Tags=[{"TagKey": "a", "TagValue": "b"}]),
+        "UntagResource": lambda: api.alice.untag_resource(KeyId=key, TagKeys=["kept"]),
+        "UpdateKeyDescription": lambda: api.alice.update_key_description(KeyId=key, Description="x"),
+        "CreateGrant": lambda: api.alice.create_grant(KeyId=key, GranteePrincipal=BOB, Operations=["Encrypt"]),
+        "DisableKey": lambda: api.alice.disable_key(KeyId=key),
+        "EnableKeyRotation": lambda: api.alice.enable_key_rotation(KeyId=key),
+        "GenerateDataKey": lambda: api.alice.generate_data_key(KeyId=key, KeySpec="AES_256"),
+    }
+    wrong = {}
+    for name, call in refused.items():
+        try:
+            call()
+            wrong[name] = "succeeded"
+        except Exception as e:  # a ClientError with the wrong code counts as wrong too
+            code = getattr(e, "response", {}).get("Error", {}).get("Code")
+            if code != "KMSInvalidStateException":
+                wrong[name] = code or repr(e)
+    assert not wrong, f"in PendingDeletion these did not answer KMSInvalidStateException: {wrong}"
+    api.alice.put_key_policy(KeyId=key, PolicyName="default", Policy=api.alice.get_key_policy(KeyId=key)["Policy"])
+    assert api.alice.list_resource_tags(KeyId=key)["Tags"] == [{"TagKey": "kept", "TagValue": "1"}]
+    api.alice.revoke_grant(KeyId=key, GrantId=g["GrantId"])
+    api.alice.cancel_key_deletion(KeyId=key)
+
+
+def test_list_keys_default_page_is_100(fresh_api):
+    api = fresh_api
+    for i in range(101):
+        api.new_key(f"k{i}")
+    page = api.alice.list_keys()
+    assert len(page["Keys"]) == 100 and page["Truncated"] is True
+    rest = api.alice.list_keys(Marker=page["NextMarker"])
+    assert len(rest["Keys"]) == 1 and rest["Truncated"] is False
