@@ -159,3 +159,34 @@ def test_bad_grant_requests(api, key):
 def test_non_grantee_cannot_create_grant(api, key):
     with raises_code("AccessDeniedException"):
         api.bob.create_grant(KeyId=key, GranteePrincipal=BOB, Operations=["Decrypt"])
+
+
+def test_grantee_with_create_grant_cannot_escalate(api, key):
+    """A grant that includes CreateGrant lets its grantee pass on at most what it has
+    (AWS: the new grant's operations are a subset, its constraints at least as strict)."""
+    g = grant(api, key, ["Decrypt", "CreateGrant"], Constraints={"EncryptionContextSubset": {"app": "web"}})
+    tok = [g["GrantToken"]]
+    api.bob.create_grant(KeyId=key, GranteePrincipal=CAROL, Operations=["Decrypt"],
+                         Constraints={"EncryptionContextSubset": {"app": "web"}}, GrantTokens=tok)
+    with raises_code("AccessDeniedException"):
+        api.bob.create_grant(KeyId=key, GranteePrincipal=CAROL, Operations=["Encrypt"], GrantTokens=tok)
+    with raises_code("AccessDeniedException"):
+        api.bob.create_grant(KeyId=key, GranteePrincipal=CAROL, Operations=["Decrypt"], GrantTokens=tok)
+
+
+def test_grantee_cannot_administer(api, key):
+    g = grant(api, key, ["Decrypt", "Encrypt"])
+    tok = [g["GrantToken"]]
+    api.bob.encrypt(KeyId=key, Plaintext=b"x", GrantTokens=tok)
+    for call in (
+        lambda: api.bob.list_grants(KeyId=key),
+        lambda: api.bob.get_key_policy(KeyId=key, PolicyName="default"),
+        lambda: api.bob.schedule_key_deletion(KeyId=key, PendingWindowInDays=7),
+        lambda: api.bob.disable_key(KeyId=key),
+        lambda: api.bob.enable_key_rotation(KeyId=key),
+        lambda: api.bob.tag_resource(KeyId=key, Tags=[{"TagKey": "a", "TagValue": "b"}]),
+        lambda: api.bob.update_key_description(KeyId=key, Description="mine"),
+    ):
+        with raises_code("AccessDeniedException"):
+            call()
+    assert api.alice.describe_key(KeyId=key)["KeyMetadata"]["KeyState"] == "Enabled"
