@@ -92,3 +92,21 @@ def test_cli_policy_roundtrip(api, tmp_path):
     path.write_text("{broken")
     out = api.aws("kms", "put-key-policy", "--key-id", key, "--policy-name", "default", "--policy", f"file://{path}", check=False)
     assert "(MalformedPolicyDocumentException)" in out.stderr, out.stderr
+
+
+def test_cli_grants_and_tags(api, tmp_path):
+    key = api.new_key()
+    g = json.loads(api.aws("kms", "create-grant", "--key-id", key, "--grantee-principal",
+                           "arn:aws:iam::111122223333:user/bob", "--operations", "Encrypt", "Decrypt").stdout)
+    listed = json.loads(api.aws("kms", "list-grants", "--key-id", key).stdout)["Grants"]
+    assert [x["GrantId"] for x in listed] == [g["GrantId"]]
+    secret = tmp_path / "s"
+    secret.write_bytes(b"bob's")
+    api.aws("kms", "encrypt", "--key-id", key, "--plaintext", f"fileb://{secret}", "--grant-tokens", g["GrantToken"], user="bob")
+    api.aws("kms", "revoke-grant", "--key-id", key, "--grant-id", g["GrantId"])
+    out = api.aws("kms", "encrypt", "--key-id", key, "--plaintext", f"fileb://{secret}", user="bob", check=False)
+    assert "(AccessDeniedException)" in out.stderr, out.stderr
+    assert json.loads(api.aws("kms", "list-grants", "--key-id", key).stdout)["Grants"] == []
+    api.aws("kms", "tag-resource", "--key-id", key, "--tags", "TagKey=team,TagValue=ops")
+    tags = json.loads(api.aws("kms", "list-resource-tags", "--key-id", key).stdout)["Tags"]
+    assert tags == [{"TagKey": "team", "TagValue": "ops"}]
