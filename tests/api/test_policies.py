@@ -190,3 +190,38 @@ def test_access_key_with_uid_matches_unix_statements(api, key):
     client.encrypt(KeyId=key, Plaintext=b"x")
     with raises_code("AccessDeniedException"):
         client.decrypt(CiphertextBlob=api.alice.encrypt(KeyId=key, Plaintext=b"y")["CiphertextBlob"])
+
+
+def test_action_names_are_case_insensitive(api, key):
+    """IAM: action names are not case-sensitive ("kms:encrypt" is kms:Encrypt)."""
+    api.alice.put_key_policy(KeyId=key, PolicyName="default", Policy=policy(admin_alice(), allow(BOB, "kms:encrypt")))
+    api.bob.encrypt(KeyId=key, Plaintext=b"x")
+
+
+def test_condition_key_names_are_case_insensitive(api, key):
+    """IAM: condition key names are not case-sensitive; values under StringEquals are."""
+    cond = {"StringEquals": {"kms:calleraccount": ACCOUNT}}
+    api.alice.put_key_policy(KeyId=key, PolicyName="default", Policy=policy(admin_alice(), allow(BOB, "kms:Encrypt", Condition=cond)))
+    api.bob.encrypt(KeyId=key, Plaintext=b"x")
+
+
+def test_condition_values_or_keys_and(api, key):
+    """Several values for one key: any matches. Several keys: all must match."""
+    cond = {"StringEquals": {"kms:EncryptionContext:app": ["web", "api"], "kms:EncryptionContext:env": "prod"}}
+    api.alice.put_key_policy(KeyId=key, PolicyName="default", Policy=policy(admin_alice(), allow(BOB, "kms:Encrypt", Condition=cond)))
+    api.bob.encrypt(KeyId=key, Plaintext=b"x", EncryptionContext={"app": "api", "env": "prod"})
+    api.bob.encrypt(KeyId=key, Plaintext=b"x", EncryptionContext={"app": "web", "env": "prod"})
+    for ctx in [{"app": "api"}, {"app": "db", "env": "prod"}, {"app": "API", "env": "prod"}]:
+        with raises_code("AccessDeniedException"):
+            api.bob.encrypt(KeyId=key, Plaintext=b"x", EncryptionContext=ctx)
+
+
+def test_conditional_deny(api, key):
+    deny = {"Effect": "Deny", "Principal": "*", "Action": "kms:*", "Resource": "*",
+            "Condition": {"NotIpAddress": {"aws:SourceIp": "10.0.0.0/8"}}}
+    api.alice.put_key_policy(KeyId=key, PolicyName="default", Policy=policy(admin_alice(), allow(BOB, "kms:Encrypt"), deny),
+                             BypassPolicyLockoutSafetyCheck=True)
+    with raises_code("AccessDeniedException"):
+        api.bob.encrypt(KeyId=key, Plaintext=b"x")
+    with raises_code("AccessDeniedException"):
+        api.alice.encrypt(KeyId=key, Plaintext=b"x")
