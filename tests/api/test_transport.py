@@ -1,9 +1,11 @@
-"""How `kmsfs serve` starts: TLS with --tls-cert/--tls-key, a non-loopback address refused
-without TLS, a wrong passphrase refused. No traffic leaves loopback."""
+"""How `kmsfs serve` runs: TLS with --tls-cert/--tls-key, a non-loopback address refused
+without TLS, a wrong passphrase refused, port 0, the Unix socket (mode, peer uid), header
+timeout, request size limit, SIGTERM under load. No traffic leaves loopback."""
 
 import datetime
 import http.client
 import ipaddress
+import socket
 import subprocess
 
 import pytest
@@ -190,3 +192,69 @@ def test_sigterm_under_load_loses_no_answered_call(keystore, request):
     keystore.run(["audit", "verify"])
     events = keystore.audit("--operation", "GenerateRandom")
     assert len(events) >= ok[0], f"{ok[0]} calls answered, {len(events)} in the trail"
+
+
+def unix_call(path, op, body, uid=None):
+    """One unsigned call over the Unix socket, from a forked child running as `uid` (the
+    interpreter itself may live where another uid cannot read it, so no exec)."""
+    import json
+    import os
+
+    def call():
+        conn = http.client.HTTPConnection("localhost")
+        conn.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        conn.sock.settimeout(10)
+        conn.sock.connect(path)
+        conn.request("POST", "/", body=json.dumps(body), headers={
+            "Content-Type": "application/x-amz-json-1.1", "X-Amz-Target": "TrentService." + op})
+        resp = conn.getresponse()
+        return {"status": resp.status, "body": json.loads(resp.read() or b"null")}
+
+    if uid is None:
+        return call()
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: drop to uid, call, report, exit without cleanup handlers
+        code = 0
+        try:
+            os.close(r)
+            os.setgid(uid)
+            os.setuid(uid)
+            os.write(w, json.dumps(call()).encode())
+        except BaseException as e:
+            os.write(w, json.dumps({"error": repr(e)}).encode())
+            code = 1
+        finally:
+            os._exit(code)
+    os.close(w)
+    with os.fdopen(r, "rb") as f:
+        out = json.loads(f.read() or b"{}")
+    os.waitpid(pid, 0)
+    assert "error" not in out, out
+    return out
+
+
+def test_socket_caller_is_its_peer_uid(keystore, request):
+    """Over the socket the caller is the peer's uid (SO_PEERCRED), whatever it claims: a key
+    root created there refuses uid 65534 until a Unix policy statement names that uid."""
+    import json
+    import os
+
+    path = keystore.dir / "api.sock"
+    server = Server(keystore, extra_args=["--socket", str(path), "--socket-mode", "666"])
+    request.addfinalizer(server.stop)
+    os.chmod(keystore.dir, 0o755)  # let uid 65534 reach the socket
+    made = unix_call(str(path), "CreateKey", {"Description": "root's"})
+    assert made["status"] == 200, made
+    key = made["body"]["KeyMetadata"]["KeyId"]
+    denied = unix_call(str(path), "Encrypt", {"KeyId": key, "Plaintext": "eA=="}, uid=65534)
+    assert denied["status"] == 400 and denied["body"]["__type"].endswith("AccessDeniedException"), denied
+    doc = {"Version": "2012-10-17", "Statement": [
+        {"Effect": "Allow", "Principal": {"Uid": [0]}, "Action": "kms:*", "Resource": "*"},
+        {"Effect": "Allow", "Principal": {"Uid": [65534]}, "Action": "kms:Encrypt", "Resource": "*"}]}
+    put = unix_call(str(path), "PutKeyPolicy", {"KeyId": key, "PolicyName": "default", "Policy": json.dumps(doc)})
+    assert put["status"] == 200, put
+    ok = unix_call(str(path), "Encrypt", {"KeyId": key, "Plaintext": "eA=="}, uid=65534)
+    assert ok["status"] == 200, ok
+    events = keystore.audit("--source", "unix", "--operation", "Encrypt")
+    assert sorted(e["Uid"] for e in events) == [65534, 65534], events
