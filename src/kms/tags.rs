@@ -35,8 +35,8 @@ pub(crate) fn put(conn: &Connection, key_id: &str, tags: &[(String, String)]) ->
     }
     let count: i64 = conn.query_row("SELECT count(*) FROM tags WHERE key_id = ?1", [key_id], |r| r.get(0))?;
     if count as usize > MAX_TAGS {
-        return Err(Error::InvalidArgument(format!(
-            "limit exceeded: key {key_id} would have {count} tags; the limit is {MAX_TAGS}"
+        return Err(Error::LimitExceeded(format!(
+            "key {key_id} would have {count} tags; the limit is {MAX_TAGS}"
         )));
     }
     Ok(())
