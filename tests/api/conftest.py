@@ -45,10 +45,6 @@ def kms_model():
 # test that starts passing fails the run until its entry is removed here, so a fix is never
 # silently left marked.
 KNOWN_GAPS = {
-    "test_edges.py::test_alias_permissions_follow_the_key":
-        "finding 17: DeleteAlias/UpdateAlias do not check the caller's permission on the key(s)",
-    "test_edges.py::test_more_pending_deletion_rules":
-        "finding 18: TagResource, UntagResource, UpdateKeyDescription, CreateGrant allowed in PendingDeletion",
     "test_grants.py::test_grantee_with_create_grant_cannot_escalate":
         "finding 19: the CreateGrant grant operation does not let its grantee create grants",
     "test_policies.py::test_action_names_are_case_insensitive":
