@@ -14,6 +14,9 @@ pub fn error_name(err: &Error) -> &'static str {
         Error::InvalidArgument(msg) if msg.starts_with(MARKER_ERROR) => "InvalidMarkerException",
         Error::InvalidArgument(msg) if msg.starts_with(UNSUPPORTED) => "UnsupportedOperationException",
         Error::InvalidArgument(msg) if msg.starts_with(LIMIT_ERROR) => "LimitExceededException",
+        Error::InvalidArgument(msg) if msg.starts_with(INVALID_KEY_USAGE) => "InvalidKeyUsageException",
+        Error::InvalidArgument(msg) if msg.starts_with(INVALID_SIGNATURE) => "KMSInvalidSignatureException",
+        Error::InvalidArgument(msg) if msg.starts_with(INVALID_MAC) => "KMSInvalidMacException",
         Error::InvalidArgument(_) => "ValidationException",
         Error::KeyState(msg) if msg.contains(" is disabled") => "DisabledException",
         Error::KeyState(_) => "KMSInvalidStateException",
@@ -41,6 +44,9 @@ pub const GRANT_TOKEN_ERROR: &str = "grant token ";
 pub const MARKER_ERROR: &str = "marker ";
 pub const UNSUPPORTED: &str = "unsupported: ";
 pub const LIMIT_ERROR: &str = "limit exceeded: ";
+pub const INVALID_KEY_USAGE: &str = "wrong key usage: ";
+pub const INVALID_SIGNATURE: &str = "invalid signature: ";
+pub const INVALID_MAC: &str = "invalid MAC: ";
 pub const INCORRECT_KEY: &str = "the ciphertext was encrypted under key ";
 
 /// Policy documents that do not parse (`Policy::parse`'s messages).

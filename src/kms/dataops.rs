@@ -42,6 +42,7 @@ impl Op<'_> {
         self.event.context = ctx.to_audit_string();
         require_enabled(key)?;
         self.authorize(caller, key, action, ctx)?;
+        super::asymmetric::require_symmetric(&self.tx, &key.key_id, &self.event.operation)?;
         let version = key.current_version;
         let material = version_material(&self.tx, self.root, &key.key_id, version)?;
         let header = BlobHeader { key_id: key.key_id.clone(), key_version: version };
