@@ -124,7 +124,7 @@ pub fn run(s: &mut Session, cmd: KeyCmd) -> Result<()> {
             let bytes = if der { info.public_key } else { spki_pem(&info.public_key).into_bytes() };
             match out {
                 Some(path) => std::fs::write(&path, &bytes)
-                    .map_err(|e| Error::io(&format!("cannot write {}", path.display()), e))?,
+                    .map_err(|e| Error::io(format!("cannot write {}", path.display()), e))?,
                 None => {
                     use std::io::Write;
                     std::io::stdout()

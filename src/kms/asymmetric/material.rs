@@ -219,11 +219,11 @@ pub fn to_pkcs8(pkey: &PKey<Private>) -> Result<Zeroizing<Vec<u8>>> {
 /// the digest's exact length (ValidationException otherwise, as AWS).
 fn digest_of(digest: Digest, message: &[u8], is_digest: bool) -> Result<Zeroizing<Vec<u8>>> {
     if is_digest {
-        if message.len() != digest.len() {
+        if message.len() != digest.size() {
             return Err(Error::InvalidArgument(format!(
                 "Digest is invalid length for algorithm: the message is {} bytes, the digest {}",
                 message.len(),
-                digest.len()
+                digest.size()
             )));
         }
         return Ok(Zeroizing::new(message.to_vec()));
@@ -354,5 +354,42 @@ mod tests {
         assert!(key.verify_mac(Digest::Sha224, b"m", &mac).unwrap());
         mac[0] ^= 0x80;
         assert!(!key.verify_mac(Digest::Sha224, b"m", &mac).unwrap());
+    }
+
+    /// The other direction of interoperability: what the `openssl` tool signs with a key's
+    /// PKCS#8 form (as GenerateDataKeyPair hands it out) verifies here.
+    #[test]
+    fn signatures_made_by_the_openssl_tool_verify() {
+        let dir = tempfile::tempdir().unwrap();
+        let (key_path, msg, sig) = (dir.path().join("k.der"), dir.path().join("m"), dir.path().join("s"));
+        std::fs::write(&msg, b"signed by openssl").unwrap();
+        for (spec, alg, args) in [
+            (KeySpec::Rsa(2048), "RSASSA_PKCS1_V1_5_SHA_256", &["dgst", "-sha256"][..]),
+            (
+                KeySpec::Rsa(2048),
+                "RSASSA_PSS_SHA_512",
+                &["dgst", "-sha512", "-sigopt", "rsa_padding_mode:pss", "-sigopt", "rsa_pss_saltlen:digest"]
+                    [..],
+            ),
+            (KeySpec::Ecc(Curve::P384), "ECDSA_SHA_384", &["dgst", "-sha384"][..]),
+            (KeySpec::Ecc(Curve::Secp256k1), "ECDSA_SHA_256", &["dgst", "-sha256"][..]),
+            (KeySpec::Ecc(Curve::Ed25519), "ED25519_SHA_512", &["pkeyutl", "-rawin"][..]),
+        ] {
+            let key = KeyMaterial::generate(spec).unwrap();
+            std::fs::write(&key_path, &*key.to_bytes().unwrap()).unwrap();
+            let mut cmd = std::process::Command::new("openssl");
+            cmd.args(args).arg("-keyform").arg("DER");
+            if args[0] == "dgst" {
+                cmd.arg("-sign").arg(&key_path).arg("-out").arg(&sig).arg(&msg);
+            } else {
+                cmd.arg("-sign").arg("-inkey").arg(&key_path).arg("-in").arg(&msg).arg("-out").arg(&sig);
+            }
+            let out = cmd.output().expect("the openssl tool (scripts/install-deps.sh installs it)");
+            assert!(out.status.success(), "{alg}: {}", String::from_utf8_lossy(&out.stderr));
+            let alg = SigningAlgorithm::parse(alg).unwrap();
+            let signature = std::fs::read(&sig).unwrap();
+            assert!(key.verify(alg, b"signed by openssl", false, &signature).unwrap(), "{}", alg.name);
+            assert!(!key.verify(alg, b"signed by openssl!", false, &signature).unwrap(), "{}", alg.name);
+        }
     }
 }

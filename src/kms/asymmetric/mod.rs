@@ -23,18 +23,6 @@ use super::aws_errors::{INVALID_KEY_USAGE, UNSUPPORTED};
 use super::{Kms, Principal};
 use crate::error::{Error, Result};
 
-impl Default for KeySpec {
-    fn default() -> Self {
-        KeySpec::Symmetric
-    }
-}
-
-impl Default for KeyUsage {
-    fn default() -> Self {
-        KeyUsage::EncryptDecrypt
-    }
-}
-
 /// Records the spec and usage of a new key (nothing for a symmetric key).
 pub(crate) fn save_spec(conn: &Connection, key_id: &str, spec: KeySpec, usage: KeyUsage) -> Result<()> {
     if spec.is_symmetric() {

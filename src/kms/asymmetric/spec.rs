@@ -16,8 +16,9 @@ pub enum Curve {
 }
 
 /// What kind of key material a KMS key has (AWS KeySpec).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum KeySpec {
+    #[default]
     Symmetric,
     /// RSA with this modulus size in bits.
     Rsa(u32),
@@ -27,8 +28,9 @@ pub enum KeySpec {
 }
 
 /// What a key may be used for (AWS KeyUsage).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum KeyUsage {
+    #[default]
     EncryptDecrypt,
     SignVerify,
     GenerateVerifyMac,
@@ -199,7 +201,8 @@ pub enum Digest {
 }
 
 impl Digest {
-    pub fn len(self) -> usize {
+    /// The digest's length in bytes.
+    pub fn size(self) -> usize {
         match self {
             Digest::Sha1 => 20,
             Digest::Sha224 => 28,
@@ -298,7 +301,7 @@ pub fn oaep_digest(name: &str) -> Option<Digest> {
 /// The longest plaintext RSA-OAEP takes with a `bits` modulus: k - 2·hLen - 2 (AWS's
 /// limits: RSA_2048 214 / 190 bytes with SHA-1 / SHA-256).
 pub fn oaep_max_plaintext(bits: u32, digest: Digest) -> usize {
-    (bits as usize / 8) - 2 * digest.len() - 2
+    (bits as usize / 8) - 2 * digest.size() - 2
 }
 
 /// The digest of an HMAC algorithm name, if it is one.
