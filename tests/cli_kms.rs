@@ -13,7 +13,10 @@ fn keystore_init_info_and_refusals() {
     let mode = std::fs::metadata(&env.keystore).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600, "keystore must be private");
     let info = env.json(&["keystore", "info"]);
-    assert_eq!(info["SchemaVersion"], 2);
+    assert_eq!(info["SchemaVersion"], 3);
+    let account = info["AccountId"].as_str().unwrap();
+    assert!(account.len() == 12 && account.bytes().all(|b| b.is_ascii_digit()), "{info}");
+    assert_eq!(info["Region"], "us-east-1");
     assert_eq!(info["Kdf"]["memory_kib"], 256);
 
     let err = env.fails(&["keystore", "init"], 1);
@@ -381,4 +384,61 @@ impl OkBytes for TestEnv {
         common::assert_success(&out, args);
         out.stdout
     }
+}
+
+#[test]
+fn keystore_account_and_region_set_at_init_changed_later_and_defaulted_by_migration() {
+    let env = TestEnv::without_keystore();
+    env.ok(&[
+        "keystore",
+        "init",
+        "--argon2-memory-kib",
+        "256",
+        "--argon2-iterations",
+        "1",
+        "--account-id",
+        "111122223333",
+        "--region",
+        "eu-west-1",
+    ]);
+    let info = env.json(&["keystore", "info"]);
+    assert_eq!(
+        (info["AccountId"].as_str(), info["Region"].as_str()),
+        (Some("111122223333"), Some("eu-west-1"))
+    );
+    assert!(env.ok(&["keystore", "info"]).contains("111122223333"));
+    env.ok(&["keystore", "set-identity", "--region", "ap-south-2"]);
+    assert_eq!(env.json(&["keystore", "info"])["Region"], "ap-south-2");
+    let err = env.fails(&["keystore", "set-identity", "--account-id", "12345"], 1);
+    assert!(err.contains("12 digits"), "{err}");
+    let bad = TestEnv::without_keystore();
+    let err = bad.fails(&["keystore", "init", "--region", "Not A Region"], 1);
+    assert!(err.contains("region"), "{err}");
+    assert!(!bad.keystore.exists(), "a refused init left a keystore");
+
+    // A keystore from before the API server (schema 2, no account or region) is migrated
+    // with defaults when next opened.
+    let old = TestEnv::new();
+    let id = old.json(&["keystore", "info"])["KeystoreId"].as_str().unwrap().to_string();
+    let conn = rusqlite::Connection::open(&old.keystore).unwrap();
+    conn.execute_batch(
+        "DROP TABLE access_keys; DROP TABLE tags;
+         ALTER TABLE audit DROP COLUMN principal_arn; ALTER TABLE audit DROP COLUMN access_key_id;
+         ALTER TABLE audit DROP COLUMN source; ALTER TABLE audit DROP COLUMN error_code;
+         ALTER TABLE grants DROP COLUMN retiring_principal; ALTER TABLE grants DROP COLUMN context_equals;
+         DELETE FROM meta WHERE name IN ('account_id', 'region');
+         PRAGMA user_version = 2;",
+    )
+    .unwrap();
+    drop(conn);
+    let info = old.json(&["keystore", "info"]);
+    assert_eq!(info["SchemaVersion"], 3);
+    assert_eq!(info["KeystoreId"], id.as_str());
+    let account = info["AccountId"].as_str().unwrap();
+    assert!(account.len() == 12 && account.bytes().all(|b| b.is_ascii_digit()), "{info}");
+    assert_eq!(info["Region"], "us-east-1");
+    // The same keystore always derives the same account.
+    assert_eq!(old.json(&["keystore", "info"])["AccountId"], account);
+    old.json(&["access-key", "create", "--user", "after-migration"]);
+    old.ok(&["audit", "verify"]);
 }

@@ -403,6 +403,23 @@ pub fn store_wrapped_root(
     Ok(())
 }
 
+const GENERATION_META: &str = "generation";
+
+/// Marks a change of keys, versions, aliases, policies, grants or access keys (every KMS
+/// operation that writes one), so key rings reload on it and not on audit appends alone.
+pub fn bump_generation(tx: &Transaction<'_>) -> Result<()> {
+    let next = generation(tx)? + 1;
+    set_meta(tx, GENERATION_META, next.to_string().as_bytes())
+}
+
+/// The counter `bump_generation` advances (0 before the first change).
+pub fn generation(conn: &Connection) -> Result<u64> {
+    Ok(get_meta(conn, GENERATION_META)?
+        .and_then(|v| String::from_utf8(v).ok())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0))
+}
+
 pub fn get_meta(conn: &Connection, name: &str) -> Result<Option<Vec<u8>>> {
     Ok(conn.query_row("SELECT value FROM meta WHERE name = ?1", [name], |r| r.get(0)).optional()?)
 }

@@ -17,6 +17,7 @@ pub fn error_name(err: &Error) -> &'static str {
         Error::InvalidArgument(msg) if msg.starts_with(INVALID_KEY_USAGE) => "InvalidKeyUsageException",
         Error::InvalidArgument(msg) if msg.starts_with(INVALID_SIGNATURE) => "KMSInvalidSignatureException",
         Error::InvalidArgument(msg) if msg.starts_with(INVALID_MAC) => "KMSInvalidMacException",
+        Error::InvalidArgument(msg) if msg.starts_with(DRY_RUN) => "DryRunOperationException",
         Error::InvalidArgument(_) => "ValidationException",
         Error::KeyState(msg) if msg.contains(" is disabled") => "DisabledException",
         Error::KeyState(_) => "KMSInvalidStateException",
@@ -47,6 +48,7 @@ pub const LIMIT_ERROR: &str = "limit exceeded: ";
 pub const INVALID_KEY_USAGE: &str = "wrong key usage: ";
 pub const INVALID_SIGNATURE: &str = "invalid signature: ";
 pub const INVALID_MAC: &str = "invalid MAC: ";
+pub const DRY_RUN: &str = "dry run: ";
 pub const INCORRECT_KEY: &str = "the ciphertext was encrypted under key ";
 
 /// Policy documents that do not parse (`Policy::parse`'s messages).

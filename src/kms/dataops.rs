@@ -40,8 +40,9 @@ impl Op<'_> {
         plaintext: &[u8],
     ) -> Result<(u32, Vec<u8>)> {
         self.event.context = ctx.to_audit_string();
-        require_enabled(key)?;
+        // Authorization first: a caller the key is not for learns nothing of its state.
         self.authorize(caller, key, action, ctx)?;
+        require_enabled(key)?;
         super::asymmetric::require_symmetric(&self.tx, &key.key_id, &self.event.operation)?;
         let version = key.current_version;
         let material = version_material(&self.tx, self.root, &key.key_id, version)?;
@@ -66,8 +67,8 @@ impl Op<'_> {
             )),
             other => other,
         })?;
-        require_enabled(&key)?;
         self.authorize(caller, &key, action, ctx)?;
+        require_enabled(&key)?;
         let material = version_material(&self.tx, self.root, &key.key_id, header.key_version)?;
         let plaintext = blob::open(&material.cipher(), &header, &ctx.encode(), sealed)?;
         Ok(Decrypted { key_id: key.key_id, key_version: header.key_version, plaintext })

@@ -39,6 +39,10 @@ pub struct Access<'a> {
 #[derive(Default)]
 struct Cache {
     data_version: Option<i64>,
+    /// The keystore's change counter at the last reload (`keystore::generation`): a commit
+    /// that only appended audit events (the writer's, many per second) leaves it, and the
+    /// cache, as they are.
+    generation: Option<u64>,
     /// The WAL-index header read just before `data_version` was asked (`wal_index`).
     wal_header: Option<wal_index::Header>,
     keys: HashMap<String, KeyRecord>,
@@ -149,6 +153,15 @@ impl KeyRing {
             self.cache.write().expect("keyring cache lock").wal_header = wal_header;
             return Ok(());
         }
+        // Read before the keys, so that a change committed in between shows as a newer
+        // generation at the next look, never as an older one.
+        let generation = crate::keystore::generation(&conn)?;
+        if self.cache.read().expect("keyring cache lock").generation == Some(generation) {
+            let mut cache = self.cache.write().expect("keyring cache lock");
+            cache.data_version = Some(version);
+            cache.wal_header = wal_header;
+            return Ok(());
+        }
         let mut cache = self.cache.write().expect("keyring cache lock");
         let keys = records::list_keys(&conn)?;
         let mut material = std::mem::take(&mut cache.material);
@@ -201,6 +214,7 @@ impl KeyRing {
         cache.specs = specs;
         cache.asymmetric = asym;
         cache.data_version = Some(version);
+        cache.generation = Some(generation);
         cache.wal_header = wal_header;
         Ok(())
     }
@@ -246,15 +260,18 @@ impl KeyRing {
             .get(key_id)
             .cloned()
             .ok_or_else(|| Error::NotFound(format!("key {key_id} is not in this keystore")))?;
-        require_enabled(&key)?;
         let request = Request { caller, action, context: ctx, path, now: self.clock.now_secs() };
         let grants = cache.grants.get(key_id).map(Vec::as_slice).unwrap_or(&[]);
         let decision = match cache.policies.get(key_id) {
             Some(policy) => policy.decide(grants, &request),
             None => Decision::Deny("the key has no usable policy".into()),
         };
+        // Authorization first: a caller the key is not for learns nothing of its state.
         match decision {
-            Decision::Allow(why) => Ok((key, why)),
+            Decision::Allow(why) => {
+                require_enabled(&key)?;
+                Ok((key, why))
+            }
             Decision::Deny(why) => Err(Error::AccessDenied(format!("key {key_id}: {why}"))),
         }
     }
@@ -552,6 +569,25 @@ impl KeyRing {
             let out = blob::seal(&dest_cipher, &dest_header, &dest_ctx.encode(), &plain);
             event.reason = format!("to key {dest_id}");
             Ok(((header.key_id, dest_id, out), format!("{why_from}; {why_to}")))
+        })
+    }
+
+    /// AWS's DryRun of a cryptographic operation: checks each (key, action) as the operation
+    /// would, audits the call, and ends with the refusal or `dry_run_error()`.
+    pub fn dry_run(
+        &self,
+        caller: &Principal,
+        operation: &str,
+        checks: &[(&str, &str)],
+        ctx: &EncryptionContext,
+    ) -> Result<()> {
+        self.api_audited(caller, operation, None, ctx, |event| {
+            for (key_ref, action) in checks {
+                let key_id = self.resolve(key_ref)?;
+                event.key_id.get_or_insert(key_id.clone());
+                self.permitted_at(caller, None, &key_id, action, ctx)?;
+            }
+            Err::<((), String), _>(super::dry_run_error())
         })
     }
 

@@ -57,6 +57,16 @@ pub struct Kms {
     housekeeping: Housekeeping,
     /// Owner of the keystore file: the principal of keys that have no stored policy.
     owner_uid: u32,
+    /// Operations check and roll back instead of committing (AWS's DryRun).
+    dry_run: bool,
+}
+
+/// The refusal a dry run ends with when the operation would have succeeded.
+pub fn dry_run_error() -> Error {
+    Error::InvalidArgument(format!(
+        "{}The request would have succeeded, but the DryRun option is set.",
+        aws_errors::DRY_RUN
+    ))
 }
 
 /// What opening the keystore did by itself.
@@ -92,7 +102,15 @@ impl Kms {
         let audit_key = audit::audit_key(&root);
         use std::os::unix::fs::MetadataExt;
         let owner_uid = std::fs::metadata(ks.path()).map(|m| m.uid()).unwrap_or(0);
-        let mut kms = Kms { ks, root, audit_key, clock, housekeeping: Housekeeping::default(), owner_uid };
+        let mut kms = Kms {
+            ks,
+            root,
+            audit_key,
+            clock,
+            housekeeping: Housekeeping::default(),
+            owner_uid,
+            dry_run: false,
+        };
         let destroyed = kms.purge_expired(caller)?;
         let rotated = kms.rotate_due(caller)?;
         kms.housekeeping = Housekeeping { destroyed, rotated };
@@ -138,10 +156,20 @@ impl Kms {
             owner_uid: self.owner_uid,
             caller,
         };
+        let changes_before = op.tx.total_changes();
         let result = body(&mut op);
         let (tx, mut event) = op.into_parts();
         let result = match result {
+            Ok(_) if self.dry_run => {
+                tx.rollback()?;
+                let err = dry_run_error();
+                event.fail(&err);
+                Err((err, event))
+            }
             Ok(value) => {
+                if tx.total_changes() != changes_before {
+                    keystore::bump_generation(&tx)?;
+                }
                 audit::append(&tx, &self.audit_key, std::slice::from_ref(&event))?;
                 tx.commit()?;
                 Ok(value)
@@ -160,6 +188,15 @@ impl Kms {
                 Err(err)
             }
         }
+    }
+
+    /// Runs `f` as AWS's DryRun: every check, nothing kept; a call that would have succeeded
+    /// ends with `dry_run_error()`.
+    pub fn dry_run<T>(&mut self, f: impl FnOnce(&mut Kms) -> Result<T>) -> Result<T> {
+        self.dry_run = true;
+        let result = f(self);
+        self.dry_run = false;
+        result
     }
 
     /// Protects the root key with a new passphrase. Keys, their versions and the audit

@@ -172,6 +172,9 @@ fn out_of_range(member: &str, value: i64, range: std::ops::RangeInclusive<i64>) 
 pub fn data_plane(svc: &Service, caller: &Principal, op: &str, input: &Value) -> Answer {
     let ring = &svc.ring;
     ring.check_grant_tokens(&grant_tokens(input)).map_err(ApiError::unaudited)?;
+    if dry_run(input) {
+        return data_plane_dry_run(svc, caller, op, input);
+    }
     if let Some(answer) = asymmetric_api::data_plane(svc, caller, op, input) {
         return answer;
     }
@@ -260,6 +263,53 @@ pub fn data_plane(svc: &Service, caller: &Principal, op: &str, input: &Value) ->
     }
 }
 
+fn dry_run(input: &Value) -> bool {
+    input.get("DryRun").and_then(Value::as_bool) == Some(true)
+}
+
+/// The key a blob names (for checks made without opening it).
+fn blob_key(input: &Value) -> Result<String, ApiError> {
+    let bytes = required_blob(input, "CiphertextBlob")?;
+    let (header, _) = crate::kms::blob::BlobHeader::parse(&bytes).map_err(ApiError::unaudited)?;
+    Ok(header.key_id)
+}
+
+/// DryRun of a cryptographic operation: the checks it would make, nothing done.
+fn data_plane_dry_run(svc: &Service, caller: &Principal, op: &str, input: &Value) -> Answer {
+    let (checks, ctx_field): (Vec<(String, String)>, &str) = match op {
+        "Encrypt" | "GenerateDataKey" | "GenerateDataKeyWithoutPlaintext" => {
+            (vec![(svc.key_ref(required(input, "KeyId")?)?, format!("kms:{op}"))], "EncryptionContext")
+        }
+        "Decrypt" => {
+            let key = match str_of(input, "KeyId") {
+                Some(k) => svc.key_ref(k)?,
+                None => blob_key(input)?,
+            };
+            (vec![(key, "kms:Decrypt".into())], "EncryptionContext")
+        }
+        "ReEncrypt" => (
+            vec![
+                (blob_key(input)?, "kms:ReEncryptFrom".into()),
+                (svc.key_ref(required(input, "DestinationKeyId")?)?, "kms:ReEncryptTo".into()),
+            ],
+            "SourceEncryptionContext",
+        ),
+        "Sign"
+        | "Verify"
+        | "GenerateMac"
+        | "VerifyMac"
+        | "DeriveSharedSecret"
+        | "GenerateDataKeyPair"
+        | "GenerateDataKeyPairWithoutPlaintext" => {
+            (vec![(svc.key_ref(required(input, "KeyId")?)?, format!("kms:{op}"))], "EncryptionContext")
+        }
+        _ => return Err(ApiError::validation(format!("{op} takes no DryRun"))),
+    };
+    let checks: Vec<(&str, &str)> = checks.iter().map(|(k, a)| (k.as_str(), a.as_str())).collect();
+    svc.ring.dry_run(caller, op, &checks, &context(input, ctx_field)?)?;
+    Err(ApiError::internal("a dry run ended without its answer"))
+}
+
 /// Paging for list operations: Marker is the index of the next item, as text.
 fn page(items: Vec<Value>, input: &Value, field: &str) -> Answer {
     let limit = int(input, "Limit").unwrap_or(100).clamp(1, 1000) as usize;
@@ -302,7 +352,13 @@ fn unsupported(what: String) -> ApiError {
 /// Every other operation: through `Kms`, one keystore transaction and audit event each.
 pub fn control_plane(svc: &Service, caller: &Principal, op: &str, input: &Value) -> Answer {
     let mut kms = svc.kms.lock().map_err(|_| ApiError::internal("the control plane lock is poisoned"))?;
-    let kms = &mut *kms;
+    if dry_run(input) {
+        return kms.dry_run(|kms| Ok(control(svc, kms, caller, op, input)))?;
+    }
+    control(svc, &mut kms, caller, op, input)
+}
+
+fn control(svc: &Service, kms: &mut crate::kms::Kms, caller: &Principal, op: &str, input: &Value) -> Answer {
     let key = || -> Result<String, ApiError> { svc.key_ref(required(input, "KeyId")?) };
     match op {
         "CreateKey" => {

@@ -38,7 +38,9 @@ impl From<Error> for ApiError {
     fn from(err: Error) -> Self {
         let code = aws_errors::error_name(&err);
         if aws_errors::is_client_error(&err) {
-            ApiError { audited: true, ..ApiError::client(code, err.to_string()) }
+            // AWS answers a successful dry run with 412.
+            let status = if code == "DryRunOperationException" { 412 } else { 400 };
+            ApiError { status, audited: true, ..ApiError::client(code, err.to_string()) }
         } else {
             // The details of an internal fault are for the server's log, not the caller.
             log::error!("internal error: {err}");

@@ -113,8 +113,9 @@ impl Kms {
     pub fn get_public_key(&mut self, caller: &Principal, key_ref: &str) -> Result<PublicKeyInfo> {
         self.audited(caller, "GetPublicKey", |op| {
             let key = op.key(key_ref)?;
-            super::require_enabled(&key)?;
+            // Authorization first: a caller the key is not for learns nothing of its state.
             op.authorize(caller, &key, "kms:GetPublicKey", &Default::default())?;
+            super::require_enabled(&key)?;
             let (spec, usage) = load_spec(&op.tx, &key.key_id)?;
             if !spec.is_asymmetric() {
                 return Err(Error::InvalidArgument(format!(
