@@ -288,6 +288,8 @@ fn print_key_fields(k: &KeyMetadata) {
         ("Aliases", or_dash((!k.aliases.is_empty()).then(|| k.aliases.join(", ")))),
         ("KeyState", k.key_state.as_str().to_string()),
         ("KeyManager", k.key_manager.as_str().to_string()),
+        ("KeySpec", k.key_spec.to_string()),
+        ("KeyUsage", k.key_usage.to_string()),
         ("Description", k.description.clone()),
         ("CreationDate", k.creation_date.clone()),
         ("CurrentKeyVersion", k.current_key_version.to_string()),
