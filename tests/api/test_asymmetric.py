@@ -554,3 +554,31 @@ def test_kmsfs_cli_creates_asymmetric_keys_and_writes_pem(api, tmp_path):
     assert bad.returncode != 0 and b"not compatible" in bad.stderr
     sym = api.keystore.run(["key", "public-key", api.new_key()], check=False)
     assert sym.returncode != 0 and b"public key" in sym.stderr
+
+
+def test_kmsfs_cli_sign_and_verify_interoperate_with_openssl_and_the_api(api, tmp_path):
+    meta = api.keystore.json(["key", "create", "--key-spec", "RSA_2048", "--key-usage", "SIGN_VERIFY"])
+    key = meta["KeyId"]
+    pem = tmp_path / "pub.pem"
+    api.keystore.run(["key", "public-key", key, "--out", str(pem)])
+    msg, sig = tmp_path / "msg", tmp_path / "sig"
+    msg.write_bytes(MESSAGE)
+    api.keystore.run(["sign", "--key", key, "--algorithm", "RSASSA_PSS_SHA_384", "--in", str(msg), "--out", str(sig)])
+    out = openssl("dgst", "-sha384", "-verify", str(pem), "-sigopt", "rsa_padding_mode:pss",
+                  "-sigopt", "rsa_pss_saltlen:digest", "-signature", str(sig), str(msg))
+    assert out.returncode == 0, out
+    ok = api.keystore.run(["verify", "--key", key, "--algorithm", "RSASSA_PSS_SHA_384", "--signature", str(sig),
+                           "--in", str(msg)])
+    assert b"valid" in ok.stdout
+    msg.write_bytes(MESSAGE + b"tampered")
+    bad = api.keystore.run(["verify", "--key", key, "--algorithm", "RSASSA_PSS_SHA_384", "--signature", str(sig),
+                            "--in", str(msg)], check=False)
+    assert bad.returncode != 0 and b"does not verify" in bad.stderr
+    wrong = api.keystore.run(["sign", "--key", key, "--algorithm", "ECDSA_SHA_256", "--in", str(msg)], check=False)
+    assert wrong.returncode != 0 and b"not compatible" in wrong.stderr
+    big = tmp_path / "big"
+    big.write_bytes(b"x" * 4097)
+    too_big = api.keystore.run(["sign", "--key", key, "--algorithm", "RSASSA_PSS_SHA_384", "--in", str(big)], check=False)
+    assert too_big.returncode != 0 and b"4096" in too_big.stderr
+    events = api.keystore.audit("--key", key)
+    assert {"Sign", "Verify"} <= {e["Operation"] for e in events}

@@ -130,3 +130,80 @@ impl Kms {
         })
     }
 }
+
+impl Kms {
+    /// Runs `body` with the material of a key of `usage`, after the checks every use makes
+    /// (authorization, then state, then usage), as one audited `operation`.
+    fn with_material<T>(
+        &mut self,
+        caller: &Principal,
+        operation: &str,
+        key_ref: &str,
+        usage: KeyUsage,
+        body: impl FnOnce(KeySpec, &KeyMaterial) -> Result<T>,
+    ) -> Result<T> {
+        self.audited(caller, operation, |op| {
+            let key = op.key(key_ref)?;
+            op.authorize(caller, &key, &format!("kms:{operation}"), &Default::default())?;
+            super::require_enabled(&key)?;
+            let (spec, have) = load_spec(&op.tx, &key.key_id)?;
+            if spec.is_symmetric() || have != usage {
+                return Err(wrong_usage(&key.key_id, spec, have, operation));
+            }
+            let bytes = super::version_bytes(&op.tx, op.root, &key.key_id, key.current_version)?;
+            body(spec, &KeyMaterial::from_bytes(spec, &bytes)?)
+        })
+    }
+
+    /// Sign at the command line (`kmsfs sign`).
+    pub fn sign(
+        &mut self,
+        caller: &Principal,
+        key_ref: &str,
+        algorithm: &str,
+        message: &[u8],
+        is_digest: bool,
+    ) -> Result<Vec<u8>> {
+        check_message_len(message)?;
+        self.with_material(caller, "Sign", key_ref, KeyUsage::SignVerify, |spec, material| {
+            material.sign(spec::SigningAlgorithm::for_key(algorithm, spec)?, message, is_digest)
+        })
+    }
+
+    /// Verify at the command line (`kmsfs verify`): Ok only for a valid signature.
+    pub fn verify(
+        &mut self,
+        caller: &Principal,
+        key_ref: &str,
+        algorithm: &str,
+        message: &[u8],
+        is_digest: bool,
+        signature: &[u8],
+    ) -> Result<()> {
+        check_message_len(message)?;
+        self.with_material(caller, "Verify", key_ref, KeyUsage::SignVerify, |spec, material| {
+            let alg = spec::SigningAlgorithm::for_key(algorithm, spec)?;
+            if material.verify(alg, message, is_digest, signature)? {
+                Ok(())
+            } else {
+                Err(Error::InvalidArgument(format!(
+                    "{}the signature does not verify with {algorithm}",
+                    super::aws_errors::INVALID_SIGNATURE
+                )))
+            }
+        })
+    }
+}
+
+/// AWS's limit for a message to sign, verify or MAC.
+pub const MAX_MESSAGE: usize = 4096;
+
+fn check_message_len(message: &[u8]) -> Result<()> {
+    if message.is_empty() || message.len() > MAX_MESSAGE {
+        return Err(Error::InvalidArgument(format!(
+            "the message is {} bytes; a signed message is 1 to {MAX_MESSAGE} bytes (sign a digest of a larger one with --digest)",
+            message.len()
+        )));
+    }
+    Ok(())
+}
