@@ -47,8 +47,8 @@ impl KeyRing {
         let key_id = self.resolve(key_ref)?;
         event.key_id = Some(key_id.clone());
         let ctx = EncryptionContext::new();
-        let (_, why) = self.permitted_at(caller, None, &key_id, &format!("kms:{operation}"), &ctx)?;
-        match self.asymmetric(&key_id)? {
+        let (key, why) = self.permitted_at(caller, None, &key_id, &format!("kms:{operation}"), &ctx)?;
+        match self.asymmetric(&key)? {
             Some((spec, have, material)) if have == usage => Ok(Usable { key_id, spec, material, why }),
             Some((spec, have, _)) => Err(wrong_usage(&key_id, spec, have, operation)),
             None => Err(wrong_usage(&key_id, KeySpec::Symmetric, KeyUsage::EncryptDecrypt, operation)),
@@ -112,10 +112,9 @@ impl KeyRing {
         self.audited_op(caller, "GetPublicKey", key_ref, |event| {
             let key_id = self.resolve(key_ref)?;
             event.key_id = Some(key_id.clone());
-            let (_, why) =
+            let (key, why) =
                 self.permitted_at(caller, None, &key_id, "kms:GetPublicKey", &EncryptionContext::new())?;
-            let Some((spec, usage, material)) =
-                self.asymmetric(&key_id)?.filter(|(s, _, _)| s.is_asymmetric())
+            let Some((spec, usage, material)) = self.asymmetric(&key)?.filter(|(s, _, _)| s.is_asymmetric())
             else {
                 let (spec, _) = self.key_spec(&key_id)?;
                 return Err(Error::InvalidArgument(format!(
@@ -235,7 +234,7 @@ impl KeyRing {
             event.key_id = Some(key_id.clone());
             let (key, why) = self.permitted_at(caller, None, &key_id, &format!("kms:{operation}"), ctx)?;
             event.reason = pair_spec.as_str().to_string();
-            let cipher = self.material(&key_id, key.current_version)?;
+            let cipher = self.material(&key, key.current_version)?;
             let private = generate_private(pair_spec)?;
             let der = to_pkcs8(&private)?;
             let public_key = private.public_key_to_der().map_err(|e| Error::Io(format!("OpenSSL: {e}")))?;
