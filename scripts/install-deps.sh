@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Installs what kmsfs needs at run and test time on Debian: fuse3 (fusermount3, /dev/fuse
+# Installs what kmsfs needs to build, run and test on Debian: libssl-dev and pkg-config (the
+# `openssl` crate links the system OpenSSL 3 for asymmetric and HMAC keys), fuse3 (fusermount3, /dev/fuse
 # helpers), attr (getfattr/setfattr for tests), sqlite3 (inspection), and the tools the
 # integration tests drive (git, xz-utils; losetup, mount and umount from mount, mountpoint
 # and fstrim from util-linux, mkfs.ext4 and e2fsck from e2fsprogs for tests/fs_blockdev.rs; mount(8)
@@ -14,7 +15,7 @@
 # Idempotent; a no-op when everything is present.
 set -euo pipefail
 
-packages=(fuse3 attr sqlite3 git xz-utils mount util-linux e2fsprogs tar openssl curl wrk)
+packages=(libssl-dev pkg-config fuse3 attr sqlite3 git xz-utils mount util-linux e2fsprogs tar openssl curl wrk)
 command -v python3 >/dev/null || packages+=(python3)
 python3 -m pip --version >/dev/null 2>&1 || packages+=(python3-pip)
 [ "${KMSFS_BENCH:-0}" = 1 ] && packages+=(gocryptfs securefs fio bc python3 linux-source-6.1)

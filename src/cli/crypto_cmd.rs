@@ -214,3 +214,61 @@ pub fn generate_data_key(s: &mut Session, args: GenerateDataKeyArgs) -> Result<(
     }
     Ok(())
 }
+
+#[derive(Debug, clap::Args)]
+#[command(
+    after_help = "Example:\n  kmsfs sign --key alias/signer --algorithm ECDSA_SHA_256 --in doc.txt --out doc.sig\n  openssl dgst -sha256 -verify <(kmsfs key public-key alias/signer) -signature doc.sig doc.txt"
+)]
+pub struct SignArgs {
+    /// A SIGN_VERIFY key (id or alias/NAME)
+    #[arg(long)]
+    pub key: String,
+    /// AWS signing algorithm, e.g. ECDSA_SHA_256, RSASSA_PSS_SHA_256, ED25519_SHA_512
+    #[arg(long)]
+    pub algorithm: String,
+    /// The input is already the digest (MessageType DIGEST)
+    #[arg(long)]
+    pub digest: bool,
+    /// Message (at most 4096 bytes) from --in or stdin; signature to --out or stdout
+    #[command(flatten)]
+    pub io: IoArgs,
+}
+
+#[derive(Debug, clap::Args)]
+#[command(
+    after_help = "Example:\n  kmsfs verify --key alias/signer --algorithm ECDSA_SHA_256 --signature doc.sig --in doc.txt"
+)]
+pub struct VerifyArgs {
+    /// A SIGN_VERIFY key (id or alias/NAME)
+    #[arg(long)]
+    pub key: String,
+    #[arg(long)]
+    pub algorithm: String,
+    /// The signature file (binary, or base64 with --base64)
+    #[arg(long, value_name = "PATH")]
+    pub signature: PathBuf,
+    /// The input is already the digest (MessageType DIGEST)
+    #[arg(long)]
+    pub digest: bool,
+    #[command(flatten)]
+    pub io: IoArgs,
+}
+
+pub fn sign(s: &mut Session, args: SignArgs) -> Result<()> {
+    let message = args.io.read()?;
+    let signature = s.kms.sign(&s.me.clone(), &args.key, &args.algorithm, &message, args.digest)?;
+    args.io.write_ciphertext(&signature)
+}
+
+pub fn verify(s: &mut Session, args: VerifyArgs) -> Result<()> {
+    let message = args.io.read()?;
+    let sig_io = IoArgs { input: Some(args.signature.clone()), output: None, base64: args.io.base64 };
+    let signature = sig_io.read_ciphertext()?;
+    s.kms.verify(&s.me.clone(), &args.key, &args.algorithm, &message, args.digest, &signature)?;
+    if !s.json {
+        println!("the signature is valid");
+    } else {
+        output::json(&serde_json::json!({"SignatureValid": true, "SigningAlgorithm": args.algorithm}));
+    }
+    Ok(())
+}

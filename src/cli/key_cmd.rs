@@ -4,7 +4,8 @@ use clap::Subcommand;
 
 use super::output::{self, or_dash, Table};
 use super::Session;
-use crate::error::Result;
+use crate::error::{Error, Result};
+use crate::kms::asymmetric::{KeySpec, KeyUsage};
 use crate::kms::clock::format_date;
 use crate::kms::lifecycle::{CreateKeyOptions, DEFAULT_PENDING_WINDOW_DAYS, DEFAULT_ROTATION_PERIOD_DAYS};
 use crate::kms::KeyMetadata;
@@ -22,6 +23,25 @@ pub enum KeyCmd {
         /// Free text shown by `key describe`
         #[arg(long, default_value = "")]
         description: String,
+        /// AWS KeySpec: SYMMETRIC_DEFAULT, RSA_2048/3072/4096, ECC_NIST_P256/P384/P521,
+        /// ECC_SECG_P256K1, ECC_NIST_EDWARDS25519, HMAC_224/256/384/512
+        #[arg(long, default_value = "SYMMETRIC_DEFAULT")]
+        key_spec: String,
+        /// AWS KeyUsage: ENCRYPT_DECRYPT, SIGN_VERIFY, GENERATE_VERIFY_MAC, KEY_AGREEMENT
+        #[arg(long, default_value = "ENCRYPT_DECRYPT")]
+        key_usage: String,
+    },
+    /// Write the public key of an RSA or ECC key (PEM, or DER with --der)
+    #[command(after_help = "Example:
+  kmsfs key public-key alias/signer --out signer.pem")]
+    PublicKey {
+        key: String,
+        /// Write here instead of standard output
+        #[arg(long)]
+        out: Option<std::path::PathBuf>,
+        /// DER SubjectPublicKeyInfo instead of PEM
+        #[arg(long)]
+        der: bool,
     },
     /// List every key with its state
     #[command(
@@ -84,13 +104,33 @@ pub enum RotationCmd {
 pub fn run(s: &mut Session, cmd: KeyCmd) -> Result<()> {
     let me = s.me.clone();
     match cmd {
-        KeyCmd::Create { alias, description } => {
-            let key_id =
-                s.kms.create_key(&me, &CreateKeyOptions { alias, description, ..Default::default() })?;
+        KeyCmd::Create { alias, description, key_spec, key_usage } => {
+            let key_spec = KeySpec::parse_supported(&key_spec)?;
+            let key_usage = KeyUsage::parse(&key_usage).ok_or_else(|| {
+                Error::InvalidArgument(format!(
+                    "unknown key usage {key_usage}: give ENCRYPT_DECRYPT, SIGN_VERIFY, GENERATE_VERIFY_MAC or KEY_AGREEMENT"
+                ))
+            })?;
+            let opts = CreateKeyOptions { alias, description, key_spec, key_usage, ..Default::default() };
+            let key_id = s.kms.create_key(&me, &opts)?;
             if s.json {
                 output::json(&s.kms.describe_key(&me, &key_id)?);
             } else {
                 println!("{key_id}");
+            }
+        }
+        KeyCmd::PublicKey { key, out, der } => {
+            let info = s.kms.get_public_key(&me, &key)?;
+            let bytes = if der { info.public_key } else { spki_pem(&info.public_key).into_bytes() };
+            match out {
+                Some(path) => std::fs::write(&path, &bytes)
+                    .map_err(|e| Error::io(format!("cannot write {}", path.display()), e))?,
+                None => {
+                    use std::io::Write;
+                    std::io::stdout()
+                        .write_all(&bytes)
+                        .map_err(|e| Error::io("cannot write the public key", e))?;
+                }
             }
         }
         KeyCmd::List => {
@@ -248,6 +288,8 @@ fn print_key_fields(k: &KeyMetadata) {
         ("Aliases", or_dash((!k.aliases.is_empty()).then(|| k.aliases.join(", ")))),
         ("KeyState", k.key_state.as_str().to_string()),
         ("KeyManager", k.key_manager.as_str().to_string()),
+        ("KeySpec", k.key_spec.to_string()),
+        ("KeyUsage", k.key_usage.to_string()),
         ("Description", k.description.clone()),
         ("CreationDate", k.creation_date.clone()),
         ("CurrentKeyVersion", k.current_key_version.to_string()),
@@ -258,4 +300,17 @@ fn print_key_fields(k: &KeyMetadata) {
         ("PendingDeletionWindowInDays", or_dash(k.pending_deletion_window_in_days.map(|d| d.to_string()))),
         ("Origin", k.origin.clone()),
     ]);
+}
+
+/// PEM ("PUBLIC KEY") of a DER SubjectPublicKeyInfo, as `openssl pkey -pubin` reads it.
+fn spki_pem(der: &[u8]) -> String {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+    let mut pem = String::from("-----BEGIN PUBLIC KEY-----\n");
+    for line in b64.as_bytes().chunks(64) {
+        pem.push_str(std::str::from_utf8(line).expect("base64 is ASCII"));
+        pem.push('\n');
+    }
+    pem.push_str("-----END PUBLIC KEY-----\n");
+    pem
 }

@@ -93,6 +93,10 @@ pub enum Command {
     ReEncrypt(crypto_cmd::ReEncryptArgs),
     /// Generate a data key for envelope encryption
     GenerateDataKey(crypto_cmd::GenerateDataKeyArgs),
+    /// Sign a message (at most 4096 bytes) or digest with an asymmetric key
+    Sign(crypto_cmd::SignArgs),
+    /// Check a signature made with an asymmetric key
+    Verify(crypto_cmd::VerifyArgs),
     /// Show or verify the audit trail
     Audit(audit_cmd::AuditArgs),
     /// Create encrypted volumes
@@ -248,6 +252,8 @@ fn run(cli: Cli) -> Result<()> {
         Command::Decrypt(args) => crypto_cmd::decrypt(&mut Session::open(g)?, args),
         Command::ReEncrypt(args) => crypto_cmd::re_encrypt(&mut Session::open(g)?, args),
         Command::GenerateDataKey(args) => crypto_cmd::generate_data_key(&mut Session::open(g)?, args),
+        Command::Sign(args) => crypto_cmd::sign(&mut Session::open(g)?, args),
+        Command::Verify(args) => crypto_cmd::verify(&mut Session::open(g)?, args),
         Command::Audit(args) => audit_cmd::run(&mut Session::open(g)?, args),
         Command::Volume(cmd) => volume_cmd::run_volume(g, cmd),
         Command::Mount(args) => volume_cmd::run_mount(g, args),

@@ -102,6 +102,14 @@ pub const MIGRATIONS: &[&str] = &[
     ALTER TABLE grants ADD COLUMN retiring_principal TEXT;  -- an IAM ARN that may retire it
     ALTER TABLE grants ADD COLUMN context_equals INTEGER NOT NULL DEFAULT 0;  -- constraints: exact context
     "#,
+    // 4: asymmetric and HMAC keys. A key without a row is SYMMETRIC_DEFAULT / ENCRYPT_DECRYPT.
+    r#"
+    CREATE TABLE key_specs (
+        key_id    TEXT PRIMARY KEY REFERENCES keys(key_id),
+        key_spec  TEXT NOT NULL,                       -- AWS KeySpec: RSA_2048, ECC_NIST_P256, HMAC_256, ...
+        key_usage TEXT NOT NULL                        -- AWS KeyUsage: SIGN_VERIFY, ENCRYPT_DECRYPT, ...
+    );
+    "#,
 ];
 
 /// The schema version this binary writes.

@@ -12,6 +12,9 @@ pub fn error_name(err: &Error) -> &'static str {
         Error::InvalidArgument(msg) if msg.starts_with(GRANT_TOKEN_ERROR) => "InvalidGrantTokenException",
         Error::InvalidArgument(msg) if msg.starts_with(MARKER_ERROR) => "InvalidMarkerException",
         Error::InvalidArgument(msg) if msg.starts_with(UNSUPPORTED) => "UnsupportedOperationException",
+        Error::InvalidArgument(msg) if msg.starts_with(INVALID_KEY_USAGE) => "InvalidKeyUsageException",
+        Error::InvalidArgument(msg) if msg.starts_with(INVALID_SIGNATURE) => "KMSInvalidSignatureException",
+        Error::InvalidArgument(msg) if msg.starts_with(INVALID_MAC) => "KMSInvalidMacException",
         Error::InvalidArgument(msg) if msg.starts_with(DRY_RUN) => "DryRunOperationException",
         Error::Sqlite(rusqlite::Error::SqliteFailure(e, _))
             if matches!(e.code, rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked) =>
@@ -45,4 +48,7 @@ pub const TAG_ERROR: &str = "tag ";
 pub const GRANT_TOKEN_ERROR: &str = "grant token ";
 pub const MARKER_ERROR: &str = "marker ";
 pub const UNSUPPORTED: &str = "unsupported: ";
+pub const INVALID_KEY_USAGE: &str = "wrong key usage: ";
+pub const INVALID_SIGNATURE: &str = "invalid signature: ";
+pub const INVALID_MAC: &str = "invalid MAC: ";
 pub const DRY_RUN: &str = "dry run: ";

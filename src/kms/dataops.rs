@@ -41,6 +41,7 @@ impl Op<'_> {
     ) -> Result<(u32, Vec<u8>)> {
         self.event.context = ctx.to_audit_string();
         self.authorize(caller, key, action, ctx)?;
+        super::asymmetric::require_symmetric(&self.tx, &key.key_id, &self.event.operation)?;
         let version = key.current_version;
         let material = version_material(&self.tx, self.keys.versions(true), &key.key_id, version)?;
         let header = BlobHeader { key_id: key.key_id.clone(), key_version: version };

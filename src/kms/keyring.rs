@@ -19,6 +19,7 @@ use rusqlite::{Connection, OpenFlags};
 
 use super::access;
 use super::access_keys::{self, Credential};
+use super::asymmetric::{self, KeyMaterial, KeySpec, KeyUsage};
 use super::audit_writer::AuditSink;
 use super::blob::{self, BlobHeader};
 use super::policy::{GrantRule, Policy, Request};
@@ -55,6 +56,9 @@ struct Cache {
     access_keys: HashMap<String, Arc<Credential>>,
     /// Tokens of every grant, for the GrantTokens of API calls.
     grant_tokens: std::collections::HashSet<String>,
+    /// Spec and usage of every key that is not symmetric, and its unsealed material.
+    specs: HashMap<String, (KeySpec, KeyUsage)>,
+    asymmetric: HashMap<String, Arc<KeyMaterial>>,
 }
 
 thread_local! {
@@ -187,7 +191,17 @@ impl KeyRing {
         let mut material = std::mem::take(&mut cache.material);
         // Destroyed keys leave memory too, not only the keystore.
         material.retain(|(id, _), _| keys.iter().any(|k| &k.key_id == id && k.state != KeyState::Destroyed));
+        let specs = asymmetric::load_all_specs(&conn)?;
+        let mut asym = std::mem::take(&mut cache.asymmetric);
+        asym.retain(|id, _| keys.iter().any(|k| &k.key_id == id && k.state != KeyState::Destroyed));
         for key in keys.iter().filter(|k| k.state != KeyState::Destroyed) {
+            if let Some(&(spec, _)) = specs.get(&key.key_id) {
+                if !asym.contains_key(&key.key_id) {
+                    let bytes = super::version_bytes(&conn, versions_key, &key.key_id, key.current_version)?;
+                    asym.insert(key.key_id.clone(), Arc::new(KeyMaterial::from_bytes(spec, &bytes)?));
+                }
+                continue;
+            }
             for v in records::list_versions(&conn, &key.key_id)? {
                 let slot = (key.key_id.clone(), v.version);
                 if v.material_present && !material.contains_key(&slot) {
@@ -221,6 +235,8 @@ impl KeyRing {
         cache.grant_tokens = records::list_grants(&conn, None)?.into_iter().map(|g| g.token).collect();
         cache.keys = keys.into_iter().map(|k| (k.key_id.clone(), k)).collect();
         cache.material = material;
+        cache.specs = specs;
+        cache.asymmetric = asym;
         cache.data_version = Some(version);
         cache.generation = Some(generation);
         cache.wal_header = wal_header;
@@ -252,7 +268,7 @@ impl KeyRing {
         self.permitted_at(access.caller, Some(access.path), key_id, action, ctx)
     }
 
-    fn permitted_at(
+    pub(crate) fn permitted_at(
         &self,
         caller: &Principal,
         path: Option<&str>,
@@ -298,8 +314,35 @@ impl KeyRing {
         self.refresh().is_err() || self.cache.read().expect("keyring cache lock").uses_groups
     }
 
-    fn material(&self, key: &KeyRecord, version: u32) -> Result<Arc<Cipher>> {
+    /// The spec, usage and material of a key that is not symmetric (`None`: symmetric).
+    pub(crate) fn asymmetric(
+        &self,
+        key: &KeyRecord,
+    ) -> Result<Option<(KeySpec, KeyUsage, Arc<KeyMaterial>)>> {
+        self.refresh()?;
         let cache = self.cache.read().expect("keyring cache lock");
+        let Some(&(spec, usage)) = cache.specs.get(&key.key_id) else { return Ok(None) };
+        let material = cache.asymmetric.get(&key.key_id).cloned().ok_or_else(|| {
+            Error::KeyState(KeyStateError::new(
+                key,
+                StateProblem::VersionUnavailable { version: key.current_version },
+            ))
+        })?;
+        Ok(Some((spec, usage, material)))
+    }
+
+    /// The spec and usage of `key_id` as the keystore says now.
+    pub fn key_spec(&self, key_id: &str) -> Result<(KeySpec, KeyUsage)> {
+        self.refresh()?;
+        let cache = self.cache.read().expect("keyring cache lock");
+        Ok(cache.specs.get(key_id).copied().unwrap_or_default())
+    }
+
+    pub(crate) fn material(&self, key: &KeyRecord, version: u32) -> Result<Arc<Cipher>> {
+        let cache = self.cache.read().expect("keyring cache lock");
+        if let Some(&(spec, usage)) = cache.specs.get(&key.key_id) {
+            return Err(asymmetric::wrong_usage(&key.key_id, spec, usage, "symmetric encryption"));
+        }
         cache.material.get(&(key.key_id.clone(), version)).cloned().ok_or_else(|| {
             Error::KeyState(KeyStateError::new(key, StateProblem::VersionUnavailable { version }))
         })
@@ -597,7 +640,7 @@ impl KeyRing {
         self.audit.barrier(done);
     }
 
-    fn api_audited<T>(
+    pub(crate) fn api_audited<T>(
         &self,
         caller: &Principal,
         operation: &str,

@@ -2,6 +2,7 @@
 //! crypto-shredding. Follows AWS KMS: a disabled key keeps its material, a key pending
 //! deletion can be saved until its date, after which its material is gone for good.
 
+use super::asymmetric::{self, KeyMaterial, KeySpec, KeyUsage};
 use super::{
     add_version, aliases::validate_alias_name, keyid, require_customer_managed, require_enabled, resolve,
     Kms, Op, Principal, MANAGED_ALIAS_PREFIX,
@@ -26,6 +27,9 @@ pub struct CreateKeyOptions {
     pub policy: Option<String>,
     /// Tags (key, value) to start with.
     pub tags: Vec<(String, String)>,
+    /// SYMMETRIC_DEFAULT unless asked otherwise; the usage must fit the spec.
+    pub key_spec: KeySpec,
+    pub key_usage: KeyUsage,
 }
 
 /// Operations that authorize each key they use with an action of their own
@@ -51,6 +55,17 @@ impl Op<'_> {
 
     /// Inserts a new key with its first version.
     fn insert_new_key(&mut self, manager: KeyManager, description: &str) -> Result<KeyRecord> {
+        self.insert_new_key_of(manager, description, KeySpec::Symmetric, KeyUsage::EncryptDecrypt)
+    }
+
+    /// Inserts a new key of `spec` with its only (asymmetric, HMAC) or first version.
+    fn insert_new_key_of(
+        &mut self,
+        manager: KeyManager,
+        description: &str,
+        spec: KeySpec,
+        usage: KeyUsage,
+    ) -> Result<KeyRecord> {
         let managed = manager == KeyManager::Managed;
         let key = KeyRecord {
             key_id: keyid::new_key_id(),
@@ -80,7 +95,13 @@ impl Op<'_> {
             super::policy::Policy::default_for_owner(self.event.uid)
         };
         records::store_policy(&self.tx, &key.key_id, &policy)?;
-        add_version(self, &key.key_id, 1, "INITIAL")?;
+        if spec.is_symmetric() {
+            add_version(self, &key.key_id, 1, "INITIAL")?;
+        } else {
+            let material = KeyMaterial::generate(spec)?;
+            super::add_version_with(self, &key.key_id, 1, "INITIAL", &material.to_bytes()?)?;
+            asymmetric::save_spec(&self.tx, &key.key_id, spec, usage)?;
+        }
         self.event.key_id = Some(key.key_id.clone());
         Ok(key)
     }
@@ -106,7 +127,12 @@ impl Kms {
                 super::policy::Policy::parse(text)?;
             }
             super::tags::validate(&opts.tags)?;
-            let key = op.insert_new_key(KeyManager::Customer, &opts.description)?;
+            opts.key_spec.check_usage(opts.key_usage)?;
+            let key =
+                op.insert_new_key_of(KeyManager::Customer, &opts.description, opts.key_spec, opts.key_usage)?;
+            if !opts.key_spec.is_symmetric() {
+                op.event.reason = format!("{} {}", opts.key_spec.as_str(), opts.key_usage.as_str());
+            }
             if let Some(text) = &opts.policy {
                 records::store_policy(&op.tx, &key.key_id, text)?;
             }
@@ -189,6 +215,7 @@ impl Kms {
         self.audited(caller, "RotateKeyOnDemand", |op| {
             let mut key = op.key(key_ref)?;
             require_customer_managed(&key, "rotated on demand (it rotates yearly by itself)")?;
+            asymmetric::require_rotatable(&op.tx, &key.key_id)?;
             require_enabled(&key)?;
             op.rotate(&mut key, "ON_DEMAND")?;
             Ok(key.current_version)
@@ -204,6 +231,7 @@ impl Kms {
     ) -> Result<i64> {
         self.audited(caller, "EnableKeyRotation", |op| {
             let mut key = op.key(key_ref)?;
+            asymmetric::require_rotatable(&op.tx, &key.key_id)?;
             if !ROTATION_PERIOD_DAYS.contains(&period_days) {
                 return Err(Error::InvalidArgument(format!(
                     "the rotation period must be between {} and {} days, not {period_days}",
@@ -226,6 +254,7 @@ impl Kms {
         self.audited(caller, "DisableKeyRotation", |op| {
             let mut key = op.key(key_ref)?;
             require_customer_managed(&key, "kept from rotating")?;
+            asymmetric::require_rotatable(&op.tx, &key.key_id)?;
             require_enabled(&key)?;
             key.rotation_enabled = false;
             key.next_rotation = None;

@@ -62,7 +62,11 @@ impl KeyMetadata {
 
 pub(super) fn with_aliases(conn: &rusqlite::Connection, key: KeyRecord) -> Result<KeyMetadata> {
     let aliases = records::list_aliases(conn, Some(&key.key_id))?.into_iter().map(|a| a.alias_name).collect();
-    Ok(KeyMetadata::from_record(key, aliases))
+    let (spec, usage) = super::asymmetric::load_spec(conn, &key.key_id)?;
+    let mut meta = KeyMetadata::from_record(key, aliases);
+    meta.key_spec = spec.as_str();
+    meta.key_usage = usage.as_str();
+    Ok(meta)
 }
 
 impl Kms {

@@ -8,6 +8,7 @@
 pub mod access;
 pub mod access_keys;
 pub mod aliases;
+pub mod asymmetric;
 pub mod audit;
 pub mod audit_writer;
 pub mod aws_errors;
@@ -371,7 +372,19 @@ pub(crate) fn version_aad(key_id: &str, version: u32) -> Vec<u8> {
 /// (derived from the root key).
 pub(crate) fn add_version(op: &Op<'_>, key_id: &str, version: u32, rotation_type: &str) -> Result<()> {
     let material = SecretKey::random();
-    let sealed = crypto::seal(op.keys.versions(true), &version_aad(key_id, version), material.as_bytes());
+    add_version_with(op, key_id, version, rotation_type, material.as_bytes())
+}
+
+/// Stores `material` (a symmetric key, a PKCS#8 private key or an HMAC key) as `version`
+/// of `key_id`, sealed by the versions key.
+pub(crate) fn add_version_with(
+    op: &Op<'_>,
+    key_id: &str,
+    version: u32,
+    rotation_type: &str,
+    material: &[u8],
+) -> Result<()> {
+    let sealed = crypto::seal(op.keys.versions(true), &version_aad(key_id, version), material);
     records::insert_version(&op.tx, key_id, version, op.now, rotation_type, &sealed)
 }
 
@@ -383,6 +396,19 @@ pub(crate) fn version_material(
     key_id: &str,
     version: u32,
 ) -> Result<SecretKey> {
+    let plain = version_bytes(conn, root, key_id, version)?;
+    SecretKey::from_slice(&plain).ok_or_else(|| {
+        Error::CorruptMaterial(format!("the material of key {key_id} version {version} has the wrong length"))
+    })
+}
+
+/// Unseals one version's material bytes, whatever kind of key it belongs to.
+pub(crate) fn version_bytes(
+    conn: &Connection,
+    root: &SecretKey,
+    key_id: &str,
+    version: u32,
+) -> Result<zeroize::Zeroizing<Vec<u8>>> {
     let sealed = match records::load_sealed_material(conn, key_id, version)? {
         None => {
             return Err(Error::InvalidCiphertext(format!(
@@ -399,12 +425,9 @@ pub(crate) fn version_material(
         }
         Some(Some(sealed)) => sealed,
     };
-    let plain = crypto::open(root, &version_aad(key_id, version), &sealed).map_err(|_| {
+    crypto::open(root, &version_aad(key_id, version), &sealed).map_err(|_| {
         Error::CorruptMaterial(format!(
             "the material of key {key_id} version {version} does not authenticate"
         ))
-    })?;
-    SecretKey::from_slice(&plain).ok_or_else(|| {
-        Error::CorruptMaterial(format!("the material of key {key_id} version {version} has the wrong length"))
     })
 }

@@ -49,6 +49,14 @@ pub const ACTIONS: &[&str] = &[
     "kms:UntagResource",
     "kms:ListResourceTags",
     "kms:GetKeyLastUsage",
+    "kms:Sign",
+    "kms:Verify",
+    "kms:GetPublicKey",
+    "kms:GenerateMac",
+    "kms:VerifyMac",
+    "kms:DeriveSharedSecret",
+    "kms:GenerateDataKeyPair",
+    "kms:GenerateDataKeyPairWithoutPlaintext",
 ];
 
 /// Operations a grant may allow (AWS grant operations), each the action `kms:<op>`.
@@ -62,6 +70,14 @@ pub const GRANT_OPERATIONS: &[&str] = &[
     "DescribeKey",
     "CreateGrant",
     "RetireGrant",
+    "Sign",
+    "Verify",
+    "GetPublicKey",
+    "GenerateMac",
+    "VerifyMac",
+    "DeriveSharedSecret",
+    "GenerateDataKeyPair",
+    "GenerateDataKeyPairWithoutPlaintext",
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

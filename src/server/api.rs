@@ -5,6 +5,7 @@
 use base64::Engine;
 use serde_json::{json, Map, Value};
 
+use super::asymmetric_api;
 use super::errors::ApiError;
 use super::Service;
 use crate::kms::access::GrantOptions;
@@ -24,18 +25,18 @@ pub fn is_data_plane(op: &str) -> bool {
             | "GenerateDataKey"
             | "GenerateDataKeyWithoutPlaintext"
             | "GenerateRandom"
-    )
+    ) || asymmetric_api::is_asymmetric_op(op)
 }
 
-fn b64(bytes: &[u8]) -> String {
+pub(super) fn b64(bytes: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(bytes)
 }
 
-fn str_of<'a>(input: &'a Value, name: &str) -> Option<&'a str> {
+pub(super) fn str_of<'a>(input: &'a Value, name: &str) -> Option<&'a str> {
     input.get(name).and_then(Value::as_str)
 }
 
-fn required<'a>(input: &'a Value, name: &str) -> Result<&'a str, ApiError> {
+pub(super) fn required<'a>(input: &'a Value, name: &str) -> Result<&'a str, ApiError> {
     str_of(input, name).ok_or_else(|| {
         ApiError::validation(format!(
             "1 validation error detected: Value null at '{name}' failed to satisfy constraint: Member must not be null"
@@ -44,7 +45,7 @@ fn required<'a>(input: &'a Value, name: &str) -> Result<&'a str, ApiError> {
 }
 
 /// A blob the model leaves optional but the operation needs.
-fn required_blob(input: &Value, name: &str) -> Result<Vec<u8>, ApiError> {
+pub(super) fn required_blob(input: &Value, name: &str) -> Result<Vec<u8>, ApiError> {
     blob(input, name)?.ok_or_else(|| {
         let mut c = name.chars();
         let member: String = c.next().map(|f| f.to_ascii_lowercase().to_string() + c.as_str()).unwrap_or_default();
@@ -54,7 +55,7 @@ fn required_blob(input: &Value, name: &str) -> Result<Vec<u8>, ApiError> {
     })
 }
 
-fn blob(input: &Value, name: &str) -> Result<Option<Vec<u8>>, ApiError> {
+pub(super) fn blob(input: &Value, name: &str) -> Result<Option<Vec<u8>>, ApiError> {
     match str_of(input, name) {
         None => Ok(None),
         Some(s) => base64::engine::general_purpose::STANDARD
@@ -64,7 +65,7 @@ fn blob(input: &Value, name: &str) -> Result<Option<Vec<u8>>, ApiError> {
     }
 }
 
-fn context(input: &Value, name: &str) -> Result<EncryptionContext, ApiError> {
+pub(super) fn context(input: &Value, name: &str) -> Result<EncryptionContext, ApiError> {
     let mut ctx = EncryptionContext::new();
     if let Some(map) = input.get(name).and_then(Value::as_object) {
         for (k, v) in map {
@@ -92,7 +93,7 @@ fn check_algorithm(input: &Value, name: &str) -> Result<(), ApiError> {
 
 impl Service {
     /// A KeyId as AWS takes it (key id, key ARN, alias name, alias ARN) as the KMS names it.
-    fn key_ref(&self, id: &str) -> Result<String, ApiError> {
+    pub(super) fn key_ref(&self, id: &str) -> Result<String, ApiError> {
         let Some(rest) = id.strip_prefix("arn:") else { return Ok(id.to_string()) };
         let fields: Vec<&str> = rest.splitn(5, ':').collect();
         let not_found = || ApiError::client("NotFoundException", format!("Invalid arn {id}"));
@@ -126,15 +127,15 @@ impl Service {
             "CreationDate": m.created_secs,
             "Enabled": m.enabled,
             "Description": m.description,
-            "KeyUsage": "ENCRYPT_DECRYPT",
+            "KeyUsage": m.key_usage,
             "KeyState": m.key_state.as_str(),
             "Origin": if m.origin == "KMSFS" { "AWS_KMS" } else { m.origin.as_str() },
             "KeyManager": if m.key_manager.as_str() == "MANAGED" { "AWS" } else { "CUSTOMER" },
-            "CustomerMasterKeySpec": SYMMETRIC,
-            "KeySpec": SYMMETRIC,
-            "EncryptionAlgorithms": [SYMMETRIC],
+            "CustomerMasterKeySpec": m.key_spec,
+            "KeySpec": m.key_spec,
             "MultiRegion": false,
         });
+        asymmetric_api::add_algorithms(&mut v, m.key_spec, m.key_usage);
         if let Some(d) = m.deletion_secs {
             v["DeletionDate"] = json!(d);
         }
@@ -145,7 +146,7 @@ impl Service {
     }
 }
 
-fn grant_tokens(input: &Value) -> Vec<&str> {
+pub(super) fn grant_tokens(input: &Value) -> Vec<&str> {
     input
         .get("GrantTokens")
         .and_then(Value::as_array)
@@ -173,6 +174,9 @@ pub fn data_plane(svc: &Service, caller: &Principal, op: &str, input: &Value) ->
     ring.check_grant_tokens(&grant_tokens(input)).map_err(ApiError::unaudited)?;
     if dry_run(input) {
         return data_plane_dry_run(svc, caller, op, input);
+    }
+    if let Some(answer) = asymmetric_api::data_plane(svc, caller, op, input) {
+        return answer;
     }
     match op {
         "Encrypt" => {
@@ -290,6 +294,15 @@ fn data_plane_dry_run(svc: &Service, caller: &Principal, op: &str, input: &Value
             ],
             "SourceEncryptionContext",
         ),
+        "Sign"
+        | "Verify"
+        | "GenerateMac"
+        | "VerifyMac"
+        | "DeriveSharedSecret"
+        | "GenerateDataKeyPair"
+        | "GenerateDataKeyPairWithoutPlaintext" => {
+            (vec![(svc.key_ref(required(input, "KeyId")?)?, format!("kms:{op}"))], "EncryptionContext")
+        }
         _ => return Err(ApiError::validation(format!("{op} takes no DryRun"))),
     };
     let checks: Vec<(&str, &str)> = checks.iter().map(|(k, a)| (k.as_str(), a.as_str())).collect();
@@ -349,12 +362,8 @@ fn control(svc: &Service, kms: &mut crate::kms::Kms, caller: &Principal, op: &st
     let key = || -> Result<String, ApiError> { svc.key_ref(required(input, "KeyId")?) };
     match op {
         "CreateKey" => {
-            for (field, allowed) in [
-                ("KeySpec", SYMMETRIC),
-                ("CustomerMasterKeySpec", SYMMETRIC),
-                ("KeyUsage", "ENCRYPT_DECRYPT"),
-                ("Origin", "AWS_KMS"),
-            ] {
+            let (key_spec, key_usage) = asymmetric_api::create_key_spec(input)?;
+            for (field, allowed) in [("Origin", "AWS_KMS")] {
                 if let Some(v) = str_of(input, field).filter(|v| *v != allowed) {
                     return Err(unsupported(format!(
                         "{field} {v} is not supported yet: kmsfs keys are {allowed}"
@@ -372,6 +381,8 @@ fn control(svc: &Service, kms: &mut crate::kms::Kms, caller: &Principal, op: &st
                 description: str_of(input, "Description").unwrap_or("").to_string(),
                 policy: str_of(input, "Policy").map(str::to_string),
                 tags: tags_of(input),
+                key_spec,
+                key_usage,
             };
             let key_id = kms.create_key(caller, &opts)?;
             Ok(json!({"KeyMetadata": svc.key_metadata(&kms.metadata_after(&key_id)?)}))

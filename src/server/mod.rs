@@ -8,6 +8,7 @@
 //! plane runs on blocking threads through `Kms`, one keystore transaction per call.
 
 mod api;
+mod asymmetric_api;
 pub mod config;
 mod errors;
 mod http;

@@ -1,0 +1,280 @@
+//! The operations of asymmetric and HMAC keys on the API server's key ring: each resolves
+//! the key, checks its state and the caller's permission like every data-plane call, checks
+//! the key's usage and algorithm, and leaves one audit event.
+
+use std::sync::Arc;
+
+use zeroize::Zeroizing;
+
+use super::material::{generate_private, to_pkcs8, KeyMaterial};
+use super::spec::{mac_digest, oaep_digest, KeySpec, KeyUsage, SigningAlgorithm};
+use super::{wrong_usage, PublicKeyInfo};
+use crate::error::{Error, Result};
+use crate::kms::aws_errors::{INVALID_KEY_USAGE, INVALID_MAC, INVALID_SIGNATURE, UNSUPPORTED};
+use crate::kms::blob::{self, BlobHeader};
+use crate::kms::keyring::KeyRing;
+use crate::kms::{AuditEvent, EncryptionContext, Principal};
+
+/// A key ready for one use: its id, spec, material, and the permission that allowed it.
+struct Usable {
+    key_id: String,
+    spec: KeySpec,
+    material: Arc<KeyMaterial>,
+    why: String,
+}
+
+/// What GenerateDataKeyPair returns. (No `Debug`: it holds a private key.)
+pub struct DataKeyPair {
+    pub key_id: String,
+    /// PKCS#8 DER; `None` for GenerateDataKeyPairWithoutPlaintext.
+    pub private_plaintext: Option<Zeroizing<Vec<u8>>>,
+    /// The private key sealed under the symmetric key, as a Decrypt blob.
+    pub private_blob: Vec<u8>,
+    /// DER SubjectPublicKeyInfo.
+    pub public_key: Vec<u8>,
+}
+
+impl KeyRing {
+    /// Resolves, authorizes and checks the usage of a key for `operation`.
+    fn usable(
+        &self,
+        caller: &Principal,
+        key_ref: &str,
+        operation: &str,
+        usage: KeyUsage,
+        event: &mut AuditEvent,
+    ) -> Result<Usable> {
+        let key_id = self.resolve(key_ref)?;
+        event.key_id = Some(key_id.clone());
+        let ctx = EncryptionContext::new();
+        let (key, why) = self.permitted_at(caller, None, &key_id, &format!("kms:{operation}"), &ctx)?;
+        match self.asymmetric(&key)? {
+            Some((spec, have, material)) if have == usage => Ok(Usable { key_id, spec, material, why }),
+            Some((spec, have, _)) => Err(wrong_usage(&key_id, spec, have, operation)),
+            None => Err(wrong_usage(&key_id, KeySpec::Symmetric, KeyUsage::EncryptDecrypt, operation)),
+        }
+    }
+
+    fn audited_op<T>(
+        &self,
+        caller: &Principal,
+        operation: &str,
+        key_ref: &str,
+        body: impl FnOnce(&mut AuditEvent) -> Result<(T, String)>,
+    ) -> Result<T> {
+        self.api_audited(caller, operation, Some(key_ref), &EncryptionContext::new(), body)
+    }
+
+    /// Sign: a signature of `message` (or of the digest it is, with `is_digest`).
+    pub fn sign(
+        &self,
+        caller: &Principal,
+        key_ref: &str,
+        algorithm: &str,
+        message: &[u8],
+        is_digest: bool,
+    ) -> Result<(String, Vec<u8>)> {
+        self.audited_op(caller, "Sign", key_ref, |event| {
+            let key = self.usable(caller, key_ref, "Sign", KeyUsage::SignVerify, event)?;
+            let alg = signing_algorithm(algorithm, key.spec, is_digest)?;
+            event.reason = algorithm.to_string();
+            let signature = key.material.sign(alg, message, is_digest)?;
+            Ok(((key.key_id, signature), key.why))
+        })
+    }
+
+    /// Verify: Ok if `signature` is valid, KMSInvalidSignatureException if not.
+    pub fn verify(
+        &self,
+        caller: &Principal,
+        key_ref: &str,
+        algorithm: &str,
+        message: &[u8],
+        is_digest: bool,
+        signature: &[u8],
+    ) -> Result<String> {
+        self.audited_op(caller, "Verify", key_ref, |event| {
+            let key = self.usable(caller, key_ref, "Verify", KeyUsage::SignVerify, event)?;
+            let alg = signing_algorithm(algorithm, key.spec, is_digest)?;
+            event.reason = algorithm.to_string();
+            if !key.material.verify(alg, message, is_digest, signature)? {
+                return Err(Error::InvalidArgument(format!(
+                    "{INVALID_SIGNATURE}the signature does not verify with key {} and {algorithm}",
+                    key.key_id
+                )));
+            }
+            Ok((key.key_id, key.why))
+        })
+    }
+
+    /// GetPublicKey: the DER SubjectPublicKeyInfo of an RSA or ECC key.
+    pub fn get_public_key(&self, caller: &Principal, key_ref: &str) -> Result<PublicKeyInfo> {
+        self.audited_op(caller, "GetPublicKey", key_ref, |event| {
+            let key_id = self.resolve(key_ref)?;
+            event.key_id = Some(key_id.clone());
+            let (key, why) =
+                self.permitted_at(caller, None, &key_id, "kms:GetPublicKey", &EncryptionContext::new())?;
+            let Some((spec, usage, material)) = self.asymmetric(&key)?.filter(|(s, _, _)| s.is_asymmetric())
+            else {
+                let (spec, _) = self.key_spec(&key_id)?;
+                return Err(Error::InvalidArgument(format!(
+                    "{UNSUPPORTED}key {key_id} is a {} key; only RSA and ECC keys have a public key",
+                    spec.as_str()
+                )));
+            };
+            let public_key = material.public_key_der()?;
+            Ok((PublicKeyInfo { key_id, key_spec: spec, key_usage: usage, public_key }, why))
+        })
+    }
+
+    /// Encrypt with an RSA ENCRYPT_DECRYPT key (RSAES_OAEP_SHA_1 / _256).
+    pub fn rsa_encrypt(
+        &self,
+        caller: &Principal,
+        key_ref: &str,
+        algorithm: &str,
+        plaintext: &[u8],
+    ) -> Result<(String, Vec<u8>)> {
+        self.audited_op(caller, "Encrypt", key_ref, |event| {
+            let key = self.usable(caller, key_ref, "Encrypt", KeyUsage::EncryptDecrypt, event)?;
+            let digest = rsa_algorithm(algorithm, key.spec)?;
+            event.reason = algorithm.to_string();
+            Ok(((key.key_id, key.material.rsa_encrypt(digest, plaintext)?), key.why))
+        })
+    }
+
+    /// Decrypt with an RSA ENCRYPT_DECRYPT key.
+    pub fn rsa_decrypt(
+        &self,
+        caller: &Principal,
+        key_ref: &str,
+        algorithm: &str,
+        ciphertext: &[u8],
+    ) -> Result<(String, Zeroizing<Vec<u8>>)> {
+        self.audited_op(caller, "Decrypt", key_ref, |event| {
+            let key = self.usable(caller, key_ref, "Decrypt", KeyUsage::EncryptDecrypt, event)?;
+            let digest = rsa_algorithm(algorithm, key.spec)?;
+            event.reason = algorithm.to_string();
+            Ok(((key.key_id, key.material.rsa_decrypt(digest, ciphertext)?), key.why))
+        })
+    }
+
+    /// GenerateMac with an HMAC key.
+    pub fn generate_mac(
+        &self,
+        caller: &Principal,
+        key_ref: &str,
+        algorithm: &str,
+        message: &[u8],
+    ) -> Result<(String, Vec<u8>)> {
+        self.audited_op(caller, "GenerateMac", key_ref, |event| {
+            let key = self.usable(caller, key_ref, "GenerateMac", KeyUsage::GenerateVerifyMac, event)?;
+            let digest = mac_algorithm(algorithm, key.spec)?;
+            event.reason = algorithm.to_string();
+            Ok(((key.key_id, key.material.mac(digest, message)?), key.why))
+        })
+    }
+
+    /// VerifyMac: Ok if `mac` is right, KMSInvalidMacException if not.
+    pub fn verify_mac(
+        &self,
+        caller: &Principal,
+        key_ref: &str,
+        algorithm: &str,
+        message: &[u8],
+        mac: &[u8],
+    ) -> Result<String> {
+        self.audited_op(caller, "VerifyMac", key_ref, |event| {
+            let key = self.usable(caller, key_ref, "VerifyMac", KeyUsage::GenerateVerifyMac, event)?;
+            let digest = mac_algorithm(algorithm, key.spec)?;
+            event.reason = algorithm.to_string();
+            if !key.material.verify_mac(digest, message, mac)? {
+                return Err(Error::InvalidArgument(format!(
+                    "{INVALID_MAC}the MAC does not verify with key {}",
+                    key.key_id
+                )));
+            }
+            Ok((key.key_id, key.why))
+        })
+    }
+
+    /// DeriveSharedSecret: ECDH of a KEY_AGREEMENT key with the peer's public key.
+    pub fn derive_shared_secret(
+        &self,
+        caller: &Principal,
+        key_ref: &str,
+        algorithm: &str,
+        peer_public_key: &[u8],
+    ) -> Result<(String, Zeroizing<Vec<u8>>)> {
+        self.audited_op(caller, "DeriveSharedSecret", key_ref, |event| {
+            let key = self.usable(caller, key_ref, "DeriveSharedSecret", KeyUsage::KeyAgreement, event)?;
+            if algorithm != "ECDH" {
+                return Err(Error::InvalidArgument(format!(
+                    "{INVALID_KEY_USAGE}the key agreement algorithm {algorithm} is not ECDH"
+                )));
+            }
+            Ok(((key.key_id, key.material.derive_shared_secret(peer_public_key)?), key.why))
+        })
+    }
+
+    /// GenerateDataKeyPair(WithoutPlaintext): a fresh key pair of `pair_spec` whose private
+    /// key is sealed under the symmetric key `key_ref` with `ctx`.
+    pub fn generate_data_key_pair(
+        &self,
+        caller: &Principal,
+        key_ref: &str,
+        pair_spec: KeySpec,
+        ctx: &EncryptionContext,
+        with_plaintext: bool,
+    ) -> Result<DataKeyPair> {
+        let operation =
+            if with_plaintext { "GenerateDataKeyPair" } else { "GenerateDataKeyPairWithoutPlaintext" };
+        self.api_audited(caller, operation, Some(key_ref), ctx, |event| {
+            let key_id = self.resolve(key_ref)?;
+            event.key_id = Some(key_id.clone());
+            let (key, why) = self.permitted_at(caller, None, &key_id, &format!("kms:{operation}"), ctx)?;
+            event.reason = pair_spec.as_str().to_string();
+            let cipher = self.material(&key, key.current_version)?;
+            let private = generate_private(pair_spec)?;
+            let der = to_pkcs8(&private)?;
+            let public_key = private.public_key_to_der().map_err(|e| Error::Io(format!("OpenSSL: {e}")))?;
+            let header = BlobHeader { key_id: key_id.clone(), key_version: key.current_version };
+            let private_blob = blob::seal(&cipher, &header, &ctx.encode(), &der);
+            let private_plaintext = with_plaintext.then_some(der);
+            Ok((DataKeyPair { key_id, private_plaintext, private_blob, public_key }, why))
+        })
+    }
+}
+
+fn signing_algorithm(name: &str, spec: KeySpec, is_digest: bool) -> Result<SigningAlgorithm> {
+    let alg = SigningAlgorithm::for_key(name, spec)?;
+    if is_digest && alg.scheme == super::spec::Scheme::Ed25519 {
+        return Err(Error::InvalidArgument(format!(
+            "{name} signs RAW messages only; for DIGEST AWS uses ED25519_PH_SHA_512, which kmsfs does not offer"
+        )));
+    }
+    Ok(alg)
+}
+
+fn rsa_algorithm(name: &str, spec: KeySpec) -> Result<super::spec::Digest> {
+    match (spec, oaep_digest(name)) {
+        (KeySpec::Rsa(_), Some(d)) => Ok(d),
+        _ => Err(Error::InvalidArgument(format!(
+            "{INVALID_KEY_USAGE}the encryption algorithm {name} is not compatible with a {} key; \
+             it offers RSAES_OAEP_SHA_1, RSAES_OAEP_SHA_256",
+            spec.as_str()
+        ))),
+    }
+}
+
+fn mac_algorithm(name: &str, spec: KeySpec) -> Result<super::spec::Digest> {
+    let (_, offered) = spec.algorithms(KeyUsage::GenerateVerifyMac);
+    match mac_digest(name) {
+        Some(d) if offered.contains(&name) => Ok(d),
+        _ => Err(Error::InvalidArgument(format!(
+            "{INVALID_KEY_USAGE}the MAC algorithm {name} is not compatible with a {} key; it offers {}",
+            spec.as_str(),
+            offered.join(", ")
+        ))),
+    }
+}
