@@ -184,6 +184,22 @@ fn hard_links_share_the_store_the_last_unlink_removes_it_and_fsck_repairs_orphan
     fs::remove_file(&b).unwrap();
     fs::remove_dir(&d).unwrap();
     assert!(stores(&m).is_empty(), "{:?}", stores(&m));
+    // Unlinked while open: the attributes stay readable through the descriptor, and the
+    // store goes at the last close.
+    let o = m.path("o");
+    fs::write(&o, b"o").unwrap();
+    for i in 0..300 {
+        setxattr(&o, &name(i), &value(i), 0).unwrap();
+    }
+    let open = fs::File::open(&o).unwrap();
+    fs::remove_file(&o).unwrap();
+    let (fd, n) = (std::os::fd::AsRawFd::as_raw_fd(&open), CString::new(name(123)).unwrap());
+    let mut buf = [0u8; 64];
+    let got = unsafe { libc::fgetxattr(fd, n.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    assert_eq!(&buf[..got.max(0) as usize], value(123).as_slice(), "errno {}", last_errno());
+    assert_eq!(stores(&m).len(), 1);
+    drop(open);
+    assert!(common::mount::wait_until(Duration::from_secs(5), || stores(&m).is_empty()), "{:?}", stores(&m));
     // A store nobody names (as a crash between writing it and its inode's removal leaves).
     let e = m.path("e");
     fs::write(&e, b"e").unwrap();
@@ -284,6 +300,14 @@ fn a_crash_during_a_burst_of_setxattr_leaves_every_attribute_old_or_new() {
         let listed = listxattr(&p).0.len();
         assert!(listed == a.values.len() || listed == a.values.len() + 1, "round {round}: {listed}");
         m.unmount();
+        // At most the temporary file of the store write the kill cut short is left over.
+        let report = fsck(&m, true);
+        for item in report["Items"].as_array().unwrap() {
+            assert!(
+                ["ok", "temp-file"].contains(&item["Status"].as_str().unwrap()),
+                "round {round}: {report:#}"
+            );
+        }
         let report = fsck(&m, false);
         assert_eq!(report["ProblemsRemaining"], 0, "round {round}: {report:#}");
     }

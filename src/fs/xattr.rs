@@ -298,6 +298,18 @@ impl KmsFs {
         }
     }
 
+    /// At the last close of a file with no name left, its xattr store goes (an unlink while
+    /// it was open left it).
+    pub(super) fn drop_store_if_unlinked(&self, last: &super::open_files::OpenFile) {
+        if sys::fstat(&last.file).is_ok_and(|st| st.st_nlink == 0) {
+            let _lock = store_lock();
+            let Ok(name) = c_name(POINTER) else { return };
+            if let Ok(id) = sys::get_xattr(Node::Fd(last.file.as_fd()), &name) {
+                xattr_store::remove(&self.root, &String::from_utf8_lossy(&id));
+            }
+        }
+    }
+
     /// Which master key and version wrap a regular file's data key (from its header alone:
     /// no unwrap, so no key use).
     fn file_key_blob(&self, path: &Path) -> FsResult<BlobHeader> {
