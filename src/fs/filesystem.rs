@@ -270,7 +270,9 @@ impl Filesystem for KmsFs {
         reply: ReplyEmpty,
     ) {
         let _request = self.begin_request();
-        self.open_files.close_handle(fh.0);
+        if let Some(last) = self.open_files.close_handle(fh.0) {
+            self.drop_store_if_unlinked(&last);
+        }
         reply.ok();
     }
 

@@ -12,7 +12,7 @@ use super::{creation_mode, io_errno, kms_errno, FsResult, KmsFs};
 use crate::content::names::{classify, BackingEntry};
 use crate::content::volume_cipher::{StoredTarget, TARGET_MAX};
 use crate::sys::{self, pin_dir, PinnedDir};
-use crate::volume::link_targets;
+use crate::volume::{link_targets, xattr_store};
 
 impl KmsFs {
     pub(super) fn do_mkdir(
@@ -123,6 +123,7 @@ impl KmsFs {
         let target_sidecar = (meta.file_type().is_symlink() && meta.nlink() == 1)
             .then(|| link_targets::sidecar_of_link(&c.path))
             .flatten();
+        let xattr_store = self.store_dropped_with(&c.path, &meta, ino);
         if dir {
             self.remove_backing_dir(&c.path, &meta)?;
             self.dir_states.write().expect("dir states lock").remove(&ino);
@@ -144,8 +145,19 @@ impl KmsFs {
         if let Some(sidecar) = target_sidecar {
             link_targets::remove(&self.root, &sidecar);
         }
+        if let Some(id) = xattr_store {
+            xattr_store::remove(&self.root, &id);
+        }
         self.inodes.unlinked(ino, parent.0, c.stored.entry());
         Ok(())
+    }
+
+    /// The xattr store that goes with the name at `path` (of the inode `meta`), if that name
+    /// is the inode's last and no handle keeps it open. One kept by an open handle, or by
+    /// a crash, is an orphan `fsck --repair` removes.
+    fn store_dropped_with(&self, path: &Path, meta: &std::fs::Metadata, ino: u64) -> Option<String> {
+        let last = if meta.is_dir() { true } else { meta.is_file() && meta.nlink() == 1 };
+        (last && self.open_files.get(ino).is_none()).then(|| xattr_store::pointer_of(path)).flatten()
     }
 
     /// rmdir of a backing directory that holds only kmsfs's own files (its metadata): into
@@ -196,6 +208,10 @@ impl KmsFs {
             .as_ref()
             .filter(|m| !exchange && m.file_type().is_symlink() && m.nlink() == 1 && m.ino() != moved.ino())
             .and_then(|_| link_targets::sidecar_of_link(&to.path));
+        let replaced_store = replaced
+            .as_ref()
+            .filter(|m| !exchange && m.ino() != moved.ino())
+            .and_then(|m| self.store_dropped_with(&to.path, m, self.inodes.fuse_ino(m.ino())));
         let saved = if replaces_dir { Some(empty_out(&to.path)?) } else { None };
         self.write_sidecar(&to.path, &to.stored)?;
         let (c_from, c_to) =
@@ -217,6 +233,9 @@ impl KmsFs {
         }
         if let Some(sidecar) = replaced_target {
             link_targets::remove(&self.root, &sidecar);
+        }
+        if let Some(id) = replaced_store {
+            xattr_store::remove(&self.root, &id);
         }
         let moved_ino = self.inodes.fuse_ino(moved.ino());
         let src = (parent.0, from.stored.entry());

@@ -260,15 +260,16 @@ impl OpenFiles {
         of.clone()
     }
 
-    /// Drops one reference; the last one closes the fd and zeroizes the data key.
-    pub fn release(&self, ino: u64) {
+    /// Drops one reference; the last one closes the fd and zeroizes the data key (once the
+    /// open file returned, if it is the last, is dropped too).
+    pub fn release(&self, ino: u64) -> Option<Arc<OpenFile>> {
         let mut map = self.files.lock().expect("open files lock");
-        if let Some((_, n)) = map.get_mut(&ino) {
-            *n -= 1;
-            if *n == 0 {
-                map.remove(&ino);
-            }
+        let (_, n) = map.get_mut(&ino)?;
+        *n -= 1;
+        if *n == 0 {
+            return map.remove(&ino).map(|(of, _)| of);
         }
+        None
     }
 
     /// `ino`'s open file if some handle has it open, without taking a reference (for
@@ -286,11 +287,10 @@ impl OpenFiles {
         self.handles.read().expect("handles lock").get(&fh).cloned().ok_or(Errno::EBADF)
     }
 
-    /// RELEASE: the handle goes, and with it its reference to the open file.
-    pub fn close_handle(&self, fh: u64) {
+    /// RELEASE: the handle goes, and with it its reference to the open file (returned if
+    /// it was the last).
+    pub fn close_handle(&self, fh: u64) -> Option<Arc<OpenFile>> {
         let removed = self.handles.write().expect("handles lock").remove(&fh);
-        if let Some(h) = removed {
-            self.release(h.ino);
-        }
+        removed.and_then(|h| self.release(h.ino))
     }
 }

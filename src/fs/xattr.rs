@@ -1,5 +1,8 @@
 //! Extended attributes: `user.*` attributes are stored encrypted on the backing file;
 //! `user.kmsfs.key` and `user.kmsfs.key_version` are answered by kmsfs (read-only).
+//! Attributes that outgrow the backing inode move into its store
+//! (`volume::xattr_store`): every user-xattr call holds [`STORE_LOCK`] so a move never
+//! races a change.
 
 use std::ffi::{CString, OsStr};
 use std::os::fd::AsFd;
@@ -14,6 +17,19 @@ use crate::content::{FileHeader, HEADER_LEN};
 use crate::kms::blob::BlobHeader;
 use crate::sys::{self, Node};
 use crate::volume::dirmeta::DirMeta;
+use crate::volume::xattr_store::{self, Entries, POINTER};
+
+/// Serializes user-xattr calls of the mount: a change to a store is read-modify-write, and
+/// a move into a store must see every backing attribute.
+static STORE_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn store_lock() -> std::sync::MutexGuard<'static, ()> {
+    STORE_LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn c_name(name: &str) -> FsResult<CString> {
+    CString::new(name).map_err(|_| Errno::EINVAL)
+}
 
 /// Virtual, read-only xattrs kmsfs answers itself.
 pub const XATTR_KEY: &str = "user.kmsfs.key";
@@ -56,6 +72,20 @@ impl XTarget {
     fn remove(&self, name: &CString) -> FsResult<()> {
         sys::remove_xattr(self.node(), name).map_err(io_errno)
     }
+}
+
+/// setxattr(2)'s flags on a store: XATTR_CREATE fails on an existing attribute (EEXIST),
+/// XATTR_REPLACE on a missing one (ENODATA), as on ext4.
+fn apply_set(entries: &mut Entries, backing: &str, stored: Vec<u8>, flags: i32) -> FsResult<()> {
+    let exists = entries.contains_key(backing);
+    if flags & libc::XATTR_CREATE != 0 && exists {
+        return Err(Errno::EEXIST);
+    }
+    if flags & libc::XATTR_REPLACE != 0 && !exists {
+        return Err(Errno::ENODATA);
+    }
+    entries.insert(backing.to_string(), stored);
+    Ok(())
 }
 
 impl KmsFs {
@@ -103,7 +133,11 @@ impl KmsFs {
         }
         let (target, _) = self.xtarget(ino)?;
         let backing = self.names.encrypt_xattr_name(name);
-        let stored = target.get(&CString::new(backing.clone()).map_err(|_| Errno::EINVAL)?)?;
+        let _lock = store_lock();
+        let stored = match self.store(&target)?.1 {
+            Some(entries) => entries.get(&backing).cloned().ok_or(Errno::ENODATA)?,
+            None => target.get(&c_name(&backing)?)?,
+        };
         self.names.decrypt_xattr_value(&backing, &stored).ok_or_else(|| {
             log::warn!("{}: xattr {name} does not authenticate; answering EIO", self.display_path(ino.0));
             Errno::EIO
@@ -143,16 +177,102 @@ impl KmsFs {
         let (target, _) = self.xtarget(ino)?;
         let backing = self.names.encrypt_xattr_name(name);
         let stored = self.names.encrypt_xattr_value(&backing, value);
-        target.set(&CString::new(backing).map_err(|_| Errno::EINVAL)?, &stored, flags)
+        let _lock = store_lock();
+        let (id, store) = self.store(&target)?;
+        if let (Some(id), Some(mut entries)) = (&id, store) {
+            apply_set(&mut entries, &backing, stored, flags)?;
+            return self.write_store(id, &entries);
+        }
+        // The pointer goes on with the inode's first attribute, while there is room for it.
+        let id = match id {
+            Some(id) => Some(id),
+            None => {
+                let id = xattr_store::new_id();
+                target.set(&c_name(POINTER)?, id.as_bytes(), libc::XATTR_CREATE).ok().map(|()| id)
+            }
+        };
+        match target.set(&c_name(&backing)?, &stored, flags) {
+            // The inode holds no more (or this one is too long for a backing xattr).
+            Err(e) if id.is_some() && [Errno::ENOSPC, Errno::E2BIG, Errno::ERANGE].contains(&e) => {
+                self.move_into_store(&target, id.as_deref().unwrap_or_default(), &backing, stored, flags)
+            }
+            other => other,
+        }
+    }
+
+    /// The inode's store id (from its pointer) and, if the store exists, its entries.
+    fn store(&self, target: &XTarget) -> FsResult<(Option<String>, Option<Entries>)> {
+        let id = match target.get(&c_name(POINTER)?) {
+            Ok(raw) => {
+                String::from_utf8(raw).ok().filter(|id| xattr_store::valid_id(id)).ok_or(Errno::EIO)?
+            }
+            Err(Errno::ENODATA) => return Ok((None, None)),
+            Err(e) => return Err(e),
+        };
+        let entries = xattr_store::read(&self.root, &id).map_err(|e| {
+            log::warn!("xattr store {id} cannot be read: {e}");
+            Errno::EIO
+        })?;
+        Ok((Some(id), entries))
+    }
+
+    fn write_store(&self, id: &str, entries: &Entries) -> FsResult<()> {
+        let list_len: usize =
+            entries.keys().map(|n| self.names.decrypt_xattr_name(n).map_or(0, |p| p.len() + 1)).sum();
+        let size: usize = entries.iter().map(|(n, v)| n.len() + v.len() + 6).sum();
+        if list_len > xattr_store::LIST_MAX || size > xattr_store::STORE_MAX {
+            return Err(Errno::ENOSPC);
+        }
+        xattr_store::write(&self.root, id, entries).map_err(|e| {
+            log::warn!("xattr store {id} cannot be written: {e}");
+            Errno::EIO
+        })
+    }
+
+    /// Moves every backing attribute, with this change, into store `id`: the store is written
+    /// whole first (the commit point), the backing copies go after, so a crash anywhere
+    /// leaves every attribute old or new.
+    fn move_into_store(
+        &self,
+        target: &XTarget,
+        id: &str,
+        backing: &str,
+        stored: Vec<u8>,
+        flags: i32,
+    ) -> FsResult<()> {
+        let mut entries = Entries::new();
+        for name in self.backing_names(target)? {
+            entries.insert(name.clone(), target.get(&c_name(&name)?)?);
+        }
+        apply_set(&mut entries, backing, stored, flags)?;
+        self.write_store(id, &entries)?;
+        for name in entries.keys().filter(|n| *n != backing) {
+            let _ = target.remove(&c_name(name)?);
+        }
+        Ok(())
+    }
+
+    /// The backing xattrs that are encrypted user attributes.
+    fn backing_names(&self, target: &XTarget) -> FsResult<Vec<String>> {
+        let raw = target.list()?;
+        Ok(raw
+            .split(|&b| b == 0)
+            .filter_map(|n| std::str::from_utf8(n).ok())
+            .filter(|n| self.names.decrypt_xattr_name(n).is_some())
+            .map(str::to_string)
+            .collect())
     }
 
     pub(super) fn list_xattr(&self, ino: INodeNo) -> FsResult<Vec<u8>> {
         let (target, _) = self.xtarget(ino)?;
-        let raw = target.list()?;
+        let _lock = store_lock();
+        let names = match self.store(&target)?.1 {
+            Some(entries) => entries.into_keys().collect(),
+            None => self.backing_names(&target)?,
+        };
         let mut out = Vec::new();
-        for backing in raw.split(|&b| b == 0).filter(|n| !n.is_empty()) {
-            let Ok(backing) = std::str::from_utf8(backing) else { continue };
-            if let Some(plain) = self.names.decrypt_xattr_name(backing) {
+        for backing in names {
+            if let Some(plain) = self.names.decrypt_xattr_name(&backing) {
                 out.extend_from_slice(plain.as_bytes());
                 out.push(0);
             }
@@ -167,7 +287,27 @@ impl KmsFs {
             return Err(Errno::ENODATA);
         }
         let (target, _) = self.xtarget(ino)?;
-        target.remove(&CString::new(self.names.encrypt_xattr_name(name)).map_err(|_| Errno::EINVAL)?)
+        let backing = self.names.encrypt_xattr_name(name);
+        let _lock = store_lock();
+        match self.store(&target)? {
+            (Some(id), Some(mut entries)) => {
+                entries.remove(&backing).ok_or(Errno::ENODATA)?;
+                self.write_store(&id, &entries)
+            }
+            _ => target.remove(&c_name(&backing)?),
+        }
+    }
+
+    /// At the last close of a file with no name left, its xattr store goes (an unlink while
+    /// it was open left it).
+    pub(super) fn drop_store_if_unlinked(&self, last: &super::open_files::OpenFile) {
+        if sys::fstat(&last.file).is_ok_and(|st| st.st_nlink == 0) {
+            let _lock = store_lock();
+            let Ok(name) = c_name(POINTER) else { return };
+            if let Ok(id) = sys::get_xattr(Node::Fd(last.file.as_fd()), &name) {
+                xattr_store::remove(&self.root, &String::from_utf8_lossy(&id));
+            }
+        }
     }
 
     /// Which master key and version wrap a regular file's data key (from its header alone:

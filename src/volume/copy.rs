@@ -14,6 +14,7 @@ use std::time::Instant;
 use super::dirmeta::DirMeta;
 use super::file_keys::unwrap_header;
 use super::link_targets;
+use super::xattr_store;
 use super::VolumeConfig;
 use crate::content::names::{EntryName, NameCipher, SIDECAR_SUFFIX};
 use crate::content::volume_cipher::target_sidecar;
@@ -174,6 +175,7 @@ impl<'a> Copier<'a> {
             self.item(&src.join(&name), &dst.join(&name), &child, |c, s, d, p| c.entry(s, d, p));
             (self.progress)(&self.report);
         }
+        self.xattr_store(src)?;
         copy_attributes(src, dst).map_err(|e| Error::io(format!("{plain}: attributes"), e))?;
         Ok(())
     }
@@ -223,7 +225,20 @@ impl<'a> Copier<'a> {
                 .and_then(|path| sys::mknod(&path, meta.mode(), meta.rdev()))
                 .map_err(|e| Error::io("mknod", e))?;
         }
+        self.xattr_store(src)?;
         copy_attributes(src, dst).map_err(|e| Error::io("attributes", e))
+    }
+
+    /// The xattr store `src` names, copied as it is (its entries are under the names key,
+    /// which the copy keeps), before the pointer is copied with the other xattrs.
+    fn xattr_store(&self, src: &Path) -> Result<()> {
+        let Some(id) = xattr_store::pointer_of(src) else { return Ok(()) };
+        let entries = xattr_store::read(&self.src_root, &id)
+            .map_err(|e| Error::io("the extended-attribute store", e))?;
+        match entries {
+            Some(entries) => xattr_store::write(&self.dst_root, &id, &entries),
+            None => Ok(()),
+        }
     }
 
     /// One file: its data key wrapped again for the destination, its blocks as they are.

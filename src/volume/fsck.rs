@@ -18,6 +18,7 @@ use super::dirmeta::{DirKeys, DirMeta, DIR_META, DIR_META_BACKUP};
 use super::file_keys::{new_file_key, unwrap_header};
 use super::link_targets::{self, TARGETS_DIR};
 use super::rewrap::rewrap_file;
+use super::xattr_store;
 use super::{VolumeConfig, CONFIG_NAME};
 use crate::content::crypt_file::Damage;
 use crate::content::names::{sidecar_of, EntryName, NameCipher, IV_LEN, LONG_PREFIX, SIDECAR_SUFFIX};
@@ -75,6 +76,8 @@ pub enum Status {
     MetadataDamaged,
     /// A symlink target that does not authenticate.
     SymlinkDamaged,
+    /// An xattr store that cannot be read or holds an attribute that does not authenticate.
+    XattrsDamaged,
 }
 
 impl Status {
@@ -139,6 +142,8 @@ pub struct Fsck<'a> {
     root: PathBuf,
     /// The sidecars of long symlink targets that some symlink names.
     named_targets: HashSet<String>,
+    /// The xattr stores that some file or directory names.
+    named_stores: HashSet<String>,
     /// Some directory's entries could not be listed or named: a sidecar that no symlink seen
     /// names may belong to one of them, so none is called an orphan.
     incomplete: bool,
@@ -163,6 +168,7 @@ impl<'a> Fsck<'a> {
             seen_inodes: HashSet::new(),
             root: PathBuf::new(),
             named_targets: HashSet::new(),
+            named_stores: HashSet::new(),
             incomplete: false,
             progress,
             report: FsckReport::default(),
@@ -175,6 +181,7 @@ impl<'a> Fsck<'a> {
         self.volume_key();
         self.directory(cipher_dir, "/", None);
         self.target_sidecars();
+        self.xattr_stores();
         self.report.problems_remaining = self.report.items.iter().filter(|f| f.remains()).count() as u64;
         self.report.repaired = self.report.items.iter().filter(|f| f.action.is_some()).count() as u64;
         self.report.seconds = began.elapsed().as_secs_f64();
@@ -226,6 +233,7 @@ impl<'a> Fsck<'a> {
     /// metadata would be created under (`None` at the root).
     fn directory(&mut self, dir: &Path, plain: &str, parent_key: Option<&str>) {
         self.report.directories += 1;
+        self.xattr_store_of(dir, plain, "directory");
         (self.progress)(&self.report);
         let Some(keys) = self.directory_keys(dir, plain, parent_key) else {
             self.incomplete = true;
@@ -422,7 +430,64 @@ impl<'a> Fsck<'a> {
         }
     }
 
+    /// The xattr store the inode at `path` names, if any: remembered (it is no orphan) and
+    /// checked (it parses, and every name and value authenticates).
+    fn xattr_store_of(&mut self, path: &Path, plain: &str, kind: &'static str) {
+        let Some(id) = xattr_store::pointer_of(path) else { return };
+        self.named_stores.insert(id.clone());
+        let Some(names) = &self.names else { return };
+        let detail = match xattr_store::read(&self.root, &id) {
+            Ok(None) => return, // not moved into a store (yet): the backing xattrs are its attributes
+            Ok(Some(entries)) => {
+                let bad = entries
+                    .iter()
+                    .filter(|(n, v)| {
+                        names.decrypt_xattr_value(n, v).is_none() || names.decrypt_xattr_name(n).is_none()
+                    })
+                    .count();
+                if bad == 0 {
+                    return;
+                }
+                format!("{bad} extended attribute(s) in its store {id} do not authenticate")
+            }
+            Err(e) => format!("its extended-attribute store {id} cannot be read: {e}"),
+        };
+        self.note(plain, kind, Status::XattrsDamaged, detail, None);
+    }
+
+    /// The xattr stores: one that no inode names (its last link removed while a handle or a
+    /// crash kept it) and temporary files of an interrupted write are leftovers.
+    fn xattr_stores(&mut self) {
+        if self.incomplete {
+            return;
+        }
+        for name in xattr_store::list(&self.root) {
+            let text = name.to_string_lossy();
+            let (status, detail) = if text.starts_with('.') && text.contains(".tmp-") {
+                (Status::TempFile, "left by an interrupted write of an extended-attribute store")
+            } else if !self.named_stores.contains(&*text) {
+                (Status::OrphanSidecar, "an extended-attribute store that no file or directory names")
+            } else {
+                continue;
+            };
+            let path = self.root.join(xattr_store::STORES_DIR).join(&name);
+            let action = self
+                .options
+                .repair
+                .then(|| std::fs::remove_file(&path).ok().map(|_| "removed".to_string()))
+                .flatten();
+            self.note(
+                &format!("/{}/{text}", xattr_store::STORES_DIR),
+                "internal",
+                status,
+                detail.into(),
+                action,
+            );
+        }
+    }
+
     fn file(&mut self, path: &Path, plain: &str, dir_key: &str, len: u64) {
+        self.xattr_store_of(path, plain, "file");
         let writable = self.options.repair || self.options.prune_shredded;
         let file = match open_noatime(path, writable) {
             Ok(f) => f,

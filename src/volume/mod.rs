@@ -14,6 +14,7 @@ pub mod fsck;
 pub mod link_targets;
 pub mod lock;
 pub mod rewrap;
+pub mod xattr_store;
 
 use crate::crypto;
 use crate::crypto::SecretKey;
