@@ -24,6 +24,9 @@ pub struct VolumeLock {
     file: File,
 }
 
+/// How long a mount waits for an unmounted daemon that is still exiting to let go of the lock.
+const RELEASE_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 impl VolumeLock {
     /// Takes the lock of `cipher_dir`, or says who holds it. A cipher directory where the lock
     /// file cannot be created (read-only media, no write permission) is served unlocked:
@@ -56,8 +59,21 @@ impl VolumeLock {
             }
             Err(e) => return Err(Error::io(format!("cannot open {}", path.display()), e)),
         };
-        let locked = crate::sys::try_lock_exclusive(&file)
-            .map_err(|e| Error::io(format!("cannot lock {}", path.display()), e))?;
+        let try_lock = || {
+            crate::sys::try_lock_exclusive(&file)
+                .map_err(|e| Error::io(format!("cannot lock {}", path.display()), e))
+        };
+        let mut locked = try_lock()?;
+        // A daemon whose mount is already gone from the mount table (just unmounted) still
+        // holds the lock while it flushes its audit trail and exits: wait for it, a little.
+        let deadline = std::time::Instant::now() + RELEASE_WAIT;
+        while !locked
+            && crate::mount::mounted_at(cipher_dir).is_none()
+            && std::time::Instant::now() < deadline
+        {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            locked = try_lock()?;
+        }
         if !locked {
             let owner = std::fs::read_to_string(&path).unwrap_or_default();
             let owner = owner.trim();
