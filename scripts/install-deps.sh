@@ -7,10 +7,15 @@
 # itself for its duration; scripts/install.sh installs it for real; tar for tests/stress.rs,
 # mount -t tmpfs for tests/enospc.rs; openssl and curl for the TLS case of tests/api_server.rs). With
 # KMSFS_BENCH=1 also what scripts/bench.sh runs (gocryptfs, securefs, fio, bc, python3 to read
-# fio's JSON, and linux-source-6.1 for the untar phase's tarball). Idempotent; a no-op when everything is present.
+# fio's JSON, and linux-source-6.1 for the untar phase's tarball). For the AWS KMS API suite
+# (tests/api, run by pytest) and scripts/bench-api.sh: python3 with pip, the Python packages
+# pinned below, and wrk (the load generator that replays a signed request).
+# Idempotent; a no-op when everything is present.
 set -euo pipefail
 
-packages=(fuse3 attr sqlite3 git xz-utils mount util-linux e2fsprogs tar openssl curl)
+packages=(fuse3 attr sqlite3 git xz-utils mount util-linux e2fsprogs tar openssl curl wrk)
+command -v python3 >/dev/null || packages+=(python3)
+python3 -m pip --version >/dev/null 2>&1 || packages+=(python3-pip)
 [ "${KMSFS_BENCH:-0}" = 1 ] && packages+=(gocryptfs securefs fio bc python3 linux-source-6.1)
 
 missing=()
@@ -23,6 +28,40 @@ if [ ${#missing[@]} -gt 0 ]; then
   echo "installing: ${missing[*]}"
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+# The API suite's clients. boto3, botocore and awscli 1.x move in lockstep (awscli 1.N+2.x
+# ships with botocore 1.N.x): these three are one release of one botocore. moto[server]
+# gives moto_server, the comparison in scripts/bench-api.sh.
+python_packages=(
+  botocore==1.43.11 boto3==1.43.11 awscli==1.45.11 "moto[server]==5.2.1"
+  pytest==9.2.0 cryptography==48.0.0
+)
+if ! python3 - "${python_packages[@]}" <<'PY'
+import sys
+from importlib.metadata import PackageNotFoundError, version
+for spec in sys.argv[1:]:
+    name, want = spec.split("==")
+    name = name.split("[")[0]
+    try:
+        if version(name) != want:
+            sys.exit(1)
+    except PackageNotFoundError:
+        sys.exit(1)
+# moto's [server] extra
+for extra in ("flask", "flask_cors"):
+    try:
+        version(extra.replace("_", "-"))
+    except PackageNotFoundError:
+        sys.exit(1)
+PY
+then
+  echo "installing: ${python_packages[*]}"
+  # Debian's own python3 is marked externally managed (PEP 668); this machine's tests own it.
+  stdlib=$(python3 -c 'import sysconfig; print(sysconfig.get_path("stdlib"))')
+  [ -e "$stdlib/EXTERNALLY-MANAGED" ] && export PIP_BREAK_SYSTEM_PACKAGES=1
+  python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore "${python_packages[@]}"
+  command -v pyenv >/dev/null && pyenv rehash
 fi
 
 # A fresh container may lack the device node although the kernel has FUSE.
