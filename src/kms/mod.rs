@@ -13,6 +13,7 @@ pub mod audit_writer;
 pub mod aws_errors;
 pub mod blob;
 pub mod clock;
+pub mod cloudtrail;
 pub mod context;
 pub mod dataops;
 pub mod keyid;
