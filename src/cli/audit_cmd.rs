@@ -155,8 +155,11 @@ fn print_events(
             return Ok(());
         }
         (Format::Cloudtrail | Format::CloudtrailRecords, Some(id)) => {
-            let layout =
-                if format == Format::Cloudtrail { cloudtrail::Layout::Lines } else { cloudtrail::Layout::Records };
+            let layout = if format == Format::Cloudtrail {
+                cloudtrail::Layout::Lines
+            } else {
+                cloudtrail::Layout::Records
+            };
             let mut out = std::io::stdout().lock();
             cloudtrail::write(&mut out, id, &events, layout).map_err(write_err)?;
             return out.flush().map_err(write_err);
@@ -195,4 +198,3 @@ fn print_events(
     t.print();
     Ok(())
 }
-

@@ -230,7 +230,11 @@ mod tests {
     use crate::kms::{AuditEvent, Principal};
 
     fn identity() -> TrailIdentity {
-        TrailIdentity { account: "111122223333".into(), region: "eu-west-1".into(), keystore_id: "ks1".into() }
+        TrailIdentity {
+            account: "111122223333".into(),
+            region: "eu-west-1".into(),
+            keystore_id: "ks1".into(),
+        }
     }
 
     #[test]

@@ -21,10 +21,12 @@ pub mod keyring;
 pub mod last_usage;
 pub mod lifecycle;
 pub mod metadata;
+pub mod permits;
 pub mod policy;
 pub mod principal;
 pub mod status;
 pub mod tags;
+pub mod usage;
 mod wal_index;
 
 use std::sync::Arc;

@@ -9,6 +9,7 @@
 
 mod api;
 pub mod config;
+pub mod console;
 mod errors;
 mod http;
 mod listen;
@@ -44,6 +45,7 @@ pub struct Service {
     clock: Arc<dyn Clock>,
     account: String,
     region: String,
+    console: console::Console,
 }
 
 impl Service {
@@ -266,7 +268,8 @@ pub fn run(g: &Global, args: config::ServeArgs) -> Result<()> {
     let (sink, writer) = AuditWriter::spawn_gathering(writer_kms, me, std::time::Duration::ZERO)
         .map_err(|e| Error::io("audit writer", e))?;
     let ring = KeyRing::open(&path, root, Arc::clone(&clock), sink)?;
-    let svc = Arc::new(Service { ring, kms: Mutex::new(kms), clock, account, region });
+    let console = console::Console::new(args.tls_cert.is_some());
+    let svc = Arc::new(Service { ring, kms: Mutex::new(kms), clock, account, region, console });
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .max_blocking_threads(8)
