@@ -40,10 +40,11 @@ pub struct VolumeSeen {
 pub fn volumes_seen(conn: &Connection) -> Result<Vec<VolumeSeen>> {
     let mut stmt = conn.prepare_cached(
         "SELECT v, COUNT(*), COUNT(DISTINCT uid), COUNT(DISTINCT key_id), MAX(time_ms),
-                (SELECT path FROM audit a2 WHERE json_extract(a2.context, '$.\"kmsfs:volume\"') = v
-                 AND a2.path IS NOT NULL ORDER BY seq DESC LIMIT 1)
-         FROM (SELECT json_extract(context, '$.\"kmsfs:volume\"') AS v, uid, key_id, time_ms
-               FROM audit WHERE context LIKE '%kmsfs:volume%' AND json_valid(context))
+                (SELECT path FROM audit a2 WHERE a2.path IS NOT NULL AND a2.context LIKE '%' || v || '%'
+                 ORDER BY seq DESC LIMIT 1)
+         FROM (SELECT CASE WHEN json_valid(context) THEN json_extract(context, '$.\"kmsfs:volume\"') END AS v,
+                      uid, key_id, time_ms
+               FROM audit WHERE context LIKE '%kmsfs:volume%')
          WHERE v IS NOT NULL GROUP BY v ORDER BY MAX(time_ms) DESC",
     )?;
     let rows = stmt.query_map([], |r| {

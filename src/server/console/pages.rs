@@ -443,40 +443,41 @@ pub fn act(svc: &Service, caller: &Caller, key_id: &str, action: &str, form: &[(
 pub fn mounts(svc: &Service, caller: &Caller) -> Reply {
     let kms = lock(svc);
     let mut b = String::from("<h1>Mounts &amp; volumes</h1><h2>Mounted now</h2>");
-    let mounts = crate::mount::kmsfs_mounts();
     let keystore_id = kms.keystore().keystore_id().unwrap_or_default();
-    if mounts.is_empty() {
-        b.push_str("<p class=\"muted\" id=\"mounts\">no kmsfs volume is mounted on this machine</p>");
-    } else {
-        b.push_str(
-            "<table id=\"mounts\"><tr><th>Mount point</th><th>Cipher directory</th><th>Volume</th>\
-             <th>Default key</th><th>Keystore</th></tr>",
+    // Only this keystore's volumes: a mount of another keystore is none of its business.
+    let mut others = 0;
+    let mut rows = String::new();
+    for m in crate::mount::kmsfs_mounts() {
+        let config = match crate::volume::VolumeConfig::load(&m.cipher_dir) {
+            Ok(c) if c.keystore_id == keystore_id => c,
+            _ => {
+                others += 1;
+                continue;
+            }
+        };
+        let _ = write!(
+            rows,
+            "<tr class=\"mount\"><td><code>{}</code></td><td><code>{}</code></td><td>{}<br><code class=\"muted\">{}</code></td>\
+             <td><a href=\"/console/key/{}\"><code>{}</code></a></td></tr>",
+            esc(&m.mount_point.display().to_string()),
+            esc(&m.cipher_dir.display().to_string()),
+            esc(&config.name),
+            esc(&config.volume_id),
+            url(&config.default_key_id),
+            esc(&config.default_key_id),
         );
-        for m in mounts {
-            let (volume, key, ks) = match crate::volume::VolumeConfig::load(&m.cipher_dir) {
-                Ok(c) => (
-                    format!("{}<br><code class=\"muted\">{}</code>", esc(&c.name), esc(&c.volume_id)),
-                    format!(
-                        "<a href=\"/console/key/{}\"><code>{}</code></a>",
-                        url(&c.default_key_id),
-                        esc(&c.default_key_id)
-                    ),
-                    if c.keystore_id == keystore_id {
-                        "this one".to_string()
-                    } else {
-                        format!("other ({})", esc(&c.keystore_id))
-                    },
-                ),
-                Err(e) => (err_box(&e), String::new(), String::new()),
-            };
-            let _ = write!(
-                b,
-                "<tr class=\"mount\"><td><code>{}</code></td><td><code>{}</code></td><td>{volume}</td><td>{key}</td><td>{ks}</td></tr>",
-                esc(&m.mount_point.display().to_string()),
-                esc(&m.cipher_dir.display().to_string()),
-            );
-        }
-        b.push_str("</table>");
+    }
+    if rows.is_empty() {
+        b.push_str("<p class=\"muted\" id=\"mounts\">no volume of this keystore is mounted on this machine</p>");
+    } else {
+        let _ = write!(
+            b,
+            "<table id=\"mounts\"><tr><th>Mount point</th><th>Cipher directory</th><th>Volume</th>\
+             <th>Default key</th></tr>{rows}</table>"
+        );
+    }
+    if others > 0 {
+        let _ = write!(b, "<p class=\"muted\">and {others} kmsfs mount(s) of other keystores</p>");
     }
     b.push_str("<h2>Volumes seen in the audit trail</h2>");
     if !caller.admin {
@@ -563,7 +564,7 @@ pub fn audit(svc: &Service, caller: &Caller, q: &[(String, String)]) -> Reply {
     let mut outcomes = String::from("<option value=\"\">any</option>");
     for o in ["Success", "Denied", "Error"] {
         let sel = if field(q, "outcome") == Some(o) { " selected" } else { "" };
-        let _ = write!(outcomes, "<option{sel}>{o}</option>");
+        let _ = write!(outcomes, "<option value=\"{o}\"{sel}>{o}</option>");
     }
     let _ = write!(
         b,
