@@ -311,6 +311,25 @@ impl Keystore {
         Ok(self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?)
     }
 
+    /// Commits on this connection wait for the write-ahead log's write, not its fsync
+    /// (`synchronous = NORMAL`): a commit survives the process, and is lost only with the
+    /// machine before the next checkpoint. For the API server's audit writer, whose callers
+    /// each wait for their event's commit.
+    /// It also leaves checkpoints (which fsync) to `checkpoint_passive` on another
+    /// connection, so no commit waits behind one.
+    pub fn commit_without_fsync(&self) -> Result<()> {
+        self.conn.pragma_update(None, "synchronous", "NORMAL")?;
+        self.conn.pragma_update(None, "wal_autocheckpoint", 0)?;
+        Ok(())
+    }
+
+    /// Copies what the write-ahead log holds into the database without waiting for (or
+    /// blocking) writers.
+    pub fn checkpoint_passive(&self) -> Result<()> {
+        self.conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))?;
+        Ok(())
+    }
+
     /// Read access for queries that need no transaction of their own.
     pub fn conn(&self) -> &Connection {
         &self.conn

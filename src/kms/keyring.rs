@@ -92,6 +92,11 @@ pub struct KeyRing {
     checked_for: AtomicU64,
     /// The keystore's WAL index, to skip `PRAGMA data_version` when nothing was committed.
     wal_index: Option<WalIndex>,
+    /// Outside requests, how long a look at the keystore stays good (0: every call looks).
+    check_every_us: u64,
+    /// When the ring last looked, in microseconds since `started`.
+    last_check_us: AtomicU64,
+    started: std::time::Instant,
 }
 
 impl KeyRing {
@@ -115,11 +120,21 @@ impl KeyRing {
             clock,
             checked_for,
             wal_index: None,
+            check_every_us: 0,
+            last_check_us: AtomicU64::new(0),
+            started: std::time::Instant::now(),
         };
         ring.refresh()?;
         // Opened after the first query: by then the connection has opened the WAL index.
         ring.wal_index = WalIndex::open(path);
         Ok(ring)
+    }
+
+    /// Lets a look at the keystore stand for `every` (the API server: its own audit writer
+    /// commits hundreds of times a second, and each commit would send every request to
+    /// SQLite; a change made elsewhere is still seen within `every`).
+    pub fn set_check_interval(&mut self, every: std::time::Duration) {
+        self.check_every_us = every.as_micros() as u64;
     }
 
     /// Reloads keys if another connection committed since the last look (once per request).
@@ -128,7 +143,14 @@ impl KeyRing {
         if request != 0 && self.checked_for.load(Ordering::Relaxed) == request {
             return Ok(());
         }
+        let now_us = self.started.elapsed().as_micros() as u64;
+        if self.check_every_us > 0
+            && now_us.saturating_sub(self.last_check_us.load(Ordering::Relaxed)) < self.check_every_us
+        {
+            return Ok(());
+        }
         self.reload_if_changed()?;
+        self.last_check_us.store(now_us, Ordering::Relaxed);
         if request != 0 {
             self.checked_for.store(request, Ordering::Relaxed);
         }

@@ -256,6 +256,10 @@ pub fn running(keystore: &std::path::Path) -> Option<serde_json::Value> {
 /// `kmsfs serve`.
 pub fn run(g: &Global, args: config::ServeArgs) -> Result<()> {
     args.check()?;
+    // Two malloc arenas for the whole process instead of one per thread (and per core):
+    // the server's memory stays small under many connections.
+    // SAFETY: mallopt only sets an allocator parameter.
+    unsafe { libc::mallopt(libc::M_ARENA_MAX, 2) };
     let path = g.keystore_path();
     let session = Session::open(g)?;
     let me = session.me.clone();
@@ -263,11 +267,16 @@ pub fn run(g: &Global, args: config::ServeArgs) -> Result<()> {
     let (account, region) = (kms.keystore().account_id()?, kms.keystore().region()?);
     let (root, clock) = (kms.root_key().clone(), Arc::clone(kms.clock()));
     // The writer gets a keystore connection of its own; the control plane keeps `kms`.
-    let writer_kms =
-        Kms::new(crate::keystore::Keystore::open(&path)?, root.clone(), Arc::clone(&clock), &me)?;
+    let writer_ks = crate::keystore::Keystore::open(&path)?;
+    // Every data-plane call waits for its audit event's commit: an fsync each (milliseconds
+    // on a disk) would be the whole latency, so commits reach the WAL without one.
+    writer_ks.commit_without_fsync()?;
+    let writer_kms = Kms::new(writer_ks, root.clone(), Arc::clone(&clock), &me)?;
+    let checkpointer = Checkpointer::start(&path)?;
     let (sink, writer) = AuditWriter::spawn_gathering(writer_kms, me, std::time::Duration::ZERO)
         .map_err(|e| Error::io("audit writer", e))?;
-    let ring = KeyRing::open(&path, root, Arc::clone(&clock), sink)?;
+    let mut ring = KeyRing::open(&path, root, Arc::clone(&clock), sink)?;
+    ring.set_check_interval(std::time::Duration::from_millis(1));
     let console = console::Console::new(args.tls_cert.is_some());
     let svc = Arc::new(Service { ring, kms: Mutex::new(kms), clock, account, region, console });
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -285,5 +294,42 @@ pub fn run(g: &Global, args: config::ServeArgs) -> Result<()> {
         Err(_) => log::error!("requests still hold the service at exit; audit events may be flushed late"),
     }
     writer.finish();
+    checkpointer.stop();
     result
+}
+
+/// Checkpoints the keystore's WAL every half second on a connection of its own (the audit
+/// writer does not, see `Keystore::commit_without_fsync`).
+struct Checkpointer {
+    stop: std::sync::mpsc::Sender<()>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl Checkpointer {
+    fn start(path: &std::path::Path) -> Result<Checkpointer> {
+        let ks = crate::keystore::Keystore::open(path)?;
+        let (stop, rx) = std::sync::mpsc::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("kmsfs-checkpoint".into())
+            .spawn(move || loop {
+                match rx.recv_timeout(std::time::Duration::from_millis(500)) {
+                    Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                        if let Err(e) = ks.checkpoint_passive() {
+                            log::warn!("WAL checkpoint failed: {e}");
+                        }
+                    }
+                    _ => {
+                        let _ = ks.checkpoint_passive();
+                        return;
+                    }
+                }
+            })
+            .map_err(|e| Error::io("checkpoint thread", e))?;
+        Ok(Checkpointer { stop, thread })
+    }
+
+    fn stop(self) {
+        let _ = self.stop.send(());
+        let _ = self.thread.join();
+    }
 }
