@@ -18,7 +18,7 @@ from selenium.common.exceptions import NoAlertPresentException, NoSuchElementExc
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import Select
 
-from kmsapi import Keystore, Server, raises_code, user_arn
+from kmsapi import Keystore, Server, kmsfs_bin, raises_code, user_arn
 
 BOB = user_arn("bob")
 XSS = '<script>window.__kmsfs_xss = 1; alert("xss")</script><img src=x onerror="window.__kmsfs_xss = 2">'
@@ -201,6 +201,11 @@ def test_key_page_shows_metadata_versions_policy_grants_tags_and_use(api, browse
     )
     for _ in range(5):
         api.alice.encrypt(KeyId=key, Plaintext=b"x")
+    # Earlier use, from the command line with the KMS clock set back: spread over the week.
+    for hours_ago in (150, 149, 120, 97, 96, 75, 50, 49, 30, 26, 8):
+        env = dict(api.keystore.env(), KMSFS_CLOCK_OFFSET_SECS=str(-3600 * hours_ago))
+        subprocess.run([kmsfs_bin(), "encrypt", "--key", "alias/payroll"], input=b"x", env=env,
+                       capture_output=True, check=True)
     for _ in range(2):
         with raises_code("AccessDeniedException"):
             api.carol.encrypt(KeyId=key, Plaintext=b"x")
@@ -220,7 +225,7 @@ def test_key_page_shows_metadata_versions_policy_grants_tags_and_use(api, browse
     assert text(browser, "#last-use").startswith("Encrypt at ")
     # The chart: allowed calls drawn, the denials red and marked.
     svg = browser.find_element(By.ID, "usage-chart")
-    assert svg.find_elements(By.CSS_SELECTOR, "rect.allowed")
+    assert len(svg.find_elements(By.CSS_SELECTOR, "rect.allowed")) >= 10, "one bar per hour with calls"
     assert svg.find_elements(By.CSS_SELECTOR, "rect.denied") and svg.find_elements(By.CSS_SELECTOR, ".denied-mark")
     assert browser.find_element(By.ID, "denied-total").text == "denied 2"
     # Revoke the grant, through its confirmation page.
@@ -375,6 +380,8 @@ def test_audit_page_filters_pages_and_downloads(api, browser, screenshot_dir):
     assert len(rows) == 50
     seqs = [int(r.find_element(By.TAG_NAME, "td").text) for r in rows]
     assert seqs == sorted(seqs, reverse=True)
+    assert len(browser.find_elements(By.CSS_SELECTOR, "#audit tr.row-Denied")) == 3
+    shot(browser, screenshot_dir, "audit")
     click(browser, browser.find_element(By.ID, "older"))
     older = [int(r.find_element(By.TAG_NAME, "td").text) for r in browser.find_elements(By.CSS_SELECTOR, "#audit tr.event")]
     assert older and max(older) < min(seqs)
@@ -387,7 +394,6 @@ def test_audit_page_filters_pages_and_downloads(api, browser, screenshot_dir):
     click(browser, browser.find_element(By.CSS_SELECTOR, "#filters button"))
     denied = browser.find_elements(By.CSS_SELECTOR, "#audit tr.event")
     assert len(denied) == 3 and all("Denied" in r.text and user_arn("carol") in r.text for r in denied)
-    shot(browser, screenshot_dir, "audit")
     browser.get(f"{api.endpoint}/console/audit?key={key}&until=2000-01-01")
     assert not browser.find_elements(By.CSS_SELECTOR, "#audit tr.event")
     # The download: CloudTrail's file shape, same filters.

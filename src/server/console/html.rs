@@ -106,7 +106,7 @@ form.filters{display:flex;flex-wrap:wrap;gap:8px;align-items:end;margin-bottom:1
 form.filters label{display:flex;flex-direction:column;font-size:12px;color:#556}
 input,select{font:inherit;padding:3px 6px}
 .muted{color:#778}.actions{display:flex;gap:8px;margin:8px 0}
-#keys td{white-space:nowrap}#keys td.description{white-space:normal}
+#keys td,td.time{white-space:nowrap}tr.row-Denied{background:#fff0f1}#keys td.description{white-space:normal}
 ";
 
 /// A whole page: the navigation (with the signed-in principal and a sign-out form) and

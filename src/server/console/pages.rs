@@ -468,7 +468,9 @@ pub fn mounts(svc: &Service, caller: &Caller) -> Reply {
         );
     }
     if rows.is_empty() {
-        b.push_str("<p class=\"muted\" id=\"mounts\">no volume of this keystore is mounted on this machine</p>");
+        b.push_str(
+            "<p class=\"muted\" id=\"mounts\">no volume of this keystore is mounted on this machine</p>",
+        );
     } else {
         let _ = write!(
             b,
@@ -626,7 +628,7 @@ pub fn audit(svc: &Service, caller: &Caller, q: &[(String, String)]) -> Reply {
                 .join(" · ");
         let _ = write!(
             b,
-            "<tr class=\"event {outcome}\"><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{key}</td>\
+            "<tr class=\"event row-{outcome}\"><td>{}</td><td class=\"time\">{}</td><td>{}</td><td>{}</td><td>{key}</td>\
              <td class=\"{outcome}\">{outcome}</td><td>{}</td><td>{}</td></tr>",
             r.seq,
             esc(&format_time_ms(ev.time_ms)),
