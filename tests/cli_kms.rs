@@ -442,3 +442,21 @@ fn keystore_account_and_region_set_at_init_changed_later_and_defaulted_by_migrat
     old.json(&["access-key", "create", "--user", "after-migration"]);
     old.ok(&["audit", "verify"]);
 }
+
+#[test]
+fn a_mount_refused_by_its_key_state_says_how_to_fix_it_also_from_the_daemon() {
+    let env = TestEnv::new();
+    let cipher = env.path("cipher");
+    env.init_volume(&cipher);
+    let mnt = env.path("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let _guard = common::mount::MountGuard::new(&mnt);
+    env.ok(&["key", "disable", "alias/vol"]);
+    let (cipher, mnt) = (cipher.to_str().unwrap(), mnt.to_str().unwrap());
+    // In the foreground the error reaches the command line as itself (exit 4); from a
+    // background daemon it arrives as the text the command line worded (exit 1).
+    for (args, code) in [(vec!["mount", "-f", cipher, mnt], 4), (vec!["mount", cipher, mnt], 1)] {
+        let err = env.fails(&args, code);
+        assert!(err.contains("is disabled; enable it with `kmsfs key enable "), "{args:?}: {err}");
+    }
+}

@@ -1,4 +1,4 @@
-//! The performance paths of issue 7 keep the file system's meaning: listings that carry
+//! The performance paths keep the file system's meaning: listings that carry
 //! attributes (readdirplus), unsupported xattr namespaces answered once for all, removal in
 //! the background through `kmsfs.trash`, read-ahead across a directory's files, the mount's
 //! 4 MiB read-ahead, the one dispatching thread that polls for the next request (bounded),

@@ -78,7 +78,7 @@ fn truncated_and_bit_flipped_corpus_files_too() {
 #[ignore]
 fn write_seed_corpus() {
     use base64::Engine;
-    use kmsfs::format::FileHeader;
+    use kmsfs::content::FileHeader;
     use kmsfs::kms::blob::{self, BlobHeader};
     use kmsfs::kms::policy::Policy;
     use kmsfs::volume::dirmeta::DirMeta;

@@ -6,8 +6,8 @@
 
 use std::path::Path;
 
+use kmsfs::content::{self, FileHeader, HEADER_LEN};
 use kmsfs::crypto::SecretKey;
-use kmsfs::format::{self, FileHeader, HEADER_LEN};
 use kmsfs::kms::blob::{self, BlobHeader};
 use kmsfs::kms::policy::{self, Decision, Policy, Request};
 use kmsfs::kms::{EncryptionContext, Principal};
@@ -56,13 +56,13 @@ pub fn file_header(data: &[u8]) {
     // any size the kernel can ask for (up to i64::MAX) to a cipher length, without overflow.
     if let Some(raw) = data.get(..8) {
         let n = u64::from_be_bytes(raw.try_into().expect("8 bytes"));
-        let size = format::plaintext_size(n);
+        let size = content::plaintext_size(n);
         assert!(size <= n, "plaintext {size} longer than its cipher file {n}");
         let size = n & (i64::MAX as u64);
-        assert_eq!(format::plaintext_size(format::cipher_size(size)), size, "size round trip");
-        let _ = format::block_count(size);
+        assert_eq!(content::plaintext_size(content::cipher_size(size)), size, "size round trip");
+        let _ = content::block_count(size);
     }
-    let _ = format::is_hole(data);
+    let _ = content::is_hole(data);
     let _ = HEADER_LEN;
 }
 

@@ -43,7 +43,7 @@ fn post(socket: &str, path: &str) -> std::io::Result<(u16, Vec<u8>)> {
 pub fn run(g: &Global, args: ConsoleArgs) -> Result<()> {
     let keystore = g.keystore_path();
     let running = crate::server::running(&keystore).ok_or_else(|| {
-        Error::NotFound(format!(
+        Error::not_found(format!(
             "no `kmsfs serve` is running on {}; start one, then run `kmsfs console` again",
             keystore.display()
         ))
@@ -64,7 +64,7 @@ pub fn run(g: &Global, args: ConsoleArgs) -> Result<()> {
         post(socket, "/console/token").map_err(|e| Error::io(format!("cannot ask {socket}"), e))?;
     let answer: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
     let path = answer["Path"].as_str().filter(|_| status == 200).ok_or_else(|| {
-        Error::AccessDenied(format!(
+        Error::InvalidArgument(format!(
             "the server refused a login link (HTTP {status}): {}",
             String::from_utf8_lossy(&body)
         ))

@@ -72,7 +72,7 @@ pub fn run(g: &Global, args: CopyArgs) -> Result<()> {
                 g.json,
             )?;
             let keystore_id = session.kms.keystore().keystore_id()?;
-            Some((keystore_id, session.into_ring(path)?))
+            Some((keystore_id, session.into_ring()?))
         }
         _ => None,
     };

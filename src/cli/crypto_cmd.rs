@@ -187,10 +187,10 @@ pub fn generate_data_key(s: &mut Session, args: GenerateDataKeyArgs) -> Result<(
     let (key_id, key_version, blob) = match &args.plaintext_out {
         Some(path) => {
             if path.exists() {
-                return Err(Error::AlreadyExists(format!(
-                    "{} already exists; the plaintext data key goes to a new file",
-                    path.display()
-                )));
+                return Err(Error::AlreadyExists(crate::error::AlreadyExists::Path {
+                    path: path.clone(),
+                    refusing: "the plaintext data key goes to a new file".into(),
+                }));
             }
             let dk = s.kms.generate_data_key(&me, &args.key, &ctx)?;
             write_file(path, dk.plaintext.as_bytes(), true)?;

@@ -7,6 +7,7 @@ mod audit_cmd;
 mod console_cmd;
 mod copy_cmd;
 mod crypto_cmd;
+pub mod errors;
 mod fsck_cmd;
 mod key_cmd;
 mod keystore_cmd;
@@ -166,14 +167,11 @@ impl Session {
         Ok(Session { kms, me, json })
     }
 
-    /// Turns the session (of the keystore at `path`) into a key ring like a mount's, for
-    /// walks over many files, with its audit events written by a background writer.
-    pub fn into_ring(self, path: &std::path::Path) -> Result<RingSession> {
+    /// Turns the session into a key ring like a mount's, for walks over many files, with
+    /// its audit events written by a background writer.
+    pub fn into_ring(self) -> Result<RingSession> {
         let Session { kms, me, .. } = self;
-        let (root, clock) = (kms.root_key().clone(), Arc::clone(kms.clock()));
-        let (sink, writer) = crate::kms::audit_writer::AuditWriter::spawn(kms, me.clone())
-            .map_err(|e| Error::io("audit writer", e))?;
-        let ring = crate::kms::keyring::KeyRing::open(path, root, clock, sink)?;
+        let (ring, writer) = kms.into_key_ring(me.clone())?;
         Ok(RingSession { me, ring, writer })
     }
 }
@@ -210,7 +208,7 @@ impl VolumeSession {
             &global.keystore_path(),
             &session.kms.keystore().keystore_id()?,
         )?;
-        Ok(VolumeSession { config, keys: session.into_ring(&global.keystore_path())? })
+        Ok(VolumeSession { config, keys: session.into_ring()? })
     }
 }
 
@@ -238,7 +236,7 @@ pub fn main() -> i32 {
     match run(cli) {
         Ok(()) => 0,
         Err(e) => {
-            eprintln!("kmsfs: error: {e}");
+            eprintln!("kmsfs: error: {}", errors::describe(&e));
             e.exit_code()
         }
     }

@@ -259,7 +259,7 @@ fn run(args: &[OsString]) -> i32 {
                 Error::KeystoreMissing(path) => {
                     format!("no keystore at {}: check keystore=PATH in the mount options", path.display())
                 }
-                other => other.to_string(),
+                other => super::errors::describe(&other),
             };
             eprintln!(
                 "kmsfs: error: cannot mount {} at {}: {reason}",
@@ -310,6 +310,7 @@ fn mount_as_helper(args: &HelperArgs) -> std::result::Result<(), Failure> {
         keystore,
         foreground: false,
         options: opts.mount,
+        word_error: super::errors::describe,
     };
     if args.fake {
         mount::check(&request, &pass).map_err(Failure::Mount)

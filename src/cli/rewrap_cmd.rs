@@ -66,7 +66,7 @@ pub fn run(g: &Global, args: RewrapArgs) -> Result<()> {
     let report = match live_start {
         Some(start) => {
             if !start.is_dir() && !start.is_file() {
-                return Err(Error::NotFound(format!(
+                return Err(Error::not_found(format!(
                     "{} is not a file or directory of the volume",
                     start.display()
                 )));

@@ -99,7 +99,7 @@ fn mounts(status: &Status) -> Vec<MountStatus> {
                 key_aliases: Vec::new(),
                 key_state: None,
                 key_usable: false,
-                problem: Some(e.to_string()),
+                problem: Some(super::errors::describe(&e)),
             },
         })
         .collect()

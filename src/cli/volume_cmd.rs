@@ -6,7 +6,7 @@ use clap::Subcommand;
 
 use super::output;
 use super::{Global, Session};
-use crate::error::{Error, Result};
+use crate::error::{Error, KeyStateError, NotFound, Result, StateProblem};
 use crate::mount::{self, control, MountRequest};
 
 #[derive(Debug, Subcommand)]
@@ -87,6 +87,7 @@ pub fn run_mount(g: &Global, args: MountArgs) -> Result<()> {
         keystore,
         foreground: args.foreground,
         options: args.options,
+        word_error: super::errors::describe,
     };
     mount::mount(request, pass)
 }
@@ -137,10 +138,13 @@ pub fn run_dir(g: &Global, cmd: DirCmd) -> Result<()> {
         DirCmd::SetKey { path, key } => {
             require_dir(&path)?;
             control::set(&path, control::KEY, key.as_bytes()).map_err(|e| match e.raw_os_error() {
-                Some(libc::EINVAL) => Error::NotFound(format!("unknown key '{key}' (see `kmsfs key list`)")),
-                Some(libc::ENOKEY) => Error::KeyState(format!(
-                    "a key involved is not usable (disabled or pending deletion): the directory's current key, or {key}"
-                )),
+                Some(libc::EINVAL) => Error::NotFound(NotFound::KeyRef(key.clone())),
+                Some(libc::ENOKEY) => Error::KeyState(KeyStateError {
+                    key_id: key.clone(),
+                    state: None,
+                    deletion_date: None,
+                    problem: StateProblem::UnusableOnMount,
+                }),
                 Some(libc::ENOTSUP) => not_on_kmsfs(&path),
                 _ => Error::io(path.display(), e),
             })?;

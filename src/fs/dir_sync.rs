@@ -32,7 +32,7 @@ pub const DELAY: Duration = Duration::from_millis(500);
 /// directories in half a second.
 const MOST_WAITING: usize = 128;
 
-pub struct DirSync {
+pub struct DeferredSync {
     shared: Arc<Shared>,
     worker: Mutex<Option<JoinHandle<()>>>,
 }
@@ -52,14 +52,14 @@ struct State {
     stopping: bool,
 }
 
-impl DirSync {
-    pub fn start() -> std::io::Result<DirSync> {
+impl DeferredSync {
+    pub fn start() -> std::io::Result<DeferredSync> {
         let shared = Arc::new(Shared::default());
         let worker = {
             let shared = shared.clone();
             std::thread::Builder::new().name("kmsfs-dirsync".into()).spawn(move || shared.run())?
         };
-        Ok(DirSync { shared, worker: Mutex::new(Some(worker)) })
+        Ok(DeferredSync { shared, worker: Mutex::new(Some(worker)) })
     }
 
     /// Directory inode `ino`'s new metadata waits for its fsync; synced here and now when too
@@ -149,7 +149,7 @@ impl Shared {
     }
 }
 
-impl Drop for DirSync {
+impl Drop for DeferredSync {
     /// Makes every waiting directory's metadata durable before the daemon exits.
     fn drop(&mut self) {
         self.shared.state.lock().expect("dirsync lock").stopping = true;

@@ -9,27 +9,38 @@ use std::sync::Arc;
 use fuser::{Errno, INodeNo};
 
 use super::{kms_errno, FsResult, KmsFs};
+use crate::content::names::NameCipher;
+use crate::content::names::IV_LEN;
 use crate::crypto;
 use crate::kms::keyring::Access;
-use crate::volume::dirmeta::{DirKeys, DirMeta, Unusable, IV_LEN};
-use crate::volume::dirnames::DirNames;
+use crate::volume::dirmeta::{DirKeys, DirMeta, NoKeys};
 
 /// A directory's keys, unwrapped.
 /// (The names key itself is not kept: a re-wrap reads it again from the metadata.)
-pub struct DirState {
+pub struct CachedDir {
     pub key_id: String,
-    pub names: DirNames,
+    pub names: NameCipher,
 }
 
-impl From<DirKeys> for DirState {
+impl From<DirKeys> for CachedDir {
     fn from(k: DirKeys) -> Self {
-        DirState { names: DirNames::new(&k.names_key, &k.iv), key_id: k.key_id }
+        CachedDir { names: NameCipher::new(&k.names_key, &k.iv), key_id: k.key_id }
     }
+}
+
+/// When a new directory's metadata is made durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum MetaSync {
+    /// Before the call returns.
+    Now,
+    /// Within `dir_sync::DELAY`, or before anything below the directory is fsynced: for a
+    /// mkdir, whose directory holds nothing yet (see `dir_sync`).
+    Deferred,
 }
 
 impl KmsFs {
     /// The state of directory `ino`, after checking its key is usable for `access`.
-    pub(super) fn dir_state(&self, access: Access<'_>, ino: INodeNo) -> FsResult<Arc<DirState>> {
+    pub(super) fn dir_state(&self, access: Access<'_>, ino: INodeNo) -> FsResult<Arc<CachedDir>> {
         let cached = self.dir_states.read().expect("dir states lock").get(&ino.0).cloned();
         if let Some(state) = cached {
             self.keyring.check_key(access, &state.key_id, "Decrypt").map_err(kms_errno)?;
@@ -44,53 +55,52 @@ impl KmsFs {
         }
         let dir = self.backing(ino)?;
         let keys = match DirMeta::load_keys(&dir, &self.keyring, access, &self.config.volume_id) {
-            Ok(Ok(keys)) => keys,
-            Ok(Err(Unusable::Missing)) => return self.repair_dir_meta(access, ino, &dir),
-            Ok(Err(Unusable::Unreadable(e))) => {
+            Ok(keys) => keys,
+            Err(NoKeys::Missing) => return self.repair_dir_meta(access, ino, &dir),
+            Err(NoKeys::Unreadable(e)) => {
                 // Both copies torn: a crash during the mkdir that wrote them. Only an empty
                 // directory gets new ones (repair refuses with EIO when it holds entries).
                 log::warn!("{}: {e}", access.path);
                 return self.repair_dir_meta(access, ino, &dir);
             }
-            Err(e) => {
+            Err(NoKeys::Refused(e)) => {
                 log::warn!("{}: {e}", access.path);
                 return Err(kms_errno(e));
             }
         };
-        let state = Arc::new(DirState::from(keys));
+        let state = Arc::new(CachedDir::from(keys));
         self.dir_states.write().expect("dir states lock").insert(ino.0, state.clone());
         Ok(state)
     }
 
-    /// Creates the metadata of a new directory `dir` (inode `ino`) under `key_id`. With
-    /// `defer_sync` (a mkdir: the directory holds nothing yet) it is made durable within
-    /// `dir_sync::DELAY` or before anything below it is fsynced; otherwise before returning.
+    /// Creates the metadata of a new directory `dir` (inode `ino`) under `key_id`, its key
+    /// inherited (not set on it with `dir set-key`).
     pub(super) fn create_dir_meta(
         &self,
         access: Access<'_>,
         ino: u64,
         dir: &Path,
         key_id: &str,
-        explicit: bool,
-        defer_sync: bool,
-    ) -> FsResult<Arc<DirState>> {
+        sync: MetaSync,
+    ) -> FsResult<Arc<CachedDir>> {
         let iv = crypto::random_bytes::<{ IV_LEN }>();
-        let iv_hex = crate::keystore::hex(&iv);
+        let iv_hex = crate::encoding::hex(&iv);
         let ctx = DirMeta::context(&self.config.volume_id, &iv_hex);
         let (names_key, blob) = self.keyring.generate_data_key(access, key_id, &ctx).map_err(kms_errno)?;
-        let unsynced = DirMeta::new(key_id, explicit, &iv, &blob).save_new(dir).map_err(|e| {
+        let unsynced = DirMeta::new(key_id, false, &iv, &blob).save_new(dir).map_err(|e| {
             log::warn!("{}: cannot write directory metadata: {e}", access.path);
             kms_errno(e) // EIO, or ENOSPC/EDQUOT when out of space
         })?;
-        match (&self.dir_sync, defer_sync) {
-            (Some(dir_sync), true) => dir_sync.defer(ino, unsynced),
+        match (&self.dir_sync, sync) {
+            (Some(dir_sync), MetaSync::Deferred) => dir_sync.defer(ino, unsynced),
             _ => unsynced.sync(),
         }
         .map_err(|e| {
             log::warn!("{}: cannot write directory metadata: {e}", access.path);
             super::io_errno(e)
         })?;
-        let state = Arc::new(DirState { key_id: key_id.to_string(), names: DirNames::new(&names_key, &iv) });
+        let state =
+            Arc::new(CachedDir { key_id: key_id.to_string(), names: NameCipher::new(&names_key, &iv) });
         self.dir_states.write().expect("dir states lock").insert(ino, state.clone());
         Ok(state)
     }
@@ -117,7 +127,7 @@ impl KmsFs {
     /// mkdir and the metadata write, or during it). If it holds nothing, give it fresh
     /// metadata under its parent's key; otherwise its names cannot be read, and only this
     /// directory reports EIO.
-    fn repair_dir_meta(&self, access: Access<'_>, ino: INodeNo, dir: &Path) -> FsResult<Arc<DirState>> {
+    fn repair_dir_meta(&self, access: Access<'_>, ino: INodeNo, dir: &Path) -> FsResult<Arc<CachedDir>> {
         if self.options.read_only {
             log::warn!("{}: directory metadata is missing; a read-only mount cannot repair it", access.path);
             return Err(Errno::EIO);
@@ -125,8 +135,8 @@ impl KmsFs {
         let holds_entries =
             std::fs::read_dir(dir).map_err(super::io_errno)?.filter_map(|e| e.ok()).any(|e| {
                 !matches!(
-                    crate::volume::dirnames::classify(&e.file_name()),
-                    crate::volume::dirnames::BackingEntry::Internal
+                    crate::content::names::classify(&e.file_name()),
+                    crate::content::names::BackingEntry::Internal
                 )
             });
         if holds_entries || ino.0 == super::inodes::ROOT_INO {
@@ -142,7 +152,7 @@ impl KmsFs {
             "{}: directory metadata was missing or torn (interrupted mkdir); recreated it",
             access.path
         );
-        self.create_dir_meta(access, ino.0, dir, &key_id, false, false)
+        self.create_dir_meta(access, ino.0, dir, &key_id, MetaSync::Now)
     }
 
     /// The key of directory `parent`, loading it if needed. Called with the loading lock
@@ -153,9 +163,9 @@ impl KmsFs {
             return Ok(state.key_id.clone());
         }
         match DirMeta::load_keys(&self.backing(parent)?, &self.keyring, access, &self.config.volume_id) {
-            Ok(Ok(keys)) => Ok(keys.key_id),
-            Ok(Err(_)) => Err(Errno::EIO),
-            Err(e) => Err(kms_errno(e)),
+            Ok(keys) => Ok(keys.key_id),
+            Err(NoKeys::Missing | NoKeys::Unreadable(_)) => Err(Errno::EIO),
+            Err(NoKeys::Refused(e)) => Err(kms_errno(e)),
         }
     }
 }

@@ -10,8 +10,8 @@ use std::sync::Arc;
 
 use fuser::{Errno, FileAttr, FileHandle, FileType, INodeNo, ReplyDirectory, ReplyDirectoryPlus, Request};
 
-use super::ops::{pin_dir, PinnedDir};
 use super::{io_errno, FsResult, KmsFs, TTL};
+use crate::sys::{pin_dir, PinnedDir};
 
 /// One name in a listing.
 struct Listed {
@@ -25,7 +25,7 @@ struct Listed {
 
 /// A directory as opened: its entries when opendir ran, and the directory itself (as opened,
 /// so that readdirplus stats the entries of that directory even if it is renamed meanwhile).
-pub struct DirHandle {
+pub struct DirListing {
     ino: u64,
     dir: PinnedDir,
     entries: Vec<Listed>,
@@ -45,7 +45,7 @@ impl KmsFs {
             stored: OsString::new(),
         };
         let mut entries = vec![dot(ino.0, "."), dot(parent, "..")];
-        let dir = pin_dir(&path)?;
+        let dir = pin_dir(&path).map_err(io_errno)?;
         for entry in std::fs::read_dir(&dir.path).map_err(io_errno)? {
             let entry = entry.map_err(io_errno)?;
             let stored = entry.file_name();
@@ -57,15 +57,15 @@ impl KmsFs {
             let files = entries.iter().filter(|e| e.kind == FileType::RegularFile).map(|e| e.stored.clone());
             prefetch.listed(ino.0, files.collect());
         }
-        let fh = self.next_fh.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let fh = self.new_fh();
         self.dirs
             .lock()
             .expect("dir handles lock")
-            .insert(fh, Arc::new(DirHandle { ino: ino.0, dir, entries }));
+            .insert(fh, Arc::new(DirListing { ino: ino.0, dir, entries }));
         Ok(fh)
     }
 
-    fn dir_handle(&self, fh: FileHandle) -> FsResult<Arc<DirHandle>> {
+    fn dir_handle(&self, fh: FileHandle) -> FsResult<Arc<DirListing>> {
         self.dirs.lock().expect("dir handles lock").get(&fh.0).cloned().ok_or(Errno::EBADF)
     }
 

@@ -4,20 +4,21 @@
 //! and gets back a key or an error that maps to an errno (ENOKEY for a key's state, EACCES
 //! for a policy, EIO for tampering).
 
-pub mod crypt_file;
 mod dir_sync;
 mod dirs;
-mod files;
+mod filesystem;
 pub mod inodes;
 pub mod linger;
 mod listing;
-pub mod names;
-mod ops;
+mod live_rewrap;
+mod node;
+mod node_dir_ops;
+mod node_open_create;
+mod open_files;
 mod prefetch;
-mod rewrap;
 mod trash;
 mod workers;
-mod xattr;
+pub mod xattr;
 
 use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
@@ -30,17 +31,17 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fuser::{Errno, FileAttr, FileType, INodeNo, Request};
 
-use crate::format;
+use crate::content;
+use crate::content::names::{self, EntryName, StoredName};
+use crate::content::volume_cipher::VolumeCipher;
 use crate::kms::keyring::{Access, KeyRing};
 use crate::kms::Principal;
-use crate::volume::dirnames;
+use crate::sys;
 use crate::volume::VolumeConfig;
-use dirnames::{EntryName, StoredName};
-use files::{Handle, OpenFile};
 use inodes::InodeTable;
-use listing::DirHandle;
-use names::NameCipher;
-use std::os::fd::AsRawFd;
+use listing::DirListing;
+use open_files::OpenFiles;
+use std::os::fd::AsFd;
 
 /// How long the kernel may cache attributes and names. Every change made through the mount
 /// updates or invalidates the kernel's copy itself, so this bounds only how long a change
@@ -75,14 +76,13 @@ pub struct KmsFs {
     root: PathBuf,
     config: VolumeConfig,
     keyring: Arc<KeyRing>,
-    names: NameCipher,
+    names: VolumeCipher,
     inodes: InodeTable,
-    /// One entry per inode with open handles: its backing fd and data key.
-    open_files: Mutex<HashMap<u64, (Arc<OpenFile>, usize)>>,
-    handles: RwLock<HashMap<u64, Handle>>,
-    dirs: Mutex<HashMap<u64, Arc<DirHandle>>>,
+    /// Open files by inode (a backing fd and data key each) and their handles.
+    open_files: OpenFiles,
+    dirs: Mutex<HashMap<u64, Arc<DirListing>>>,
     /// Each directory's key and names key, by inode.
-    dir_states: RwLock<HashMap<u64, Arc<dirs::DirState>>>,
+    dir_states: RwLock<HashMap<u64, Arc<dirs::CachedDir>>>,
     /// Held while a directory's state is loaded (or repaired) for the first time.
     dir_loading: Mutex<()>,
     /// Held while a header or directory metadata is re-wrapped (`kmsfs rewrap`, `dir set-key`).
@@ -107,7 +107,7 @@ pub struct KmsFs {
     prefetch: Option<prefetch::Prefetcher>,
     /// fsyncs new directories' metadata shortly after their mkdir (`None`: if its thread
     /// cannot be started, mkdir fsyncs it before returning).
-    dir_sync: Option<dir_sync::DirSync>,
+    dir_sync: Option<dir_sync::DeferredSync>,
     /// Polls for the next request after each reply (see `linger`).
     linger: Arc<linger::Linger>,
     /// Large READs and fsyncs, off the dispatching thread (`None`: they run on it).
@@ -131,7 +131,7 @@ impl KmsFs {
         root: PathBuf,
         config: VolumeConfig,
         keyring: Arc<KeyRing>,
-        names: NameCipher,
+        names: VolumeCipher,
         options: FsOptions,
     ) -> std::io::Result<KmsFs> {
         let root_meta = std::fs::metadata(&root)?;
@@ -153,19 +153,17 @@ impl KmsFs {
             config,
             keyring,
             names,
-            open_files: Mutex::new(HashMap::new()),
-            handles: RwLock::new(HashMap::new()),
+            open_files: OpenFiles::default(),
             dirs: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
-            // SAFETY: neither call can fail or touches memory.
-            daemon_ids: unsafe { (libc::geteuid(), libc::getegid()) },
+            daemon_ids: crate::sys::effective_ids(),
             options,
             kernel: KernelFeatures::default(),
             trash,
             prefetch: prefetch::Prefetcher::start()
                 .inspect_err(|e| log::warn!("no read-ahead across files ({e})"))
                 .ok(),
-            dir_sync: dir_sync::DirSync::start()
+            dir_sync: dir_sync::DeferredSync::start()
                 .inspect_err(|e| log::warn!("mkdir fsyncs its metadata itself ({e})"))
                 .ok(),
             linger: Arc::new(linger::Linger::new()),
@@ -210,7 +208,7 @@ impl KmsFs {
         }
         let last = rel.file_name().ok_or(Errno::ENOENT)?;
         let dir = self.dir_fd(self.inodes.parent(ino.0).ok_or(Errno::ENOENT)?)?;
-        let fd_path = PathBuf::from(format!("/proc/self/fd/{}", dir.as_raw_fd())).join(last);
+        let fd_path = sys::proc_fd_path(&*dir).join(last);
         Ok(BPath { path: fd_path, _dir: Some(dir) })
     }
 
@@ -226,11 +224,12 @@ impl KmsFs {
         }
         let rel = self.inodes.path(ino).ok_or(Errno::ENOENT)?;
         let fd = if self.root.join(&rel).as_os_str().len() < SHORT_PATH {
-            open_dir_at(&self.root_fd, rel.as_os_str())?
+            sys::open_dir_at(self.root_fd.as_fd(), rel.as_os_str())
         } else {
             let parent = self.dir_fd(self.inodes.parent(ino).ok_or(Errno::ENOENT)?)?;
-            open_dir_at(&parent, rel.file_name().ok_or(Errno::ENOENT)?)?
-        };
+            sys::open_dir_at(parent.as_fd(), rel.file_name().ok_or(Errno::ENOENT)?)
+        }
+        .map_err(io_errno)?;
         let fd = Arc::new(fd);
         let mut cache = self.deep_dirs.lock().expect("deep dirs lock");
         if cache.len() >= MAX_DEEP_DIRS {
@@ -240,6 +239,11 @@ impl KmsFs {
         Ok(fd)
     }
 
+    /// A new handle number (of a file or a directory).
+    fn new_fh(&self) -> u64 {
+        self.next_fh.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Drops what is cached about an inode the kernel forgot or that was removed.
     fn forget_cached(&self, ino: u64) {
         self.deep_dirs.lock().expect("deep dirs lock").remove(&ino);
@@ -247,7 +251,7 @@ impl KmsFs {
 
     /// The plaintext name of a backing directory entry in `dir`, or `None` for kmsfs's own
     /// files and for names that do not decrypt.
-    fn plain_name(&self, state: &dirs::DirState, dir: &Path, backing: &OsStr) -> Option<OsString> {
+    fn plain_name(&self, state: &dirs::CachedDir, dir: &Path, backing: &OsStr) -> Option<OsString> {
         match state.names.entry_name(dir, backing) {
             EntryName::Plain(name) => Some(name),
             EntryName::Internal => None,
@@ -261,7 +265,7 @@ impl KmsFs {
     /// Backing path and stored name of `name` in directory `parent`, after checking the
     /// directory's key may be used by the caller.
     fn child(&self, req: &Request, parent: INodeNo, name: &OsStr) -> FsResult<Child> {
-        if name.len() > dirnames::NAME_MAX {
+        if name.len() > names::NAME_MAX {
             return Err(Errno::ENAMETOOLONG);
         }
         let caller = self.caller(req);
@@ -320,7 +324,7 @@ impl KmsFs {
     fn attr(&self, ino: u64, meta: &Metadata, backing_path: Option<&Path>) -> FileAttr {
         let kind = FileType::from_std(meta.file_type()).unwrap_or(FileType::RegularFile);
         let size = match kind {
-            FileType::RegularFile => format::plaintext_size(meta.len()),
+            FileType::RegularFile => content::plaintext_size(meta.len()),
             FileType::Symlink => backing_path
                 .and_then(|p| std::fs::read_link(p).ok())
                 .and_then(|t| self.names.decrypt_target(t.as_os_str()))
@@ -342,7 +346,7 @@ impl KmsFs {
             uid: meta.uid(),
             gid: meta.gid(),
             rdev: meta.rdev() as u32,
-            blksize: format::BLOCK_SIZE as u32,
+            blksize: content::BLOCK_SIZE as u32,
             flags: 0,
         }
     }
@@ -434,7 +438,7 @@ impl KmsFs {
 struct Child {
     path: BPath,
     stored: StoredName,
-    dir: Arc<dirs::DirState>,
+    dir: Arc<dirs::CachedDir>,
 }
 
 /// The supplementary groups of a process (the `Groups:` line of /proc/PID/status).
@@ -478,22 +482,6 @@ impl std::ops::Deref for BPath {
     fn deref(&self) -> &Path {
         &self.path
     }
-}
-
-/// Opens directory `name` (a relative path) inside `dir` for path walking only (O_PATH),
-/// never following a symlink in its last component.
-fn open_dir_at(dir: &std::os::fd::OwnedFd, name: &OsStr) -> FsResult<std::os::fd::OwnedFd> {
-    use std::os::fd::FromRawFd;
-    use std::os::unix::ffi::OsStrExt;
-    let c = std::ffi::CString::new(name.as_bytes()).map_err(|_| Errno::EINVAL)?;
-    let flags = libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC;
-    // SAFETY: `dir` is an open descriptor and `c` a NUL-terminated name.
-    let fd = unsafe { libc::openat(dir.as_raw_fd(), c.as_ptr(), flags) };
-    if fd < 0 {
-        return Err(io_errno(std::io::Error::last_os_error()));
-    }
-    // SAFETY: openat returned a new descriptor we now own.
-    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
 }
 
 fn time(secs: i64, nsecs: i64) -> SystemTime {

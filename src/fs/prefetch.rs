@@ -10,7 +10,6 @@
 
 use std::collections::HashMap;
 use std::ffi::OsString;
-use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::sync::mpsc::{sync_channel, SyncSender};
 use std::sync::{Arc, Mutex};
@@ -94,9 +93,6 @@ impl Prefetcher {
 
 fn read_ahead(path: &std::path::Path) {
     // O_NONBLOCK: should a FIFO have taken the file's place, the open must not hang.
-    let Ok(file) = crate::volume::open_noatime_with(path, false, libc::O_NONBLOCK) else { return };
-    // SAFETY: an open descriptor; the advice only starts reads into the page cache.
-    unsafe {
-        libc::posix_fadvise(file.as_raw_fd(), 0, BYTES, libc::POSIX_FADV_WILLNEED);
-    }
+    let Ok(file) = crate::sys::open_noatime_with(path, false, libc::O_NONBLOCK) else { return };
+    crate::sys::read_ahead(&file, BYTES);
 }

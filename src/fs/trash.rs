@@ -79,7 +79,7 @@ impl Trash {
             dir,
             queue: Mutex::new(Some(tx)),
             pending,
-            prefix: crate::keystore::hex(&crate::crypto::random_bytes::<8>()),
+            prefix: crate::encoding::hex(&crate::crypto::random_bytes::<8>()),
             next: AtomicU64::new(0),
             worker: Mutex::new(Some(worker)),
         };

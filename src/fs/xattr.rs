@@ -2,76 +2,59 @@
 //! `user.kmsfs.key` and `user.kmsfs.key_version` are answered by kmsfs (read-only).
 
 use std::ffi::{CString, OsStr};
-use std::os::fd::AsRawFd;
-use std::os::unix::ffi::OsStrExt;
+use std::os::fd::AsFd;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use fuser::{Errno, INodeNo};
 
-use super::names::{
-    XATTR_BACKING_PREFIX, XATTR_KEY, XATTR_KEY_EXPLICIT, XATTR_KEY_VERSION, XATTR_REWRAP, XATTR_WRAPPED_BY,
-};
-use super::{FsResult, KmsFs};
-use crate::format::{FileHeader, HEADER_LEN};
+use super::{io_errno, FsResult, KmsFs};
+use crate::content::volume_cipher::XATTR_BACKING_PREFIX;
+use crate::content::{FileHeader, HEADER_LEN};
 use crate::kms::blob::BlobHeader;
+use crate::sys::{self, Node};
 use crate::volume::dirmeta::DirMeta;
 
-fn cpath(path: &Path) -> FsResult<CString> {
-    CString::new(path.as_os_str().as_bytes()).map_err(|_| Errno::EINVAL)
-}
-
-fn last_errno() -> Errno {
-    Errno::from_i32(std::io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO))
-}
-
-/// Calls an xattr syscall that fills a buffer, growing the buffer until it fits.
-fn read_into(call: impl FnMut(*mut libc::c_void, usize) -> isize) -> FsResult<Vec<u8>> {
-    crate::volume::os::read_growing(call).map_err(super::io_errno)
-}
+/// Virtual, read-only xattrs kmsfs answers itself.
+pub const XATTR_KEY: &str = "user.kmsfs.key";
+pub const XATTR_KEY_VERSION: &str = "user.kmsfs.key_version";
+/// On directories: whether the key was set there (`dir set-key`) or inherited.
+pub const XATTR_KEY_EXPLICIT: &str = "user.kmsfs.key_explicit";
+/// "KEY_ID VERSION" in one read (what `kmsfs rewrap` compares before and after).
+pub const XATTR_WRAPPED_BY: &str = "user.kmsfs.wrapped_by";
+/// Write-only control attribute: setting it re-wraps the file's data key (or the
+/// directory's names key) under the current version of its key, or under the key given as
+/// the value. `kmsfs rewrap` on a live mount sets it on every file and directory.
+pub const XATTR_REWRAP: &str = "user.kmsfs.rewrap";
 
 /// Where an xattr call goes: the backing path, or the open fd of an unlinked file.
 enum XTarget {
     Path(CString),
-    Fd(std::sync::Arc<super::OpenFile>),
+    Fd(std::sync::Arc<super::open_files::OpenFile>),
 }
 
 impl XTarget {
+    fn node(&self) -> Node<'_> {
+        match self {
+            XTarget::Path(p) => Node::Path(p),
+            XTarget::Fd(of) => Node::Fd(of.file.as_fd()),
+        }
+    }
+
     fn get(&self, name: &CString) -> FsResult<Vec<u8>> {
-        read_into(|buf, len| match self {
-            XTarget::Path(p) => unsafe { libc::lgetxattr(p.as_ptr(), name.as_ptr(), buf, len) },
-            XTarget::Fd(of) => unsafe { libc::fgetxattr(of.file.as_raw_fd(), name.as_ptr(), buf, len) },
-        })
+        sys::get_xattr(self.node(), name).map_err(io_errno)
     }
 
     fn set(&self, name: &CString, value: &[u8], flags: i32) -> FsResult<()> {
-        let (v, n) = (value.as_ptr().cast(), value.len());
-        let rc = match self {
-            XTarget::Path(p) => unsafe { libc::lsetxattr(p.as_ptr(), name.as_ptr(), v, n, flags) },
-            XTarget::Fd(of) => unsafe { libc::fsetxattr(of.file.as_raw_fd(), name.as_ptr(), v, n, flags) },
-        };
-        if rc != 0 {
-            return Err(last_errno());
-        }
-        Ok(())
+        sys::set_xattr(self.node(), name, value, flags).map_err(io_errno)
     }
 
     fn list(&self) -> FsResult<Vec<u8>> {
-        read_into(|buf, len| match self {
-            XTarget::Path(p) => unsafe { libc::llistxattr(p.as_ptr(), buf.cast(), len) },
-            XTarget::Fd(of) => unsafe { libc::flistxattr(of.file.as_raw_fd(), buf.cast(), len) },
-        })
+        sys::list_xattr(self.node()).map_err(io_errno)
     }
 
     fn remove(&self, name: &CString) -> FsResult<()> {
-        let rc = match self {
-            XTarget::Path(p) => unsafe { libc::lremovexattr(p.as_ptr(), name.as_ptr()) },
-            XTarget::Fd(of) => unsafe { libc::fremovexattr(of.file.as_raw_fd(), name.as_ptr()) },
-        };
-        if rc != 0 {
-            return Err(last_errno());
-        }
-        Ok(())
+        sys::remove_xattr(self.node(), name).map_err(io_errno)
     }
 }
 
@@ -79,8 +62,8 @@ impl KmsFs {
     fn xtarget(&self, ino: INodeNo) -> FsResult<(XTarget, Option<super::BPath>)> {
         let (_, path) = self.stat_ino(ino)?;
         match path {
-            Some(p) => Ok((XTarget::Path(cpath(&p)?), Some(p))),
-            None => Ok((XTarget::Fd(self.open_file_of(ino.0).ok_or(Errno::ENOENT)?), None)),
+            Some(p) => Ok((XTarget::Path(sys::c_path(&p).map_err(io_errno)?), Some(p))),
+            None => Ok((XTarget::Fd(self.open_files.get(ino.0).ok_or(Errno::ENOENT)?), None)),
         }
     }
 
@@ -190,7 +173,7 @@ impl KmsFs {
     /// Which master key and version wrap a regular file's data key (from its header alone:
     /// no unwrap, so no key use).
     fn file_key_blob(&self, path: &Path) -> FsResult<BlobHeader> {
-        let file = super::files::open_noatime(path, false).map_err(super::io_errno)?;
+        let file = sys::open_noatime(path, false).map_err(io_errno)?;
         if !file.metadata().map_err(super::io_errno)?.is_file() {
             return Err(Errno::ENODATA);
         }

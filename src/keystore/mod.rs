@@ -18,6 +18,7 @@ use std::time::Duration;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, Transaction, TransactionBehavior};
 
 use crate::crypto::{self, KdfParams, SecretKey};
+use crate::encoding::hex;
 use crate::error::{Error, Result};
 
 /// How long a command waits for another process (a mount, another command) holding the
@@ -391,7 +392,10 @@ pub fn validate_region(region: &str) -> Result<()> {
 
 /// The refusal to create a keystore over an existing file.
 pub fn already_exists(path: &Path) -> Error {
-    Error::AlreadyExists(format!("{} already exists; refusing to overwrite a keystore", path.display()))
+    Error::AlreadyExists(crate::error::AlreadyExists::Path {
+        path: path.to_path_buf(),
+        refusing: "refusing to overwrite a keystore".into(),
+    })
 }
 
 fn root_aad(keystore_id: &str) -> Vec<u8> {
@@ -459,17 +463,4 @@ fn now_secs() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
         .unwrap_or(0)
-}
-
-/// Lower-case hex of `bytes`.
-pub fn hex(bytes: &[u8]) -> String {
-    // Not `format!` per byte: this runs for every file opened or created (its encryption
-    // context names the file id).
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut out = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        out.push(DIGITS[usize::from(b >> 4)] as char);
-        out.push(DIGITS[usize::from(b & 0xf)] as char);
-    }
-    out
 }

@@ -146,7 +146,7 @@ pub fn update_key(conn: &Connection, key: &KeyRecord) -> Result<()> {
         ],
     )?;
     if changed != 1 {
-        return Err(Error::NotFound(format!("key {} vanished while being updated", key.key_id)));
+        return Err(Error::not_found(format!("key {} vanished while being updated", key.key_id)));
     }
     Ok(())
 }

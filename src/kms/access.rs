@@ -7,10 +7,10 @@ use rusqlite::Connection;
 
 use super::aws_errors::GRANT_TOKEN_ERROR;
 use super::policy::{self, Decision, GrantRule, Policy, Request};
-use super::{keyid, require_customer_managed, EncryptionContext, Kms, Op, Principal};
+use super::{keyid, require_customer_managed, require_enabled, EncryptionContext, Kms, Op, Principal};
 use crate::crypto;
-use crate::error::{Error, Result};
-use crate::keystore::hex;
+use crate::encoding::hex;
+use crate::error::{AccessDenied, Denial, Error, NotFound, Result};
 use crate::keystore::records::{self, GrantRecord, KeyRecord};
 
 /// The policy in force for a key: its stored document, or the keystore owner's default.
@@ -39,8 +39,56 @@ pub fn rule_of(g: &GrantRecord) -> Result<GrantRule> {
     })
 }
 
+/// The one authorization decision of kmsfs, for the KMS API and the mount alike: `key` must
+/// be Enabled, and its policy (`None`: it has no usable one) or one of its grants must allow
+/// the request. Returns the statement or grant that allowed it, for the audit trail.
+pub(crate) fn authorize(
+    key: &KeyRecord,
+    policy: Option<&Policy>,
+    grants: &[GrantRule],
+    request: &Request<'_>,
+) -> Result<String> {
+    let decision = match policy {
+        Some(policy) => policy.decide(grants, request),
+        None => Decision::Deny("the key has no usable policy".into()),
+    };
+    // Authorization first: a caller the key is not for learns nothing of its state.
+    match decision {
+        Decision::Allow(why) => {
+            require_enabled(key)?;
+            Ok(why)
+        }
+        Decision::Deny(why) => Err(Error::AccessDenied(AccessDenied {
+            key_id: Some(key.key_id.clone()),
+            reason: Denial::Policy { action: request.action.to_string(), why },
+        })),
+    }
+}
+
 impl Op<'_> {
-    /// Refuses `action` on `key` unless its policy or a grant allows it for the caller.
+    /// Refuses an administrative `action` on `key` (any state) unless its policy or a grant
+    /// allows it for the caller: how API callers administer keys.
+    pub(crate) fn authorize_admin(
+        &mut self,
+        caller: &Principal,
+        key: &KeyRecord,
+        action: &str,
+    ) -> Result<()> {
+        let policy = effective_policy(&self.tx, &key.key_id, self.owner_uid)?;
+        let grants = grant_rules(&self.tx, &key.key_id)?;
+        let ctx = EncryptionContext::new();
+        let request = Request { caller, action, context: &ctx, path: None, now: self.now };
+        match policy.decide(&grants, &request) {
+            Decision::Allow(_) => Ok(()),
+            Decision::Deny(why) => Err(Error::AccessDenied(AccessDenied {
+                key_id: Some(key.key_id.clone()),
+                reason: Denial::Policy { action: action.to_string(), why },
+            })),
+        }
+    }
+
+    /// Refuses `action` on `key` unless it is Enabled and its policy or a grant allows it for
+    /// the caller. Through the KMS API the path, if any, comes from the encryption context.
     pub(crate) fn authorize(
         &mut self,
         caller: &Principal,
@@ -51,13 +99,9 @@ impl Op<'_> {
         let policy = effective_policy(&self.tx, &key.key_id, self.owner_uid)?;
         let grants = grant_rules(&self.tx, &key.key_id)?;
         let request = Request { caller, action, context: ctx, path: ctx.get("kmsfs:Path"), now: self.now };
-        match policy.decide(&grants, &request) {
-            Decision::Allow(why) => {
-                self.event.reason = format!("allowed by {why}");
-                Ok(())
-            }
-            Decision::Deny(why) => Err(Error::AccessDenied(format!("key {}: {why}", key.key_id))),
-        }
+        let why = authorize(key, Some(&policy), &grants, &request)?;
+        self.event.reason = format!("allowed by {why}");
+        Ok(())
     }
 }
 
@@ -70,10 +114,10 @@ fn retire(op: &mut Op<'_>, caller: &Principal, grant: &GrantRecord) -> Result<()
     let grantee = policy::parse_grantee(&grant.grantee)?.matches(caller)
         && (caller.remote.is_none() || grant.operations.iter().any(|o| o == "RetireGrant"));
     if !retiring && !grantee {
-        return Err(Error::AccessDenied(format!(
-            "only the grantee ({}) or the retiring principal retires grant {}; an administrator revokes it",
-            grant.grantee, grant.grant_id
-        )));
+        return Err(Error::AccessDenied(AccessDenied {
+            key_id: Some(grant.key_id.clone()),
+            reason: Denial::NotGrantee { grant_id: grant.grant_id.clone(), grantee: grant.grantee.clone() },
+        }));
     }
     records::delete_grant(&op.tx, &grant.grant_id)?;
     Ok(())
@@ -120,7 +164,7 @@ impl Kms {
             let request =
                 Request { caller, action: "kms:PutKeyPolicy", context: &ctx, path: None, now: op.now };
             if !bypass_lockout_check && matches!(policy.decide(&[], &request), Decision::Deny(_)) {
-                return Err(Error::InvalidArgument(
+                return Err(Error::MalformedPolicy(
                     "the policy would not allow you to update the key policy in the future (set \
                      BypassPolicyLockoutSafetyCheck to put it anyway)"
                         .into(),
@@ -146,6 +190,7 @@ impl Kms {
         self.audited(caller, "CreateGrant", |op| {
             let key = op.key(key_ref)?;
             require_customer_managed(&key, "given grants")?;
+            super::require_not_deleted(&key)?;
             let grantee = policy::parse_grantee(&opts.grantee)?;
             if opts.operations.is_empty() {
                 return Err(Error::InvalidArgument("a grant needs at least one operation".into()));
@@ -218,7 +263,7 @@ impl Kms {
                 .find(|g| {
                     g.grant_id == id_or_token || crypto::ct_eq(g.token.as_bytes(), id_or_token.as_bytes())
                 })
-                .ok_or_else(|| Error::NotFound("no grant with that id or token".into()))?;
+                .ok_or(Error::NotFound(NotFound::Grant { key_id: None, grant: None }))?;
             retire(op, caller, &grant)
         })
     }
@@ -243,7 +288,12 @@ impl Kms {
             let grant = records::list_grants(&op.tx, Some(&key.key_id))?
                 .into_iter()
                 .find(|g| g.grant_id == grant_id)
-                .ok_or_else(|| Error::NotFound(format!("key {} has no grant {grant_id}", key.key_id)))?;
+                .ok_or_else(|| {
+                    Error::NotFound(NotFound::Grant {
+                        key_id: Some(key.key_id.clone()),
+                        grant: Some(grant_id.into()),
+                    })
+                })?;
             retire(op, caller, &grant)
         })
     }
@@ -273,7 +323,10 @@ impl Kms {
             let known =
                 records::list_grants(&op.tx, Some(&key.key_id))?.iter().any(|g| g.grant_id == grant_id);
             if !known || !records::delete_grant(&op.tx, grant_id)? {
-                return Err(Error::NotFound(format!("key {} has no grant {grant_id}", key.key_id)));
+                return Err(Error::NotFound(NotFound::Grant {
+                    key_id: Some(key.key_id),
+                    grant: Some(grant_id.to_string()),
+                }));
             }
             Ok(())
         })

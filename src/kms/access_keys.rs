@@ -132,7 +132,9 @@ impl Kms {
 }
 
 fn unknown(id: &str) -> Error {
-    Error::NotFound(format!("no access key {id} (see `kmsfs access-key list`)"))
+    Error::NotFound(crate::error::NotFound::Other(format!(
+        "no access key {id} (see `kmsfs access-key list`)"
+    )))
 }
 
 fn list(conn: &Connection) -> Result<Vec<AccessKeyInfo>> {

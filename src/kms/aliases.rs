@@ -2,7 +2,9 @@
 //! exactly one key; a key may have many. `alias/kmsfs/` is reserved for managed keys.
 
 use super::{require_customer_managed, Kms, Op, Principal, ALIAS_PREFIX, MANAGED_ALIAS_PREFIX};
-use crate::error::{Error, Result};
+use crate::error::{
+    AccessDenied, AlreadyExists, Denial, Error, KeyStateError, NotFound, Result, StateProblem,
+};
 use crate::keystore::records::{self, AliasRecord, KeyRecord, KeyState};
 
 /// AWS's limit on an alias name, prefix included.
@@ -29,9 +31,10 @@ pub fn validate_alias_name(alias: &str, managed: bool) -> Result<()> {
     }
     let reserved = alias.starts_with(MANAGED_ALIAS_PREFIX) || alias.starts_with("alias/aws/");
     if reserved && !managed {
-        return Err(Error::AccessDenied(format!(
-            "alias '{alias}' is reserved: names under {MANAGED_ALIAS_PREFIX} belong to keys kmsfs manages"
-        )));
+        return Err(Error::AccessDenied(AccessDenied {
+            key_id: None,
+            reason: Denial::ReservedAlias { alias: alias.to_string() },
+        }));
     }
     Ok(())
 }
@@ -39,23 +42,31 @@ pub fn validate_alias_name(alias: &str, managed: bool) -> Result<()> {
 /// Inserts an alias, refusing a name that is taken.
 pub(crate) fn insert_unique(op: &Op<'_>, alias: &str, key_id: &str) -> Result<()> {
     if let Some(existing) = records::load_alias(&op.tx, alias)? {
-        return Err(Error::AlreadyExists(format!(
-            "alias '{alias}' already exists (it points to key {}); use `kmsfs alias update` to move it",
-            existing.target_key_id
-        )));
+        return Err(Error::AlreadyExists(AlreadyExists::Alias {
+            alias: alias.to_string(),
+            target_key_id: existing.target_key_id,
+        }));
     }
     records::insert_alias(&op.tx, alias, key_id, op.now)
+}
+
+/// Refuses an API caller `action` on the key an alias points to now, unless that key's
+/// policy or a grant allows it.
+fn authorize_current_target(op: &mut Op<'_>, caller: &Principal, key_id: &str, action: &str) -> Result<()> {
+    if caller.remote.is_none() {
+        return Ok(());
+    }
+    match records::load_key(&op.tx, key_id)? {
+        Some(current) => op.authorize_admin(caller, &current, action),
+        None => Ok(()),
+    }
 }
 
 /// An alias may only point to a customer key that is not on its way out.
 fn check_target(key: &KeyRecord) -> Result<()> {
     require_customer_managed(key, "given user aliases")?;
     if matches!(key.state, KeyState::PendingDeletion | KeyState::Destroyed) {
-        return Err(Error::KeyState(format!(
-            "key {} is {}; an alias cannot point to it",
-            key.key_id,
-            key.state.as_str()
-        )));
+        return Err(Error::KeyState(KeyStateError::new(key, StateProblem::AliasTarget)));
     }
     Ok(())
 }
@@ -76,11 +87,11 @@ impl Kms {
             validate_alias_name(alias, false)?;
             let key = op.key(key_ref)?;
             check_target(&key)?;
-            if records::load_alias(&op.tx, alias)?.is_none() {
-                return Err(Error::NotFound(format!(
-                    "unknown alias '{alias}'; create it with `kmsfs alias create`"
-                )));
-            }
+            let existing = records::load_alias(&op.tx, alias)?
+                .ok_or_else(|| Error::NotFound(NotFound::Alias { alias: alias.to_string() }))?;
+            // An API caller moves an alias only away from a key it may administer, as in AWS
+            // (otherwise anyone could point another's alias at a key of their own).
+            authorize_current_target(op, caller, &existing.target_key_id, "kms:UpdateAlias")?;
             records::retarget_alias(&op.tx, alias, &key.key_id, op.now)
         })
     }
@@ -88,9 +99,9 @@ impl Kms {
     pub fn delete_alias(&mut self, caller: &Principal, alias: &str) -> Result<()> {
         self.audited(caller, "DeleteAlias", |op| {
             validate_alias_name(alias, false)?;
-            let existing = records::load_alias(&op.tx, alias)?.ok_or_else(|| {
-                Error::NotFound(format!("unknown alias '{alias}' (see `kmsfs alias list`)"))
-            })?;
+            let existing = records::load_alias(&op.tx, alias)?
+                .ok_or_else(|| Error::NotFound(NotFound::Alias { alias: alias.to_string() }))?;
+            authorize_current_target(op, caller, &existing.target_key_id, "kms:DeleteAlias")?;
             op.event.key_id = Some(existing.target_key_id);
             records::delete_alias(&op.tx, alias)
         })

@@ -55,10 +55,6 @@ impl ManualClock {
     pub fn advance_days(&self, days: i64) {
         self.0.fetch_add(days * 86_400_000, Ordering::SeqCst);
     }
-
-    pub fn advance_secs(&self, secs: i64) {
-        self.0.fetch_add(secs * 1000, Ordering::SeqCst);
-    }
 }
 
 impl Clock for ManualClock {

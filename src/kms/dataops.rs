@@ -4,9 +4,9 @@
 use zeroize::Zeroizing;
 
 use super::blob::{self, BlobHeader};
-use super::{require_enabled, version_material, EncryptionContext, Kms, Op, Principal};
+use super::{version_material, EncryptionContext, Kms, Op, Principal};
 use crate::crypto::SecretKey;
-use crate::error::{Error, Result};
+use crate::error::{Error, NotFound, Result};
 use crate::keystore::records::KeyRecord;
 
 /// The largest plaintext Encrypt takes, as in AWS KMS.
@@ -40,9 +40,7 @@ impl Op<'_> {
         plaintext: &[u8],
     ) -> Result<(u32, Vec<u8>)> {
         self.event.context = ctx.to_audit_string();
-        // Authorization first: a caller the key is not for learns nothing of its state.
         self.authorize(caller, key, action, ctx)?;
-        require_enabled(key)?;
         let version = key.current_version;
         let material = version_material(&self.tx, self.root, &key.key_id, version)?;
         let header = BlobHeader { key_id: key.key_id.clone(), key_version: version };
@@ -60,14 +58,10 @@ impl Op<'_> {
         self.event.context = ctx.to_audit_string();
         let (header, sealed) = BlobHeader::parse(blob)?;
         let key = self.key(&header.key_id).map_err(|e| match e {
-            Error::NotFound(_) => Error::NotFound(format!(
-                "the ciphertext was encrypted under key {}, which is not in this keystore",
-                header.key_id
-            )),
+            Error::NotFound(_) => Error::NotFound(NotFound::CiphertextKey { key_id: header.key_id.clone() }),
             other => other,
         })?;
         self.authorize(caller, &key, action, ctx)?;
-        require_enabled(&key)?;
         let material = version_material(&self.tx, self.root, &key.key_id, header.key_version)?;
         let plaintext = blob::open(&material.cipher(), &header, &ctx.encode(), sealed)?;
         Ok(Decrypted { key_id: key.key_id, key_version: header.key_version, plaintext })
@@ -78,10 +72,11 @@ fn check_expected_key(op: &mut Op<'_>, expected: Option<&str>, actual: &str) -> 
     if let Some(expected) = expected {
         let want = super::resolve(&op.tx, expected)?;
         if want.key_id != actual {
-            return Err(Error::InvalidCiphertext(format!(
-                "the ciphertext was encrypted under key {actual}, not {expected} ({})",
-                want.key_id
-            )));
+            return Err(Error::IncorrectKey {
+                actual: actual.to_string(),
+                expected: expected.to_string(),
+                expected_key_id: want.key_id,
+            });
         }
     }
     Ok(())
@@ -99,7 +94,9 @@ impl Kms {
         self.audited(caller, "Encrypt", |op| {
             let key = op.key(key_ref)?;
             if plaintext.len() > MAX_PLAINTEXT {
-                return Err(Error::InvalidArgument(format!(
+                // The pointer to data keys is part of the refusal (the library's callers
+                // see it too), not a command-line hint.
+                return Err(Error::LimitExceeded(format!(
                     "the plaintext is {} bytes; encrypt takes at most {MAX_PLAINTEXT}. \
                      For larger data use a data key (`kmsfs generate-data-key`)",
                     plaintext.len()

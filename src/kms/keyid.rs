@@ -2,7 +2,7 @@
 //! Inside ciphertext blobs and file headers they travel as their 16 raw bytes.
 
 use crate::crypto;
-use crate::keystore::hex;
+use crate::encoding::hex;
 
 pub const KEY_ID_BYTES: usize = 16;
 

@@ -21,11 +21,11 @@ use super::access;
 use super::access_keys::{self, Credential};
 use super::audit_writer::AuditSink;
 use super::blob::{self, BlobHeader};
-use super::policy::{Decision, GrantRule, Policy, Request};
+use super::policy::{GrantRule, Policy, Request};
 use super::wal_index::{self, WalIndex};
-use super::{require_enabled, version_material, AuditEvent, Clock, EncryptionContext, Principal};
+use super::{version_material, AuditEvent, Clock, EncryptionContext, Principal};
 use crate::crypto::{Cipher, SecretKey};
-use crate::error::{Error, Result};
+use crate::error::{Error, KeyStateError, NotFound, Result, StateProblem};
 use crate::keystore::records::{self, KeyRecord, KeyState};
 
 /// Who asks, and for which path (for the audit trail).
@@ -233,14 +233,13 @@ impl KeyRing {
         if cache.keys.contains_key(&id) {
             Ok(id)
         } else {
-            Err(Error::NotFound(format!("unknown key '{key_ref}'")))
+            Err(Error::NotFound(NotFound::KeyRef(key_ref.to_string())))
         }
     }
 
-    /// Refreshes, then checks `key_id` is usable: the question every file open asks, even
-    /// when the file's data key is already cached.
-    /// Refreshes, then checks that `key_id` is usable and that its policy or a grant allows
-    /// `action` for the caller. Returns the key and why it was allowed.
+    /// Refreshes, then asks [`access::authorize`] whether `key_id` may serve `action` for the
+    /// caller, from the cached policy and grants; the path is the one inside the mount.
+    /// Returns the key and why it was allowed.
     fn permitted(
         &self,
         access: Access<'_>,
@@ -265,21 +264,11 @@ impl KeyRing {
             .keys
             .get(key_id)
             .cloned()
-            .ok_or_else(|| Error::NotFound(format!("key {key_id} is not in this keystore")))?;
+            .ok_or_else(|| Error::NotFound(NotFound::Key { key_id: key_id.to_string() }))?;
         let request = Request { caller, action, context: ctx, path, now: self.clock.now_secs() };
         let grants = cache.grants.get(key_id).map(Vec::as_slice).unwrap_or(&[]);
-        let decision = match cache.policies.get(key_id) {
-            Some(policy) => policy.decide(grants, &request),
-            None => Decision::Deny("the key has no usable policy".into()),
-        };
-        // Authorization first: a caller the key is not for learns nothing of its state.
-        match decision {
-            Decision::Allow(why) => {
-                require_enabled(&key)?;
-                Ok((key, why))
-            }
-            Decision::Deny(why) => Err(Error::AccessDenied(format!("key {key_id}: {why}"))),
-        }
+        let why = access::authorize(&key, cache.policies.get(key_id), grants, &request)?;
+        Ok((key, why))
     }
 
     /// The current version of `key_id`, as the keystore says now.
@@ -290,7 +279,7 @@ impl KeyRing {
             .keys
             .get(key_id)
             .map(|k| k.current_version)
-            .ok_or_else(|| Error::NotFound(format!("unknown key '{key_id}'")))
+            .ok_or_else(|| Error::NotFound(NotFound::KeyRef(key_id.to_string())))
     }
 
     /// The state of `key_id` as the keystore says now (`None`: no such key here).
@@ -304,12 +293,10 @@ impl KeyRing {
         self.cache.read().expect("keyring cache lock").uses_groups
     }
 
-    fn material(&self, key_id: &str, version: u32) -> Result<Arc<Cipher>> {
+    fn material(&self, key: &KeyRecord, version: u32) -> Result<Arc<Cipher>> {
         let cache = self.cache.read().expect("keyring cache lock");
-        cache.material.get(&(key_id.to_string(), version)).cloned().ok_or_else(|| {
-            Error::KeyState(format!(
-                "version {version} of key {key_id} is not available (destroyed or missing)"
-            ))
+        cache.material.get(&(key.key_id.clone(), version)).cloned().ok_or_else(|| {
+            Error::KeyState(KeyStateError::new(key, StateProblem::VersionUnavailable { version }))
         })
     }
 
@@ -322,7 +309,7 @@ impl KeyRing {
     ) -> Result<(SecretKey, Vec<u8>)> {
         self.audited(access, "GenerateDataKey", Some(key_id), ctx, || {
             let (key, why) = self.permitted(access, key_id, "kms:GenerateDataKey", ctx)?;
-            let cipher = self.material(key_id, key.current_version)?;
+            let cipher = self.material(&key, key.current_version)?;
             let data_key = SecretKey::random();
             let header = BlobHeader { key_id: key_id.to_string(), key_version: key.current_version };
             let wrapped = blob::seal(&cipher, &header, &ctx.encode(), data_key.as_bytes());
@@ -342,8 +329,8 @@ impl KeyRing {
         let key_id = parsed.as_ref().ok().map(|(h, _)| h.key_id.clone());
         self.audited(access, "Decrypt", key_id.as_deref(), ctx, || {
             let (header, sealed) = parsed?;
-            let (_, why) = self.permitted(access, &header.key_id, "kms:Decrypt", ctx)?;
-            let cipher = self.material(&header.key_id, header.key_version)?;
+            let (key, why) = self.permitted(access, &header.key_id, "kms:Decrypt", ctx)?;
+            let cipher = self.material(&key, header.key_version)?;
             let plain = blob::open(&cipher, &header, &ctx.encode(), sealed)?;
             let key = SecretKey::from_slice(&plain).ok_or_else(|| {
                 Error::InvalidCiphertext("the wrapped data key has the wrong length".into())
@@ -377,7 +364,7 @@ impl KeyRing {
     ) -> Result<Vec<u8>> {
         self.audited(access, "ReEncrypt", Some(key_id), ctx, || {
             let (key, why) = self.permitted(access, key_id, "kms:ReEncryptTo", ctx)?;
-            let cipher = self.material(key_id, key.current_version)?;
+            let cipher = self.material(&key, key.current_version)?;
             let header = BlobHeader { key_id: key_id.to_string(), key_version: key.current_version };
             Ok((blob::seal(&cipher, &header, &ctx.encode(), data_key.as_bytes()), why))
         })
@@ -460,7 +447,7 @@ impl KeyRing {
                 )));
             }
             let (key, why) = self.permitted_at(caller, None, &key_id, "kms:Encrypt", ctx)?;
-            let cipher = self.material(&key_id, key.current_version)?;
+            let cipher = self.material(&key, key.current_version)?;
             let header = BlobHeader { key_id: key_id.clone(), key_version: key.current_version };
             Ok(((key_id, blob::seal(&cipher, &header, &ctx.encode(), plaintext)), why))
         })
@@ -481,15 +468,15 @@ impl KeyRing {
             if let Some(expected) = expected {
                 let want = self.resolve(expected)?;
                 if want != header.key_id {
-                    return Err(Error::InvalidCiphertext(format!(
-                        "{}{}, not {expected} ({want})",
-                        super::aws_errors::INCORRECT_KEY,
-                        header.key_id
-                    )));
+                    return Err(Error::IncorrectKey {
+                        actual: header.key_id.clone(),
+                        expected: expected.to_string(),
+                        expected_key_id: want,
+                    });
                 }
             }
-            let (_, why) = self.permitted_at(caller, None, &header.key_id, "kms:Decrypt", ctx)?;
-            let cipher = self.material(&header.key_id, header.key_version)?;
+            let (key, why) = self.permitted_at(caller, None, &header.key_id, "kms:Decrypt", ctx)?;
+            let cipher = self.material(&key, header.key_version)?;
             let plain = blob::open(&cipher, &header, &ctx.encode(), sealed)?;
             Ok(((header.key_id, plain), why))
         })
@@ -510,7 +497,7 @@ impl KeyRing {
             let key_id = self.resolve(key_ref)?;
             event.key_id = Some(key_id.clone());
             let (key, why) = self.permitted_at(caller, None, &key_id, &format!("kms:{operation}"), ctx)?;
-            let cipher = self.material(&key_id, key.current_version)?;
+            let cipher = self.material(&key, key.current_version)?;
             let mut plain = zeroize::Zeroizing::new(vec![0u8; len]);
             crate::crypto::fill_random(&mut plain);
             let header = BlobHeader { key_id: key_id.clone(), key_version: key.current_version };
@@ -536,20 +523,20 @@ impl KeyRing {
             if let Some(expected) = source_expected {
                 let want = self.resolve(expected)?;
                 if want != header.key_id {
-                    return Err(Error::InvalidCiphertext(format!(
-                        "{}{}, not {expected} ({want})",
-                        super::aws_errors::INCORRECT_KEY,
-                        header.key_id
-                    )));
+                    return Err(Error::IncorrectKey {
+                        actual: header.key_id.clone(),
+                        expected: expected.to_string(),
+                        expected_key_id: want,
+                    });
                 }
             }
-            let (_, why_from) =
+            let (source, why_from) =
                 self.permitted_at(caller, None, &header.key_id, "kms:ReEncryptFrom", source_ctx)?;
             let dest_id = self.resolve(dest_ref)?;
             let (dest, why_to) = self.permitted_at(caller, None, &dest_id, "kms:ReEncryptTo", dest_ctx)?;
-            let cipher = self.material(&header.key_id, header.key_version)?;
+            let cipher = self.material(&source, header.key_version)?;
             let plain = blob::open(&cipher, &header, &source_ctx.encode(), sealed)?;
-            let dest_cipher = self.material(&dest_id, dest.current_version)?;
+            let dest_cipher = self.material(&dest, dest.current_version)?;
             let dest_header = BlobHeader { key_id: dest_id.clone(), key_version: dest.current_version };
             let out = blob::seal(&dest_cipher, &dest_header, &dest_ctx.encode(), &plain);
             event.reason = format!("to key {dest_id}");

@@ -6,7 +6,7 @@ use super::{
     add_version, aliases::validate_alias_name, keyid, require_customer_managed, require_enabled, resolve,
     Kms, Op, Principal, MANAGED_ALIAS_PREFIX,
 };
-use crate::error::{Error, Result};
+use crate::error::{Error, KeyStateError, Result, StateProblem};
 use crate::keystore::records::{self, KeyManager, KeyRecord, KeyState, VersionRecord};
 
 pub const DAY_SECS: i64 = 86_400;
@@ -44,7 +44,7 @@ impl Op<'_> {
         if self.caller.remote.is_some() && !SELF_AUTHORIZING.contains(&self.event.operation.as_str()) {
             let action = format!("kms:{}", self.event.operation);
             let caller = self.caller;
-            self.authorize(caller, &key, &action, &Default::default())?;
+            self.authorize_admin(caller, &key, &action)?;
         }
         Ok(key)
     }
@@ -144,8 +144,9 @@ impl Kms {
         self.audited(caller, "UpdateKeyDescription", |op| {
             let mut key = op.key(key_ref)?;
             require_customer_managed(&key, "re-described")?;
+            super::require_not_deleted(&key)?;
             if key.state == KeyState::Destroyed {
-                return Err(Error::KeyState(format!("key {} was destroyed", key.key_id)));
+                return Err(Error::KeyState(KeyStateError::new(&key, StateProblem::NotEnabled)));
             }
             key.description = description.to_string();
             records::update_key(&op.tx, &key)
@@ -259,10 +260,9 @@ impl Kms {
             match key.state {
                 KeyState::Enabled | KeyState::Disabled => {}
                 KeyState::PendingDeletion => {
-                    return Err(Error::KeyState(format!(
-                        "key {} is already pending deletion (on {})",
-                        key.key_id,
-                        key.deletion_date.map(super::clock::format_date).unwrap_or_default()
+                    return Err(Error::KeyState(KeyStateError::new(
+                        &key,
+                        StateProblem::AlreadyPendingDeletion,
                     )))
                 }
                 KeyState::Destroyed => require_enabled(&key)?,
@@ -288,11 +288,7 @@ impl Kms {
                     records::update_key(&op.tx, &key)
                 }
                 KeyState::Destroyed => require_enabled(&key),
-                _ => Err(Error::KeyState(format!(
-                    "key {} is {}, not pending deletion; there is nothing to cancel",
-                    key.key_id,
-                    key.state.as_str()
-                ))),
+                _ => Err(Error::KeyState(KeyStateError::new(&key, StateProblem::NotPendingDeletion))),
             }
         })
     }

@@ -76,8 +76,9 @@ impl Kms {
     /// The metadata of a key an operation just created or changed, for its answer; not
     /// audited again (the operation was).
     pub fn metadata_after(&self, key_id: &str) -> Result<KeyMetadata> {
-        let key = records::load_key(self.keystore().conn(), key_id)?
-            .ok_or_else(|| crate::Error::NotFound(format!("unknown key '{key_id}'")))?;
+        let key = records::load_key(self.keystore().conn(), key_id)?.ok_or_else(|| {
+            crate::Error::NotFound(crate::error::NotFound::Key { key_id: key_id.to_string() })
+        })?;
         with_aliases(self.keystore().conn(), key)
     }
 

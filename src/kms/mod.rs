@@ -41,9 +41,11 @@ pub use metadata::KeyMetadata;
 pub use principal::Principal;
 
 use crate::crypto::{self, SecretKey};
-use crate::error::{Error, Result};
+use crate::error::{Error, KeyStateError, NotFound, Result, StateProblem};
 use crate::keystore::records::{self, KeyManager, KeyRecord, KeyState};
 use crate::keystore::{self, Keystore};
+use audit_writer::AuditWriter;
+use keyring::KeyRing;
 
 /// Prefix of every alias name.
 pub const ALIAS_PREFIX: &str = "alias/";
@@ -134,6 +136,17 @@ impl Kms {
 
     pub fn clock(&self) -> &Arc<dyn Clock> {
         &self.clock
+    }
+
+    /// Turns this KMS into the key ring of a mount (or of a walk over many files): the KMS,
+    /// with its write connection, goes to the thread that appends the ring's audit events,
+    /// and the ring reads the same keystore, already opened and checked here, through a
+    /// read-only connection of its own.
+    pub fn into_key_ring(self, me: Principal) -> Result<(KeyRing, AuditWriter)> {
+        let (path, root, clock) = (self.ks.path().to_path_buf(), self.root.clone(), Arc::clone(&self.clock));
+        let (sink, writer) =
+            AuditWriter::spawn(self, me).map_err(|e| Error::io("cannot start the audit writer", e))?;
+        Ok((KeyRing::open(&path, root, clock, sink)?, writer))
     }
 
     pub fn now_secs(&self) -> i64 {
@@ -270,49 +283,36 @@ impl Kms {
 pub(crate) fn resolve(conn: &Connection, key_ref: &str) -> Result<KeyRecord> {
     if key_ref.starts_with(ALIAS_PREFIX) {
         let alias = records::load_alias(conn, key_ref)?
-            .ok_or_else(|| Error::NotFound(format!("unknown alias '{key_ref}' (see `kmsfs alias list`)")))?;
+            .ok_or_else(|| Error::NotFound(NotFound::Alias { alias: key_ref.to_string() }))?;
         return records::load_key(conn, &alias.target_key_id)?.ok_or_else(|| {
-            Error::NotFound(format!(
-                "alias '{key_ref}' points to key {} which does not exist",
-                alias.target_key_id
-            ))
+            Error::NotFound(NotFound::AliasTarget { alias: key_ref.to_string(), key_id: alias.target_key_id })
         });
     }
-    let hint = if keyid::is_key_id(key_ref) {
-        "(see `kmsfs key list`)"
-    } else {
-        "(a key is named by its id or by an alias starting with 'alias/')"
-    };
-    records::load_key(conn, key_ref)?
-        .ok_or_else(|| Error::NotFound(format!("unknown key '{key_ref}' {hint}")))
+    records::load_key(conn, key_ref)?.ok_or_else(|| Error::NotFound(NotFound::KeyRef(key_ref.to_string())))
 }
 
 /// Refuses cryptographic use of a key that is not Enabled, naming the key and its state.
 pub(crate) fn require_enabled(key: &KeyRecord) -> Result<()> {
-    let id = &key.key_id;
     match key.state {
         KeyState::Enabled => Ok(()),
-        KeyState::Disabled => {
-            Err(Error::KeyState(format!("key {id} is disabled; enable it with `kmsfs key enable {id}`")))
-        }
-        KeyState::PendingDeletion => Err(Error::KeyState(format!(
-            "key {id} is pending deletion (to be destroyed {}); `kmsfs key cancel-deletion {id}` keeps it",
-            key.deletion_date.map(clock::format_date).unwrap_or_default()
-        ))),
-        KeyState::Destroyed => Err(Error::KeyState(format!(
-            "key {id} was destroyed {}; data encrypted under it is unrecoverable",
-            key.deletion_date.map(clock::format_date).unwrap_or_default()
-        ))),
+        _ => Err(Error::KeyState(KeyStateError::new(key, StateProblem::NotEnabled))),
+    }
+}
+
+/// Refuses changes (tags, description, grants) to a key on its way out, as AWS does.
+pub(crate) fn require_not_deleted(key: &KeyRecord) -> Result<()> {
+    match key.state {
+        KeyState::PendingDeletion | KeyState::Destroyed => Err(Error::KeyState(
+            crate::error::KeyStateError::new(key, crate::error::StateProblem::NotEnabled),
+        )),
+        _ => Ok(()),
     }
 }
 
 /// Refuses changes to a managed key, which only kmsfs itself administers.
 pub(crate) fn require_customer_managed(key: &KeyRecord, action: &str) -> Result<()> {
     if key.key_manager == KeyManager::Managed {
-        return Err(Error::AccessDenied(format!(
-            "key {} is managed by kmsfs and cannot be {action}",
-            key.key_id
-        )));
+        return Err(Error::managed_key(&key.key_id, action));
     }
     Ok(())
 }
@@ -344,9 +344,12 @@ pub(crate) fn version_material(
             )))
         }
         Some(None) => {
-            return Err(Error::KeyState(format!(
-                "version {version} of key {key_id} was destroyed; data encrypted under it is unrecoverable"
-            )))
+            let key = records::load_key(conn, key_id)?
+                .ok_or_else(|| Error::NotFound(NotFound::Key { key_id: key_id.to_string() }))?;
+            return Err(Error::KeyState(KeyStateError::new(
+                &key,
+                StateProblem::VersionDestroyed { version },
+            )));
         }
         Some(Some(sealed)) => sealed,
     };

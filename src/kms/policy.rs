@@ -278,19 +278,19 @@ impl Policy {
     /// Parses and validates a policy document; errors name the line or the field.
     pub fn parse(text: &str) -> Result<Policy> {
         if text.len() > MAX_POLICY_BYTES {
-            return Err(Error::InvalidArgument(format!(
+            return Err(Error::LimitExceeded(format!(
                 "the policy is {} bytes; the limit is {MAX_POLICY_BYTES}",
                 text.len()
             )));
         }
         let doc: Value = serde_json::from_str(text).map_err(|e| {
-            Error::InvalidArgument(format!(
+            Error::MalformedPolicy(format!(
                 "the policy is not valid JSON (line {}, column {}): {e}",
                 e.line(),
                 e.column()
             ))
         })?;
-        let bad = |field: &str, why: String| Error::InvalidArgument(format!("policy field {field}: {why}"));
+        let bad = |field: &str, why: String| Error::MalformedPolicy(format!("policy field {field}: {why}"));
         let obj = doc.as_object().ok_or_else(|| bad("(top level)", "must be an object".into()))?;
         for key in obj.keys() {
             if !["Version", "Id", "Statement"].contains(&key.as_str()) {
@@ -372,10 +372,10 @@ fn who(p: &Principal) -> String {
 }
 
 fn parse_statement(v: &Value, at: &str) -> Result<Statement> {
-    let bad = |field: &str, why: String| Error::InvalidArgument(format!("policy field {at}.{field}: {why}"));
+    let bad = |field: &str, why: String| Error::MalformedPolicy(format!("policy field {at}.{field}: {why}"));
     let obj = v
         .as_object()
-        .ok_or_else(|| Error::InvalidArgument(format!("policy field {at}: must be an object")))?;
+        .ok_or_else(|| Error::MalformedPolicy(format!("policy field {at}: must be an object")))?;
     for key in obj.keys() {
         if !["Sid", "Effect", "Principal", "Action", "Resource", "Condition"].contains(&key.as_str()) {
             return Err(bad(

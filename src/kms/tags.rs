@@ -35,8 +35,8 @@ pub(crate) fn put(conn: &Connection, key_id: &str, tags: &[(String, String)]) ->
     }
     let count: i64 = conn.query_row("SELECT count(*) FROM tags WHERE key_id = ?1", [key_id], |r| r.get(0))?;
     if count as usize > MAX_TAGS {
-        return Err(Error::InvalidArgument(format!(
-            "limit exceeded: key {key_id} would have {count} tags; the limit is {MAX_TAGS}"
+        return Err(Error::LimitExceeded(format!(
+            "key {key_id} would have {count} tags; the limit is {MAX_TAGS}"
         )));
     }
     Ok(())
@@ -55,6 +55,7 @@ impl Kms {
             validate(tags)?;
             let key = op.key(key_ref)?;
             super::require_customer_managed(&key, "tagged")?;
+            super::require_not_deleted(&key)?;
             put(&op.tx, &key.key_id, tags)
         })
     }
@@ -63,6 +64,7 @@ impl Kms {
         self.audited(caller, "UntagResource", |op| {
             let key = op.key(key_ref)?;
             super::require_customer_managed(&key, "untagged")?;
+            super::require_not_deleted(&key)?;
             for k in tag_keys {
                 op.tx
                     .execute("DELETE FROM tags WHERE key_id = ?1 AND tag_key = ?2", params![key.key_id, k])?;

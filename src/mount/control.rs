@@ -3,46 +3,27 @@
 //! directory / `user.kmsfs.rewrap` (write). Admin commands that work on a live mount go
 //! through these, so the mount applies the caller's policies and keeps its caches true.
 
-use std::ffi::CString;
-use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::time::Instant;
 
+use crate::sys::{self, Node};
 use crate::volume::rewrap::RewrapReport;
 
-pub use crate::fs::names::{
+pub use crate::fs::xattr::{
     XATTR_KEY as KEY, XATTR_KEY_EXPLICIT as KEY_EXPLICIT, XATTR_KEY_VERSION as KEY_VERSION,
     XATTR_REWRAP as REWRAP, XATTR_WRAPPED_BY as WRAPPED_BY,
 };
 
-fn c_strings(path: &Path, name: &str) -> std::io::Result<(CString, CString)> {
-    Ok((CString::new(path.as_os_str().as_bytes())?, CString::new(name)?))
-}
-
 /// Reads attribute `name` of `path` (not following a final symlink).
 pub fn get(path: &Path, name: &str) -> std::io::Result<String> {
-    let (c_path, c_name) = c_strings(path, name)?;
-    let mut buf = vec![0u8; 256];
-    // SAFETY: both strings are NUL-terminated and `buf` has the length passed.
-    let n = unsafe { libc::lgetxattr(c_path.as_ptr(), c_name.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
-    if n < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    buf.truncate(n as usize);
-    Ok(String::from_utf8_lossy(&buf).into_owned())
+    let value = sys::get_xattr(Node::Path(&sys::c_path(path)?), &sys::c_bytes(name.as_bytes())?)?;
+    Ok(String::from_utf8_lossy(&value).into_owned())
 }
 
 /// Sets attribute `name` of `path` (not following a final symlink).
 pub fn set(path: &Path, name: &str, value: &[u8]) -> std::io::Result<()> {
-    let (c_path, c_name) = c_strings(path, name)?;
-    // SAFETY: NUL-terminated strings and a value slice of the length passed.
-    let rc =
-        unsafe { libc::lsetxattr(c_path.as_ptr(), c_name.as_ptr(), value.as_ptr().cast(), value.len(), 0) };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
+    sys::set_xattr(Node::Path(&sys::c_path(path)?), &sys::c_bytes(name.as_bytes())?, value, 0)
 }
 
 /// What an errno from a control attribute means, for a person.

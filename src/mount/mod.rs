@@ -14,14 +14,13 @@ use std::sync::Arc;
 use fuser::{MountOption, SessionACL};
 use zeroize::Zeroizing;
 
+use crate::content::volume_cipher::VolumeCipher;
 use crate::crypto::SecretKey;
 use crate::error::{Error, Result};
-use crate::fs::names::NameCipher;
 use crate::fs::{FsOptions, KmsFs};
 use crate::keystore::Keystore;
-use crate::kms::audit_writer::AuditWriter;
-use crate::kms::keyring::KeyRing;
-use crate::kms::{Clock, EncryptionContext, Kms, Principal, SystemClock};
+use crate::kms::keyring::Access;
+use crate::kms::{Clock, Kms, Principal, SystemClock};
 use crate::volume::VolumeConfig;
 
 /// One thread reads and answers FUSE requests, polling for the next one after each reply
@@ -41,6 +40,9 @@ pub struct MountRequest {
     pub foreground: bool,
     /// `-o` options, comma-separated lists already split.
     pub options: Vec<String>,
+    /// How the caller words an error: a background daemon that fails before its mount is up
+    /// reports it as text to the process that started it.
+    pub word_error: fn(&Error) -> String,
 }
 
 /// A checked request: paths absolute, keystore unlocked, options parsed.
@@ -53,6 +55,7 @@ struct Prepared {
     mount_options: Vec<MountOption>,
     acl: SessionACL,
     fs_options: FsOptions,
+    word_error: fn(&Error) -> String,
 }
 
 /// Mounts a volume. In the background (default) this returns when the mount is ready;
@@ -154,7 +157,18 @@ fn prepare(request: &MountRequest, passphrase: &[u8]) -> Result<Prepared> {
     let root = ks.unlock(passphrase)?;
     config.require_keystore(&cipher_dir, &keystore, &ks.keystore_id()?)?;
     let (mount_options, acl, fs_options) = parse_options(&request.options, &cipher_dir)?;
-    Ok(Prepared { cipher_dir, mountpoint, keystore, config, root, mount_options, acl, fs_options })
+    let word_error = request.word_error;
+    Ok(Prepared {
+        cipher_dir,
+        mountpoint,
+        keystore,
+        config,
+        root,
+        mount_options,
+        acl,
+        fs_options,
+        word_error,
+    })
 }
 
 /// Turns `-o` options into FUSE mount options. kmsfs always mounts with
@@ -342,9 +356,10 @@ fn serve(p: Prepared, ready: impl FnOnce(std::result::Result<(), String>)) -> Re
             f(r)
         }
     };
+    let word_error = p.word_error;
     let result = serve_inner(p, &mut report);
     if let Err(e) = &result {
-        report(Err(e.to_string()));
+        report(Err(word_error(e)));
     }
     result
 }
@@ -360,12 +375,13 @@ fn serve_inner(p: Prepared, report: &mut dyn FnMut(std::result::Result<(), Strin
     let signals = daemon::block_termination_signals();
     let clock: Arc<dyn Clock> = Arc::new(SystemClock::from_env().map_err(Error::InvalidArgument)?);
     let me = Principal::current_process();
-    let mut kms = Kms::new(Keystore::open(&p.keystore)?, p.root.clone(), clock.clone(), &me)?;
-    let names_key = unwrap_names_key(&mut kms, &me, &p.config)?;
-    let (sink, writer) =
-        AuditWriter::spawn(kms, me).map_err(|e| Error::io("cannot start the audit writer", e))?;
-    let keyring = Arc::new(KeyRing::open(&p.keystore, p.root.clone(), clock, sink)?);
-    let fs = KmsFs::new(p.cipher_dir.clone(), p.config, keyring, NameCipher::new(&names_key), p.fs_options)
+    // The daemon opens the keystore once (a connection made before the fork must not be
+    // used after it); the key ring reads it through a connection of its own.
+    let kms = Kms::new(Keystore::open(&p.keystore)?, p.root.clone(), clock, &me)?;
+    let (keyring, writer) = kms.into_key_ring(me.clone())?;
+    let keyring = Arc::new(keyring);
+    let (names_key, _) = p.config.unwrap_names_key(&keyring, Access { caller: &me, path: "/" })?;
+    let fs = KmsFs::new(p.cipher_dir.clone(), p.config, keyring, VolumeCipher::new(&names_key), p.fs_options)
         .map_err(|e| Error::io(format!("cannot read {}", p.cipher_dir.display()), e))?;
     drop(names_key);
 
@@ -395,26 +411,14 @@ fn serve_inner(p: Prepared, report: &mut dyn FnMut(std::result::Result<(), Strin
 
 /// Two malloc arenas for the whole daemon instead of glibc's default of up to eight per
 /// core: each FUSE thread's short-lived request buffers (up to 1 MiB) would otherwise be
-/// spread over arenas of their own, and the peak RSS grows with them (issue 7 budgets the
-/// daemon's peak RSS at 64 MiB). Must run before the threads start.
+/// spread over arenas of their own, and the peak RSS grows with them (the budget for the
+/// daemon's peak RSS is 64 MiB, docs/PERFORMANCE.md). Must run before the threads start.
 fn limit_malloc_arenas() {
     #[cfg(target_env = "gnu")]
     // SAFETY: mallopt only sets an allocator parameter.
     unsafe {
         libc::mallopt(libc::M_ARENA_MAX, 2);
     }
-}
-
-/// The volume's names key, unwrapped once per mount (an audited Decrypt).
-fn unwrap_names_key(kms: &mut Kms, me: &Principal, config: &VolumeConfig) -> Result<SecretKey> {
-    use base64::Engine;
-    let blob = base64::engine::general_purpose::STANDARD
-        .decode(&config.names_key)
-        .map_err(|_| Error::InvalidArgument("the volume's names key is not valid base64".into()))?;
-    let ctx: EncryptionContext = config.names_context();
-    let out = kms.decrypt(me, &blob, &ctx, None)?;
-    SecretKey::from_slice(&out.plaintext)
-        .ok_or_else(|| Error::InvalidCiphertext("the volume's names key has the wrong length".into()))
 }
 
 #[cfg(test)]

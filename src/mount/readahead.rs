@@ -2,7 +2,7 @@
 //! default read-ahead (128 KiB) and the INIT reply's `max_readahead` can only lower it, so
 //! sequential reads reach the daemon as 128 KiB READs however large the reader's requests.
 //! Root may raise the device's `read_ahead_kb` in sysfs: then a `dd bs=1M` arrives as 1 MiB
-//! READs, an eighth of the round trips (issue 7, docs/PERFORMANCE.md).
+//! READs, an eighth of the round trips (docs/PERFORMANCE.md).
 
 use std::path::Path;
 

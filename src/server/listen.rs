@@ -52,10 +52,10 @@ fn tls_acceptor(cert: &Path, key: &Path) -> Result<tokio_rustls::TlsAcceptor> {
 fn bind_socket(path: &Path, mode: u32, group: Option<&str>) -> Result<UnixListener> {
     if path.exists() {
         if std::os::unix::net::UnixStream::connect(path).is_ok() {
-            return Err(Error::AlreadyExists(format!(
-                "a server already listens on {}; stop it or give another --socket",
-                path.display()
-            )));
+            return Err(Error::AlreadyExists(crate::error::AlreadyExists::Path {
+                path: path.to_path_buf(),
+                refusing: "a server listens on it; stop it or give another --socket".into(),
+            }));
         }
         std::fs::remove_file(path)
             .map_err(|e| Error::io(format!("cannot remove stale {}", path.display()), e))?;

@@ -6,27 +6,21 @@
 //! as stored, because the names keys themselves are kept. The source is only read.
 
 use std::collections::HashMap;
-use std::ffi::CString;
-use std::fs::File;
-use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::Path;
 use std::time::Instant;
 
-use base64::engine::general_purpose::STANDARD as B64;
-use base64::Engine;
-
 use super::dirmeta::DirMeta;
-use super::dirnames::{DirNames, EntryName, SIDECAR_SUFFIX};
-use super::os::read_growing;
-use super::rewrap::unwrap_header;
-use super::{open_noatime, VolumeConfig};
+use super::file_keys::unwrap_header;
+use super::VolumeConfig;
+use crate::content::names::{EntryName, NameCipher, SIDECAR_SUFFIX};
+use crate::content::{FileHeader, HEADER_LEN};
+use crate::encoding::hex;
 use crate::error::{Error, Result};
-use crate::format::{FileHeader, HEADER_LEN};
-use crate::keystore::hex;
 use crate::kms::keyring::{Access, KeyRing};
 use crate::kms::Principal;
+use crate::sys::{self, open_noatime, Node};
 
 /// One volume of the copy, with the key ring that opens it.
 pub struct Side<'a> {
@@ -64,10 +58,7 @@ pub fn destination_config(
     to_key: Option<&str>,
     now: i64,
 ) -> Result<VolumeConfig> {
-    let blob = B64
-        .decode(&src.config.names_key)
-        .map_err(|_| Error::InvalidCiphertext("the source volume names key is malformed".into()))?;
-    let (names_key, _) = src.ring.decrypt_data_key(src.access("/"), &blob, &src.config.names_context())?;
+    let (names_key, _) = src.config.unwrap_names_key(src.ring, src.access("/"))?;
     let default_key_id = to_key.unwrap_or(&src.config.default_key_id).to_string();
     let mut config = VolumeConfig {
         volume_id: super::new_volume_id(),
@@ -83,7 +74,7 @@ pub fn destination_config(
         &config.names_context(),
         &names_key,
     )?;
-    config.names_key = B64.encode(wrapped);
+    config.set_names_key_blob(&wrapped);
     Ok(config)
 }
 
@@ -121,7 +112,7 @@ impl<'a> Copier<'a> {
         if self.report.errors.is_empty() {
             self.dst.config.save(dst_dir)?;
         }
-        super::os::sync_filesystem(dst_dir);
+        sys::sync_filesystem(dst_dir);
         self.report.seconds = began.elapsed().as_secs_f64();
         Ok(self.report)
     }
@@ -142,7 +133,7 @@ impl<'a> Copier<'a> {
         let key = self.target(&keys.key_id).to_string();
         let blob = self.dst.ring.wrap_data_key(self.dst.access(plain), &key, &ctx, &keys.names_key)?;
         DirMeta::new(&key, keys.explicit, &keys.iv, &blob).save(dst)?;
-        let names = DirNames::new(&keys.names_key, &keys.iv);
+        let names = NameCipher::new(&keys.names_key, &keys.iv);
         let mut entries: Vec<_> =
             std::fs::read_dir(src).map_err(|e| Error::io(plain, e))?.flatten().collect();
         entries.sort_by_key(|e| e.file_name());
@@ -204,11 +195,9 @@ impl<'a> Copier<'a> {
             std::os::unix::fs::symlink(target, dst).map_err(|e| Error::io("symlink", e))?;
         } else {
             // FIFOs and sockets (and device nodes, as root): recreated alike.
-            let path = c_path(dst)?;
-            // SAFETY: a NUL-terminated path; mode and rdev from the source's stat.
-            if unsafe { libc::mknod(path.as_ptr(), meta.mode(), meta.rdev() as libc::dev_t) } != 0 {
-                return Err(Error::io("mknod", std::io::Error::last_os_error()));
-            }
+            sys::c_path(dst)
+                .and_then(|path| sys::mknod(&path, meta.mode(), meta.rdev()))
+                .map_err(|e| Error::io("mknod", e))?;
         }
         copy_attributes(src, dst).map_err(|e| Error::io("attributes", e))
     }
@@ -232,7 +221,7 @@ impl<'a> Copier<'a> {
             .map_err(|e| Error::io("write header", e))?;
         let len = from.metadata().map_err(|e| Error::io("stat", e))?.len();
         self.report.bytes_copied +=
-            copy_sparse(&from, &to, HEADER_LEN, len).map_err(|e| Error::io("copy", e))?;
+            sys::copy_sparse(&from, &to, HEADER_LEN, len).map_err(|e| Error::io("copy", e))?;
         to.set_len(len).map_err(|e| Error::io("set length", e))?;
         Ok(())
     }
@@ -243,86 +232,29 @@ impl<'a> Copier<'a> {
     }
 }
 
-fn c_path(path: &Path) -> Result<CString> {
-    CString::new(path.as_os_str().as_bytes())
-        .map_err(|_| Error::InvalidArgument("a path holds a NUL byte".into()))
-}
-
-/// Copies `from[start..len]` to the same offsets of `to`, skipping holes; returns the
-/// number of bytes copied.
-fn copy_sparse(from: &File, to: &File, start: u64, len: u64) -> std::io::Result<u64> {
-    let (src, dst) = (from.as_raw_fd(), to.as_raw_fd());
-    let mut copied = 0;
-    let mut at = start as i64;
-    while (at as u64) < len {
-        // SAFETY: lseek on an open descriptor.
-        let data = unsafe { libc::lseek(src, at, libc::SEEK_DATA) };
-        if data < 0 {
-            let e = std::io::Error::last_os_error();
-            if e.raw_os_error() == Some(libc::ENXIO) {
-                break; // only a hole is left
-            }
-            return Err(e);
-        }
-        // SAFETY: as above.
-        let hole = unsafe { libc::lseek(src, data, libc::SEEK_HOLE) }.min(len as i64);
-        let (mut off_in, mut off_out) = (data, data);
-        while off_in < hole {
-            let want = (hole - off_in) as usize;
-            // SAFETY: valid descriptors and offsets owned by this function.
-            let n = unsafe { libc::copy_file_range(src, &mut off_in, dst, &mut off_out, want, 0) };
-            if n < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            if n == 0 {
-                break;
-            }
-            copied += n as u64;
-        }
-        at = hole;
-    }
-    Ok(copied)
-}
-
 /// Mode, ownership (as root), xattrs (kmsfs's encrypted ones) and times of `src` onto `dst`.
+/// Best effort, as `cp -a`: what the destination refuses is left as created.
 fn copy_attributes(src: &Path, dst: &Path) -> std::io::Result<()> {
     let meta = std::fs::symlink_metadata(src)?;
-    let path = CString::new(dst.as_os_str().as_bytes())?;
-    // SAFETY: NUL-terminated paths and plain integer arguments throughout.
-    unsafe {
-        if libc::geteuid() == 0 {
-            libc::lchown(path.as_ptr(), meta.uid(), meta.gid());
-        }
-        if !meta.file_type().is_symlink() {
-            libc::chmod(path.as_ptr(), meta.mode() & 0o7777);
-        }
+    let path = sys::c_path(dst)?;
+    let node = Node::Path(&path);
+    if sys::effective_ids().0 == 0 {
+        let _ = sys::chown(node, Some(meta.uid()), Some(meta.gid()));
     }
-    for name in xattr_names(src)? {
-        let value = xattr_value(src, &name)?;
-        let c_name = CString::new(name)?;
-        // SAFETY: NUL-terminated strings and a value slice of the length passed.
-        unsafe { libc::lsetxattr(path.as_ptr(), c_name.as_ptr(), value.as_ptr().cast(), value.len(), 0) };
+    if !meta.file_type().is_symlink() {
+        let _ = sys::chmod(node, meta.mode() & 0o7777);
+    }
+    let src_path = sys::c_path(src)?;
+    let listed = sys::list_xattr(Node::Path(&src_path)).unwrap_or_default();
+    for name in listed.split(|&b| b == 0).filter(|n| n.starts_with(b"user.")) {
+        let c_name = sys::c_bytes(name)?;
+        let value = sys::get_xattr(Node::Path(&src_path), &c_name)?;
+        let _ = sys::set_xattr(node, &c_name, &value, 0);
     }
     let times = [
         libc::timespec { tv_sec: meta.atime(), tv_nsec: meta.atime_nsec() },
         libc::timespec { tv_sec: meta.mtime(), tv_nsec: meta.mtime_nsec() },
     ];
-    // SAFETY: as above; AT_SYMLINK_NOFOLLOW sets a symlink's own times.
-    unsafe { libc::utimensat(libc::AT_FDCWD, path.as_ptr(), times.as_ptr(), libc::AT_SYMLINK_NOFOLLOW) };
+    let _ = sys::set_times(node, &times);
     Ok(())
-}
-
-/// The `user.` xattrs of `path` (kmsfs's encrypted ones); none where listing fails.
-fn xattr_names(path: &Path) -> std::io::Result<Vec<Vec<u8>>> {
-    let c = CString::new(path.as_os_str().as_bytes())?;
-    // SAFETY: a NUL-terminated path and a buffer of the length passed.
-    let list =
-        read_growing(|buf, len| unsafe { libc::llistxattr(c.as_ptr(), buf.cast(), len) }).unwrap_or_default();
-    Ok(list.split(|&b| b == 0).filter(|n| n.starts_with(b"user.")).map(<[u8]>::to_vec).collect())
-}
-
-fn xattr_value(path: &Path, name: &[u8]) -> std::io::Result<Vec<u8>> {
-    let (c, n) = (CString::new(path.as_os_str().as_bytes())?, CString::new(name)?);
-    // SAFETY: NUL-terminated strings and a buffer of the length passed.
-    read_growing(|buf, len| unsafe { libc::lgetxattr(c.as_ptr(), n.as_ptr(), buf, len) })
 }

@@ -3,7 +3,7 @@
 //!
 //! Stored twice in every backing directory, `kmsfs.dir` and `kmsfs.dir.bak`, each written
 //! atomically (temp file, fsync, rename, fsync of the directory). A crash cannot tear either
-//! (gocryptfs issue 1033 was a torn `gocryptfs.diriv` making a whole directory unreadable),
+//! (gocryptfs has seen a torn `gocryptfs.diriv` make a whole directory unreadable),
 //! and damage to one copy (a truncated file) is survived by reading the other.
 
 use std::path::Path;
@@ -13,13 +13,13 @@ use base64::Engine;
 use serde::{Deserialize, Serialize};
 
 use super::write_atomically;
+use crate::content::names::IV_LEN;
+use crate::encoding::hex;
 use crate::error::{Error, Result};
-use crate::keystore::hex;
 use crate::kms::EncryptionContext;
 
 pub const DIR_META: &str = "kmsfs.dir";
 pub const DIR_META_BACKUP: &str = "kmsfs.dir.bak";
-pub const IV_LEN: usize = 16;
 
 /// One metadata copy as found on disk.
 enum Copy {
@@ -28,13 +28,25 @@ enum Copy {
     Parsed(DirMeta),
 }
 
-/// Why a directory has no metadata copy to unwrap.
+/// Why a directory's keys could not be loaded (`DirMeta::load_keys`).
 #[derive(Debug)]
-pub enum Unusable {
-    /// Neither copy exists: a directory whose creation was interrupted.
+pub enum NoKeys {
+    /// Neither copy exists: a directory whose creation was interrupted (the caller may
+    /// repair it).
     Missing,
-    /// No copy can be read or parsed.
+    /// No copy can be read or parsed (the caller may repair an empty directory).
     Unreadable(Error),
+    /// The copies there did not unwrap: the key's state or policy refused, or both copies
+    /// fail to authenticate.
+    Refused(Error),
+}
+
+/// Why one metadata copy gave no keys.
+enum CopyRefused {
+    /// The key's state or policy refuses: the other copy names the same key, so this is final.
+    Final(Error),
+    /// This copy cannot be used (logged); the other may be.
+    Unusable(Error),
 }
 
 fn both_damaged(dir: &Path) -> Error {
@@ -130,14 +142,13 @@ impl DirMeta {
     /// unwraps. Unlike [`DirMeta::load_copies`] followed by [`DirMeta::unwrap_any`], the
     /// backup is read only when the primary is missing, damaged or does not unwrap: a
     /// directory's first use (every directory of a cold `ls -lR`) waits for one small file,
-    /// not two. `Ok(Err(..))` says there is no usable copy on disk at all (the caller may
-    /// repair); `Err` is why the copies there did not unwrap.
+    /// not two.
     pub fn load_keys(
         dir: &Path,
         ring: &crate::kms::keyring::KeyRing,
         access: crate::kms::keyring::Access<'_>,
         volume_id: &str,
-    ) -> Result<std::result::Result<DirKeys, Unusable>> {
+    ) -> std::result::Result<DirKeys, NoKeys> {
         let (mut seen, mut read_error, mut unwrap_error) = (false, None, None);
         for (i, name) in [DIR_META, DIR_META_BACKUP].into_iter().enumerate() {
             let meta = match Self::read_copy(dir, name) {
@@ -153,17 +164,18 @@ impl DirMeta {
                     continue;
                 }
             };
-            match meta.unwrap_copy(i, ring, access, volume_id)? {
-                Ok(keys) => return Ok(Ok(keys)),
-                Err(e) => unwrap_error = Some(e),
+            match meta.unwrap_copy(i, ring, access, volume_id) {
+                Ok(keys) => return Ok(keys),
+                Err(CopyRefused::Final(e)) => return Err(NoKeys::Refused(e)),
+                Err(CopyRefused::Unusable(e)) => unwrap_error = Some(e),
             }
         }
-        match (unwrap_error, read_error) {
-            (Some(e), _) => Err(e),
-            (None, Some(e)) => Ok(Err(Unusable::Unreadable(e))),
-            (None, None) if seen => Ok(Err(Unusable::Unreadable(both_damaged(dir)))),
-            (None, None) => Ok(Err(Unusable::Missing)),
-        }
+        Err(match (unwrap_error, read_error) {
+            (Some(e), _) => NoKeys::Refused(e),
+            (None, Some(e)) => NoKeys::Unreadable(e),
+            (None, None) if seen => NoKeys::Unreadable(both_damaged(dir)),
+            (None, None) => NoKeys::Missing,
+        })
     }
 
     /// One copy: absent, damaged (logged), or parsed.
@@ -205,7 +217,7 @@ impl DirMeta {
         let mut primary = None;
         for name in [DIR_META, DIR_META_BACKUP] {
             let path = dir.join(name);
-            let mut f = match super::create_exclusive(&path, 0o644) {
+            let mut f = match crate::sys::create_exclusive(&path, 0o644) {
                 Ok(f) => f,
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
                     return self.save(dir).map(|()| Unsynced { files: Vec::new() })
@@ -286,30 +298,29 @@ impl DirMeta {
     ) -> Result<DirKeys> {
         let mut last = Error::InvalidCiphertext(format!("{} has no directory metadata", access.path));
         for (i, meta) in copies.iter().enumerate() {
-            match meta.unwrap_copy(i, ring, access, volume_id)? {
+            match meta.unwrap_copy(i, ring, access, volume_id) {
                 Ok(keys) => return Ok(keys),
-                Err(e) => last = e,
+                Err(CopyRefused::Final(e)) => return Err(e),
+                Err(CopyRefused::Unusable(e)) => last = e,
             }
         }
         Err(last)
     }
 
-    /// Unwraps copy number `i` (from 0). `Ok(Err(..))`: this copy cannot be used (logged),
-    /// another may be; `Err`: no copy can, the key's state or policy refuses.
+    /// Unwraps copy number `i` (from 0).
     fn unwrap_copy(
         &self,
         i: usize,
         ring: &crate::kms::keyring::KeyRing,
         access: crate::kms::keyring::Access<'_>,
         volume_id: &str,
-    ) -> Result<std::result::Result<DirKeys, Error>> {
-        match self.unwrap(ring, access, volume_id) {
-            Ok(keys) => Ok(Ok(keys)),
-            Err(e @ (Error::KeyState(_) | Error::AccessDenied(_))) => Err(e),
-            Err(e) => {
+    ) -> std::result::Result<DirKeys, CopyRefused> {
+        self.unwrap(ring, access, volume_id).map_err(|e| match e {
+            Error::KeyState(_) | Error::AccessDenied(_) => CopyRefused::Final(e),
+            e => {
                 log::warn!("{}: metadata copy {} cannot be used ({e})", access.path, i + 1);
-                Ok(Err(e))
+                CopyRefused::Unusable(e)
             }
-        }
+        })
     }
 }

@@ -10,26 +10,25 @@ use std::collections::HashSet;
 use std::ffi::OsStr;
 use std::fs::File;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileExt, MetadataExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::time::Instant;
 
-use base64::engine::general_purpose::STANDARD as B64;
-use base64::Engine;
-
-use super::dirmeta::{DirKeys, DirMeta, DIR_META, DIR_META_BACKUP, IV_LEN};
-use super::dirnames::{sidecar_of, DirNames, EntryName, LONG_PREFIX, SIDECAR_SUFFIX};
-use super::rewrap::{rewrap_file, unwrap_header};
-use super::{open_noatime, VolumeConfig, CONFIG_NAME};
+use super::dirmeta::{DirKeys, DirMeta, DIR_META, DIR_META_BACKUP};
+use super::file_keys::{new_file_key, unwrap_header};
+use super::rewrap::rewrap_file;
+use super::{VolumeConfig, CONFIG_NAME};
+use crate::content::crypt_file::Damage;
+use crate::content::names::{sidecar_of, EntryName, NameCipher, IV_LEN, LONG_PREFIX, SIDECAR_SUFFIX};
+use crate::content::volume_cipher::VolumeCipher;
 use crate::crypto;
+use crate::encoding::hex;
 use crate::error::Error;
-use crate::format::{self, FileHeader, FILE_ID_LEN, HEADER_LEN};
-use crate::fs::names::NameCipher;
-use crate::keystore::hex;
 use crate::keystore::records::KeyState;
 use crate::kms::blob::BlobHeader;
 use crate::kms::keyring::{Access, KeyRing};
 use crate::kms::Principal;
+use crate::sys::open_noatime;
 
 /// What a run may change.
 #[derive(Debug, Clone, Copy, Default)]
@@ -133,7 +132,7 @@ pub struct Fsck<'a> {
     config: &'a VolumeConfig,
     options: FsckOptions,
     /// The volume's names key (symlink targets), if it unwraps.
-    names: Option<NameCipher>,
+    names: Option<VolumeCipher>,
     seen_inodes: HashSet<(u64, u64)>,
     progress: &'a mut dyn FnMut(&FsckReport),
     report: FsckReport,
@@ -186,21 +185,19 @@ impl<'a> Fsck<'a> {
 
     /// The volume's own names key, for symlink targets.
     fn volume_key(&mut self) {
-        let blob = B64.decode(&self.config.names_key).unwrap_or_default();
-        match self.ring.decrypt_data_key(self.access("/"), &blob, &self.config.names_context()) {
-            Ok((key, _)) => self.names = Some(NameCipher::new(&key)),
+        match self.config.unwrap_names_key(self.ring, self.access("/")) {
+            Ok((key, _)) => self.names = Some(VolumeCipher::new(&key)),
             Err(e) => {
-                let (status, detail) = self.key_problem(&e, &blob);
+                let (status, detail) = self.key_problem(&e);
                 self.note(CONFIG_NAME, "volume", status, format!("volume names key: {detail}"), None);
             }
         }
     }
 
-    /// Classifies a refusal to unwrap `blob`.
-    fn key_problem(&self, e: &Error, blob: &[u8]) -> (Status, String) {
-        let key_id = BlobHeader::parse(blob).ok().map(|(h, _)| h.key_id);
+    /// Classifies a refusal to unwrap a key, by the state of the key that refused.
+    fn key_problem(&self, e: &Error) -> (Status, String) {
         let status = match e {
-            Error::KeyState(_) => match key_id.as_deref().and_then(|k| self.ring.key_state(k)) {
+            Error::KeyState(refused) => match refused.state {
                 Some(KeyState::PendingDeletion) => Status::KeyPendingDeletion,
                 Some(KeyState::Destroyed) => Status::KeyDestroyed,
                 _ => Status::KeyDisabled,
@@ -218,7 +215,7 @@ impl<'a> Fsck<'a> {
         self.report.directories += 1;
         (self.progress)(&self.report);
         let Some(keys) = self.directory_keys(dir, plain, parent_key) else { return };
-        let names = DirNames::new(&keys.names_key, &keys.iv);
+        let names = NameCipher::new(&keys.names_key, &keys.iv);
         let mut entries: Vec<_> = match std::fs::read_dir(dir) {
             Ok(e) => e.flatten().collect(),
             Err(e) => {
@@ -285,8 +282,7 @@ impl<'a> Fsck<'a> {
         let keys = match DirMeta::unwrap_any(&copies, self.ring, self.access(plain), &self.config.volume_id) {
             Ok(keys) => keys,
             Err(e) => {
-                let blob = copies[0].names_key_blob().unwrap_or_default();
-                let (status, detail) = self.key_problem(&e, &blob);
+                let (status, detail) = self.key_problem(&e);
                 let status = if status == Status::HeaderDamaged { Status::MetadataDamaged } else { status };
                 self.note(
                     plain,
@@ -416,57 +412,19 @@ impl<'a> Fsck<'a> {
         }
         let found = match unwrap_header(self.ring, self.access(plain), self.config, file) {
             Ok(found) => found,
-            Err(e) => {
-                let mut raw = [0u8; HEADER_LEN as usize];
-                let blob =
-                    match file.read_exact_at(&mut raw, 0).ok().and_then(|_| FileHeader::parse(&raw).ok()) {
-                        Some(h) => h.candidates()[0].blob.clone(),
-                        None => Vec::new(),
-                    };
-                return self.key_problem(&e, &blob);
-            }
+            Err(e) => return self.key_problem(&e),
         };
-        let size = format::plaintext_size(len);
-        if format::cipher_size(size) != len {
-            return (
-                Status::Tampered,
-                format!("length {len} is not a whole number of blocks (cut or extended)"),
-            );
-        }
-        let cipher = found.data_key.cipher();
-        let file_id: [u8; FILE_ID_LEN] = found.header.file_id;
-        let blocks = format::block_count(size).max(1);
-        let mut sealed = vec![0u8; format::CIPHER_BLOCK_SIZE as usize];
-        let mut plain_block = vec![0u8; format::BLOCK_SIZE as usize];
-        for index in 0..blocks {
-            let last = index + 1 == blocks;
-            let this =
-                if last { len - format::block_offset(index) } else { format::CIPHER_BLOCK_SIZE } as usize;
-            let out_len = this - crypto::SEAL_OVERHEAD;
-            let read = file.read_exact_at(&mut sealed[..this], format::block_offset(index));
-            let ok = read.is_ok()
-                && format::open_block(
-                    &cipher,
-                    &file_id,
-                    index,
-                    last,
-                    &sealed[..this],
-                    &mut plain_block[..out_len],
-                )
-                .is_ok();
-            if !ok {
-                let start = index * format::BLOCK_SIZE;
-                return (
-                    Status::Tampered,
-                    format!(
-                        "block {index} (bytes {start}..{}) does not authenticate",
-                        start + out_len as u64
-                    ),
-                );
+        let newest = found.newest;
+        match found.into_file_key().crypt(file, plain).verify(len) {
+            Ok(checked) => self.report.bytes_checked += checked,
+            Err(damage) => {
+                if let Damage::Block { start, .. } = damage {
+                    self.report.bytes_checked += start; // the whole blocks before it
+                }
+                return (Status::Tampered, damage.to_string());
             }
-            self.report.bytes_checked += out_len as u64;
         }
-        if !found.newest {
+        if !newest {
             return (
                 Status::InterruptedRewrap,
                 "the newer header slot is damaged; the older one unwraps".into(),
@@ -478,16 +436,10 @@ impl<'a> Fsck<'a> {
     /// Gives a zero-length file the header and empty last block of an empty file, under
     /// its directory's key (as the mount does on first open).
     fn fresh_header(&self, file: &File, plain: &str, key_id: &str) -> bool {
-        let file_id = crypto::random_bytes::<FILE_ID_LEN>();
-        let ctx = self.config.file_context(&file_id);
-        let Ok((data_key, blob)) = self.ring.generate_data_key(self.access(plain), key_id, &ctx) else {
+        let Ok((key, header)) = new_file_key(self.ring, self.access(plain), self.config, key_id) else {
             return false;
         };
-        let mut bytes = FileHeader::new(file_id, blob).encode().to_vec();
-        let mut empty = vec![0u8; crypto::SEAL_OVERHEAD];
-        format::seal_block(&data_key.cipher(), &file_id, 0, true, &[], &mut empty);
-        bytes.extend_from_slice(&empty);
-        file.write_all_at(&bytes, 0).is_ok() && file.sync_all().is_ok()
+        key.crypt(file, plain).init_new(&header.encode()).is_ok() && file.sync_all().is_ok()
     }
 
     /// A directory whose names key is destroyed is removed whole (nothing in it can be

@@ -1,21 +1,24 @@
 //! A cipher directory: its configuration file and the encryption contexts it binds keys to.
 
 use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine;
 use serde::{Deserialize, Serialize};
 
 pub mod copy;
 pub mod dirmeta;
-pub mod dirnames;
+pub mod file_keys;
 pub mod fsck;
-pub mod os;
 pub mod rewrap;
 
 use crate::crypto;
+use crate::crypto::SecretKey;
+use crate::encoding::hex;
 use crate::error::{Error, Result};
-use crate::keystore::hex;
+use crate::kms::blob::BlobHeader;
+use crate::kms::keyring::{Access, KeyRing};
 use crate::kms::EncryptionContext;
 
 /// The configuration file at the top of every cipher directory.
@@ -51,10 +54,7 @@ impl VolumeConfig {
         let text = match std::fs::read_to_string(&path) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(Error::NotFound(format!(
-                    "{} is not a kmsfs volume (no {CONFIG_NAME}); create one with `kmsfs volume init`",
-                    cipher_dir.display()
-                )))
+                return Err(Error::NotFound(crate::error::NotFound::Volume { dir: cipher_dir.to_path_buf() }))
             }
             Err(e) => return Err(Error::io(format!("cannot read {}", path.display()), e)),
         };
@@ -74,7 +74,7 @@ impl VolumeConfig {
                 config.version
             )));
         }
-        if config.block_size as u64 != crate::format::BLOCK_SIZE {
+        if config.block_size as u64 != crate::content::BLOCK_SIZE {
             return Err(bad(format!("block size {} is not supported", config.block_size)));
         }
         Ok(config)
@@ -109,27 +109,22 @@ impl VolumeConfig {
     pub fn names_context(&self) -> EncryptionContext {
         EncryptionContext::new().with("kmsfs:volume", &self.volume_id).with("kmsfs:purpose", "names")
     }
-}
 
-/// Opens a backing file without updating its access time: kmsfs's own reads (headers,
-/// read-modify-write of blocks) are not the user's reads. Never follows a symlink.
-/// O_NOATIME needs ownership (or CAP_FOWNER), so it is dropped when refused.
-pub fn open_noatime(path: &Path, write: bool) -> std::io::Result<std::fs::File> {
-    open_noatime_with(path, write, 0)
-}
+    /// The wrapped names key (a KMS blob), decoded from the config's base64.
+    pub fn names_key_blob(&self) -> Result<Vec<u8>> {
+        B64.decode(&self.names_key)
+            .map_err(|_| Error::InvalidCiphertext("the volume names key is malformed".into()))
+    }
 
-/// [`open_noatime`] with more open flags (`flags`, e.g. O_NONBLOCK).
-pub fn open_noatime_with(path: &Path, write: bool, flags: i32) -> std::io::Result<std::fs::File> {
-    let open = |extra: i32| {
-        std::fs::OpenOptions::new()
-            .read(true)
-            .write(write)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | flags | extra)
-            .open(path)
-    };
-    match open(libc::O_NOATIME) {
-        Err(e) if e.raw_os_error() == Some(libc::EPERM) => open(0),
-        other => other,
+    pub fn set_names_key_blob(&mut self, blob: &[u8]) {
+        self.names_key = B64.encode(blob);
+    }
+
+    /// The volume's names key (symlink targets, xattrs), unwrapped through the key ring like
+    /// every other key: an audited Decrypt that the key's state and policy may refuse.
+    /// Returns which master key and version wrap it too.
+    pub fn unwrap_names_key(&self, ring: &KeyRing, access: Access<'_>) -> Result<(SecretKey, BlobHeader)> {
+        ring.decrypt_data_key(access, &self.names_key_blob()?, &self.names_context())
     }
 }
 
@@ -157,21 +152,10 @@ pub fn write_atomically(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
         .map_err(|e| Error::io(format!("cannot write {}", path.display()), e))
 }
 
-/// Creates `path` for writing, failing if anything (a file, a symlink) is there already:
-/// `O_CREAT | O_EXCL | O_NOFOLLOW`.
-pub fn create_exclusive(path: &Path, mode: u32) -> std::io::Result<std::fs::File> {
-    std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(path)
-}
-
 /// [`write_atomically`] through the temporary file `tmp`, which must not exist yet. Removes
 /// `tmp` on failure only if this call created it.
 fn write_via_temp(path: &Path, tmp: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
-    let mut f = create_exclusive(tmp, mode)?;
+    let mut f = crate::sys::create_exclusive(tmp, mode)?;
     let written = f.write_all(bytes).and_then(|()| f.sync_all()).and_then(|()| std::fs::rename(tmp, path));
     if let Err(e) = written {
         let _ = std::fs::remove_file(tmp);
@@ -203,7 +187,6 @@ pub fn init_volume(
     key_ref: Option<&str>,
     name: Option<&str>,
 ) -> Result<VolumeConfig> {
-    use base64::Engine;
     match std::fs::read_dir(cipher_dir) {
         Ok(mut entries) => {
             if entries.next().is_some() {
@@ -233,16 +216,16 @@ pub fn init_volume(
         volume_id,
         name,
         default_key_id: default_key_id.clone(),
-        block_size: crate::format::BLOCK_SIZE as u32,
+        block_size: crate::content::BLOCK_SIZE as u32,
         keystore_id: kms.keystore().keystore_id()?,
         created: crate::kms::clock::format_date(kms.now_secs()),
         names_key: String::new(),
     };
     let (_, _, names_blob) =
         kms.generate_data_key_without_plaintext(caller, &default_key_id, &config.names_context())?;
-    config.names_key = base64::engine::general_purpose::STANDARD.encode(names_blob);
+    config.set_names_key_blob(&names_blob);
     // The root directory's own metadata: its names key, under the default key.
-    let iv = crate::crypto::random_bytes::<{ dirmeta::IV_LEN }>();
+    let iv = crate::crypto::random_bytes::<{ crate::content::names::IV_LEN }>();
     let ctx = dirmeta::DirMeta::context(&config.volume_id, &hex(&iv));
     let (_, _, root_names) = kms.generate_data_key_without_plaintext(caller, &default_key_id, &ctx)?;
     dirmeta::DirMeta::new(&default_key_id, true, &iv, &root_names).save(&cipher_dir)?;

@@ -17,16 +17,13 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use base64::engine::general_purpose::STANDARD as B64;
-use base64::Engine;
-
 use super::dirmeta::{DirKeys, DirMeta};
-use super::dirnames::{DirNames, EntryName};
+use super::file_keys::unwrap_header;
 use super::VolumeConfig;
-use crate::crypto::SecretKey;
+use crate::content::names::{EntryName, NameCipher};
+use crate::content::FileHeader;
+use crate::encoding::hex;
 use crate::error::{Error, Result};
-use crate::format::{FileHeader, HEADER_LEN};
-use crate::keystore::hex;
 use crate::kms::blob::BlobHeader;
 use crate::kms::keyring::{Access, KeyRing};
 use crate::kms::Principal;
@@ -42,50 +39,6 @@ pub fn target_key(
     let key = to_key.unwrap_or(key_id);
     let current = ring.current_version(key)?;
     Ok((key != key_id || version != current).then(|| key.to_string()))
-}
-
-/// A file's header with its data key unwrapped from the newest slot that allows it.
-pub struct UnwrappedHeader {
-    pub header: FileHeader,
-    pub data_key: SecretKey,
-    pub wrapped_by: BlobHeader,
-    /// Index of the slot that unwrapped.
-    pub slot: usize,
-    /// Whether that slot is the newest (false: the newer slot is damaged or unusable).
-    pub newest: bool,
-}
-
-/// Reads a backing file's header and unwraps its data key from the newest slot. The older
-/// slot is tried only when the newest is damaged (torn by a crash mid-write, or names no
-/// known key): a refusal by key state or policy is final, so the older slot of a file that
-/// was moved to another key can never serve to get around the new key.
-pub fn unwrap_header(
-    ring: &KeyRing,
-    access: Access<'_>,
-    config: &VolumeConfig,
-    file: &File,
-) -> Result<UnwrappedHeader> {
-    let mut raw = [0u8; HEADER_LEN as usize];
-    file.read_exact_at(&mut raw, 0).map_err(|e| match e.kind() {
-        std::io::ErrorKind::UnexpectedEof => Error::InvalidCiphertext("the file header is truncated".into()),
-        _ => Error::io("cannot read the header", e),
-    })?;
-    let header = FileHeader::parse(&raw).map_err(|e| Error::InvalidCiphertext(e.to_string()))?;
-    let ctx = config.file_context(&header.file_id);
-    let mut first_error = None;
-    for (rank, slot) in header.slot_order().into_iter().enumerate() {
-        match ring.decrypt_data_key(access, &header.slots[slot].blob, &ctx) {
-            Ok((data_key, wrapped_by)) => {
-                return Ok(UnwrappedHeader { header, data_key, wrapped_by, slot, newest: rank == 0 })
-            }
-            Err(e @ (Error::KeyState(_) | Error::AccessDenied(_))) => return Err(e),
-            Err(e) => {
-                first_error.get_or_insert(e);
-            }
-        }
-    }
-    Err(first_error
-        .unwrap_or_else(|| Error::InvalidCiphertext("the header holds no wrapped data key".into())))
 }
 
 /// Re-wraps one file's data key if it is not under the target (or if its newest slot is
@@ -125,7 +78,7 @@ pub fn rewrap_file(
 
 /// Opens a backing file for [`rewrap_file`].
 pub fn open_for_rewrap(path: &Path) -> Result<File> {
-    super::open_noatime(path, true).map_err(|e| Error::io("cannot open", e))
+    crate::sys::open_noatime(path, true).map_err(|e| Error::io("cannot open", e))
 }
 
 /// Re-wraps a directory's names key if it is not under the target; `mark_explicit` records
@@ -166,15 +119,12 @@ pub fn rewrap_volume_key(
     to_key: Option<&str>,
 ) -> Result<bool> {
     let mut config = VolumeConfig::load(cipher_dir)?;
-    let blob = B64
-        .decode(&config.names_key)
-        .map_err(|_| Error::InvalidCiphertext("the volume names key is malformed".into()))?;
-    let ctx = config.names_context();
-    let (names_key, wrapped_by) = ring.decrypt_data_key(access, &blob, &ctx)?;
+    let (names_key, wrapped_by) = config.unwrap_names_key(ring, access)?;
     let Some(target) = target_key(ring, to_key, &wrapped_by.key_id, wrapped_by.key_version)? else {
         return Ok(false);
     };
-    config.names_key = B64.encode(ring.wrap_data_key(access, &target, &ctx, &names_key)?);
+    let wrapped = ring.wrap_data_key(access, &target, &config.names_context(), &names_key)?;
+    config.set_names_key_blob(&wrapped);
     if to_key.is_some() {
         config.default_key_id = target;
     }
@@ -245,7 +195,7 @@ impl<'a> Rewrapper<'a> {
         self.directory(start, plain_start, true);
         // One sync at the end instead of one per file: a crash before it loses only new
         // slots, and the old ones are still there.
-        super::os::sync_filesystem(start);
+        crate::sys::sync_filesystem(start);
         self.report.seconds = began.elapsed().as_secs_f64();
         Ok(self.report)
     }
@@ -260,7 +210,7 @@ impl<'a> Rewrapper<'a> {
             match rewrap_dir(self.ring, access, &self.config.volume_id, dir, self.to_key.as_deref(), mark) {
                 Ok((keys, written)) => {
                     self.report.directories_rewrapped += written as u64;
-                    DirNames::new(&keys.names_key, &keys.iv)
+                    NameCipher::new(&keys.names_key, &keys.iv)
                 }
                 Err(e) => {
                     self.report.errors.push(format!("{plain}: {e}"));
@@ -326,11 +276,11 @@ pub fn resolve_dir(
             Access { caller, path: &label },
             &config.volume_id,
         )?;
-        let stored = DirNames::new(&keys.names_key, &keys.iv).encrypt(name);
+        let stored = NameCipher::new(&keys.names_key, &keys.iv).encrypt(name);
         dir = dir.join(stored.entry());
         plain = format!("{plain}{}{}", if plain.is_empty() { "" } else { "/" }, name.to_string_lossy());
         if !dir.is_dir() {
-            return Err(Error::NotFound(format!("/{plain} is not a directory of this volume")));
+            return Err(Error::not_found(format!("/{plain} is not a directory of this volume")));
         }
     }
     Ok(dir)

@@ -13,7 +13,9 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use base64::Engine;
 
 use crate::crypto::{self, Cipher, SecretKey};
-use crate::volume::dirmeta::IV_LEN;
+
+/// Bytes of a directory's IV, which separates equal names in different directories.
+pub const IV_LEN: usize = 16;
 
 /// Longest name the backing filesystem takes.
 pub const NAME_MAX: usize = 255;
@@ -85,15 +87,15 @@ pub enum EntryName {
     Undecryptable,
 }
 
-/// The names key and IV of one directory.
-pub struct DirNames {
+/// The entry-name cipher of one directory: its names key and IV.
+pub struct NameCipher {
     cipher: Cipher,
     aad: Vec<u8>,
 }
 
-impl DirNames {
+impl NameCipher {
     pub fn new(key: &SecretKey, iv: &[u8; IV_LEN]) -> Self {
-        DirNames { cipher: key.cipher(), aad: [b"kmsfs-name\0".as_slice(), iv].concat() }
+        NameCipher { cipher: key.cipher(), aad: [b"kmsfs-name\0".as_slice(), iv].concat() }
     }
 
     pub fn encrypt(&self, plain: &OsStr) -> StoredName {
@@ -134,8 +136,8 @@ mod tests {
     #[test]
     fn names_are_deterministic_per_directory_and_long_names_hash() {
         let key = SecretKey::random();
-        let a = DirNames::new(&key, &[1; IV_LEN]);
-        let b = DirNames::new(&key, &[2; IV_LEN]);
+        let a = NameCipher::new(&key, &[1; IV_LEN]);
+        let b = NameCipher::new(&key, &[2; IV_LEN]);
         let short = a.encrypt(OsStr::new("report.pdf"));
         assert_eq!(short, a.encrypt(OsStr::new("report.pdf")));
         assert_ne!(short, b.encrypt(OsStr::new("report.pdf")), "the IV separates directories");

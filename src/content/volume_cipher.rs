@@ -1,5 +1,6 @@
 //! Encryption of the non-content parts of a file: symlink targets and extended attributes,
-//! under the volume's names key.
+//! under the volume's names key (not a directory's: a symlink renamed into another directory
+//! must stay readable without being rewritten).
 
 use std::ffi::{OsStr, OsString};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
@@ -11,25 +12,14 @@ use crate::crypto::{Cipher, SecretKey};
 
 /// Prefix of the backing xattr names that carry encrypted user xattrs.
 pub const XATTR_BACKING_PREFIX: &str = "user.kmsfs.";
-/// Virtual, read-only xattrs kmsfs answers itself.
-pub const XATTR_KEY: &str = "user.kmsfs.key";
-pub const XATTR_KEY_VERSION: &str = "user.kmsfs.key_version";
-/// On directories: whether the key was set there (`dir set-key`) or inherited.
-pub const XATTR_KEY_EXPLICIT: &str = "user.kmsfs.key_explicit";
-/// "KEY_ID VERSION" in one read (what `kmsfs rewrap` compares before and after).
-pub const XATTR_WRAPPED_BY: &str = "user.kmsfs.wrapped_by";
-/// Write-only control attribute: setting it re-wraps the file's data key (or the
-/// directory's names key) under the current version of its key, or under the key given as
-/// the value. `kmsfs rewrap` on a live mount sets it on every file and directory.
-pub const XATTR_REWRAP: &str = "user.kmsfs.rewrap";
-
-pub struct NameCipher {
+/// The symlink-target and extended-attribute cipher under a volume's names key.
+pub struct VolumeCipher {
     cipher: Cipher,
 }
 
-impl NameCipher {
+impl VolumeCipher {
     pub fn new(key: &SecretKey) -> Self {
-        NameCipher { cipher: key.cipher() }
+        VolumeCipher { cipher: key.cipher() }
     }
 
     /// Encrypts a symlink target (random nonce) to the text stored as the backing target.
@@ -76,7 +66,7 @@ mod tests {
 
     #[test]
     fn targets_and_xattrs_round_trip() {
-        let n = NameCipher::new(&SecretKey::random());
+        let n = VolumeCipher::new(&SecretKey::random());
         let stored = n.encrypt_target(OsStr::new("../some/where"));
         assert!(!stored.to_string_lossy().contains("some"));
         assert_eq!(n.decrypt_target(&stored).unwrap(), "../some/where");

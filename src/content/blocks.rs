@@ -1,4 +1,4 @@
-//! The on-disk format of one encrypted file (see docs/FORMAT.md).
+//! The block layout of one encrypted file (see docs/FORMAT.md).
 //!
 //! ```text
 //! [ preamble 32 B ][ header slot A 128 B ][ header slot B 128 B ][ block 0 ][ block 1 ] ...
@@ -13,10 +13,7 @@
 //! stay sparse. An empty file holds one sealed empty last block, so a file cut down to its
 //! bare header is detected too.
 
-pub mod header;
-
-pub use header::{FileHeader, HeaderSlot, FILE_ID_LEN, HEADER_LEN};
-
+use super::header::{FILE_ID_LEN, HEADER_LEN};
 use crate::crypto::{AuthError, Cipher, NONCE_LEN, SEAL_OVERHEAD};
 
 /// Plaintext bytes per block.

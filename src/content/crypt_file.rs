@@ -9,13 +9,30 @@ use std::io;
 use std::os::unix::fs::FileExt;
 use std::sync::Mutex;
 
-use crate::crypto::{Cipher, SEAL_OVERHEAD};
-use crate::format::{
-    self, block_count, block_offset, cipher_size, plaintext_size, BLOCK_SIZE, CIPHER_BLOCK_SIZE, FILE_ID_LEN,
+use super::blocks::{
+    self, block_count, block_offset, cipher_size, plaintext_size, BLOCK_SIZE, CIPHER_BLOCK_SIZE,
 };
+use super::header::FILE_ID_LEN;
+use crate::crypto::{Cipher, SEAL_OVERHEAD};
 
 const B: usize = BLOCK_SIZE as usize;
 const CB: usize = CIPHER_BLOCK_SIZE as usize;
+
+/// The data key of one file, with what binds it: the file id (in every block's AAD) and the
+/// key it is wrapped under (for the policy checks of later uses).
+pub struct FileKey {
+    pub file_id: [u8; FILE_ID_LEN],
+    pub cipher: Cipher,
+    pub key_id: String,
+}
+
+impl FileKey {
+    /// `file` read and written with this key, keeping no copy of its last block (an open
+    /// file of the mount adds its own, see [`LastBlock`]).
+    pub fn crypt<'a>(&'a self, file: &'a File, label: &'a str) -> CryptFile<'a> {
+        CryptFile { file, cipher: &self.cipher, file_id: &self.file_id, label, last_block: None }
+    }
+}
 
 /// A backing file with its data key.
 pub struct CryptFile<'a> {
@@ -41,6 +58,31 @@ pub struct LastBlock {
     sealed: Vec<u8>,
 }
 
+/// What [`CryptFile::verify`] found wrong with a file's blocks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Damage {
+    /// The backing length is not that of whole blocks: cut or extended.
+    Length(u64),
+    /// Block `index` (plaintext bytes `start..end`) does not authenticate or cannot be read.
+    Block { index: u64, start: u64, end: u64 },
+}
+
+impl std::fmt::Display for Damage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Damage::Length(len) => {
+                write!(f, "length {len} is not a whole number of blocks (cut or extended)")
+            }
+            Damage::Block { index, start, end } => {
+                write!(f, "block {index} (bytes {start}..{end}) does not authenticate")
+            }
+        }
+    }
+}
+
+/// Blocks [`CryptFile::verify`] reads at a time.
+const VERIFY_BATCH: u64 = 64;
+
 /// Authentication failed: tampering or corruption. Logged, then answered with EIO.
 fn tampered(label: &str, index: u64, why: &str) -> io::Error {
     log::warn!("integrity check failed in {label}, block {index}: {why}; answering EIO");
@@ -58,7 +100,7 @@ impl CryptFile<'_> {
         debug_assert_eq!(header.len() as u64, block_offset(0));
         let mut bytes = header.to_vec();
         bytes.resize(header.len() + SEAL_OVERHEAD, 0);
-        format::seal_block(self.cipher, self.file_id, 0, true, &[], &mut bytes[header.len()..]);
+        blocks::seal_block(self.cipher, self.file_id, 0, true, &[], &mut bytes[header.len()..]);
         self.file.write_all_at(&bytes, 0)
     }
 
@@ -77,7 +119,7 @@ impl CryptFile<'_> {
         {
             return Err(tampered(self.label, 0, "the file has no last block (cut short)"));
         }
-        format::open_block(self.cipher, self.file_id, 0, true, &sealed, &mut [])
+        blocks::open_block(self.cipher, self.file_id, 0, true, &sealed, &mut [])
             .map_err(|_| tampered(self.label, 0, "the empty last block does not authenticate"))
     }
 
@@ -116,9 +158,17 @@ impl CryptFile<'_> {
             }
         })?;
         let mut plain = vec![0u8; (plain_end - first * BLOCK_SIZE) as usize];
+        self.open_blocks(first, last_of_file, &sealed, &mut plain)
+            .map_err(|index| tampered(self.label, index, "block does not authenticate"))?;
+        Ok(plain)
+    }
+
+    /// Decrypts the consecutive sealed blocks `sealed` (the first is block `first`) into
+    /// `plain`; on failure, the index of the block that does not authenticate.
+    fn open_blocks(&self, first: u64, last_of_file: u64, sealed: &[u8], plain: &mut [u8]) -> Result<(), u64> {
         for (i, (sealed_block, plain_block)) in sealed.chunks(CB).zip(plain.chunks_mut(B)).enumerate() {
             let index = first + i as u64;
-            format::open_block(
+            blocks::open_block(
                 self.cipher,
                 self.file_id,
                 index,
@@ -126,9 +176,50 @@ impl CryptFile<'_> {
                 sealed_block,
                 plain_block,
             )
-            .map_err(|_| tampered(self.label, index, "block does not authenticate"))?;
+            .map_err(|_| index)?;
         }
-        Ok(plain)
+        Ok(())
+    }
+
+    /// Checks that the file (of backing length `len`) is whole blocks and that every block
+    /// authenticates (`kmsfs fsck`), reading a batch of blocks at a time; returns the
+    /// plaintext bytes checked. Logs nothing: the caller reports. A block that cannot be
+    /// read counts as damaged.
+    pub fn verify(&self, len: u64) -> Result<u64, Damage> {
+        let size = plaintext_size(len);
+        if cipher_size(size) != len {
+            return Err(Damage::Length(len));
+        }
+        let damaged = |index: u64| {
+            let start = index * BLOCK_SIZE;
+            Damage::Block { index, start, end: size.min(start + BLOCK_SIZE) }
+        };
+        if size == 0 {
+            let mut sealed = [0u8; SEAL_OVERHEAD];
+            let ok = self.file.read_exact_at(&mut sealed, block_offset(0)).is_ok()
+                && blocks::open_block(self.cipher, self.file_id, 0, true, &sealed, &mut []).is_ok();
+            return if ok { Ok(0) } else { Err(damaged(0)) };
+        }
+        let last_of_file = block_count(size) - 1;
+        let mut sealed = vec![0u8; (VERIFY_BATCH * CIPHER_BLOCK_SIZE) as usize];
+        let mut plain = vec![0u8; (VERIFY_BATCH * BLOCK_SIZE) as usize];
+        let mut first = 0;
+        while first <= last_of_file {
+            let last = last_of_file.min(first + VERIFY_BATCH - 1);
+            let plain_end = size.min((last + 1) * BLOCK_SIZE);
+            let sealed_len = (cipher_size(plain_end) - block_offset(first)) as usize;
+            let plain_len = (plain_end - first * BLOCK_SIZE) as usize;
+            if self.file.read_exact_at(&mut sealed[..sealed_len], block_offset(first)).is_err() {
+                return Err(damaged(first));
+            }
+            if let Err(index) =
+                self.open_blocks(first, last_of_file, &sealed[..sealed_len], &mut plain[..plain_len])
+            {
+                return Err(damaged(index));
+            }
+            first = last + 1;
+        }
+        Ok(size)
     }
 
     /// The plaintext of block `index` as it is now (empty past the end).
@@ -153,7 +244,7 @@ impl CryptFile<'_> {
     fn write_blocks(&self, first: u64, blocks: &[Vec<u8>], last_of_file: u64) -> io::Result<()> {
         let total: usize = blocks.iter().map(|b| b.len() + SEAL_OVERHEAD).sum();
         let mut out = vec![0u8; total];
-        format::seal_blocks(self.cipher, self.file_id, first, blocks, last_of_file, &mut out);
+        blocks::seal_blocks(self.cipher, self.file_id, first, blocks, last_of_file, &mut out);
         // The kept copy is dropped before the write and kept again only if it succeeded.
         let mut kept = self.last_block.map(|kept| kept.lock().expect("last block lock"));
         if let Some(kept) = kept.as_mut() {
@@ -298,8 +389,8 @@ impl CryptFile<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::content::HEADER_LEN;
     use crate::crypto::SecretKey;
-    use crate::format::HEADER_LEN;
 
     struct Fixture {
         file: File,

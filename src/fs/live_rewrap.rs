@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use fuser::{Errno, INodeNo};
 
-use super::dirs::DirState;
+use super::dirs::CachedDir;
 use super::{kms_errno, FsResult, KmsFs};
 use crate::error::Error;
 use crate::kms::keyring::Access;
@@ -43,7 +43,7 @@ impl KmsFs {
             return Ok(()); // symlinks and special files hold no key
         }
         // An open file's descriptor also serves an unlinked one.
-        let open = self.open_file_of(ino.0).filter(|o| o.writable);
+        let open = self.open_files.get(ino.0).filter(|o| o.writable);
         let own;
         let file = match (&open, path) {
             (Some(open), _) => &open.file,
@@ -71,7 +71,7 @@ impl KmsFs {
         let (keys, written) = rewrap_dir(&self.keyring, access, &self.config.volume_id, &dir, to_key, mark)
             .map_err(|e| self.rewrap_errno(access, e))?;
         if written {
-            let state = Arc::new(DirState::from(keys));
+            let state = Arc::new(CachedDir::from(keys));
             self.dir_states.write().expect("dir states lock").insert(ino.0, state);
         }
         Ok(())
