@@ -11,11 +11,13 @@
 # KMSFS_BENCH=1 also what scripts/bench.sh runs (gocryptfs, securefs, fio, bc, python3 to read
 # fio's JSON, and linux-source-6.1 for the untar phase's tarball). For the AWS KMS API suite
 # (tests/api, run by pytest) and scripts/bench-api.sh: python3 with pip, the Python packages
-# pinned below, and wrk (the load generator that replays a signed request).
+# pinned below, and wrk (the load generator that replays a signed request). For the console
+# suite (tests/console): headless Chromium and chromedriver (Debian's chromium, chromium-driver),
+# Selenium (pinned below) to drive them, and jq for the documented CloudTrail one-liner.
 # Idempotent; a no-op when everything is present.
 set -euo pipefail
 
-packages=(libssl-dev pkg-config fuse3 attr sqlite3 git xz-utils mount util-linux e2fsprogs tar openssl curl wrk)
+packages=(libssl-dev pkg-config fuse3 attr sqlite3 git xz-utils mount util-linux e2fsprogs tar openssl curl wrk chromium chromium-driver jq)
 command -v python3 >/dev/null || packages+=(python3)
 python3 -m pip --version >/dev/null 2>&1 || packages+=(python3-pip)
 [ "${KMSFS_BENCH:-0}" = 1 ] && packages+=(gocryptfs securefs fio bc python3 linux-source-6.1)
@@ -44,7 +46,7 @@ fi
 # gives moto_server, the comparison in scripts/bench-api.sh.
 python_packages=(
   botocore==1.43.11 boto3==1.43.11 awscli==1.45.11 "moto[server]==5.2.1"
-  pytest==9.2.0 cryptography==48.0.0
+  pytest==9.2.0 cryptography==48.0.0 selenium==4.27.1
 )
 if ! python3 - "${python_packages[@]}" <<'PY'
 import sys

@@ -6,12 +6,13 @@ use super::output::{self, or_dash, Table};
 use super::Session;
 use crate::error::{Error, Result};
 use crate::kms::clock::{format_time_ms, parse_time};
+use crate::kms::cloudtrail::{self, TrailIdentity};
 use crate::kms::{AuditFilter, Outcome};
 
 #[derive(Debug, clap::Args)]
 #[command(
     args_conflicts_with_subcommands = true,
-    after_help = "Examples:\n  kmsfs audit --key alias/finance --since 2h\n  kmsfs audit --denied --json\n  kmsfs audit verify"
+    after_help = "Examples:\n  kmsfs audit --key alias/finance --since 2h\n  kmsfs audit --denied --json\n  kmsfs audit --format cloudtrail --follow | logger -t kmsfs-audit\n  kmsfs audit --format cloudtrail-records > trail.json\n  kmsfs audit verify"
 )]
 pub struct AuditArgs {
     #[command(subcommand)]
@@ -46,7 +47,27 @@ pub struct AuditArgs {
     /// Only the newest N events
     #[arg(long, value_name = "N")]
     pub limit: Option<usize>,
+    /// Output: a table, kmsfs's JSON (same as --json), CloudTrail records one per line, or
+    /// CloudTrail's log file shape {"Records": [...]}
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    pub format: Format,
+    /// Keep running and print new events as they are written (like tail -f)
+    #[arg(long)]
+    pub follow: bool,
 }
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    Table,
+    Json,
+    /// AWS CloudTrail records, one JSON object per line
+    Cloudtrail,
+    /// AWS CloudTrail's file shape: {"Records": [...]} (with --follow: one per batch)
+    CloudtrailRecords,
+}
+
+/// How often --follow looks for new events.
+const FOLLOW_POLL: std::time::Duration = std::time::Duration::from_millis(250);
 
 #[derive(Debug, Subcommand)]
 pub enum AuditCmd {
@@ -92,11 +113,58 @@ pub fn run(s: &mut Session, args: AuditArgs) -> Result<()> {
         source: args.source,
         error_code: args.error_code,
         limit: args.limit,
+        ..Default::default()
     };
-    let events = s.kms.audit_events(&filter)?;
-    if s.json {
-        output::json(&events);
-        return Ok(());
+    let format = if s.json && args.format == Format::Table { Format::Json } else { args.format };
+    let mut filter = filter;
+    let trail = match format {
+        Format::Cloudtrail | Format::CloudtrailRecords => Some(TrailIdentity {
+            account: s.kms.keystore().account_id()?,
+            region: s.kms.keystore().region()?,
+            keystore_id: s.kms.keystore().keystore_id()?,
+        }),
+        _ => None,
+    };
+    loop {
+        let events = s.kms.audit_events(&filter)?;
+        if let Some(last) = events.last() {
+            filter.after_seq = Some(last.seq);
+        }
+        if !events.is_empty() || !args.follow {
+            print_events(format, trail.as_ref(), events)?;
+        }
+        if !args.follow {
+            return Ok(());
+        }
+        // Following: every event after the last one shown, however many.
+        filter.limit = None;
+        std::thread::sleep(FOLLOW_POLL);
+    }
+}
+
+fn print_events(
+    format: Format,
+    trail: Option<&TrailIdentity>,
+    events: Vec<crate::kms::AuditRecord>,
+) -> Result<()> {
+    use std::io::Write;
+    let write_err = |e: std::io::Error| Error::io("cannot write the audit events", e);
+    match (format, trail) {
+        (Format::Json, _) => {
+            output::json(&events);
+            return Ok(());
+        }
+        (Format::Cloudtrail | Format::CloudtrailRecords, Some(id)) => {
+            let layout = if format == Format::Cloudtrail {
+                cloudtrail::Layout::Lines
+            } else {
+                cloudtrail::Layout::Records
+            };
+            let mut out = std::io::stdout().lock();
+            cloudtrail::write(&mut out, id, &events, layout).map_err(write_err)?;
+            return out.flush().map_err(write_err);
+        }
+        _ => {}
     }
     let mut t = Table::new(&["SEQ", "TIME", "USER", "OPERATION", "KEY", "OUTCOME", "DETAIL"]);
     for e in events {

@@ -4,6 +4,7 @@ mod access_cmd;
 mod access_key_cmd;
 mod alias_cmd;
 mod audit_cmd;
+mod console_cmd;
 mod copy_cmd;
 mod crypto_cmd;
 pub mod errors;
@@ -129,6 +130,9 @@ pub enum Command {
     /// Serve the AWS KMS API (JSON 1.1 + SigV4) on loopback and a Unix socket
     #[command(after_help = crate::server::config::AFTER_HELP)]
     Serve(crate::server::config::ServeArgs),
+    /// Print a one-time link that signs you in to the web console of the running server
+    #[command(after_help = console_cmd::AFTER_HELP)]
+    Console(console_cmd::ConsoleArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell)
     Completions(shell_cmd::CompletionsArgs),
     /// Print the manual page, or write one page per command into a directory
@@ -266,6 +270,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Grant(cmd) => access_cmd::run_grant(&mut Session::open(g)?, cmd),
         Command::AccessKey(cmd) => access_key_cmd::run(&mut Session::open(g)?, cmd),
         Command::Serve(args) => crate::server::run(g, args),
+        Command::Console(args) => console_cmd::run(g, args),
         Command::Completions(args) => shell_cmd::completions(args),
         Command::Man(args) => shell_cmd::man(g, args),
         Command::Status => status_cmd::run(&mut Session::open(g)?),

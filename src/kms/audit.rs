@@ -188,6 +188,12 @@ pub struct AuditFilter {
     pub error_code: Option<String>,
     /// The newest N, still shown oldest first.
     pub limit: Option<usize>,
+    /// Only events before this time (unix milliseconds).
+    pub until_ms: Option<i64>,
+    /// Only events after this sequence number (for following the trail).
+    pub after_seq: Option<i64>,
+    /// Only events older than this sequence number (for paging back).
+    pub before_seq: Option<i64>,
 }
 
 /// The sequence number of the last event in the chain (0: none).
@@ -298,6 +304,8 @@ pub fn query(conn: &Connection, filter: &AuditFilter) -> Result<Vec<AuditRecord>
            AND (?8 IS NULL OR access_key_id = ?8)
            AND (?9 IS NULL OR source = ?9 OR source LIKE ?9 || ':%' OR source LIKE '[' || ?9 || ']:%')
            AND (?10 IS NULL OR error_code = ?10)
+           AND (?11 IS NULL OR time_ms < ?11) AND (?12 IS NULL OR seq > ?12)
+           AND (?13 IS NULL OR seq < ?13)
          ORDER BY seq DESC LIMIT ?6"
     ))?;
     let limit = filter.limit.map(|l| l as i64).unwrap_or(-1);
@@ -313,6 +321,9 @@ pub fn query(conn: &Connection, filter: &AuditFilter) -> Result<Vec<AuditRecord>
             filter.access_key_id,
             filter.source,
             filter.error_code,
+            filter.until_ms,
+            filter.after_seq,
+            filter.before_seq,
         ],
         |r| record_from_row(r).map(|(rec, _, _)| rec),
     )?;

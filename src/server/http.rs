@@ -179,6 +179,10 @@ async fn handle(
         }
     };
     let (status, body) = match result {
+        // The web console, beside the JSON API.
+        Ok(body) if super::console::is_console(&parts) => {
+            return super::console::handle(svc, peer, &parts, body).await
+        }
         Ok(body) => super::answer(svc, peer, &parts, &body).await,
         Err(e) => {
             svc.record_unaudited(peer, None, &parts, &e);

@@ -10,6 +10,7 @@
 mod api;
 mod asymmetric_api;
 pub mod config;
+pub mod console;
 mod errors;
 mod http;
 mod listen;
@@ -45,6 +46,7 @@ pub struct Service {
     clock: Arc<dyn Clock>,
     account: String,
     region: String,
+    console: console::Console,
 }
 
 impl Service {
@@ -276,7 +278,8 @@ pub fn run(g: &Global, args: config::ServeArgs) -> Result<()> {
         .map_err(|e| Error::io("audit writer", e))?;
     let mut ring = KeyRing::open(&path, root, Arc::clone(&clock), sink)?;
     ring.set_check_interval(std::time::Duration::from_millis(1));
-    let svc = Arc::new(Service { ring, kms: Mutex::new(kms), clock, account, region });
+    let console = console::Console::new(args.tls_cert.is_some());
+    let svc = Arc::new(Service { ring, kms: Mutex::new(kms), clock, account, region, console });
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .max_blocking_threads(8)
