@@ -1299,6 +1299,20 @@ fn check_tree(
                 let len = fs::metadata(m.backing_of(&p)).map(|b| b.len()).unwrap_or(0);
                 if errno(&e) == libc::EIO && len == HEADER {
                     notes.push(format!("{}: bare header ({len} bytes) reads as EIO", p.display()));
+                } else if errno(&e) == libc::EIO && len == 0 {
+                    // Caught before its header: a read-only open never writes one (EIO), the
+                    // next open for writing does, and then the file is empty.
+                    let repaired =
+                        fs::OpenOptions::new().read(true).write(true).open(&p).and_then(|_| fs::read(&p));
+                    match repaired {
+                        Ok(bytes) if bytes.is_empty() => notes.push(format!(
+                            "{}: no header yet, given one by an open for writing",
+                            p.display()
+                        )),
+                        other => {
+                            failures.push(format!("{}: after an open for writing: {other:?}", p.display()))
+                        }
+                    }
                 } else {
                     failures.push(format!("read {}: {e} (backing {len} bytes)", p.display()));
                 }

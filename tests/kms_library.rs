@@ -423,7 +423,7 @@ fn audit_verify_reports_an_edit_of_any_field() {
         for edit in edits {
             let saved: Vec<rusqlite::types::Value> = conn
                 .query_row("SELECT * FROM audit WHERE seq = ?1", [seq], |r| {
-                    (0..12).map(|i| r.get(i)).collect::<rusqlite::Result<Vec<_>>>()
+                    (0..r.as_ref().column_count()).map(|i| r.get(i)).collect::<rusqlite::Result<Vec<_>>>()
                 })
                 .unwrap();
             let changed = conn.execute(&format!("UPDATE audit SET {edit} WHERE seq = ?1"), [seq]).unwrap();
@@ -435,8 +435,9 @@ fn audit_verify_reports_an_edit_of_any_field() {
                 report.problems
             );
             conn.execute("DELETE FROM audit WHERE seq = ?1", [seq]).unwrap();
+            let placeholders: Vec<String> = (1..=saved.len()).map(|i| format!("?{i}")).collect();
             conn.execute(
-                "INSERT INTO audit VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+                &format!("INSERT INTO audit VALUES ({})", placeholders.join(", ")),
                 rusqlite::params_from_iter(saved),
             )
             .unwrap();
