@@ -58,4 +58,4 @@ set +x
 echo
 echo "The volume is mounted at $demo/plain (ciphertext in $demo/cipher)."
 echo "kmsfs serve answers the AWS KMS API at $url (access key in $demo/access-key.json)."
-echo "Stop with: target/release/kmsfs umount $demo/plain; kill \$(cat $demo/serve.pid)"
+echo "Stop with: $bin umount $demo/plain; kill \$(cat $demo/serve.pid)"
