@@ -63,6 +63,15 @@ def kmsfs_bin():
     return str(path)
 
 
+def kmsfs_test_clock_bin():
+    """The test build beside kmsfs_bin() that honours KMSFS_CLOCK_OFFSET_SECS (the kmsfs binary
+    ignores it); `cargo test` builds it."""
+    path = Path(kmsfs_bin()).with_name("kmsfs-test-clock")
+    if not path.exists():
+        pytest.exit(f"{path} is missing: run `cargo test` first (it builds the test-clock binary)", returncode=2)
+    return str(path)
+
+
 def user_arn(name):
     return f"arn:aws:iam::{ACCOUNT}:user/{name}"
 

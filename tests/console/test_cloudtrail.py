@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from kmsapi import ACCOUNT, REGION, kmsfs_bin, raises_code, user_arn
+from kmsapi import ACCOUNT, REGION, kmsfs_bin, kmsfs_test_clock_bin, raises_code, user_arn
 
 # The reference: the CloudTrail log entry of a Decrypt with a symmetric key, from AWS KMS's
 # developer guide, "Decrypt" under "Examples of AWS KMS log entries"
@@ -203,9 +203,9 @@ def test_the_documented_jq_one_liner(api):
     api.alice.decrypt(CiphertextBlob=blob)
     # Yesterday, as the KMS clock sees it: the calls are made with the clock a day back.
     env = dict(ks.env(), KMSFS_CLOCK_OFFSET_SECS=str(-86400))
-    blob = subprocess.run([kmsfs_bin(), "encrypt", "--key", "alias/finance"], input=b"q3", env=env,
+    blob = subprocess.run([kmsfs_test_clock_bin(), "encrypt", "--key", "alias/finance"], input=b"q3", env=env,
                           capture_output=True, check=True).stdout
-    subprocess.run([kmsfs_bin(), "decrypt"], input=blob, env=env, capture_output=True, check=True)
+    subprocess.run([kmsfs_test_clock_bin(), "decrypt"], input=blob, env=env, capture_output=True, check=True)
     # Today's decrypt of the same key is not yesterday's.
     subprocess.run([kmsfs_bin(), "decrypt"], input=blob, env=ks.env(), capture_output=True, check=True)
     path_env = dict(ks.env(), PATH=f"{__import__('os').path.dirname(kmsfs_bin())}:{ks.env()['PATH']}")

@@ -18,7 +18,7 @@ from selenium.common.exceptions import NoAlertPresentException, NoSuchElementExc
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import Select
 
-from kmsapi import Keystore, Server, kmsfs_bin, raises_code, user_arn
+from kmsapi import Keystore, Server, kmsfs_bin, kmsfs_test_clock_bin, raises_code, user_arn
 
 BOB = user_arn("bob")
 XSS = '<script>window.__kmsfs_xss = 1; alert("xss")</script><img src=x onerror="window.__kmsfs_xss = 2">'
@@ -204,7 +204,7 @@ def test_key_page_shows_metadata_versions_policy_grants_tags_and_use(api, browse
     # Earlier use, from the command line with the KMS clock set back: spread over the week.
     for hours_ago in (150, 149, 120, 97, 96, 75, 50, 49, 30, 26, 8):
         env = dict(api.keystore.env(), KMSFS_CLOCK_OFFSET_SECS=str(-3600 * hours_ago))
-        subprocess.run([kmsfs_bin(), "encrypt", "--key", "alias/payroll"], input=b"x", env=env,
+        subprocess.run([kmsfs_test_clock_bin(), "encrypt", "--key", "alias/payroll"], input=b"x", env=env,
                        capture_output=True, check=True)
     for _ in range(2):
         with raises_code("AccessDeniedException"):
