@@ -70,17 +70,19 @@ impl Op<'_> {
 }
 
 fn check_expected_key(op: &mut Op<'_>, expected: Option<&str>, actual: &str) -> Result<()> {
-    if let Some(expected) = expected {
-        let want = super::resolve(&op.tx, expected)?;
-        if want.key_id != actual {
-            return Err(Error::IncorrectKey {
-                actual: actual.to_string(),
-                expected: expected.to_string(),
-                expected_key_id: want.key_id,
-            });
-        }
+    match expected {
+        Some(expected) => require_key(actual, expected, super::resolve(&op.tx, expected)?.key_id),
+        None => Ok(()),
     }
-    Ok(())
+}
+
+/// Decrypt's `KeyId`: a ciphertext under `actual` is refused (IncorrectKeyException) when the
+/// caller named `expected`, which resolves to another key.
+pub(crate) fn require_key(actual: &str, expected: &str, expected_key_id: String) -> Result<()> {
+    if expected_key_id == actual {
+        return Ok(());
+    }
+    Err(Error::IncorrectKey { actual: actual.to_string(), expected: expected.to_string(), expected_key_id })
 }
 
 impl Kms {

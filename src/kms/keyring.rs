@@ -533,14 +533,7 @@ impl KeyRing {
             let (header, sealed) = BlobHeader::parse(blob_bytes)?;
             event.key_id = Some(header.key_id.clone());
             if let Some(expected) = expected {
-                let want = self.resolve(expected)?;
-                if want != header.key_id {
-                    return Err(Error::IncorrectKey {
-                        actual: header.key_id.clone(),
-                        expected: expected.to_string(),
-                        expected_key_id: want,
-                    });
-                }
+                super::dataops::require_key(&header.key_id, expected, self.resolve(expected)?)?;
             }
             let (key, why) = self.permitted_at(caller, None, &header.key_id, "kms:Decrypt", ctx)?;
             let cipher = self.material(&key, header.key_version)?;
@@ -588,14 +581,7 @@ impl KeyRing {
             let (header, sealed) = BlobHeader::parse(blob_bytes)?;
             event.key_id = Some(header.key_id.clone());
             if let Some(expected) = source_expected {
-                let want = self.resolve(expected)?;
-                if want != header.key_id {
-                    return Err(Error::IncorrectKey {
-                        actual: header.key_id.clone(),
-                        expected: expected.to_string(),
-                        expected_key_id: want,
-                    });
-                }
+                super::dataops::require_key(&header.key_id, expected, self.resolve(expected)?)?;
             }
             let (source, why_from) =
                 self.permitted_at(caller, None, &header.key_id, "kms:ReEncryptFrom", source_ctx)?;
