@@ -16,6 +16,7 @@ pub mod harden;
 pub mod keystore;
 pub mod kms;
 pub mod mount;
+pub mod mounts;
 pub mod server;
 pub mod sys;
 pub mod volume;
