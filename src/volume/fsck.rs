@@ -26,9 +26,9 @@ use crate::content::volume_cipher::{target_sidecar, VolumeCipher};
 use crate::crypto;
 use crate::encoding::hex;
 use crate::error::Error;
-use crate::keystore::records::KeyState;
 use crate::kms::blob::BlobHeader;
 use crate::kms::keyring::{Access, KeyRing};
+use crate::kms::KeyState;
 use crate::kms::Principal;
 use crate::sys::open_noatime;
 
