@@ -133,14 +133,13 @@ impl KeyRing {
         let usage = KeyUsage::SignVerify;
         let (key_id, ()) =
             self.with_algorithm(caller, key_ref, "Verify", usage, algorithm, pick, |key, alg| {
-                if key.material.verify(alg, message, is_digest, signature)? {
-                    Ok(())
-                } else {
-                    Err(Error::InvalidArgument(format!(
+                let valid = key.material.verify(alg, message, is_digest, signature)?;
+                valid_or(valid, || {
+                    format!(
                         "{INVALID_SIGNATURE}the signature does not verify with key {} and {algorithm}",
                         key.key_id
-                    )))
-                }
+                    )
+                })
             })?;
         Ok(key_id)
     }
@@ -232,14 +231,8 @@ impl KeyRing {
         let usage = KeyUsage::GenerateVerifyMac;
         let (key_id, ()) =
             self.with_algorithm(caller, key_ref, "VerifyMac", usage, algorithm, pick, |key, digest| {
-                if key.material.verify_mac(digest, message, mac)? {
-                    Ok(())
-                } else {
-                    Err(Error::InvalidArgument(format!(
-                        "{INVALID_MAC}the MAC does not verify with key {}",
-                        key.key_id
-                    )))
-                }
+                let valid = key.material.verify_mac(digest, message, mac)?;
+                valid_or(valid, || format!("{INVALID_MAC}the MAC does not verify with key {}", key.key_id))
             })?;
         Ok(key_id)
     }
@@ -288,6 +281,16 @@ impl KeyRing {
             let private_plaintext = with_plaintext.then_some(der);
             Ok((DataKeyPair { key_id, private_plaintext, private_blob, public_key }, why))
         })
+    }
+}
+
+/// Ok for a signature or MAC that verified; else the refusal `why` words (its prefix names
+/// the AWS exception).
+fn valid_or(valid: bool, why: impl FnOnce() -> String) -> Result<()> {
+    if valid {
+        Ok(())
+    } else {
+        Err(Error::InvalidArgument(why()))
     }
 }
 
