@@ -89,8 +89,7 @@ impl KeyRing {
         &self,
         caller: &Principal,
         key_ref: &str,
-        operation: &str,
-        usage: KeyUsage,
+        (operation, usage): (&str, KeyUsage),
         algorithm: &str,
         pick: impl FnOnce(KeySpec) -> Result<A>,
         body: impl FnOnce(&Usable, A) -> Result<T>,
@@ -114,7 +113,7 @@ impl KeyRing {
         is_digest: bool,
     ) -> Result<(String, Vec<u8>)> {
         let pick = |spec| signing_algorithm(algorithm, spec, is_digest);
-        self.with_algorithm(caller, key_ref, "Sign", KeyUsage::SignVerify, algorithm, pick, |key, alg| {
+        self.with_algorithm(caller, key_ref, ("Sign", KeyUsage::SignVerify), algorithm, pick, |key, alg| {
             key.material.sign(alg, message, is_digest)
         })
     }
@@ -132,7 +131,7 @@ impl KeyRing {
         let pick = |spec| signing_algorithm(algorithm, spec, is_digest);
         let usage = KeyUsage::SignVerify;
         let (key_id, ()) =
-            self.with_algorithm(caller, key_ref, "Verify", usage, algorithm, pick, |key, alg| {
+            self.with_algorithm(caller, key_ref, ("Verify", usage), algorithm, pick, |key, alg| {
                 let valid = key.material.verify(alg, message, is_digest, signature)?;
                 valid_or(valid, || {
                     format!(
@@ -175,8 +174,7 @@ impl KeyRing {
         self.with_algorithm(
             caller,
             key_ref,
-            "Encrypt",
-            KeyUsage::EncryptDecrypt,
+            ("Encrypt", KeyUsage::EncryptDecrypt),
             algorithm,
             pick,
             |key, digest| key.material.rsa_encrypt(digest, plaintext),
@@ -195,8 +193,7 @@ impl KeyRing {
         self.with_algorithm(
             caller,
             key_ref,
-            "Decrypt",
-            KeyUsage::EncryptDecrypt,
+            ("Decrypt", KeyUsage::EncryptDecrypt),
             algorithm,
             pick,
             |key, digest| key.material.rsa_decrypt(digest, ciphertext),
@@ -213,7 +210,7 @@ impl KeyRing {
     ) -> Result<(String, Vec<u8>)> {
         let pick = |spec| mac_algorithm(algorithm, spec);
         let usage = KeyUsage::GenerateVerifyMac;
-        self.with_algorithm(caller, key_ref, "GenerateMac", usage, algorithm, pick, |key, digest| {
+        self.with_algorithm(caller, key_ref, ("GenerateMac", usage), algorithm, pick, |key, digest| {
             key.material.mac(digest, message)
         })
     }
@@ -230,7 +227,7 @@ impl KeyRing {
         let pick = |spec| mac_algorithm(algorithm, spec);
         let usage = KeyUsage::GenerateVerifyMac;
         let (key_id, ()) =
-            self.with_algorithm(caller, key_ref, "VerifyMac", usage, algorithm, pick, |key, digest| {
+            self.with_algorithm(caller, key_ref, ("VerifyMac", usage), algorithm, pick, |key, digest| {
                 let valid = key.material.verify_mac(digest, message, mac)?;
                 valid_or(valid, || format!("{INVALID_MAC}the MAC does not verify with key {}", key.key_id))
             })?;
