@@ -269,7 +269,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Policy(cmd) => access_cmd::run_policy(&mut Session::open(g)?, cmd),
         Command::Grant(cmd) => access_cmd::run_grant(&mut Session::open(g)?, cmd),
         Command::AccessKey(cmd) => access_key_cmd::run(&mut Session::open(g)?, cmd),
-        Command::Serve(args) => crate::server::run(g, args),
+        Command::Serve(args) => crate::server::run(&g.keystore_path(), || Ok(Session::open(g)?.kms), args),
         Command::Console(args) => console_cmd::run(g, args),
         Command::Completions(args) => shell_cmd::completions(args),
         Command::Man(args) => shell_cmd::man(g, args),

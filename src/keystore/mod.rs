@@ -1,6 +1,6 @@
 //! SQLite persistence: the keystore file, its schema and migrations, and the root key.
 //!
-//! Key hierarchy (see docs/ARCHITECTURE.md):
+//! Key hierarchy (see docs/architecture/keys.md):
 //! passphrase --argon2id--> passphrase key --wraps--> root key --wraps--> every master-key
 //! version. The random root key is what protects the keys; the passphrase only unlocks it,
 //! so changing the passphrase rewrites one row and the audit chain (keyed from the root key)

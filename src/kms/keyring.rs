@@ -457,9 +457,23 @@ impl KeyRing {
         event.key_id = key_id.map(str::to_string);
         event.path = Some(access.path.to_string());
         event.context = ctx.to_audit_string();
-        let result = match body() {
+        self.record_outcome(event, |_| body())
+    }
+
+    /// Runs `body`, writes its outcome into `event` (on success "allowed by WHY" after any
+    /// reason the body noted, on failure the error) and sends the event to the audit sink.
+    fn record_outcome<T>(
+        &self,
+        mut event: AuditEvent,
+        body: impl FnOnce(&mut AuditEvent) -> Result<(T, String)>,
+    ) -> Result<T> {
+        let result = match body(&mut event) {
             Ok((value, why)) => {
-                event.reason = format!("allowed by {why}");
+                event.reason = if event.reason.is_empty() {
+                    format!("allowed by {why}")
+                } else {
+                    format!("{} (allowed by {why})", event.reason)
+                };
                 Ok(value)
             }
             Err(e) => {
@@ -637,21 +651,6 @@ impl KeyRing {
         let mut event = AuditEvent::new(caller, operation, self.clock.now_ms());
         event.key_id = key_ref.map(str::to_string);
         event.context = ctx.to_audit_string();
-        let result = match body(&mut event) {
-            Ok((value, why)) => {
-                event.reason = if event.reason.is_empty() {
-                    format!("allowed by {why}")
-                } else {
-                    format!("{} (allowed by {why})", event.reason)
-                };
-                Ok(value)
-            }
-            Err(e) => {
-                event.fail(&e);
-                Err(e)
-            }
-        };
-        self.audit.record(event);
-        result
+        self.record_outcome(event, body)
     }
 }

@@ -35,6 +35,8 @@ use std::sync::Arc;
 
 use rusqlite::{Connection, Transaction};
 
+/// The states of a key, as fs and volume (which never open the keystore) name them.
+pub use crate::keystore::records::KeyState;
 pub use audit::{AuditEvent, AuditFilter, AuditRecord, Outcome, VerifyReport};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use context::EncryptionContext;
@@ -44,7 +46,7 @@ pub use principal::Principal;
 
 use crate::crypto::{self, SecretKey};
 use crate::error::{Error, KeyStateError, NotFound, Result, StateProblem};
-use crate::keystore::records::{self, KeyManager, KeyRecord, KeyState};
+use crate::keystore::records::{self, KeyManager, KeyRecord};
 use crate::keystore::{self, Keystore};
 use audit_writer::AuditWriter;
 use keyring::KeyRing;

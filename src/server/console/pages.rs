@@ -447,7 +447,7 @@ pub fn mounts(svc: &Service, caller: &Caller) -> Reply {
     // Only this keystore's volumes: a mount of another keystore is none of its business.
     let mut others = 0;
     let mut rows = String::new();
-    for m in crate::mount::kmsfs_mounts() {
+    for m in crate::mounts::kmsfs_mounts() {
         let config = match crate::volume::VolumeConfig::load(&m.cipher_dir) {
             Ok(c) if c.keystore_id == keystore_id => c,
             _ => {
