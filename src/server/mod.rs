@@ -9,6 +9,7 @@
 
 mod api;
 mod asymmetric_api;
+mod import_api;
 pub mod config;
 pub mod console;
 mod errors;
