@@ -192,6 +192,25 @@ fn render(status: &Status, mounts: &[MountStatus]) -> String {
         out.push_str(&t.render());
     }
 
+    if !status.expiring_key_material.is_empty() {
+        out.push('\n');
+        out.push_str(
+            "Warning: imported key material expires within 30 days (the key is then PendingImport and \
+             unusable; re-import the material with a later --valid-to or --no-expiry)\n",
+        );
+        let mut t = Table::new(&["KEY ID", "ALIASES", "KEY MATERIAL ID", "EXPIRES"]);
+        for m in &status.expiring_key_material {
+            let key_aliases = status.keys.iter().find(|k| k.key_id == m.key_id).map(|k| aliases(&k.aliases));
+            t.row(vec![
+                m.key_id.clone(),
+                key_aliases.unwrap_or_else(|| "-".into()),
+                m.key_material_id[..16].to_string(),
+                format!("in {} ({})", countdown(m.seconds_remaining), m.valid_to),
+            ]);
+        }
+        out.push_str(&t.render());
+    }
+
     out.push('\n');
     if mounts.is_empty() {
         out.push_str("Mounted volumes: none\n");

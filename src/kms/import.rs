@@ -529,10 +529,12 @@ impl Kms {
         load_materials(self.ks.conn(), key_id)
     }
 
-    /// Imported material present now that expires within `within_secs`, the soonest first.
-    pub fn expiring_material(&self, within_secs: i64) -> Result<Vec<ExpiringMaterial>> {
-        let now = self.now_secs();
-        let mut stmt = self.ks.conn().prepare(
+}
+
+/// Imported material present at `now` that expires within `within_secs`, the soonest first.
+pub(crate) fn expiring(conn: &Connection, now: i64, within_secs: i64) -> Result<Vec<ExpiringMaterial>> {
+    {
+        let mut stmt = conn.prepare(
             "SELECT m.key_id, m.material_id, m.valid_to FROM imported_material m
              JOIN key_versions v ON v.key_id = m.key_id AND v.version = m.version
              WHERE m.valid_to IS NOT NULL AND m.valid_to <= ?1 AND v.material IS NOT NULL
