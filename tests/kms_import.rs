@@ -45,22 +45,29 @@ fn an_external_key_takes_material_from_key_import_and_refuses_other_material() {
     let env = TestEnv::new();
     let id = env.ok(&["key", "create", "--origin", "EXTERNAL", "--alias", "alias/byok"]).trim().to_string();
     let meta = env.json(&["key", "describe", "alias/byok"]);
-    assert_eq!((meta["KeyState"].as_str(), meta["Origin"].as_str()), (Some("PendingImport"), Some("EXTERNAL")));
-    let refused = assert_failure(&env.run_with_stdin(&["encrypt", "--key", "alias/byok"], b"x"), &["encrypt"], 4);
+    assert_eq!(
+        (meta["KeyState"].as_str(), meta["Origin"].as_str()),
+        (Some("PendingImport"), Some("EXTERNAL"))
+    );
+    let refused =
+        assert_failure(&env.run_with_stdin(&["encrypt", "--key", "alias/byok"], b"x"), &["encrypt"], 4);
     assert!(refused.contains("pending import"), "{refused}");
 
     let material = write_material(&env, "key.bin");
-    let out = env.ok(&["key", "import", "alias/byok", "--material", material.to_str().unwrap(), "--no-expiry"]);
+    let out =
+        env.ok(&["key", "import", "alias/byok", "--material", material.to_str().unwrap(), "--no-expiry"]);
     assert!(out.contains("Enabled"), "{out}");
     let blob = env.run_with_stdin(&["encrypt", "--key", "alias/byok"], b"own key");
     assert_success(&blob, &["encrypt"]);
 
     let other = write_material(&env, "other.bin");
-    let wrong = env.fails(&["key", "import", "alias/byok", "--material", other.to_str().unwrap(), "--no-expiry"], 1);
+    let wrong =
+        env.fails(&["key", "import", "alias/byok", "--material", other.to_str().unwrap(), "--no-expiry"], 1);
     assert!(wrong.contains("not the key material previously imported"), "{wrong}");
     let short = env.path("short.bin");
     fs::write(&short, [1u8; 16]).unwrap();
-    let wrong = env.fails(&["key", "import", "alias/byok", "--material", short.to_str().unwrap(), "--no-expiry"], 1);
+    let wrong =
+        env.fails(&["key", "import", "alias/byok", "--material", short.to_str().unwrap(), "--no-expiry"], 1);
     assert!(wrong.contains("32 bytes"), "{wrong}");
     // Expiry must be said, and be within AWS's limits.
     let m = material.to_str().unwrap();
@@ -103,7 +110,15 @@ fn the_manual_flow_with_openssl_pkeyutl_imports() {
     let out = Command::new("openssl")
         .args(["pkeyutl", "-encrypt", "-pubin", "-inkey"])
         .arg(&der)
-        .args(["-keyform", "DER", "-pkeyopt", "rsa_padding_mode:oaep", "-pkeyopt", "rsa_oaep_md:sha256", "-in"])
+        .args([
+            "-keyform",
+            "DER",
+            "-pkeyopt",
+            "rsa_padding_mode:oaep",
+            "-pkeyopt",
+            "rsa_oaep_md:sha256",
+            "-in",
+        ])
         .arg(&material)
         .arg("-out")
         .arg(&wrapped)
@@ -193,9 +208,25 @@ fn status_warns_of_material_expiring_within_30_days() {
     env.ok(&["key", "create", "--origin", "EXTERNAL", "--alias", "alias/soon"]);
     env.ok(&["key", "create", "--origin", "EXTERNAL", "--alias", "alias/later"]);
     let material = write_material(&env, "a.bin");
-    env.ok(&["key", "import", "alias/soon", "--material", material.to_str().unwrap(), "--valid-to", "20days"]);
+    env.ok(&[
+        "key",
+        "import",
+        "alias/soon",
+        "--material",
+        material.to_str().unwrap(),
+        "--valid-to",
+        "20days",
+    ]);
     let material = write_material(&env, "b.bin");
-    env.ok(&["key", "import", "alias/later", "--material", material.to_str().unwrap(), "--valid-to", "45days"]);
+    env.ok(&[
+        "key",
+        "import",
+        "alias/later",
+        "--material",
+        material.to_str().unwrap(),
+        "--valid-to",
+        "45days",
+    ]);
     let status = env.ok(&["status"]);
     assert!(status.contains("imported key material expires within 30 days"), "{status}");
     assert!(status.contains("alias/soon") && status.contains("in 19 days"), "{status}");

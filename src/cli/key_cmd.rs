@@ -146,7 +146,14 @@ pub fn run(s: &mut Session, cmd: KeyCmd) -> Result<()> {
                     "unknown key usage {key_usage}: give ENCRYPT_DECRYPT, SIGN_VERIFY, GENERATE_VERIFY_MAC or KEY_AGREEMENT"
                 ))
             })?;
-            let opts = CreateKeyOptions { alias, description, key_spec, key_usage, origin_external, ..Default::default() };
+            let opts = CreateKeyOptions {
+                alias,
+                description,
+                key_spec,
+                key_usage,
+                origin_external,
+                ..Default::default()
+            };
             let key_id = s.kms.create_key(&me, &opts)?;
             if s.json {
                 output::json(&s.kms.describe_key(&me, &key_id)?);

@@ -104,7 +104,8 @@ fn read(path: &Path, what: &str) -> Result<Zeroizing<Vec<u8>>> {
 }
 
 fn write(path: &Path, bytes: &[u8], what: &str) -> Result<()> {
-    std::fs::write(path, bytes).map_err(|e| Error::io(format!("cannot write the {what} {}", path.display()), e))
+    std::fs::write(path, bytes)
+        .map_err(|e| Error::io(format!("cannot write the {what} {}", path.display()), e))
 }
 
 /// ExpirationModel and ValidTo of the options, at the KMS clock's `now`.
@@ -127,7 +128,11 @@ fn report(s: &mut Session, key: &str, key_id: &str, material_id: &str) -> Result
     }
     let meta = s.kms.describe_key(&me, key_id)?;
     let until = meta.valid_to.map_or("does not expire".to_string(), |t| format!("valid to {t}"));
-    println!("key material {} imported into key {key}: the key is {}, {until}", &material_id[..16], meta.key_state.as_str());
+    println!(
+        "key material {} imported into key {key}: the key is {}, {until}",
+        &material_id[..16],
+        meta.key_state.as_str()
+    );
     Ok(())
 }
 

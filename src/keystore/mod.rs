@@ -222,7 +222,8 @@ impl Keystore {
         for sql in &schema::MIGRATIONS[from as usize..] {
             tx.execute_batch(sql)?;
         }
-        let dangling: i64 = tx.query_row("SELECT count(*) FROM pragma_foreign_key_check", [], |r| r.get(0))?;
+        let dangling: i64 =
+            tx.query_row("SELECT count(*) FROM pragma_foreign_key_check", [], |r| r.get(0))?;
         if dangling > 0 {
             return Err(Error::CorruptKeystore {
                 path,

@@ -16,7 +16,9 @@ pub fn error_name(err: &Error) -> &'static str {
         Error::InvalidArgument(msg) if msg.starts_with(INVALID_SIGNATURE) => "KMSInvalidSignatureException",
         Error::InvalidArgument(msg) if msg.starts_with(INVALID_MAC) => "KMSInvalidMacException",
         Error::InvalidArgument(msg) if msg.starts_with(DRY_RUN) => "DryRunOperationException",
-        Error::InvalidArgument(msg) if msg.starts_with(INCORRECT_KEY_MATERIAL) => "IncorrectKeyMaterialException",
+        Error::InvalidArgument(msg) if msg.starts_with(INCORRECT_KEY_MATERIAL) => {
+            "IncorrectKeyMaterialException"
+        }
         Error::InvalidArgument(msg) if msg.starts_with(INVALID_IMPORT_TOKEN) => "InvalidImportTokenException",
         Error::InvalidArgument(msg) if msg.starts_with(EXPIRED_IMPORT_TOKEN) => "ExpiredImportTokenException",
         Error::Sqlite(rusqlite::Error::SqliteFailure(e, _))

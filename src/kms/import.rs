@@ -228,6 +228,7 @@ fn expiration(model: Option<&str>, valid_to: Option<i64>, now: i64) -> Result<Op
 /// What the import token carries, sealed by the import key: which wrapping key, for which
 /// KMS key, until when. Sealing (AEAD) makes a token from another keystore, an edited token
 /// or a made-up one fail to open.
+#[derive(Debug)]
 struct Token {
     token_id: [u8; 16],
     expires: i64,
@@ -322,7 +323,8 @@ impl Kms {
         algorithm: &str,
         wrapping_spec: &str,
     ) -> Result<ImportParameters> {
-        let parsed = WrappingAlgorithm::parse(algorithm).and_then(|a| Ok((a, WrappingKeySpec::parse(wrapping_spec)?)));
+        let parsed =
+            WrappingAlgorithm::parse(algorithm).and_then(|a| Ok((a, WrappingKeySpec::parse(wrapping_spec)?)));
         // RSA key generation takes up to seconds (RSA_4096): done before the write lock.
         let private = match &parsed {
             Ok((_, spec)) => Some(spec.generate()?),
@@ -399,13 +401,12 @@ impl Kms {
                 ImportType::NewKeyMaterial => {
                     new_material(&mut key, spec, &materials, &id, req.key_material_id)?
                 }
-                ImportType::ExistingKeyMaterial => existing_material(&key, &materials, &id, req.key_material_id)?,
+                ImportType::ExistingKeyMaterial => {
+                    existing_material(&key, &materials, &id, req.key_material_id)?
+                }
             };
-            let sealed = crypto::seal(
-                op.keys.versions(true),
-                &super::version_aad(&key.key_id, version),
-                &material,
-            );
+            let sealed =
+                crypto::seal(op.keys.versions(true), &super::version_aad(&key.key_id, version), &material);
             let exists = materials.iter().any(|m| m.version == version);
             if exists {
                 op.tx.execute(
@@ -465,7 +466,10 @@ impl Kms {
             let materials = load_materials(&op.tx, &key.key_id)?;
             let target = match material_id {
                 Some(id) => materials.iter().find(|m| m.key_material_id == id).ok_or_else(|| {
-                    Error::InvalidArgument(format!("key {} has no key material with KeyMaterialId {id}", key.key_id))
+                    Error::InvalidArgument(format!(
+                        "key {} has no key material with KeyMaterialId {id}",
+                        key.key_id
+                    ))
                 })?,
                 None => match materials.iter().find(|m| m.version == key.current_version) {
                     Some(m) => m,
@@ -507,10 +511,10 @@ impl Kms {
         for (key_id, version, valid_to) in due {
             let mut event = AuditEvent::new(caller, "DeleteImportedKeyMaterial", now_ms);
             event.key_id = Some(key_id.clone());
-            event.reason = format!("version {version}: the key material expired (ValidTo {})", format_date(valid_to));
+            event.reason =
+                format!("version {version}: the key material expired (ValidTo {})", format_date(valid_to));
             let tx = self.ks.write_tx()?;
-            let mut op =
-                Op { tx, keys: &self.keys, now, event, owner_uid: self.owner_uid, caller };
+            let mut op = Op { tx, keys: &self.keys, now, event, owner_uid: self.owner_uid, caller };
             let Some(mut key) = records::load_key(&op.tx, &key_id)? else { continue };
             op.drop_material(&mut key, version)?;
             let (tx, event) = op.into_parts();
@@ -528,7 +532,6 @@ impl Kms {
     pub fn imported_materials(&self, key_id: &str) -> Result<Vec<MaterialRecord>> {
         load_materials(self.ks.conn(), key_id)
     }
-
 }
 
 /// Imported material present at `now` that expires within `within_secs`, the soonest first.
@@ -643,7 +646,9 @@ fn existing_material(
     }
     if let Some(given) = given_id {
         if given != id {
-            return Err(incorrect(format!("the key material is not the material with KeyMaterialId {given}")));
+            return Err(incorrect(format!(
+                "the key material is not the material with KeyMaterialId {given}"
+            )));
         }
     }
     materials.iter().find(|m| m.key_material_id == id).map(|m| m.version).ok_or_else(|| {
@@ -667,7 +672,10 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("365 days"));
-        assert_eq!(expiration(Some(EXPIRES), Some(now + MAX_VALID_TO_SECS), now).unwrap(), Some(now + MAX_VALID_TO_SECS));
+        assert_eq!(
+            expiration(Some(EXPIRES), Some(now + MAX_VALID_TO_SECS), now).unwrap(),
+            Some(now + MAX_VALID_TO_SECS)
+        );
         assert_eq!(expiration(Some(DOES_NOT_EXPIRE), None, now).unwrap(), None);
         assert!(expiration(Some(DOES_NOT_EXPIRE), Some(now + 5), now).is_err());
     }

@@ -118,7 +118,11 @@ fn oaep_ctx<T>(ctx: &mut PkeyCtx<T>, md: &'static openssl::md::MdRef) -> Result<
     ctx.set_rsa_mgf1_md(md).map_err(set)
 }
 
-fn oaep_decrypt<T: HasPrivate>(key: &PKeyRef<T>, md: &'static openssl::md::MdRef, data: &[u8]) -> Result<Zeroizing<Vec<u8>>> {
+fn oaep_decrypt<T: HasPrivate>(
+    key: &PKeyRef<T>,
+    md: &'static openssl::md::MdRef,
+    data: &[u8],
+) -> Result<Zeroizing<Vec<u8>>> {
     let mut ctx = PkeyCtx::new(key).map_err(|e| ssl("decrypt", e))?;
     ctx.decrypt_init().map_err(|e| ssl("decrypt", e))?;
     oaep_ctx(&mut ctx, md)?;
@@ -127,7 +131,11 @@ fn oaep_decrypt<T: HasPrivate>(key: &PKeyRef<T>, md: &'static openssl::md::MdRef
     Ok(out)
 }
 
-fn oaep_encrypt<T: HasPublic>(key: &PKeyRef<T>, md: &'static openssl::md::MdRef, data: &[u8]) -> Result<Vec<u8>> {
+fn oaep_encrypt<T: HasPublic>(
+    key: &PKeyRef<T>,
+    md: &'static openssl::md::MdRef,
+    data: &[u8],
+) -> Result<Vec<u8>> {
     let mut ctx = PkeyCtx::new(key).map_err(|e| ssl("encrypt", e))?;
     ctx.encrypt_init().map_err(|e| ssl("encrypt", e))?;
     oaep_ctx(&mut ctx, md)?;

@@ -216,7 +216,8 @@ impl KeyRing {
                 let loaded = match old_asym.remove(&key.key_id) {
                     Some(m) => m,
                     None => {
-                        let bytes = super::version_bytes(&conn, versions_key, &key.key_id, key.current_version)?;
+                        let bytes =
+                            super::version_bytes(&conn, versions_key, &key.key_id, key.current_version)?;
                         Arc::new(KeyMaterial::from_bytes(spec, &bytes)?)
                     }
                 };

@@ -370,7 +370,9 @@ fn control(svc: &Service, kms: &mut crate::kms::Kms, caller: &Principal, op: &st
             let (key_spec, key_usage) = asymmetric_api::create_key_spec(input)?;
             let origin_external = str_of(input, "Origin") == Some("EXTERNAL");
             if let Some(v) = str_of(input, "Origin").filter(|v| !matches!(*v, "AWS_KMS" | "EXTERNAL")) {
-                return Err(unsupported(format!("Origin {v} is not supported: kmsfs keys are AWS_KMS or EXTERNAL")));
+                return Err(unsupported(format!(
+                    "Origin {v} is not supported: kmsfs keys are AWS_KMS or EXTERNAL"
+                )));
             }
             if input.get("MultiRegion").and_then(Value::as_bool) == Some(true) {
                 return Err(unsupported("multi-Region keys are not supported".into()));
@@ -461,7 +463,8 @@ fn control(svc: &Service, kms: &mut crate::kms::Kms, caller: &Principal, op: &st
             let key_id = key()?;
             let versions = kms.list_key_versions(caller, &key_id)?;
             let resolved = kms.resolve_key_id(&key_id)?;
-            let rotations = import_api::rotation_entries(kms, &svc.key_arn(&resolved), &resolved, versions, input)?;
+            let rotations =
+                import_api::rotation_entries(kms, &svc.key_arn(&resolved), &resolved, versions, input)?;
             page(rotations, input, "Rotations")
         }
         "UpdateKeyDescription" => {

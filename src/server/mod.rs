@@ -9,11 +9,11 @@
 
 mod api;
 mod asymmetric_api;
-mod import_api;
 pub mod config;
 pub mod console;
 mod errors;
 mod http;
+mod import_api;
 mod listen;
 pub mod model;
 pub mod sigv4;

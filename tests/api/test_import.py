@@ -127,6 +127,28 @@ def test_the_material_is_the_one_imported_hmac(api, tmp_path):
         import_material(api.alice, key_id, os.urandom(32), tmp_path / "2", ImportType="NEW_KEY_MATERIAL")
 
 
+def test_an_asymmetric_key_imports_its_pkcs8_private_key(api, tmp_path):
+    """RSA_AES_KEY_WRAP carries a PKCS#8 private key; the key's public key and signatures are
+    then those of the imported key, and a key of another curve is refused."""
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    key_id = external_key(api, KeySpec="ECC_NIST_P256", KeyUsage="SIGN_VERIFY")
+    private = ec.generate_private_key(ec.SECP256R1())
+    der = private.private_bytes(serialization.Encoding.DER, serialization.PrivateFormat.PKCS8,
+                                serialization.NoEncryption())
+    other_curve = ec.generate_private_key(ec.SECP384R1()).private_bytes(
+        serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    with raises_code("IncorrectKeyMaterialException"):
+        import_material(api.alice, key_id, other_curve, tmp_path / "2", algorithm="RSA_AES_KEY_WRAP_SHA_256")
+    import_material(api.alice, key_id, der, tmp_path / "3", algorithm="RSA_AES_KEY_WRAP_SHA_256")
+    public = api.alice.get_public_key(KeyId=key_id)["PublicKey"]
+    assert public == private.public_key().public_bytes(serialization.Encoding.DER,
+                                                        serialization.PublicFormat.SubjectPublicKeyInfo)
+    signature = api.alice.sign(KeyId=key_id, Message=b"signed", SigningAlgorithm="ECDSA_SHA_256")["Signature"]
+    private.public_key().verify(signature, b"signed", ec.ECDSA(hashes.SHA256()))
+
+
 def test_delete_and_reimport_restore_every_old_ciphertext(api, tmp_path, kms_model):
     key_id = external_key(api)
     material = os.urandom(32)

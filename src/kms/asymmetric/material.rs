@@ -101,11 +101,9 @@ impl KeyMaterial {
             (KeyMaterial::Hmac(bytes), KeySpec::Hmac(_)) => spec.hmac_key_len() == Some(bytes.len()),
             (KeyMaterial::Private(pkey), KeySpec::Rsa(bits)) => pkey.id() == Id::RSA && pkey.bits() == bits,
             (KeyMaterial::Private(pkey), KeySpec::Ecc(Curve::Ed25519)) => pkey.id() == Id::ED25519,
-            (KeyMaterial::Private(pkey), KeySpec::Ecc(curve)) => pkey
-                .ec_key()
-                .ok()
-                .and_then(|k| k.group().curve_name())
-                .is_some_and(|n| n == nid(curve)),
+            (KeyMaterial::Private(pkey), KeySpec::Ecc(curve)) => {
+                pkey.ec_key().ok().and_then(|k| k.group().curve_name()).is_some_and(|n| n == nid(curve))
+            }
             _ => false,
         }
     }
