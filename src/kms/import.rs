@@ -291,6 +291,9 @@ impl Op<'_> {
     /// rotation goes altogether; any other loses its material and the key becomes
     /// PendingImport (a key pending deletion keeps that state, as in AWS).
     fn drop_material(&mut self, key: &mut KeyRecord, version: u32) -> Result<()> {
+        // Outstanding import parameters go too: a captured ImportKeyMaterial request cannot
+        // bring the material back; the owner asks for new parameters.
+        self.tx.execute("DELETE FROM import_wrapping_keys WHERE key_id = ?1", [&key.key_id])?;
         if version > key.current_version {
             self.tx.execute(
                 "DELETE FROM imported_material WHERE key_id = ?1 AND version = ?2",
@@ -386,7 +389,7 @@ impl Kms {
                 return Err(state_error(&key, StateProblem::NotEnabled));
             }
             let valid_to = expiration(req.expiration_model, req.valid_to, op.now)?;
-            let material = unwrap_for(op, &key, req)?;
+            let (material, token_hex) = unwrap_for(op, &key, req)?;
             let (spec, _) = asymmetric::load_spec(&op.tx, &key.key_id)?;
             check_material(&key.key_id, spec, &material)?;
             let id = material_id(&key.key_id, &material);
@@ -439,6 +442,8 @@ impl Kms {
                 key.state = KeyState::Enabled;
             }
             records::update_key(&op.tx, &key)?;
+            // A token is good for one import: a captured request cannot be replayed.
+            op.tx.execute("DELETE FROM import_wrapping_keys WHERE token_id = ?1", [&token_hex])?;
             op.event.reason = format!(
                 "{} version {version} ({}), {}",
                 import_type.as_str(),
@@ -516,6 +521,12 @@ impl Kms {
             let tx = self.ks.write_tx()?;
             let mut op = Op { tx, keys: &self.keys, now, event, owner_uid: self.owner_uid, caller };
             let Some(mut key) = records::load_key(&op.tx, &key_id)? else { continue };
+            let still_there = load_materials(&op.tx, &key_id)?
+                .iter()
+                .any(|m| m.version == version && m.imported && m.valid_to.is_some_and(|t| t <= now));
+            if !still_there {
+                continue; // another process expired (or re-imported) it meanwhile
+            }
             op.drop_material(&mut key, version)?;
             let (tx, event) = op.into_parts();
             crate::keystore::bump_generation(&tx)?;
@@ -556,8 +567,9 @@ pub(crate) fn expiring(conn: &Connection, now: i64, within_secs: i64) -> Result<
     }
 }
 
-/// Opens the token, finds its wrapping key and unwraps the material with it.
-fn unwrap_for(op: &Op<'_>, key: &KeyRecord, req: &ImportRequest<'_>) -> Result<Zeroizing<Vec<u8>>> {
+/// Opens the token, finds its wrapping key and unwraps the material with it. Returns the
+/// material and the token's id.
+fn unwrap_for(op: &Op<'_>, key: &KeyRecord, req: &ImportRequest<'_>) -> Result<(Zeroizing<Vec<u8>>, String)> {
     let token = Token::open(op.keys.import(), req.import_token)?;
     if token.key_id != key.key_id {
         return Err(Error::InvalidArgument(format!(
@@ -587,7 +599,9 @@ fn unwrap_for(op: &Op<'_>, key: &KeyRecord, req: &ImportRequest<'_>) -> Result<Z
         .map_err(|_| Error::CorruptMaterial("a stored import wrapping key does not authenticate".into()))?;
     let private = PKey::private_key_from_pkcs8(&pkcs8)
         .map_err(|_| Error::CorruptMaterial("a stored import wrapping key does not parse".into()))?;
-    import_wrap::unwrap(WrappingAlgorithm::parse(&algorithm)?, &private, req.encrypted_material)
+    let material =
+        import_wrap::unwrap(WrappingAlgorithm::parse(&algorithm)?, &private, req.encrypted_material)?;
+    Ok((material, token_hex))
 }
 
 /// The version NEW_KEY_MATERIAL goes to: the first, or (symmetric keys) the one pending

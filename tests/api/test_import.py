@@ -152,13 +152,27 @@ def test_an_asymmetric_key_imports_its_pkcs8_private_key(api, tmp_path):
 def test_delete_and_reimport_restore_every_old_ciphertext(api, tmp_path, kms_model):
     key_id = external_key(api)
     material = os.urandom(32)
-    first = import_material(api.alice, key_id, material, tmp_path / "1")["KeyMaterialId"]
+    params = api.alice.get_parameters_for_import(KeyId=key_id, WrappingAlgorithm="RSAES_OAEP_SHA_256", WrappingKeySpec="RSA_2048")
+    wrapped = openssl_wrap(tmp_path / "1", params["PublicKey"], material, "RSAES_OAEP_SHA_256")
+    request = dict(KeyId=key_id, ImportToken=params["ImportToken"], EncryptedKeyMaterial=wrapped,
+                   ExpirationModel="KEY_MATERIAL_DOES_NOT_EXPIRE")
+    first = api.alice.import_key_material(**request)["KeyMaterialId"]
+    # Parameters fetched before a deletion are void after it.
+    outstanding = api.alice.get_parameters_for_import(KeyId=key_id, WrappingAlgorithm="RSAES_OAEP_SHA_256",
+                                                      WrappingKeySpec="RSA_2048")
     blobs = [api.alice.encrypt(KeyId=key_id, Plaintext=f"secret {i}".encode())["CiphertextBlob"] for i in range(3)]
     deleted = api.alice.delete_imported_key_material(KeyId=key_id)
     assert deleted["KeyMaterialId"] == first
     assert state(api.alice, key_id) == "PendingImport"
     with raises_code("KMSInvalidStateException"):
         api.alice.decrypt(CiphertextBlob=blobs[0])
+    # A token serves one import: the captured request does not bring the material back.
+    with raises_code("InvalidImportTokenException"):
+        api.alice.import_key_material(**request)
+    with raises_code("InvalidImportTokenException"):
+        api.alice.import_key_material(**dict(request, ImportToken=outstanding["ImportToken"],
+                                             EncryptedKeyMaterial=openssl_wrap(tmp_path / "o", outstanding["PublicKey"],
+                                                                               material, "RSAES_OAEP_SHA_256")))
     rotations = api.alice.list_key_rotations(KeyId=key_id, IncludeKeyMaterial="ALL_KEY_MATERIAL")["Rotations"]
     assert_enums(kms_model, "ListKeyRotations", {"Rotations": rotations})
     assert [(r["KeyMaterialId"], r["ImportState"], r["KeyMaterialState"]) for r in rotations] == \
