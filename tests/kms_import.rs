@@ -244,3 +244,37 @@ fn status_warns_of_material_expiring_within_30_days() {
     assert_eq!(state(&env, "alias/soon"), "PendingImport");
     assert_eq!(state(&env, "alias/later"), "Enabled");
 }
+
+#[test]
+fn aes_key_wrap_with_padding_agrees_with_openssl_enc_both_ways() {
+    use kmsfs::kms::import_wrap::aes_kwp;
+    let dir = tempfile::tempdir().unwrap();
+    let key = kmsfs::crypto::random_bytes::<32>();
+    let key_hex: String = key.iter().map(|b| format!("{b:02x}")).collect();
+    for len in [1usize, 7, 8, 32, 121, 1217] {
+        let material: Vec<u8> = (0..len).map(|i| (i * 7 + len) as u8).collect();
+        let (plain, wrapped) = (dir.path().join("plain"), dir.path().join("wrapped"));
+        // Ours, unwrapped by openssl.
+        fs::write(&wrapped, aes_kwp(&key, &material, true).unwrap()).unwrap();
+        let out = Command::new("openssl")
+            .args(["enc", "-d", "-id-aes256-wrap-pad", "-iv", "A65959A6", "-K", &key_hex, "-in"])
+            .arg(&wrapped)
+            .arg("-out")
+            .arg(&plain)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "openssl: {}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(fs::read(&plain).unwrap(), material, "{len} bytes");
+        // Openssl's, unwrapped by ours.
+        fs::write(&plain, &material).unwrap();
+        let out = Command::new("openssl")
+            .args(["enc", "-id-aes256-wrap-pad", "-iv", "A65959A6", "-K", &key_hex, "-in"])
+            .arg(&plain)
+            .arg("-out")
+            .arg(&wrapped)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "openssl: {}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(aes_kwp(&key, &fs::read(&wrapped).unwrap(), false).unwrap().as_slice(), material.as_slice());
+    }
+}

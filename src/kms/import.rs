@@ -547,24 +547,22 @@ impl Kms {
 
 /// Imported material present at `now` that expires within `within_secs`, the soonest first.
 pub(crate) fn expiring(conn: &Connection, now: i64, within_secs: i64) -> Result<Vec<ExpiringMaterial>> {
-    {
-        let mut stmt = conn.prepare(
-            "SELECT m.key_id, m.material_id, m.valid_to FROM imported_material m
-             JOIN key_versions v ON v.key_id = m.key_id AND v.version = m.version
-             WHERE m.valid_to IS NOT NULL AND m.valid_to <= ?1 AND v.material IS NOT NULL
-             ORDER BY m.valid_to",
-        )?;
-        let rows = stmt.query_map([now + within_secs], |r| {
-            let valid_to: i64 = r.get(2)?;
-            Ok(ExpiringMaterial {
-                key_id: r.get(0)?,
-                key_material_id: r.get(1)?,
-                valid_to: format_date(valid_to),
-                seconds_remaining: (valid_to - now).max(0),
-            })
-        })?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
-    }
+    let mut stmt = conn.prepare(
+        "SELECT m.key_id, m.material_id, m.valid_to FROM imported_material m
+         JOIN key_versions v ON v.key_id = m.key_id AND v.version = m.version
+         WHERE m.valid_to IS NOT NULL AND m.valid_to <= ?1 AND v.material IS NOT NULL
+         ORDER BY m.valid_to",
+    )?;
+    let rows = stmt.query_map([now + within_secs], |r| {
+        let valid_to: i64 = r.get(2)?;
+        Ok(ExpiringMaterial {
+            key_id: r.get(0)?,
+            key_material_id: r.get(1)?,
+            valid_to: format_date(valid_to),
+            seconds_remaining: (valid_to - now).max(0),
+        })
+    })?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
 }
 
 /// Opens the token, finds its wrapping key and unwraps the material with it. Returns the
