@@ -275,6 +275,9 @@ fn aes_key_wrap_with_padding_agrees_with_openssl_enc_both_ways() {
             .output()
             .unwrap();
         assert!(out.status.success(), "openssl: {}", String::from_utf8_lossy(&out.stderr));
-        assert_eq!(aes_kwp(&key, &fs::read(&wrapped).unwrap(), false).unwrap().as_slice(), material.as_slice());
+        assert_eq!(
+            aes_kwp(&key, &fs::read(&wrapped).unwrap(), false).unwrap().as_slice(),
+            material.as_slice()
+        );
     }
 }
