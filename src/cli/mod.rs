@@ -10,6 +10,7 @@ mod crypto_cmd;
 pub mod errors;
 mod fsck_cmd;
 mod key_cmd;
+mod key_import_cmd;
 mod keystore_cmd;
 pub mod mount_helper;
 pub mod output;

@@ -12,6 +12,8 @@ pub enum KeyState {
     Enabled,
     Disabled,
     PendingDeletion,
+    /// Origin EXTERNAL: no usable key material (never imported, deleted or expired).
+    PendingImport,
     Destroyed,
 }
 
@@ -21,6 +23,7 @@ impl KeyState {
             KeyState::Enabled => "Enabled",
             KeyState::Disabled => "Disabled",
             KeyState::PendingDeletion => "PendingDeletion",
+            KeyState::PendingImport => "PendingImport",
             KeyState::Destroyed => "Destroyed",
         }
     }
@@ -30,6 +33,7 @@ impl KeyState {
             "Enabled" => KeyState::Enabled,
             "Disabled" => KeyState::Disabled,
             "PendingDeletion" => KeyState::PendingDeletion,
+            "PendingImport" => KeyState::PendingImport,
             "Destroyed" => KeyState::Destroyed,
             _ => return None,
         })

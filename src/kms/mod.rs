@@ -17,6 +17,8 @@ pub mod clock;
 pub mod cloudtrail;
 pub mod context;
 pub mod dataops;
+pub mod import;
+pub mod import_wrap;
 pub mod keyid;
 pub mod keyring;
 pub mod last_usage;
@@ -115,6 +117,7 @@ impl Kms {
         kms.upgrade_key_derivation(caller)?;
         kms.upgrade_managed_policies(caller)?;
         let destroyed = kms.purge_expired(caller)?;
+        kms.expire_imported_material(caller)?;
         let rotated = kms.rotate_due(caller)?;
         kms.housekeeping = Housekeeping { destroyed, rotated };
         Ok(kms)
@@ -211,6 +214,8 @@ impl Kms {
         operation: &str,
         body: impl FnOnce(&mut Op<'_>) -> Result<T>,
     ) -> Result<T> {
+        // No operation sees imported key material past its ValidTo.
+        self.expire_imported_material(caller)?;
         let now_ms = self.clock.now_ms();
         let event = AuditEvent::new(caller, operation, now_ms);
         let tx = self.ks.write_tx()?;

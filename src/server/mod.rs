@@ -13,6 +13,7 @@ pub mod config;
 pub mod console;
 mod errors;
 mod http;
+mod import_api;
 mod listen;
 pub mod model;
 pub mod sigv4;

@@ -117,6 +117,7 @@ fn offered_actions(kms: &Kms, caller: &Caller, k: &KeyMetadata) -> Vec<(&'static
             ("schedule-deletion", "Schedule deletion…", "kms:ScheduleKeyDeletion"),
         ],
         KeyState::PendingDeletion => &[("cancel-deletion", "Cancel deletion", "kms:CancelKeyDeletion")],
+        KeyState::PendingImport => &[("schedule-deletion", "Schedule deletion…", "kms:ScheduleKeyDeletion")],
         KeyState::Destroyed => &[],
     };
     if k.key_manager.as_str() == "MANAGED" {
