@@ -48,7 +48,11 @@
 # BENCH_DIRTY_KB (16384), BENCH_SETTLE_SECS (60: the longest wait for writeback),
 # BENCH_QUIET_SECS (1: how long the machine's background load is sampled before each phase),
 # BENCH_ALLOW_NO_DROP=1 (run even where drop_caches is not permitted; numbers then untrusted),
-# BENCH_SETTLE=0 (diagnostic: no sync, drop or wait between systems except before read).
+# BENCH_SETTLE=0 (diagnostic: no sync, drop or wait between systems except before read),
+# BENCH_AFTER_RM_SECS (90: no untar starts sooner than this after the last rm phase ended;
+# on an ext4 without a journal, as this VM's root is, new inodes skip those freed in the
+# last 60 s, and an untar of 10,000 entries right after an rm of that many took 1.2-1.6 s
+# even after sync and drop_caches, instead of 0.5 s; 0: no wait).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -59,6 +63,7 @@ DIRTY_KB=${BENCH_DIRTY_KB:-16384}
 SETTLE_SECS=${BENCH_SETTLE_SECS:-60}
 QUIET=${BENCH_QUIET_SECS:-1}
 SETTLE=${BENCH_SETTLE:-1}
+AFTER_RM=${BENCH_AFTER_RM_SECS:-90}
 read -r -a SYSTEMS <<<"${BENCH_SYSTEMS:-plain kmsfs gocryptfs securefs}"
 if [ "${BENCH_WRITEBACK:-0}" = 1 ] && [[ " ${SYSTEMS[*]} " != *" kmsfs_wb "* ]]; then
   SYSTEMS+=(kmsfs_wb)
@@ -466,6 +471,20 @@ settle() {
   echo "warning: Dirty+Writeback still $(dirty_kb) kB after ${SETTLE_SECS} s (others writing?)" >&2
 }
 
+# wait_after_rm: until BENCH_AFTER_RM_SECS have passed since the last rm phase ended. ext4
+# without a journal (find_inode_bit/recently_deleted) does not reuse an inode freed less
+# than 60 s ago (300 s while its inode-table block is dirty) whose inode-table block is in
+# the buffer cache, so every create scans past the inodes the previous round's rm -rf
+# freed: whichever system came first in an untar soon after would pay for it. The
+# drop_caches before each phase removes most of that, not all (the blocks are read back).
+LAST_RM_END=0
+wait_after_rm() {
+  local left=$((LAST_RM_END + AFTER_RM - $(date +%s)))
+  [ "$AFTER_RM" -gt 0 ] && [ "$left" -gt 0 ] || return 0
+  echo "waiting ${left} s after the last rm before an untar (BENCH_AFTER_RM_SECS)" >&2
+  sleep "$left"
+}
+
 # The phases; each runs as: bash -c CMD _ DIR TARBALL MB
 declare -A CMD=(
   [write]='dd if=/dev/zero of="$1/zero" bs=1M count="$3" conv=fsync status=none'
@@ -495,11 +514,13 @@ run_round() {
       fi
       # Every system's untar reads the tarball from the page cache, none from the disk.
       [ "$p" = untar ] && cat "$TARBALL" >/dev/null
+      [ "$p" = untar ] && wait_after_rm
       do_sync=0
       [ "$p" = untar ] || [ "$p" = rm ] && do_sync=1
       python3 "$WORK/timed.py" "$OUT/times.tsv" "$QUIET" "$r" "$c" "$i" "$s" "$p" "${PID[$s]:--}" "$do_sync" \
         -- bash -c "${CMD[$p]}" _ "$dir" "$TARBALL" "$MB"
       [ "$p" = read ] && rm -f "$dir/zero"
+      [ "$p" = rm ] && LAST_RM_END=$(date +%s)
     done
   done
   unmount_round "$r" "$c" "${order[*]}"

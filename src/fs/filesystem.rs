@@ -191,7 +191,8 @@ impl Filesystem for KmsFs {
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let _request = self.begin_request();
-        reply!(reply, self.do_open(req, ino, flags), |fh| reply.opened(FileHandle(fh), self.open_flags()));
+        reply!(reply, self.do_open(req, ino, flags), |fh| reply
+            .opened(FileHandle(fh), self.open_flags(flags.0)));
     }
 
     fn read(
@@ -402,7 +403,7 @@ impl Filesystem for KmsFs {
             &attr,
             self.generation(&attr),
             FileHandle(fh),
-            self.open_flags()
+            self.open_flags(flags)
         ));
     }
 

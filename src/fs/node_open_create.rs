@@ -73,14 +73,31 @@ impl KmsFs {
         Ok((attr, self.add_handle(ino, of, write, self.appends(flags))))
     }
 
-    /// The flags of every OPEN and CREATE reply. Without the write-back cache every WRITE
-    /// has been answered before close(2) returns and FLUSH has nothing to do (locks are the
-    /// kernel's own: kmsfs does not ask for FUSE_POSIX_LOCKS), so FOPEN_NOFLUSH spares one
-    /// round trip per close. With it, FLUSH is what makes the kernel write dirty pages back
-    /// at close, so it stays.
-    pub(super) fn open_flags(&self) -> FopenFlags {
+    /// The flags of an OPEN or CREATE reply for a handle opened with `flags`.
+    ///
+    /// Without the write-back cache every WRITE has been answered before close(2) returns
+    /// and FLUSH has nothing to do (locks are the kernel's own: kmsfs does not ask for
+    /// FUSE_POSIX_LOCKS), so FOPEN_NOFLUSH spares one round trip per close. With it, FLUSH
+    /// is what makes the kernel write dirty pages back at close, so it stays.
+    ///
+    /// A handle that cannot read (tar, cp, dd and shell redirections create their files
+    /// write-only) gets FOPEN_DIRECT_IO: each write(2) becomes one WRITE, instead of one
+    /// per page-cache folio it touches (tar's 10 KiB records straddle folios: 1.7 WRITEs
+    /// per file against 1.4 write calls), and the kernel no longer asks for
+    /// `security.capability` before a new file's first write (a direct write leaves
+    /// set-ID clearing to the daemon, which it does for HANDLE_KILLPRIV_V2 already, and
+    /// no kmsfs file can carry that attribute: `security.*` is not supported). Errors are
+    /// still those of the write itself. Such a handle cannot be mmapped (a mapping needs
+    /// read access), so the page cache is never needed for it; what it writes is not
+    /// kept there for a later reader (the kernel drops any cached pages a direct write
+    /// overlaps), which costs a later read of the file one READ (a file's last, partial
+    /// page was never kept anyway). Not with the write-back cache, whose point is the
+    /// page cache.
+    pub(super) fn open_flags(&self, flags: i32) -> FopenFlags {
         if self.kernel.writeback_cache {
             FopenFlags::empty()
+        } else if flags & libc::O_ACCMODE == libc::O_WRONLY {
+            FopenFlags::FOPEN_NOFLUSH | FopenFlags::FOPEN_DIRECT_IO
         } else {
             FopenFlags::FOPEN_NOFLUSH
         }
