@@ -3,8 +3,8 @@
 //! Layers, each depending only on those below it (see docs/ARCHITECTURE.md):
 //! `cli` → `server`, `mount` → `fs` → `volume` → `content` (what is stored: headers, blocks, names)
 //! and `kms` (keys and decisions; `KeyRing` is the door for fs and volume) → `keystore` →
-//! `crypto`, with the leaves `sys` (system calls on backing files), `encoding`, `harden` and
-//! `error` beside them.
+//! `crypto`, with the leaves `sys` (system calls on backing files), `encoding`, `harden`,
+//! `kdf_child` (the passphrase KDF in a child process, for the server) and `error` beside them.
 
 pub mod cli;
 pub mod content;
@@ -13,6 +13,7 @@ pub mod encoding;
 pub mod error;
 pub mod fs;
 pub mod harden;
+pub mod kdf_child;
 pub mod keystore;
 pub mod kms;
 pub mod mount;

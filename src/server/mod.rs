@@ -262,7 +262,8 @@ pub fn run(g: &Global, args: config::ServeArgs) -> Result<()> {
     // SAFETY: mallopt only sets an allocator parameter.
     unsafe { libc::mallopt(libc::M_ARENA_MAX, 2) };
     let path = g.keystore_path();
-    let session = Session::open(g)?;
+    // Unlocked while the process has one thread, so the KDF's memory is a child's.
+    let session = Session::open_for_daemon(g)?;
     let me = session.me.clone();
     let kms = session.kms;
     let (account, region) = (kms.keystore().account_id()?, kms.keystore().region()?);
