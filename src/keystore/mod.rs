@@ -72,6 +72,9 @@ pub fn default_path() -> PathBuf {
     data_home.join("kmsfs").join("keystore.db")
 }
 
+/// How the passphrase key is derived: in this process, or in a child (`kdf_child`).
+type PassphraseKdf = fn(&[u8], &[u8], crypto::KdfParams) -> std::result::Result<SecretKey, String>;
+
 impl Keystore {
     /// Creates a new keystore file (mode 0600) protected by `passphrase`; refuses to touch an
     /// existing file. Returns the keystore and its freshly generated root key.
@@ -240,11 +243,7 @@ impl Keystore {
         self.unlock_with(passphrase, crate::kdf_child::derive_key)
     }
 
-    fn unlock_with(
-        &self,
-        passphrase: &[u8],
-        derive: fn(&[u8], &[u8], crypto::KdfParams) -> std::result::Result<SecretKey, String>,
-    ) -> Result<SecretKey> {
+    fn unlock_with(&self, passphrase: &[u8], derive: PassphraseKdf) -> Result<SecretKey> {
         let keystore_id = self.keystore_id()?;
         let salt = self.required_meta("kdf_salt")?;
         let kdf = self.kdf_params()?;
