@@ -16,12 +16,25 @@ use crate::crypto::{self, KdfParams, SecretKey, KEY_LEN};
 
 /// `crypto::derive_key`, computed in a child process when this process has one thread
 /// (else in-process: a fork beside other threads could copy a lock one of them holds, such
-/// as the allocator's, and the child would hang on it).
+/// as the allocator's, and the child would hang on it). If the child cannot be had (no
+/// pipe, no fork, it died), the key is derived in-process after a warning: the unlock
+/// matters more than where its memory is counted.
 pub fn derive_key(passphrase: &[u8], salt: &[u8], params: KdfParams) -> Result<SecretKey, String> {
     if !single_threaded() {
         return crypto::derive_key(passphrase, salt, params);
     }
     params.validate()?;
+    match in_child(passphrase, salt, params) {
+        Ok(derived) => derived,
+        Err(why) => {
+            log::warn!("{why}; deriving the passphrase key in the server process");
+            crypto::derive_key(passphrase, salt, params)
+        }
+    }
+}
+
+/// The derivation's own result, or why the child could not give one.
+fn in_child(passphrase: &[u8], salt: &[u8], params: KdfParams) -> Result<Result<SecretKey, String>, String> {
     let mut fds = [0; 2];
     // SAFETY: pipe2 writes two descriptors into the array it is given.
     if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
@@ -49,8 +62,9 @@ pub fn derive_key(passphrase: &[u8], salt: &[u8], params: KdfParams) -> Result<S
     read.map_err(|e| format!("cannot read the derived key from the child process: {e}"))?;
     match (status, answer.split_first()) {
         (0, Some((0, key))) => SecretKey::from_slice(key)
+            .map(Ok)
             .ok_or_else(|| "the key derivation process sent a key of the wrong length".to_string()),
-        (_, Some((1, message))) => Err(String::from_utf8_lossy(message).into_owned()),
+        (0, Some((1, message))) => Ok(Err(String::from_utf8_lossy(message).into_owned())),
         _ => Err(format!("the key derivation process failed (wait status {status})")),
     }
 }
