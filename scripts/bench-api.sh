@@ -4,137 +4,31 @@
 # connections. wrk replays one pre-signed request per operation (a SigV4 signature is good
 # for 5 minutes, so each wrk run gets a request signed just before it). The two servers are
 # measured interleaved over several rounds; printed per operation and server: min/median/max
-# requests/s and the median p99 latency, the kmsfs/moto ratio, then a paced Decrypt run at
-# half kmsfs's median rate (p99 there), and kmsfs serve's peak RSS (VmHWM).
+# requests/s and the median p99 latency, the kmsfs/moto ratio, then Decrypt paced at half
+# kmsfs's median rate by many slow clients and by a few quick ones (p50/p99), and memory: the peak of one passphrase unlock (a CLI
+# command; kmsfs serve does it in a child process) beside kmsfs serve's own peak (VmHWM)
+# and resident set after the load.
 #
-# Bounded: ROUNDS x 3 operations x 2 servers x SECONDS, plus one paced run; loopback only;
-# both servers are started here and stopped by PID.
+# Bounded: ROUNDS x 3 operations x 2 servers x SECONDS, plus 2 x PACED_ROUNDS paced runs;
+# loopback only; both servers are started here and stopped by PID.
 #
 #   scripts/bench-api.sh                  # release build, 3 rounds of 5 s, 64 connections
 #   ROUNDS=5 SECONDS_PER_RUN=10 CONNECTIONS=128 scripts/bench-api.sh
 #   KMSFS_BIN=target/debug/kmsfs scripts/bench-api.sh   # skip the release build
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/install-deps.sh
-
-if [ -z "${KMSFS_BIN:-}" ]; then
-  flock /tmp/kmsfs-cargo.lock cargo build --release --quiet
-  KMSFS_BIN="${CARGO_TARGET_DIR:-target}/release/kmsfs"
-fi
-export KMSFS_BIN
-export ROUNDS="${ROUNDS:-3}" SECONDS_PER_RUN="${SECONDS_PER_RUN:-5}"
-export CONNECTIONS="${CONNECTIONS:-64}" THREADS="${THREADS:-2}"
-[ "$ROUNDS" -ge 1 ] && [ "$ROUNDS" -le 20 ] || { echo "ROUNDS must be 1..20" >&2; exit 2; }
-[ "$SECONDS_PER_RUN" -ge 1 ] && [ "$SECONDS_PER_RUN" -le 60 ] || { echo "SECONDS_PER_RUN must be 1..60" >&2; exit 2; }
+CONNECTIONS="${CONNECTIONS:-64}"
+export PACED_ROUNDS="${PACED_ROUNDS:-3}"
+source scripts/lib/bench-setup.sh
 
 exec python3 - <<'PY'
-import json, os, re, signal, socket, statistics, subprocess, sys, tempfile, time, shutil
+import base64, json, os, resource, statistics, subprocess
 
-import boto3
-from botocore.auth import SigV4Auth
-from botocore.awsrequest import AWSRequest
-from botocore.config import Config
-from botocore.credentials import Credentials
+from kmsbench import (ACCOUNT, CONNS, KMSFS, ROUNDS, SECS, THREADS, Bench, client, free_port,
+                      proc_status_kb, wrk)
 
-KMSFS = os.environ["KMSFS_BIN"]
-ROUNDS = int(os.environ["ROUNDS"])
-SECS = int(os.environ["SECONDS_PER_RUN"])
-CONNS = int(os.environ["CONNECTIONS"])
-THREADS = int(os.environ["THREADS"])
-REGION, ACCOUNT = "eu-west-1", "111122223333"
 OPS = ["Decrypt", "Encrypt", "GenerateDataKey"]
-
-work = tempfile.mkdtemp(prefix="kmsfs-bench-api-")
-env = dict(os.environ, KMSFS_KEYSTORE=f"{work}/keystore.db", KMSFS_PASSPHRASE="bench passphrase")
-env.pop("KMSFS_PASSPHRASE_FILE", None)
-procs = []
-endpoint_names = {}  # endpoint -> "kmsfs" / "moto"
-counted = [0]  # responses wrk counted from kmsfs (each must be one audit event)
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_port(port, proc, what):
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            sys.exit(f"{what} exited {proc.returncode} at start")
-        try:
-            socket.create_connection(("127.0.0.1", port), 0.2).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    sys.exit(f"{what} did not listen on 127.0.0.1:{port}")
-
-
-def start(cmd, port, what, log):
-    p = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
-    procs.append(p)
-    wait_port(port, p, what)
-    return p
-
-
-def stop_all():
-    for p in procs:
-        if p.poll() is None:
-            p.send_signal(signal.SIGTERM)
-            try:
-                p.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
-
-
-def kmsfs(*args):
-    return subprocess.run([KMSFS, *args], env=env, check=True, capture_output=True, stdin=subprocess.DEVNULL).stdout
-
-
-def signed(endpoint, creds, op, body):
-    req = AWSRequest(method="POST", url=endpoint + "/", data=json.dumps(body).encode(),
-                     headers={"Content-Type": "application/x-amz-json-1.1", "X-Amz-Target": f"TrentService.{op}"})
-    SigV4Auth(Credentials(creds["AccessKeyId"], creds["SecretAccessKey"]), "kms", REGION).add_auth(req)
-    return {k: v for k, v in req.headers.items() if k.lower() not in ("host", "content-length")}, req.body
-
-
-def lua_string(b):
-    return "\"" + "".join(f"\\{c}" for c in b) + "\""  # decimal escapes: any byte is safe
-
-
-def wrk_run(endpoint, creds, op, body, conns, secs, delay_ms=None):
-    """One wrk run of a request signed now; returns (req/s, p99 ms, non-2xx+socket errors)."""
-    headers, data = signed(endpoint, creds, op, body)
-    lua = ["wrk.method = \"POST\"", f"wrk.body = {lua_string(data)}"]
-    lua += [f"wrk.headers[{lua_string(k.encode())}] = {lua_string(v.encode() if isinstance(v, str) else v)}" for k, v in headers.items()]
-    if delay_ms is not None:
-        lua.append(f"function delay() return {delay_ms} end")
-    lua.append("""function done(s, latency, r)
-  local e = s.errors
-  io.write(string.format("BENCH %d %d %d %d\\n", s.requests, s.duration, latency:percentile(99),
-    e.connect + e.read + e.write + e.timeout + e.status))
-end""")
-    path = f"{work}/req.lua"
-    with open(path, "w") as f:
-        f.write("\n".join(lua) + "\n")
-    out = subprocess.run(["wrk", "-t", str(min(THREADS, conns)), "-c", str(conns), "-d", f"{secs}s",
-                          "--timeout", "2s", "-s", path, endpoint + "/"],
-                         capture_output=True, text=True, timeout=secs + 30)
-    m = re.search(r"^BENCH (\d+) (\d+) (\d+) (\d+)$", out.stdout, re.M)
-    if not m:
-        sys.exit(f"wrk printed no result:\n{out.stdout}\n{out.stderr}")
-    n, dur_us, p99_us, errors = map(int, m.groups())
-    if "kmsfs" in endpoint_names.get(endpoint, ""):
-        counted[0] += n
-    return n / (dur_us / 1e6), p99_us / 1000.0, errors
-
-
-def client(endpoint, creds):
-    return boto3.client("kms", endpoint_url=endpoint, region_name=REGION,
-                        aws_access_key_id=creds["AccessKeyId"], aws_secret_access_key=creds["SecretAccessKey"],
-                        config=Config(retries={"total_max_attempts": 1}))
+PACED_ROUNDS = int(os.environ["PACED_ROUNDS"])
 
 
 def bodies(endpoint, creds):
@@ -142,7 +36,6 @@ def bodies(endpoint, creds):
     key = c.create_key(Description="bench")["KeyMetadata"]["KeyId"]
     blob = c.encrypt(KeyId=key, Plaintext=b"a 32-byte secret for the bench!!",
                      EncryptionContext={"app": "bench"})["CiphertextBlob"]
-    import base64
     return {
         "Decrypt": {"CiphertextBlob": base64.b64encode(blob).decode(), "EncryptionContext": {"app": "bench"}},
         "Encrypt": {"KeyId": key, "Plaintext": base64.b64encode(b"x" * 64).decode(), "EncryptionContext": {"app": "bench"}},
@@ -150,63 +43,88 @@ def bodies(endpoint, creds):
     }
 
 
+bench = Bench("kmsfs-bench-api-")
+counted = 0  # responses wrk counted from kmsfs (each must be one audit event)
 try:
-    log = open(f"{work}/servers.log", "wb")
-    kmsfs("keystore", "init", "--account-id", ACCOUNT, "--region", REGION)
-    creds = json.loads(kmsfs("access-key", "create", "--user", "bench", "--json"))["AccessKey"]
-    kport, mport = free_port(), free_port()
-    server = start([KMSFS, "serve", "--listen", f"127.0.0.1:{kport}"], kport, "kmsfs serve", log)
-    start(["moto_server", "-H", "127.0.0.1", "-p", str(mport)], mport, "moto_server", log)
-    targets = {"kmsfs": f"http://127.0.0.1:{kport}", "moto": f"http://127.0.0.1:{mport}"}
-    endpoint_names.update({v: k for k, v in targets.items()})
-    moto_creds = {"AccessKeyId": "AKIAMOTOBENCH0000000", "SecretAccessKey": "m" * 40}
-    tcreds = {"kmsfs": creds, "moto": moto_creds}
+    creds = bench.init_keystore()
+    # The CLI commands so far each unlocked the keystore in-process (Argon2id, 64 MiB).
+    unlock_peak_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    server, kmsfs_url = bench.start_kmsfs()
+    mport = free_port()
+    bench.start(["moto_server", "-H", "127.0.0.1", "-p", str(mport)], mport, "moto_server")
+    targets = {"kmsfs": kmsfs_url, "moto": f"http://127.0.0.1:{mport}"}
+    tcreds = {"kmsfs": creds, "moto": {"AccessKeyId": "AKIAMOTOBENCH0000000", "SecretAccessKey": "m" * 40}}
     tbodies = {t: bodies(targets[t], tcreds[t]) for t in targets}
 
     results = {(op, t): [] for op in OPS for t in targets}
     for r in range(ROUNDS):
         for op in OPS:
             for t in (["kmsfs", "moto"] if r % 2 == 0 else ["moto", "kmsfs"]):
-                rps, p99, errors = wrk_run(targets[t], tcreds[t], op, tbodies[t][op], CONNS, SECS)
-                results[(op, t)].append((rps, p99, errors))
-                print(f"round {r + 1} {op:16} {t:6} {rps:10.0f} req/s  p99 {p99:7.2f} ms  errors {errors}", flush=True)
+                res = wrk(bench.work, targets[t], tcreds[t], op, tbodies[t][op])
+                if t == "kmsfs":
+                    counted += res["requests"]
+                results[(op, t)].append(res)
+                print(f"round {r + 1} {op:16} {t:6} {res['rps']:10.0f} req/s  p99 {res['p99_ms']:7.2f} ms  "
+                      f"errors {res['errors']}", flush=True)
 
     print(f"\n{CONNS} connections, {THREADS} wrk threads, {ROUNDS} rounds of {SECS} s each")
     print(f"{'operation':16} {'server':6} {'min':>9} {'median':>9} {'max':>9} req/s   p99 (median)  errors")
     medians = {}
     for op in OPS:
         for t in targets:
-            rs = [x[0] for x in results[(op, t)]]
-            p99 = statistics.median(x[1] for x in results[(op, t)])
-            errs = sum(x[2] for x in results[(op, t)])
+            rs = [x["rps"] for x in results[(op, t)]]
+            p99 = statistics.median(x["p99_ms"] for x in results[(op, t)])
+            errs = sum(x["errors"] for x in results[(op, t)])
             medians[(op, t)] = statistics.median(rs)
             print(f"{op:16} {t:6} {min(rs):9.0f} {statistics.median(rs):9.0f} {max(rs):9.0f}         {p99:7.2f} ms  {errs}")
     for op in OPS:
         ratio = medians[(op, "kmsfs")] / max(medians[(op, "moto")], 1e-9)
         print(f"{op:16} kmsfs/moto = {ratio:.1f}x")
 
-    # Latency at half the peak: enough connections, each waiting ~20 ms between its requests
-    # (wrk's delay() is per request, in whole ms), that together they offer about half the
-    # median Decrypt rate; a 1-2 ms response time then shifts the offered rate by <10%.
+    # Latency at half the peak, offered two ways. "Many clients": enough connections, each
+    # waiting ~20 ms between its requests (wrk's delay() is per request, in whole ms), that
+    # together they offer about half the median Decrypt rate; wrk's millisecond timers then
+    # release requests in bursts, and wrk's own threads share the two cores, so its p99
+    # includes queueing behind each burst on both sides. "Few clients": connections each
+    # waiting 1 ms, as many as it takes (calibrated by a short first run) to reach half the
+    # rate: a steadier arrival at the same throughput.
     half = medians[("Decrypt", "kmsfs")] / 2
-    paced_conns = max(4, min(1000, round(half * 20 / 1000)))
-    delay_ms = max(1, round(1000 * paced_conns / max(half, 1)))
-    rps, p99, errors = wrk_run(targets["kmsfs"], creds, "Decrypt", tbodies["kmsfs"]["Decrypt"], paced_conns, SECS, delay_ms)
-    print(f"paced Decrypt (offered ~{half:.0f}/s: {paced_conns} connections, {delay_ms} ms between requests): "
-          f"{rps:.0f} req/s, p99 {p99:.2f} ms, errors {errors}")
+    decrypt = tbodies["kmsfs"]["Decrypt"]
 
-    with open(f"/proc/{server.pid}/status") as f:
-        hwm = next(line.split(":", 1)[1].strip() for line in f if line.startswith("VmHWM"))
-    print(f"kmsfs serve peak RSS (VmHWM): {hwm}")
-    stop_all()  # graceful: every answered call is in the trail before it exits
-    last = json.loads(subprocess.run([KMSFS, "audit", "--json", "--limit", "1"], env=env, check=True,
-                                     capture_output=True).stdout)
+    def paced_rounds(label, conns, delay_ms):
+        print(f"\npaced Decrypt, {label}: offered ~{half:.0f}/s by {conns} connections, {delay_ms} ms between requests")
+        global counted
+        runs = []
+        for r in range(PACED_ROUNDS):
+            res = wrk(bench.work, targets["kmsfs"], creds, "Decrypt", decrypt, conns, SECS, delay_ms)
+            counted += res["requests"]
+            runs.append(res)
+            print(f"  round {r + 1}: {res['rps']:.0f} req/s, p50 {res['p50_ms']:.2f} ms, p99 {res['p99_ms']:.2f} ms, "
+                  f"errors {res['errors']}", flush=True)
+        p99s = sorted(x["p99_ms"] for x in runs)
+        rates = sorted(x["rps"] for x in runs)
+        print(f"  p99 min/median/max {p99s[0]:.2f} / {statistics.median(p99s):.2f} / {p99s[-1]:.2f} ms at "
+              f"{statistics.median(rates):.0f} req/s (median)")
+
+    many = max(4, min(1000, round(half * 20 / 1000)))
+    paced_rounds("many clients", many, max(1, round(1000 * many / max(half, 1))))
+    few = max(1, round(half * 1.5 / 1000))
+    probe = wrk(bench.work, targets["kmsfs"], creds, "Decrypt", decrypt, few, 2, 1)
+    counted += probe["requests"]
+    few = max(1, min(1000, round(few * half / max(probe["rps"], 1))))
+    paced_rounds("few clients", few, 1)
+
+    hwm, rss = proc_status_kb(server.pid, "VmHWM"), proc_status_kb(server.pid, "VmRSS")
+    print(f"\nmemory: one passphrase unlock (a CLI command, Argon2id 64 MiB) peaks at {unlock_peak_kb / 1024:.1f} MiB;")
+    print(f"kmsfs serve (its unlock in a child process that exits before serving): "
+          f"peak RSS (VmHWM) {hwm / 1024:.1f} MiB, RSS after the load {rss / 1024:.1f} MiB")
+    bench.stop_all()  # graceful: every answered call is in the trail before it exits
+    last = json.loads(bench.kmsfs("audit", "--json", "--limit", "1"))
     seq = last[0]["Seq"] if last else 0
-    print(f"audit: {seq} events for {counted[0]} responses wrk counted from kmsfs"
-          f"{'' if seq >= counted[0] else '  <-- EVENTS MISSING'}")
-    subprocess.run([KMSFS, "audit", "verify"], env=env, check=True, capture_output=True)
+    print(f"audit: {seq} events for {counted} responses wrk counted from kmsfs"
+          f"{'' if seq >= counted else '  <-- EVENTS MISSING'}")
+    bench.kmsfs("audit", "verify")
     print("audit verify: ok")
 finally:
-    stop_all()
-    shutil.rmtree(work, ignore_errors=True)
+    bench.close()
 PY

@@ -3,8 +3,9 @@
 # connections replayed by wrk) for ECC_NIST_P256 (ECDSA_SHA_256) and RSA_2048
 # (RSASSA_PKCS1_V1_5_SHA_256), beside `openssl speed` for the same algorithms on the same
 # machine with as many processes as the server has workers (2). Prints per case the API's
-# median ops/s over the rounds, OpenSSL's ops/s and the ratio API/OpenSSL: how much of the
-# bare crypto the API keeps (its overhead is HTTP, SigV4, JSON, policy and the audit write).
+# min/median/max ops/s over the rounds, OpenSSL's ops/s and the ratio API median/OpenSSL:
+# how much of the bare crypto the API keeps (its overhead is HTTP, SigV4, JSON, policy and
+# the audit write).
 #
 # Bounded: ROUNDS x 4 cases x SECONDS_PER_RUN, plus openssl speed; loopback only; the server
 # is started here and stopped by PID. Run it on a quiet machine: wrk shares the cores.
@@ -14,76 +15,16 @@
 #   KMSFS_BIN=target/debug/kmsfs scripts/bench-asym.sh # skip the release build
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/install-deps.sh
-
-if [ -z "${KMSFS_BIN:-}" ]; then
-  flock /tmp/kmsfs-cargo.lock cargo build --release --quiet
-  KMSFS_BIN="${CARGO_TARGET_DIR:-target}/release/kmsfs"
-fi
-export KMSFS_BIN
-export ROUNDS="${ROUNDS:-3}" SECONDS_PER_RUN="${SECONDS_PER_RUN:-5}"
-export CONNECTIONS="${CONNECTIONS:-16}" THREADS="${THREADS:-2}"
-[ "$ROUNDS" -ge 1 ] && [ "$ROUNDS" -le 20 ] || { echo "ROUNDS must be 1..20" >&2; exit 2; }
-[ "$SECONDS_PER_RUN" -ge 1 ] && [ "$SECONDS_PER_RUN" -le 60 ] || { echo "SECONDS_PER_RUN must be 1..60" >&2; exit 2; }
+CONNECTIONS="${CONNECTIONS:-16}"
+source scripts/lib/bench-setup.sh
 
 exec python3 - <<'PY'
-import base64, json, os, re, shutil, signal, socket, statistics, subprocess, sys, tempfile, time
+import base64, re, statistics, subprocess, sys
 
-import boto3
-from botocore.auth import SigV4Auth
-from botocore.awsrequest import AWSRequest
-from botocore.config import Config
-from botocore.credentials import Credentials
+from kmsbench import CONNS, ROUNDS, SECS, THREADS, Bench, client, wrk
 
-KMSFS = os.environ["KMSFS_BIN"]
-ROUNDS, SECS = int(os.environ["ROUNDS"]), int(os.environ["SECONDS_PER_RUN"])
-CONNS, THREADS = int(os.environ["CONNECTIONS"]), int(os.environ["THREADS"])
-REGION, ACCOUNT = "eu-west-1", "111122223333"
 WORKERS = 2  # kmsfs serve's async worker threads, where Sign and Verify run
 CASES = [("ECC_NIST_P256", "ECDSA_SHA_256", "ecdsap256"), ("RSA_2048", "RSASSA_PKCS1_V1_5_SHA_256", "rsa2048")]
-
-work = tempfile.mkdtemp(prefix="kmsfs-bench-asym-")
-env = dict(os.environ, KMSFS_KEYSTORE=f"{work}/keystore.db", KMSFS_PASSPHRASE="bench passphrase")
-env.pop("KMSFS_PASSPHRASE_FILE", None)
-server = None
-
-
-def kmsfs(*args):
-    return subprocess.run([KMSFS, *args], env=env, check=True, capture_output=True, stdin=subprocess.DEVNULL).stdout
-
-
-def signed(endpoint, creds, op, body):
-    req = AWSRequest(method="POST", url=endpoint + "/", data=json.dumps(body).encode(),
-                     headers={"Content-Type": "application/x-amz-json-1.1", "X-Amz-Target": f"TrentService.{op}"})
-    SigV4Auth(Credentials(creds["AccessKeyId"], creds["SecretAccessKey"]), "kms", REGION).add_auth(req)
-    return {k: v for k, v in req.headers.items() if k.lower() not in ("host", "content-length")}, req.body
-
-
-def lua_string(b):
-    return "\"" + "".join(f"\\{c}" for c in b) + "\""
-
-
-def wrk_run(endpoint, creds, op, body):
-    """One wrk run of a request signed now: (requests/s, errors)."""
-    headers, data = signed(endpoint, creds, op, body)
-    lua = ["wrk.method = \"POST\"", f"wrk.body = {lua_string(data)}"]
-    lua += [f"wrk.headers[{lua_string(k.encode())}] = {lua_string(v.encode() if isinstance(v, str) else v)}"
-            for k, v in headers.items()]
-    lua.append("""function done(s, latency, r)
-  local e = s.errors
-  io.write(string.format("BENCH %d %d %d\\n", s.requests, s.duration,
-    e.connect + e.read + e.write + e.timeout + e.status))
-end""")
-    path = f"{work}/req.lua"
-    with open(path, "w") as f:
-        f.write("\n".join(lua) + "\n")
-    out = subprocess.run(["wrk", "-t", str(THREADS), "-c", str(CONNS), "-d", f"{SECS}s", "--timeout", "2s",
-                          "-s", path, endpoint + "/"], capture_output=True, text=True, timeout=SECS + 30)
-    m = re.search(r"^BENCH (\d+) (\d+) (\d+)$", out.stdout, re.M)
-    if not m:
-        sys.exit(f"wrk printed no result:\n{out.stdout}\n{out.stderr}")
-    n, dur_us, errors = map(int, m.groups())
-    return n / (dur_us / 1e6), errors
 
 
 def openssl_speed(alg):
@@ -97,27 +38,11 @@ def openssl_speed(alg):
     return float(m.group(1)), float(m.group(2))
 
 
+bench = Bench("kmsfs-bench-asym-")
 try:
-    kmsfs("keystore", "init", "--account-id", ACCOUNT, "--region", REGION)
-    creds = json.loads(kmsfs("access-key", "create", "--user", "bench", "--json"))["AccessKey"]
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    log = open(f"{work}/server.log", "wb")
-    server = subprocess.Popen([KMSFS, "serve", "--listen", f"127.0.0.1:{port}"], env=env,
-                              stdin=subprocess.DEVNULL, stdout=log, stderr=log)
-    endpoint = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), 0.2).close()
-            break
-        except OSError:
-            if server.poll() is not None or time.monotonic() > deadline:
-                sys.exit("kmsfs serve did not start")
-            time.sleep(0.05)
-    c = boto3.client("kms", endpoint_url=endpoint, region_name=REGION, aws_access_key_id=creds["AccessKeyId"],
-                     aws_secret_access_key=creds["SecretAccessKey"], config=Config(retries={"total_max_attempts": 1}))
+    creds = bench.init_keystore()
+    _, endpoint = bench.start_kmsfs()
+    c = client(endpoint, creds)
     message = b"a 64-byte document to sign, the same for every request of a run."
     bodies = {}
     for spec, alg, _ in CASES:
@@ -130,29 +55,24 @@ try:
     results = {k: [] for k in bodies}
     for r in range(ROUNDS):
         for (spec, op), body in bodies.items():
-            rps, errors = wrk_run(endpoint, creds, op, body)
-            if errors:
-                sys.exit(f"{spec} {op}: {errors} errors in round {r + 1}")
-            results[(spec, op)].append(rps)
-            print(f"round {r + 1} {spec:14} {op:6} {rps:9.0f} req/s", flush=True)
+            res = wrk(bench.work, endpoint, creds, op, body)
+            if res["errors"]:
+                sys.exit(f"{spec} {op}: {res['errors']} errors in round {r + 1}")
+            results[(spec, op)].append(res["rps"])
+            print(f"round {r + 1} {spec:14} {op:6} {res['rps']:9.0f} req/s  p99 {res['p99_ms']:6.2f} ms", flush=True)
 
     print(f"\n{CONNS} connections, {THREADS} wrk threads, {ROUNDS} rounds of {SECS} s; "
           f"openssl speed -multi {WORKERS} -seconds {SECS}")
-    print(f"{'key spec':14} {'op':6} {'API median':>11} {'openssl':>10} {'API/openssl':>12}")
+    print(f"{'key spec':14} {'op':6} {'API min':>9} {'median':>9} {'max':>9} {'openssl':>10} {'API/openssl':>12}")
     for spec, alg, speed_name in CASES:
         sign_s, verify_s = openssl_speed(speed_name)
         for op, bare in (("Sign", sign_s), ("Verify", verify_s)):
-            api = statistics.median(results[(spec, op)])
-            print(f"{spec:14} {op:6} {api:11.0f} {bare:10.0f} {api / bare:11.2f}x")
-    subprocess.run([KMSFS, "audit", "verify"], env=env, check=True, capture_output=True)
+            rs = results[(spec, op)]
+            api = statistics.median(rs)
+            print(f"{spec:14} {op:6} {min(rs):9.0f} {api:9.0f} {max(rs):9.0f} {bare:10.0f} {api / bare:11.2f}x")
+    bench.stop_all()
+    bench.kmsfs("audit", "verify")
     print("audit verify: ok")
 finally:
-    if server is not None and server.poll() is None:
-        server.send_signal(signal.SIGTERM)
-        try:
-            server.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
-    shutil.rmtree(work, ignore_errors=True)
+    bench.close()
 PY

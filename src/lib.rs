@@ -4,7 +4,8 @@
 //! `cli` → `server`, `mount` → `fs` → `volume` → `content` (what is stored: headers, blocks, names)
 //! and `kms` (keys and decisions; `KeyRing` is the door for fs and volume) → `keystore` →
 //! `crypto`, with the leaves `sys` (system calls on backing files), `encoding`, `harden`,
-//! `mounts` (the mount table) and `error` beside them. `tests/layers.rs` checks the rule.
+//! `mounts` (the mount table), `kdf_child` (the passphrase KDF in a child process, for the server)
+//! and `error` beside them. `tests/layers.rs` checks the rule.
 
 pub mod cli;
 pub mod content;
@@ -13,6 +14,7 @@ pub mod encoding;
 pub mod error;
 pub mod fs;
 pub mod harden;
+pub mod kdf_child;
 pub mod keystore;
 pub mod kms;
 pub mod mount;

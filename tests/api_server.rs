@@ -438,3 +438,34 @@ fn sigterm_finishes_and_the_audit_is_complete() {
     assert_eq!(encrypts.as_array().unwrap().len(), 200);
     env.ok(&["audit", "verify"]);
 }
+
+/// The kB after `field` in /proc/PID/status (VmHWM: peak resident set, VmRSS: now).
+fn proc_status_kb(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with(field)).unwrap_or_else(|| panic!("no {field}"));
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+#[test]
+fn the_passphrase_kdf_does_not_stay_in_the_servers_memory() {
+    // A keystore with the default Argon2id cost (64 MiB): the server derives the key in a
+    // short-lived child, so its own peak resident set stays far below that cost.
+    let env = TestEnv::without_keystore();
+    env.ok(&["keystore", "init", "--argon2-memory-kib", "65536", "--argon2-iterations", "1"]);
+    let key = access_key(&env, "alice");
+    let mut server = Server::start(&env, &["--no-socket"]);
+    let created = call(&server, "CreateKey", &json!({}), &key);
+    assert_eq!(created.0, 200, "the server unlocked with the right key: {created:?}");
+    let peak_kb = proc_status_kb(server.child.id(), "VmHWM");
+    assert!(peak_kb < 40 * 1024, "kmsfs serve peaked at {peak_kb} kB: the KDF's 64 MiB counted");
+    assert!(server.stop().success());
+    // A wrong passphrase is still refused, with the usual message, and the server exits.
+    let out = env
+        .cmd(&["serve", "--listen", "127.0.0.1:0", "--no-socket"])
+        .env("KMSFS_PASSPHRASE", "wrong")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(err.contains("wrong passphrase"), "{err}");
+}

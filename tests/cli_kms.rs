@@ -472,3 +472,27 @@ fn a_mount_refused_by_its_key_state_says_how_to_fix_it_also_from_the_daemon() {
         assert!(err.contains("is disabled; enable it with `kmsfs key enable "), "{args:?}: {err}");
     }
 }
+
+#[test]
+fn output_into_a_closed_pipe_ends_quietly() {
+    use std::io::Read;
+    use std::os::unix::process::ExitStatusExt;
+    let env = TestEnv::new();
+    env.create_key("alias/a");
+    for args in [&["audit", "--json"][..], &["key", "list", "--json"]] {
+        // `kmsfs audit --json | head` where head has gone: the pipe's only reader is closed
+        // before the command writes, so its write meets EPIPE.
+        let mut child = env
+            .cmd(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        drop(child.stdout.take());
+        let mut err = String::new();
+        child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+        let status = child.wait().unwrap();
+        assert!(err.is_empty(), "{args:?}: a broken pipe is not an error: {err}");
+        assert!(status.success() || status.signal() == Some(libc::SIGPIPE), "{args:?}: {status:?}");
+    }
+}

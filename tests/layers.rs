@@ -22,7 +22,8 @@ const RULES: &[(&str, &[&str])] = &[
     ("volume", &["content", "kms"]),
     ("content", &[]),
     ("kms", &["keystore"]),
-    ("keystore", &[]),
+    ("keystore", &["kdf_child"]),
+    ("kdf_child", &[]),
     ("error", &["kms", "keystore", "volume"]),
 ];
 

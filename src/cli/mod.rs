@@ -157,6 +157,15 @@ impl Session {
         Self::open_at(&global.keystore_path(), || global.passphrase(false), global.json)
     }
 
+    /// `open` for a long-running daemon: the passphrase's KDF runs in a child process
+    /// (call it before the daemon starts threads, or it runs in-process).
+    pub fn open_for_daemon(global: &Global) -> Result<Session> {
+        let ks = Keystore::open(&global.keystore_path())?;
+        let pass = global.passphrase(false)?;
+        let root = ks.unlock_in_child(&pass)?;
+        Self::from_unlocked(ks, root, global.json)
+    }
+
     /// Opens the keystore at `path`; `passphrase` is asked only once the file is found.
     pub fn open_at(
         path: &std::path::Path,
@@ -166,6 +175,10 @@ impl Session {
         let ks = Keystore::open(path)?;
         let pass = passphrase()?;
         let root = ks.unlock(&pass)?;
+        Self::from_unlocked(ks, root, json)
+    }
+
+    fn from_unlocked(ks: Keystore, root: crate::crypto::SecretKey, json: bool) -> Result<Session> {
         let clock = SystemClock::from_env().map_err(Error::InvalidArgument)?;
         let me = Principal::current_process();
         let kms = Kms::new(ks, root, Arc::new(clock), &me)?;
@@ -233,6 +246,12 @@ pub fn main() -> i32 {
             return if e.use_stderr() { 2 } else { 0 };
         }
     };
+    // Commands that print and exit end quietly when their reader goes away (`kmsfs audit
+    // --json | head`), as Unix tools do, instead of panicking on EPIPE. The long-running
+    // ones keep SIGPIPE ignored: a client that hangs up must not kill a server or a mount.
+    if !matches!(&cli.command, Command::Serve(_) | Command::Mount(_) | Command::Console(_)) {
+        restore_default_sigpipe();
+    }
     // A background mount logs to syslog from its daemon process instead.
     let daemon = matches!(&cli.command, Command::Mount(m) if !m.foreground);
     if !daemon {
@@ -245,6 +264,13 @@ pub fn main() -> i32 {
             e.exit_code()
         }
     }
+}
+
+/// The Rust runtime ignores SIGPIPE, so a write to a closed pipe fails (and `println!`
+/// panics); the default action ends the process silently instead.
+fn restore_default_sigpipe() {
+    // SAFETY: setting a signal's disposition to its default has no preconditions.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
 }
 
 fn run(cli: Cli) -> Result<()> {
@@ -270,7 +296,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Policy(cmd) => access_cmd::run_policy(&mut Session::open(g)?, cmd),
         Command::Grant(cmd) => access_cmd::run_grant(&mut Session::open(g)?, cmd),
         Command::AccessKey(cmd) => access_key_cmd::run(&mut Session::open(g)?, cmd),
-        Command::Serve(args) => crate::server::run(&g.keystore_path(), || Ok(Session::open(g)?.kms), args),
+        Command::Serve(args) => crate::server::run(&g.keystore_path(), || Ok(Session::open_for_daemon(g)?.kms), args),
         Command::Console(args) => console_cmd::run(g, args),
         Command::Completions(args) => shell_cmd::completions(args),
         Command::Man(args) => shell_cmd::man(g, args),

@@ -72,6 +72,9 @@ pub fn default_path() -> PathBuf {
     data_home.join("kmsfs").join("keystore.db")
 }
 
+/// How the passphrase key is derived: in this process, or in a child (`kdf_child`).
+type PassphraseKdf = fn(&[u8], &[u8], crypto::KdfParams) -> std::result::Result<SecretKey, String>;
+
 impl Keystore {
     /// Creates a new keystore file (mode 0600) protected by `passphrase`; refuses to touch an
     /// existing file. Returns the keystore and its freshly generated root key.
@@ -251,11 +254,21 @@ impl Keystore {
 
     /// Checks the passphrase and returns the root key. A wrong passphrase writes nothing.
     pub fn unlock(&self, passphrase: &[u8]) -> Result<SecretKey> {
+        self.unlock_with(passphrase, crypto::derive_key)
+    }
+
+    /// `unlock` for a daemon: the passphrase's KDF runs in a short-lived child process, so
+    /// its memory cost never counts toward the daemon's own (see `kdf_child`).
+    pub fn unlock_in_child(&self, passphrase: &[u8]) -> Result<SecretKey> {
+        self.unlock_with(passphrase, crate::kdf_child::derive_key)
+    }
+
+    fn unlock_with(&self, passphrase: &[u8], derive: PassphraseKdf) -> Result<SecretKey> {
         let keystore_id = self.keystore_id()?;
         let salt = self.required_meta("kdf_salt")?;
         let kdf = self.kdf_params()?;
         let wrapped = self.required_meta("root_key_wrapped")?;
-        let passphrase_key = crypto::derive_key(passphrase, &salt, kdf).map_err(|e| self.corrupt(e))?;
+        let passphrase_key = derive(passphrase, &salt, kdf).map_err(|e| self.corrupt(e))?;
         let root = crypto::open(&passphrase_key, &root_aad(&keystore_id), &wrapped)
             .map_err(|_| Error::WrongPassphrase(self.path.clone()))?;
         SecretKey::from_slice(&root).ok_or_else(|| self.corrupt("the root key has the wrong length".into()))

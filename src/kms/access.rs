@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use rusqlite::Connection;
 
 use super::aws_errors::GRANT_TOKEN_ERROR;
-use super::policy::{self, Decision, GrantRule, Policy, Request};
+use super::policy::{self, Decision, GrantAsked, GrantRule, Policy, Request};
 use super::{keyid, require_customer_managed, require_enabled, EncryptionContext, Kms, Op, Principal};
 use crate::crypto;
 use crate::encoding::hex;
@@ -104,6 +104,31 @@ impl Op<'_> {
         action: &str,
     ) -> Result<()> {
         authorize_admin(&self.tx, self.owner_uid, self.now, caller, &key.key_id, action).map(drop)
+    }
+
+    /// Refuses a CreateGrant by an API caller on `key` (any state) that would give `asked`,
+    /// unless the key policy allows the caller kms:CreateGrant or one of the caller's grants
+    /// holds CreateGrant and covers `asked`. At the command line the passphrase holder is the
+    /// keystore's administrator, as for the other administrative operations.
+    pub(crate) fn authorize_grant_creation(&mut self, key: &KeyRecord, asked: &GrantAsked<'_>) -> Result<()> {
+        if self.caller.remote.is_none() {
+            return Ok(());
+        }
+        let policy = effective_policy(&self.tx, &key.key_id, self.owner_uid)?;
+        let grants = grant_rules(&self.tx, &key.key_id)?;
+        let ctx = EncryptionContext::new();
+        let action = "kms:CreateGrant";
+        let request = Request { caller: self.caller, action, context: &ctx, path: None, now: self.now };
+        match policy.decide_grant_creation(&grants, &request, asked) {
+            Decision::Allow(why) => {
+                self.event.reason = format!("allowed by {why}");
+                Ok(())
+            }
+            Decision::Deny(why) => Err(Error::AccessDenied(AccessDenied {
+                key_id: Some(key.key_id.clone()),
+                reason: Denial::Policy { action: action.to_string(), why },
+            })),
+        }
     }
 
     /// Refuses `action` on `key` unless it is Enabled and its policy or a grant allows it for
@@ -208,6 +233,12 @@ impl Kms {
     ) -> Result<(String, String)> {
         self.audited(caller, "CreateGrant", |op| {
             let key = op.key(key_ref)?;
+            let asked = GrantAsked {
+                operations: &opts.operations,
+                constraints: &opts.constraints,
+                context_equals: opts.context_equals,
+            };
+            op.authorize_grant_creation(&key, &asked)?;
             require_customer_managed(&key, "given grants")?;
             super::require_not_deleted(&key)?;
             let grantee = policy::parse_grantee(&opts.grantee)?;

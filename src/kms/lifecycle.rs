@@ -35,10 +35,11 @@ pub struct CreateKeyOptions {
     pub origin_external: bool,
 }
 
-/// Operations that authorize each key they use with an action of their own
-/// (ReEncryptFrom/ReEncryptTo, the caller's encryption context).
+/// Operations that authorize each key they use themselves, from more than the action:
+/// ReEncryptFrom/ReEncryptTo and the caller's encryption context, or (CreateGrant) the grant
+/// being given, which a grantee's own grant must cover.
 const SELF_AUTHORIZING: &[&str] =
-    &["Encrypt", "Decrypt", "ReEncrypt", "GenerateDataKey", "GenerateDataKeyWithoutPlaintext"];
+    &["Encrypt", "Decrypt", "ReEncrypt", "GenerateDataKey", "GenerateDataKeyWithoutPlaintext", "CreateGrant"];
 
 impl Op<'_> {
     /// Resolves `key_ref` and records the key in this operation's audit event.

@@ -195,6 +195,20 @@ fn operator_names() -> String {
 
 /// Condition keys about the caller rather than the encryption context.
 const CALLER_KEYS: &[&str] = &["kmsfs:Path", "kms:CallerAccount", "aws:PrincipalArn", "aws:SourceIp"];
+const CONTEXT_KEY_PREFIX: &str = "kms:EncryptionContext:";
+
+/// The one spelling of a condition key named in any case (`kms:calleraccount` is
+/// `kms:CallerAccount`, `KMS:ENCRYPTIONCONTEXT:app` is `kms:EncryptionContext:app`), or None
+/// for a key kmsfs does not know.
+fn canonical_condition_key(key: &str) -> Option<String> {
+    if let Some(known) = CALLER_KEYS.iter().find(|k| k.eq_ignore_ascii_case(key)) {
+        return Some(known.to_string());
+    }
+    let prefix = key.get(..CONTEXT_KEY_PREFIX.len())?;
+    let rest = &key[CONTEXT_KEY_PREFIX.len()..];
+    (prefix.eq_ignore_ascii_case(CONTEXT_KEY_PREFIX) && !rest.is_empty())
+        .then(|| format!("{CONTEXT_KEY_PREFIX}{rest}"))
+}
 
 impl Condition {
     /// As AWS IAM evaluates it: a key absent from the request makes a positive operator
@@ -267,6 +281,42 @@ pub struct GrantRule {
     pub expires: Option<i64>,
 }
 
+impl GrantRule {
+    /// Whether the request carries the encryption context this grant requires.
+    fn constraints_hold(&self, request: &Request<'_>) -> bool {
+        if self.context_equals {
+            return request.context.0 == self.constraints;
+        }
+        self.constraints.iter().all(|(k, v)| {
+            let actual = if k == "kmsfs:Path" { request.path } else { request.context.get(k) };
+            actual.is_some_and(|a| glob(v, a))
+        })
+    }
+
+    /// Whether a grant with `asked`'s constraints allows no request this grant's would
+    /// refuse. Unconstrained: anything is as strict. EncryptionContextEquals: only the same
+    /// exact context. EncryptionContextSubset: every pair of this grant must be required by
+    /// `asked` too, with the same value or a literal one this grant's pattern covers.
+    fn no_looser_than(&self, asked: &GrantAsked<'_>) -> bool {
+        if self.context_equals {
+            return asked.context_equals && *asked.constraints == self.constraints;
+        }
+        self.constraints.iter().all(|(k, pattern)| {
+            asked
+                .constraints
+                .get(k)
+                .is_some_and(|v| v == pattern || (!v.contains(['*', '?']) && glob(pattern, v)))
+        })
+    }
+}
+
+/// What a CreateGrant would give.
+pub struct GrantAsked<'a> {
+    pub operations: &'a [String],
+    pub constraints: &'a BTreeMap<String, String>,
+    pub context_equals: bool,
+}
+
 /// What is being asked.
 pub struct Request<'a> {
     pub caller: &'a Principal,
@@ -293,7 +343,16 @@ impl Request<'_> {
             }
             _ => {}
         }
-        key.strip_prefix("kms:EncryptionContext:").and_then(|k| self.context.get(k)).map(str::to_string)
+        // The context key inside the condition key is part of its name, so it too matches
+        // without regard to case (AWS; the value's case still counts). A pair spelled
+        // exactly as the condition names it is preferred over one differing in case.
+        let name = key.strip_prefix(CONTEXT_KEY_PREFIX)?;
+        self.context
+            .get(name)
+            .or_else(|| {
+                self.context.0.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+            })
+            .map(str::to_string)
     }
 }
 
@@ -436,6 +495,32 @@ impl Policy {
     /// Evaluates `request` against this policy and `grants`: explicit Deny wins, then any
     /// Allow, else deny.
     pub fn decide(&self, grants: &[GrantRule], request: &Request<'_>) -> Decision {
+        self.decide_with(grants, request, |g| g.constraints_hold(request))
+    }
+
+    /// Evaluates a CreateGrant (`request.action` is `kms:CreateGrant`) that would give
+    /// `asked`. A policy statement decides as for any action; a grant holding the CreateGrant
+    /// operation allows it only if `asked` passes on no more than that grant has: its
+    /// operations a subset of the grant's, its constraints at least as strict (AWS's rule for
+    /// grantees creating grants). The grant's own constraints bound what it may pass on,
+    /// rather than being tested against the CreateGrant request, which has no context.
+    pub fn decide_grant_creation(
+        &self,
+        grants: &[GrantRule],
+        request: &Request<'_>,
+        asked: &GrantAsked<'_>,
+    ) -> Decision {
+        self.decide_with(grants, request, |g| {
+            asked.operations.iter().all(|o| g.operations.contains(o)) && g.no_looser_than(asked)
+        })
+    }
+
+    fn decide_with(
+        &self,
+        grants: &[GrantRule],
+        request: &Request<'_>,
+        grant_applies: impl Fn(&GrantRule) -> bool,
+    ) -> Decision {
         let applies = |s: &&Statement| {
             s.principal.matches(request.caller)
                 && s.actions.iter().any(|a| action_matches(a, request.action))
@@ -457,14 +542,7 @@ impl Policy {
             g.expires.is_none_or(|t| t > request.now)
                 && g.grantee.matches(request.caller)
                 && g.operations.iter().any(|o| o == op)
-                && if g.context_equals {
-                    request.context.0 == g.constraints
-                } else {
-                    g.constraints.iter().all(|(k, v)| {
-                        let actual = if k == "kmsfs:Path" { request.path } else { request.context.get(k) };
-                        actual.is_some_and(|a| glob(v, a))
-                    })
-                }
+                && grant_applies(g)
         });
         match granted {
             Some(g) => Decision::Allow(format!("grant {}", g.grant_id)),
@@ -529,6 +607,17 @@ fn parse_statement(v: &Value, at: &str) -> Result<Statement> {
                 .as_object()
                 .ok_or_else(|| bad(&format!("Condition.{operator}"), "must be an object".into()))?;
             for (key, values) in tests {
+                // IAM condition key names are case-insensitive; each is kept in one
+                // spelling so evaluation compares like with like.
+                let key = canonical_condition_key(key).ok_or_else(|| {
+                    bad(
+                        &format!("Condition.{operator}"),
+                        format!(
+                            "unknown condition key '{key}' (use kmsfs:Path, kms:EncryptionContext:KEY, kms:CallerAccount, aws:PrincipalArn or aws:SourceIp)"
+                        ),
+                    )
+                })?;
+                let key = &key;
                 if operator.ends_with("IpAddress") {
                     if key != "aws:SourceIp" {
                         return Err(bad(
@@ -546,14 +635,6 @@ fn parse_statement(v: &Value, at: &str) -> Result<Statement> {
                             ));
                         }
                     }
-                }
-                if !CALLER_KEYS.contains(&key.as_str()) && !key.starts_with("kms:EncryptionContext:") {
-                    return Err(bad(
-                        &format!("Condition.{operator}"),
-                        format!(
-                            "unknown condition key '{key}' (use kmsfs:Path, kms:EncryptionContext:KEY, kms:CallerAccount, aws:PrincipalArn or aws:SourceIp)"
-                        ),
-                    ));
                 }
                 let at = format!("Condition.{operator}.{key}");
                 let values = if test == Test::Null { null_values(values) } else { strings(values) }
@@ -673,8 +754,10 @@ fn strings(v: &Value) -> std::result::Result<Vec<String>, String> {
 }
 
 /// `kms:*`, `kms:ReEncrypt*` and exact names.
+/// IAM matches the service prefix and the action name without regard to case
+/// (`kms:decrypt` is `kms:Decrypt`).
 fn action_matches(pattern: &str, action: &str) -> bool {
-    glob(pattern, action)
+    glob(&pattern.to_ascii_lowercase(), &action.to_ascii_lowercase())
 }
 
 /// Glob with `*` (any run) and `?` (one character), as IAM's StringLike.
@@ -808,6 +891,75 @@ mod tests {
         assert!(!decide(&policy, &[expired], &bob, "kms:Decrypt", "/x"));
         let other_ctx = GrantRule { constraints: [("app".to_string(), "db".to_string())].into(), ..grant };
         assert!(!decide(&policy, &[other_ctx], &bob, "kms:Decrypt", "/x"));
+    }
+
+    #[test]
+    fn a_grantee_passes_on_no_more_than_its_grant() {
+        let policy = Policy::parse(&Policy::default_for_owner(0)).unwrap();
+        let bob = user("bob", 1002, 1002);
+        let web = |v: &str| -> BTreeMap<String, String> { [("app".to_string(), v.to_string())].into() };
+        let parent = GrantRule {
+            grant_id: "g1".into(),
+            grantee: parse_grantee("user:bob").unwrap(),
+            operations: vec!["Decrypt".into(), "Encrypt".into(), "CreateGrant".into()],
+            constraints: web("w*"),
+            context_equals: false,
+            expires: None,
+        };
+        let ctx = EncryptionContext::new();
+        let req = Request { caller: &bob, action: "kms:CreateGrant", context: &ctx, path: None, now: 100 };
+        let asks =
+            |ops: &[&str], constraints: &BTreeMap<String, String>, equals: bool, grants: &[GrantRule]| {
+                let ops: Vec<String> = ops.iter().map(|o| o.to_string()).collect();
+                let asked = GrantAsked { operations: &ops, constraints, context_equals: equals };
+                matches!(policy.decide_grant_creation(grants, &req, &asked), Decision::Allow(_))
+            };
+        let one = std::slice::from_ref(&parent);
+        assert!(asks(&["Decrypt"], &web("w*"), false, one), "the same constraint");
+        assert!(
+            asks(&["Decrypt", "CreateGrant"], &web("web"), false, one),
+            "a literal value the pattern covers"
+        );
+        assert!(asks(&["Encrypt"], &web("web"), true, one), "an exact context holding the pair");
+        assert!(!asks(&["Decrypt"], &BTreeMap::new(), false, one), "no constraint is looser");
+        assert!(!asks(&["Decrypt"], &web("*"), false, one), "a wider pattern is looser");
+        assert!(!asks(&["Decrypt"], &web("db"), false, one), "another value");
+        assert!(!asks(&["Decrypt", "Sign"], &web("web"), false, one), "an operation the grant lacks");
+        let without = GrantRule { operations: vec!["Decrypt".into()], ..parent.clone() };
+        assert!(!asks(&["Decrypt"], &web("w*"), false, &[without]), "no CreateGrant in the grant");
+        let exact = GrantRule { constraints: web("web"), context_equals: true, ..parent.clone() };
+        assert!(asks(&["Decrypt"], &web("web"), true, std::slice::from_ref(&exact)));
+        assert!(!asks(&["Decrypt"], &web("web"), false, &[exact]), "Subset is looser than Equals");
+        let open = GrantRule { constraints: BTreeMap::new(), ..parent.clone() };
+        assert!(asks(&["Decrypt"], &BTreeMap::new(), false, &[open]));
+        let carol = GrantRule { grantee: parse_grantee("user:carol").unwrap(), ..parent };
+        assert!(!asks(&["Decrypt"], &web("w*"), false, &[carol]), "another principal's grant");
+    }
+
+    #[test]
+    fn names_are_case_insensitive_values_are_not() {
+        let policy = Policy::parse(
+            r#"{"Statement":[{"Effect":"Allow","Principal":"*","Action":"KMS:decrypt",
+                 "Condition":{"StringEquals":{"KMS:encryptioncontext:APP":"web"}}}]}"#,
+        )
+        .unwrap();
+        let bob = user("bob", 1002, 1002);
+        let allowed = |action: &str, ctx: EncryptionContext| {
+            let req = Request { caller: &bob, action, context: &ctx, path: None, now: 0 };
+            matches!(policy.decide(&[], &req), Decision::Allow(_))
+        };
+        assert!(allowed("kms:Decrypt", EncryptionContext::new().with("app", "web")));
+        assert!(allowed("kms:Decrypt", EncryptionContext::new().with("App", "web")));
+        assert!(!allowed("kms:Decrypt", EncryptionContext::new().with("app", "Web")));
+        assert!(!allowed("kms:Encrypt", EncryptionContext::new().with("app", "web")));
+        assert!(Policy::parse(
+            r#"{"Statement":[{"Effect":"Allow","Principal":"*","Action":"kms:decryptx"}]}"#
+        )
+        .is_err());
+        assert!(Policy::parse(
+            r#"{"Statement":[{"Effect":"Allow","Principal":"*","Action":"kms:Decrypt","Condition":{"StringEquals":{"kms:EncryptionContext:":"x"}}}]}"#
+        )
+        .is_err());
     }
 
     #[test]

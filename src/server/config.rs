@@ -49,6 +49,10 @@ pub struct ServeArgs {
     /// Seconds an idle keep-alive connection is kept open
     #[arg(long, value_name = "SECS", default_value_t = 60)]
     pub idle_timeout: u64,
+    /// Requests a second each principal may make (bursts of as many); more are answered
+    /// ThrottlingException [default: no limit]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub rate_limit: Option<u32>,
 }
 
 /// Limits applied to every connection.

@@ -16,6 +16,7 @@ mod http;
 mod import_api;
 mod listen;
 pub mod model;
+mod rate_limit;
 pub mod sigv4;
 
 use std::path::Path;
@@ -48,6 +49,7 @@ pub struct Service {
     account: String,
     region: String,
     console: console::Console,
+    rate_limit: Option<rate_limit::RateLimiter>,
 }
 
 impl Service {
@@ -109,6 +111,16 @@ impl Service {
                 })),
             },
         }
+    }
+
+    /// Whether the caller's rate limit (if one is set) lets this request through.
+    fn admit(&self, caller: &Principal) -> bool {
+        let Some(limiter) = &self.rate_limit else { return true };
+        let who = match caller.remote.as_ref().and_then(|r| r.arn.as_deref()) {
+            Some(arn) => arn.to_string(),
+            None => format!("uid:{}", caller.uid),
+        };
+        limiter.admit(&who, std::time::Instant::now())
     }
 
     /// Waits until the audit events of this call are committed: a call is answered only
@@ -192,6 +204,9 @@ async fn answer(
     let caller = svc.caller(peer, credential.as_deref());
     let op = operation_of(parts);
     let result = match op {
+        _ if !svc.admit(&caller) => {
+            Err(ApiError::client("ThrottlingException", "Rate exceeded for this principal; retry later"))
+        }
         None => Err(ApiError::client("UnknownOperationException", "")),
         Some(op) => run_operation(svc, &caller, op, body).await,
     };
@@ -263,6 +278,8 @@ pub fn run(path: &Path, open: impl FnOnce() -> Result<Kms>, args: config::ServeA
     // the server's memory stays small under many connections.
     // SAFETY: mallopt only sets an allocator parameter.
     unsafe { libc::mallopt(libc::M_ARENA_MAX, 2) };
+    // Unlocked while the process has one thread (`open` derives the passphrase key in a child
+    // process), so the KDF's memory is never the server's.
     let kms = open()?;
     let me = Principal::current_process();
     let (account, region) = (kms.keystore().account_id()?, kms.keystore().region()?);
@@ -279,7 +296,8 @@ pub fn run(path: &Path, open: impl FnOnce() -> Result<Kms>, args: config::ServeA
     let mut ring = KeyRing::open(path, root, Arc::clone(&clock), sink)?;
     ring.set_check_interval(std::time::Duration::from_millis(1));
     let console = console::Console::new(args.tls_cert.is_some());
-    let svc = Arc::new(Service { ring, kms: Mutex::new(kms), clock, account, region, console });
+    let rate_limit = args.rate_limit.map(rate_limit::RateLimiter::new);
+    let svc = Arc::new(Service { ring, kms: Mutex::new(kms), clock, account, region, console, rate_limit });
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .max_blocking_threads(8)

@@ -1,13 +1,14 @@
 //! Input validation against the KMS service model that botocore ships (trimmed by
 //! scripts/gen-kms-model.py into kms-model.json): required members, length and range
-//! limits, enums and JSON types, answered in AWS's wording ("1 validation error detected:
-//! Value at 'x' failed to satisfy constraint: ..."). Patterns are left to the KMS layer,
-//! which checks the names it stores.
+//! limits, enums, string patterns and JSON types, answered in AWS's wording ("1 validation
+//! error detected: Value at 'x' failed to satisfy constraint: ..."). The KMS layer still
+//! checks the names it stores, for callers that do not come through the API.
 
 use std::collections::HashMap;
 use std::sync::OnceLock;
 
 use base64::Engine;
+use regex::Regex;
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -17,6 +18,9 @@ use super::errors::ApiError;
 struct Model {
     operations: HashMap<String, Option<String>>,
     shapes: HashMap<String, Shape>,
+    /// Each string shape's pattern, compiled (filled in after loading).
+    #[serde(skip)]
+    patterns: HashMap<String, Regex>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -34,13 +38,30 @@ struct Shape {
     member: Option<String>,
     key: Option<String>,
     value: Option<String>,
+    /// A Java regular expression the whole value must match.
+    pattern: Option<String>,
 }
 
 fn model() -> &'static Model {
     static MODEL: OnceLock<Model> = OnceLock::new();
     MODEL.get_or_init(|| {
-        serde_json::from_str(include_str!("kms-model.json")).expect("kms-model.json is valid")
+        let mut m: Model =
+            serde_json::from_str(include_str!("kms-model.json")).expect("kms-model.json is valid");
+        m.patterns = m
+            .shapes
+            .iter()
+            .filter_map(|(name, shape)| Some((name.clone(), compile_pattern(shape.pattern.as_deref()?))))
+            .collect();
+        m
     })
+}
+
+/// The model's patterns are Java regular expressions that AWS matches against the whole
+/// value; Java's `\w` and `\d` are ASCII-only where Rust's are Unicode, so they are spelled
+/// out as ASCII classes (`\w` appears only inside brackets in the model).
+fn compile_pattern(java: &str) -> Regex {
+    let rust = java.replace("\\w", "[:word:]").replace("\\d", "[0-9]");
+    Regex::new(&format!("^(?:{rust})$")).expect("the model's patterns compile")
 }
 
 /// Whether the service model has this operation.
@@ -115,7 +136,18 @@ fn check(m: &Model, shape_name: &str, v: &Value, at: &str, out: &mut Vec<String>
                     return Ok(());
                 }
             }
+            let before = out.len();
             length_checks(shape, len, Some(s.to_string()), &fail, out);
+            if out.len() == before {
+                if let (Some(pattern), Some(re)) = (&shape.pattern, m.patterns.get(shape_name)) {
+                    if !re.is_match(s) {
+                        out.push(fail(
+                            Some(s.into()),
+                            format!("satisfy regular expression pattern: {pattern}"),
+                        ));
+                    }
+                }
+            }
         }
         "blob" => {
             let s = v.as_str().ok_or_else(wrong_type)?;
@@ -208,5 +240,30 @@ mod tests {
             "SerializationException"
         );
         assert!(is_operation("Decrypt") && !is_operation("Frobnicate"));
+    }
+
+    #[test]
+    fn patterns_in_aws_wording() {
+        let e = validate(
+            "CreateGrant",
+            &json!({"KeyId": "k", "GranteePrincipal": "has space", "Operations": ["Decrypt"]}),
+        )
+        .unwrap_err();
+        assert_eq!(
+            e.message,
+            "1 validation error detected: Value 'has space' at 'granteePrincipal' failed to satisfy \
+             constraint: Member must satisfy regular expression pattern: ^[\\w+=,.@:/-]+$"
+        );
+        let ok = json!({"KeyId": "k", "GranteePrincipal": "arn:aws:iam::111122223333:user/bob", "Operations": ["Decrypt"]});
+        assert!(validate("CreateGrant", &ok).is_ok());
+        // Java's \w is ASCII: a non-ASCII letter fails the pattern.
+        let e = validate(
+            "CreateGrant",
+            &json!({"KeyId": "k", "GranteePrincipal": "bj\u{f6}rn", "Operations": ["Decrypt"]}),
+        );
+        assert!(e.is_err());
+        // The whole value must match, not a part of it.
+        assert!(validate("GetKeyPolicy", &json!({"KeyId": "k", "PolicyName": "default"})).is_ok());
+        assert!(validate("GetKeyPolicy", &json!({"KeyId": "k", "PolicyName": "de fault"})).is_err());
     }
 }

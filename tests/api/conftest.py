@@ -45,14 +45,6 @@ def kms_model():
 # test that starts passing fails the run until its entry is removed here, so a fix is never
 # silently left marked.
 KNOWN_GAPS = {
-    "test_grants.py::test_grantee_with_create_grant_cannot_escalate":
-        "finding 19: the CreateGrant grant operation does not let its grantee create grants",
-    "test_policies.py::test_action_names_are_case_insensitive":
-        "finding 20: policy action names are matched case-sensitively",
-    "test_policies.py::test_condition_key_names_are_case_insensitive":
-        "finding 20: policy condition key names are matched case-sensitively",
-    "test_validation.py::test_model_constraints[create_grant-granteePrincipal]":
-        "finding 16: GranteePrincipal's model pattern is not answered in AWS's validation wording",
 }
 
 

@@ -258,3 +258,47 @@ def test_socket_caller_is_its_peer_uid(keystore, request):
     assert ok["status"] == 200, ok
     events = keystore.audit("--source", "unix", "--operation", "Encrypt")
     assert sorted(e["Uid"] for e in events) == [65534, 65534], events
+
+
+def test_rate_limit_answers_throttling_per_principal(keystore, request):
+    """--rate-limit N: each principal gets N requests a second (bursts of N); beyond that
+    ThrottlingException (HTTP 400), which botocore classifies as throttling and retries;
+    other principals are not slowed; every refusal is audited."""
+    import boto3
+    from botocore.config import Config
+    from botocore.exceptions import ClientError
+    from botocore.retries.standard import RetryContext, ThrottledRetryableChecker
+
+    from kmsapi import REGION
+
+    server = Server(keystore, extra_args=["--rate-limit", "5", "--no-socket"])
+    request.addfinalizer(server.stop)
+    alice_creds, bob_creds = keystore.access_key("alice"), keystore.access_key("bob")
+    alice = server.client(alice_creds)  # retries off: every refusal surfaces
+    answers = []
+    for _ in range(12):
+        try:
+            alice.list_keys()
+            answers.append("ok")
+        except ClientError as e:
+            answers.append(e)
+    refused = [a for a in answers if a != "ok"]
+    assert 4 <= answers.count("ok") <= 7, answers  # the burst of 5 (plus what refilled meanwhile)
+    assert refused, "12 calls at once exceed 5 a second"
+    e = refused[0]
+    assert e.response["Error"]["Code"] == "ThrottlingException", e.response
+    assert e.response["ResponseMetadata"]["HTTPStatusCode"] == 400
+    assert ThrottledRetryableChecker().is_retryable(RetryContext(attempt_number=1, parsed_response=e.response))
+    # Another principal has a bucket of its own.
+    server.client(bob_creds).list_keys()
+    # An SDK with its standard retries (backoff) gets through once the bucket refills.
+    patient = boto3.client("kms", endpoint_url=server.endpoint, region_name=REGION,
+                           aws_access_key_id=alice_creds["AccessKeyId"],
+                           aws_secret_access_key=alice_creds["SecretAccessKey"],
+                           config=Config(retries={"total_max_attempts": 10, "mode": "standard"}))
+    for _ in range(8):
+        patient.list_keys()
+    server.stop()
+    throttled = keystore.audit("--error-code", "ThrottlingException")
+    assert len(throttled) >= len(refused), throttled
+    keystore.run(["audit", "verify"])
