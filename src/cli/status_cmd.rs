@@ -109,7 +109,13 @@ fn mounts(status: &Status) -> Vec<MountStatus> {
 fn render(status: &Status, mounts: &[MountStatus]) -> String {
     let mut out = String::new();
     let ks = &status.keystore;
-    let states = [KeyState::Enabled, KeyState::Disabled, KeyState::PendingDeletion, KeyState::Destroyed]
+    let states = [
+        KeyState::Enabled,
+        KeyState::Disabled,
+        KeyState::PendingDeletion,
+        KeyState::PendingReplicaDeletion,
+        KeyState::Destroyed,
+    ]
         .into_iter()
         .filter_map(|state| {
             let n = status.keys.iter().filter(|k| k.key_state == state).count();

@@ -12,6 +12,10 @@ pub enum KeyState {
     Enabled,
     Disabled,
     PendingDeletion,
+    /// A multi-Region primary key scheduled for deletion while replicas exist: its waiting
+    /// period starts when the last replica is gone. Stored as `PendingDeletion` without a
+    /// deletion date (so no destruction can fall due), which is what it is.
+    PendingReplicaDeletion,
     Destroyed,
 }
 
@@ -21,8 +25,22 @@ impl KeyState {
             KeyState::Enabled => "Enabled",
             KeyState::Disabled => "Disabled",
             KeyState::PendingDeletion => "PendingDeletion",
+            KeyState::PendingReplicaDeletion => "PendingReplicaDeletion",
             KeyState::Destroyed => "Destroyed",
         }
+    }
+
+    /// The value of the `state` column (see `PendingReplicaDeletion`).
+    fn stored(self) -> &'static str {
+        match self {
+            KeyState::PendingReplicaDeletion => "PendingDeletion",
+            other => other.as_str(),
+        }
+    }
+
+    /// Whether the key is on its way out (PendingDeletion, PendingReplicaDeletion).
+    pub fn is_pending_deletion(self) -> bool {
+        matches!(self, KeyState::PendingDeletion | KeyState::PendingReplicaDeletion)
     }
 
     fn parse(s: &str) -> Option<Self> {
@@ -83,6 +101,7 @@ fn key_from_row(row: &Row<'_>) -> rusqlite::Result<KeyRecord> {
     };
     let manager: String = row.get(3)?;
     let state: String = row.get(5)?;
+    let deletion_date: Option<i64> = row.get(6)?;
     Ok(KeyRecord {
         key_id: row.get(0)?,
         created: row.get(1)?,
@@ -93,8 +112,11 @@ fn key_from_row(row: &Row<'_>) -> rusqlite::Result<KeyRecord> {
             _ => return Err(bad(3, "key manager")),
         },
         origin: row.get(4)?,
-        state: KeyState::parse(&state).ok_or_else(|| bad(5, "key state"))?,
-        deletion_date: row.get(6)?,
+        state: match (KeyState::parse(&state).ok_or_else(|| bad(5, "key state"))?, deletion_date) {
+            (KeyState::PendingDeletion, None) => KeyState::PendingReplicaDeletion,
+            (state, _) => state,
+        },
+        deletion_date,
         pending_window_days: row.get(7)?,
         rotation_enabled: row.get(8)?,
         rotation_period_days: row.get(9)?,
@@ -114,7 +136,7 @@ pub fn insert_key(conn: &Connection, key: &KeyRecord) -> Result<()> {
             key.description,
             key.key_manager.as_str(),
             key.origin,
-            key.state.as_str(),
+            key.state.stored(),
             key.deletion_date,
             key.pending_window_days,
             key.rotation_enabled,
@@ -136,7 +158,7 @@ pub fn update_key(conn: &Connection, key: &KeyRecord) -> Result<()> {
         params![
             key.key_id,
             key.description,
-            key.state.as_str(),
+            key.state.stored(),
             key.deletion_date,
             key.pending_window_days,
             key.rotation_enabled,

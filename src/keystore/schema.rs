@@ -110,6 +110,16 @@ pub const MIGRATIONS: &[&str] = &[
         key_usage TEXT NOT NULL                        -- AWS KeyUsage: SIGN_VERIFY, ENCRYPT_DECRYPT, ...
     );
     "#,
+    // Multi-Region keys (docs/MULTI_REGION.md): every keystore holding a primary or replica
+    // keeps the whole configuration; a single-Region key has no row.
+    r#"
+    CREATE TABLE multi_region (
+        key_id         TEXT PRIMARY KEY REFERENCES keys(key_id),
+        primary_region TEXT NOT NULL,
+        regions        TEXT NOT NULL,                  -- JSON object: region -> account id, primary included
+        epoch          INTEGER NOT NULL                -- raised by each change of the regions; sync keeps the higher
+    );
+    "#,
 ];
 
 /// The schema version this binary writes.

@@ -25,6 +25,9 @@ pub struct KeyMetadata {
     pub next_rotation_date: Option<String>,
     pub current_key_version: u32,
     pub aliases: Vec<String>,
+    /// Primary region and every region of a multi-Region key; absent for a single-Region key.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub multi_region: Option<super::multi_region::MultiRegionConfig>,
     /// The same dates as unix seconds (the API answers with numbers).
     #[serde(skip)]
     pub created_secs: i64,
@@ -55,6 +58,7 @@ impl KeyMetadata {
             next_rotation_date: key.next_rotation.map(format_date),
             current_key_version: key.current_version,
             aliases,
+            multi_region: None,
             key_id: key.key_id,
         }
     }
@@ -66,6 +70,7 @@ pub(super) fn with_aliases(conn: &rusqlite::Connection, key: KeyRecord) -> Resul
     let mut meta = KeyMetadata::from_record(key, aliases);
     meta.key_spec = spec.as_str();
     meta.key_usage = usage.as_str();
+    meta.multi_region = super::multi_region::describe(conn, &meta.key_id)?;
     Ok(meta)
 }
 

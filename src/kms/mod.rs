@@ -22,6 +22,7 @@ pub mod keyring;
 pub mod last_usage;
 pub mod lifecycle;
 pub mod metadata;
+pub mod multi_region;
 pub mod permits;
 pub mod policy;
 pub mod principal;
@@ -351,7 +352,7 @@ pub(crate) fn require_enabled(key: &KeyRecord) -> Result<()> {
 /// Refuses changes (tags, description, grants) to a key on its way out, as AWS does.
 pub(crate) fn require_not_deleted(key: &KeyRecord) -> Result<()> {
     match key.state {
-        KeyState::PendingDeletion | KeyState::Destroyed => Err(Error::KeyState(
+        KeyState::PendingDeletion | KeyState::PendingReplicaDeletion | KeyState::Destroyed => Err(Error::KeyState(
             crate::error::KeyStateError::new(key, crate::error::StateProblem::NotEnabled),
         )),
         _ => Ok(()),

@@ -370,9 +370,6 @@ fn control(svc: &Service, kms: &mut crate::kms::Kms, caller: &Principal, op: &st
                     )));
                 }
             }
-            if input.get("MultiRegion").and_then(Value::as_bool) == Some(true) {
-                return Err(unsupported("multi-Region keys are not supported".into()));
-            }
             if input.get("CustomKeyStoreId").is_some() || input.get("XksKeyId").is_some() {
                 return Err(unsupported("custom key stores are not supported".into()));
             }
@@ -383,6 +380,7 @@ fn control(svc: &Service, kms: &mut crate::kms::Kms, caller: &Principal, op: &st
                 tags: tags_of(input),
                 key_spec,
                 key_usage,
+                multi_region: input.get("MultiRegion").and_then(Value::as_bool) == Some(true),
             };
             let key_id = kms.create_key(caller, &opts)?;
             Ok(json!({"KeyMetadata": svc.key_metadata(&kms.metadata_after(&key_id)?)}))
