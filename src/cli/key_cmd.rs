@@ -30,6 +30,9 @@ pub enum KeyCmd {
         /// AWS KeyUsage: ENCRYPT_DECRYPT, SIGN_VERIFY, GENERATE_VERIFY_MAC, KEY_AGREEMENT
         #[arg(long, default_value = "ENCRYPT_DECRYPT")]
         key_usage: String,
+        /// A multi-Region primary key (id mrk-...), which `key replicate` copies to other keystores
+        #[arg(long)]
+        multi_region: bool,
     },
     /// Write the public key of an RSA or ECC key (PEM, or DER with --der)
     #[command(after_help = "Example:
@@ -82,6 +85,12 @@ pub enum KeyCmd {
     /// Destroy now every key whose deletion date has passed (also done on every keystore open)
     #[command(after_help = "Example:\n  kmsfs key purge-expired")]
     PurgeExpired,
+    /// Replicate a multi-Region primary key into another region's keystore
+    Replicate(super::region_cmd::ReplicateArgs),
+    /// Bring multi-Region keys shared with another region's keystore in sync
+    Sync(super::region_cmd::SyncArgs),
+    /// Make the replica in another region's keystore the primary of a multi-Region key
+    UpdatePrimaryRegion(super::region_cmd::UpdatePrimaryArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -104,14 +113,24 @@ pub enum RotationCmd {
 pub fn run(s: &mut Session, cmd: KeyCmd) -> Result<()> {
     let me = s.me.clone();
     match cmd {
-        KeyCmd::Create { alias, description, key_spec, key_usage } => {
+        KeyCmd::Replicate(args) => return super::region_cmd::replicate(s, args),
+        KeyCmd::Sync(args) => return super::region_cmd::sync(s, args),
+        KeyCmd::UpdatePrimaryRegion(args) => return super::region_cmd::update_primary_region(s, args),
+        KeyCmd::Create { alias, description, key_spec, key_usage, multi_region } => {
             let key_spec = KeySpec::parse_supported(&key_spec)?;
             let key_usage = KeyUsage::parse(&key_usage).ok_or_else(|| {
                 Error::InvalidArgument(format!(
                     "unknown key usage {key_usage}: give ENCRYPT_DECRYPT, SIGN_VERIFY, GENERATE_VERIFY_MAC or KEY_AGREEMENT"
                 ))
             })?;
-            let opts = CreateKeyOptions { alias, description, key_spec, key_usage, ..Default::default() };
+            let opts = CreateKeyOptions {
+                alias,
+                description,
+                key_spec,
+                key_usage,
+                multi_region,
+                ..Default::default()
+            };
             let key_id = s.kms.create_key(&me, &opts)?;
             if s.json {
                 output::json(&s.kms.describe_key(&me, &key_id)?);
@@ -216,8 +235,14 @@ pub fn run(s: &mut Session, cmd: KeyCmd) -> Result<()> {
         }
         KeyCmd::ScheduleDeletion { key, pending_window_days } => {
             let date = s.kms.schedule_key_deletion(&me, &key, pending_window_days)?;
+            let state = s.kms.metadata_after(&s.kms.resolve_key_id(&key)?)?.key_state;
             if s.json {
                 output::json(&s.kms.describe_key(&me, &key)?);
+            } else if state == crate::keystore::records::KeyState::PendingReplicaDeletion {
+                println!(
+                    "key {key} is pending deletion once its multi-Region replicas are deleted; its \
+                     {pending_window_days}-day window starts then (cancel with `kmsfs key cancel-deletion {key}`)"
+                );
             } else {
                 println!(
                     "key {key} is pending deletion: its material will be destroyed on {} \
@@ -299,7 +324,15 @@ fn print_key_fields(k: &KeyMetadata) {
         ("DeletionDate", or_dash(k.deletion_date.clone())),
         ("PendingDeletionWindowInDays", or_dash(k.pending_deletion_window_in_days.map(|d| d.to_string()))),
         ("Origin", k.origin.clone()),
+        ("MultiRegion", k.multi_region.is_some().to_string()),
     ]);
+    if let Some(cfg) = &k.multi_region {
+        let replicas: Vec<&str> = cfg.replica_regions().collect();
+        output::fields(&[
+            ("PrimaryRegion", cfg.primary_region.clone()),
+            ("ReplicaRegions", or_dash((!replicas.is_empty()).then(|| replicas.join(", ")))),
+        ]);
+    }
 }
 
 /// PEM ("PUBLIC KEY") of a DER SubjectPublicKeyInfo, as `openssl pkey -pubin` reads it.

@@ -14,6 +14,7 @@ mod keystore_cmd;
 pub mod mount_helper;
 pub mod output;
 pub mod passphrase;
+mod region_cmd;
 mod rewrap_cmd;
 mod shell_cmd;
 mod status_cmd;

@@ -116,13 +116,13 @@ fn render(status: &Status, mounts: &[MountStatus]) -> String {
         KeyState::PendingReplicaDeletion,
         KeyState::Destroyed,
     ]
-        .into_iter()
-        .filter_map(|state| {
-            let n = status.keys.iter().filter(|k| k.key_state == state).count();
-            (n > 0).then(|| format!("{n} {}", state.as_str()))
-        })
-        .collect::<Vec<_>>()
-        .join(", ");
+    .into_iter()
+    .filter_map(|state| {
+        let n = status.keys.iter().filter(|k| k.key_state == state).count();
+        (n > 0).then(|| format!("{n} {}", state.as_str()))
+    })
+    .collect::<Vec<_>>()
+    .join(", ");
     out.push_str("Keystore\n");
     out.push_str(&format!("  Path:       {}\n", ks.path.display()));
     out.push_str(&format!("  KeystoreId: {}\n", ks.keystore_id));

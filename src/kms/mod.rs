@@ -352,9 +352,9 @@ pub(crate) fn require_enabled(key: &KeyRecord) -> Result<()> {
 /// Refuses changes (tags, description, grants) to a key on its way out, as AWS does.
 pub(crate) fn require_not_deleted(key: &KeyRecord) -> Result<()> {
     match key.state {
-        KeyState::PendingDeletion | KeyState::PendingReplicaDeletion | KeyState::Destroyed => Err(Error::KeyState(
-            crate::error::KeyStateError::new(key, crate::error::StateProblem::NotEnabled),
-        )),
+        KeyState::PendingDeletion | KeyState::PendingReplicaDeletion | KeyState::Destroyed => Err(
+            Error::KeyState(crate::error::KeyStateError::new(key, crate::error::StateProblem::NotEnabled)),
+        ),
         _ => Ok(()),
     }
 }

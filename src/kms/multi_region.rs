@@ -152,7 +152,14 @@ impl Image {
         let mut added = 0;
         for (v, material) in self.versions.iter().filter(|(v, _)| !have.contains(&v.version)) {
             let sealed = crypto::seal(versions_key, &version_aad(&self.key.key_id, v.version), material);
-            records::insert_version(&op.tx, &self.key.key_id, v.version, v.created, &v.rotation_type, &sealed)?;
+            records::insert_version(
+                &op.tx,
+                &self.key.key_id,
+                v.version,
+                v.created,
+                &v.rotation_type,
+                &sealed,
+            )?;
             added += 1;
         }
         Ok(added)
@@ -273,7 +280,10 @@ impl Kms {
             let mut cfg = op.primary_config(&key, "ReplicateKey")?;
             require_live(&key)?;
             if cfg.regions.contains(&there) {
-                return Err(Error::AlreadyExists(AlreadyExists::Replica { key_id: key.key_id, region: there }));
+                return Err(Error::AlreadyExists(AlreadyExists::Replica {
+                    key_id: key.key_id,
+                    region: there,
+                }));
             }
             let image = Image::read(&op.tx, op.keys, &key)?;
             cfg.regions.insert(there.clone());
@@ -298,14 +308,20 @@ impl Kms {
             op.event.key_id = Some(key_id.clone());
             let here = region_of(&op.tx)?;
             if records::load_key(&op.tx, key_id)?.is_some() {
-                return Err(Error::AlreadyExists(AlreadyExists::Replica { key_id: key_id.clone(), region: here }));
+                return Err(Error::AlreadyExists(AlreadyExists::Replica {
+                    key_id: key_id.clone(),
+                    region: here,
+                }));
             }
             super::tags::validate(&opts.tags)?;
             if let Some(text) = &opts.policy {
                 let policy = Policy::parse(text)?;
                 let ctx = EncryptionContext::new();
-                let request = Request { caller, action: "kms:PutKeyPolicy", context: &ctx, path: None, now: op.now };
-                if !opts.bypass_policy_lockout_check && matches!(policy.decide(&[], &request), Decision::Deny(_)) {
+                let request =
+                    Request { caller, action: "kms:PutKeyPolicy", context: &ctx, path: None, now: op.now };
+                if !opts.bypass_policy_lockout_check
+                    && matches!(policy.decide(&[], &request), Decision::Deny(_))
+                {
                     return Err(Error::MalformedPolicy(
                         "the replica's policy would not allow you to update it in the future (set \
                          BypassPolicyLockoutSafetyCheck to put it anyway)"
@@ -378,7 +394,13 @@ impl Kms {
     /// Brings this keystore's member of `image`'s key up to the configuration `cfg` and the
     /// shared properties of `image` (missing versions, rotation settings). Returns the
     /// versions added.
-    fn apply(&mut self, caller: &Principal, operation: &str, image: &Image, cfg: &MultiRegionConfig) -> Result<usize> {
+    fn apply(
+        &mut self,
+        caller: &Principal,
+        operation: &str,
+        image: &Image,
+        cfg: &MultiRegionConfig,
+    ) -> Result<usize> {
         self.audited(caller, operation, |op| {
             let key_id = &image.key.key_id;
             op.event.key_id = Some(key_id.clone());
@@ -404,7 +426,10 @@ impl Kms {
             store(&op.tx, key_id, cfg)?;
             let Some(mut key) = records::load_key(&op.tx, key_id)? else { return Ok(false) };
             let here = region_of(&op.tx)?;
-            if key.state == KeyState::PendingReplicaDeletion && cfg.primary_region == here && !cfg.has_replicas() {
+            if key.state == KeyState::PendingReplicaDeletion
+                && cfg.primary_region == here
+                && !cfg.has_replicas()
+            {
                 let days = key.pending_window_days.unwrap_or(super::lifecycle::DEFAULT_PENDING_WINDOW_DAYS);
                 key.state = KeyState::PendingDeletion;
                 key.deletion_date = Some(op.now + days * super::lifecycle::DAY_SECS);
@@ -442,9 +467,10 @@ impl Kms {
                 report.keys.push(key_id);
                 continue;
             };
-            let (Some(primary), Some(replica)) =
-                (records::load_key(src.keystore().conn(), &key_id)?, records::load_key(dst.keystore().conn(), &key_id)?)
-            else {
+            let (Some(primary), Some(replica)) = (
+                records::load_key(src.keystore().conn(), &key_id)?,
+                records::load_key(dst.keystore().conn(), &key_id)?,
+            ) else {
                 continue;
             };
             let replica_region = dst.keystore().region()?;
@@ -478,7 +504,11 @@ pub(crate) fn describe(conn: &Connection, key_id: &str) -> Result<Option<MultiRe
 /// Creates the configuration of a new multi-Region primary key.
 pub(crate) fn create_primary(conn: &Connection, key_id: &str) -> Result<()> {
     let here = region_of(conn)?;
-    store(conn, key_id, &MultiRegionConfig { regions: BTreeSet::from([here.clone()]), primary_region: here, epoch: 1 })
+    store(
+        conn,
+        key_id,
+        &MultiRegionConfig { regions: BTreeSet::from([here.clone()]), primary_region: here, epoch: 1 },
+    )
 }
 
 impl KeyMetadata {

@@ -15,6 +15,7 @@ mod errors;
 mod http;
 mod listen;
 pub mod model;
+pub mod peers;
 pub mod sigv4;
 
 use std::sync::{Arc, Mutex};
@@ -47,6 +48,8 @@ pub struct Service {
     account: String,
     region: String,
     console: console::Console,
+    /// The other regions' keystores (`--peer`), for multi-Region keys.
+    peers: peers::Peers,
 }
 
 impl Service {
@@ -274,12 +277,18 @@ pub fn run(g: &Global, args: config::ServeArgs) -> Result<()> {
     writer_ks.commit_without_fsync()?;
     let writer_kms = Kms::new(writer_ks, root.clone(), Arc::clone(&clock), &me)?;
     let checkpointer = Checkpointer::start(&path)?;
-    let (sink, writer) = AuditWriter::spawn_gathering(writer_kms, me, std::time::Duration::ZERO)
+    let (sink, writer) = AuditWriter::spawn_gathering(writer_kms, me.clone(), std::time::Duration::ZERO)
         .map_err(|e| Error::io("audit writer", e))?;
     let mut ring = KeyRing::open(&path, root, Arc::clone(&clock), sink)?;
     ring.set_check_interval(std::time::Duration::from_millis(1));
     let console = console::Console::new(args.tls_cert.is_some());
-    let svc = Arc::new(Service { ring, kms: Mutex::new(kms), clock, account, region, console });
+    let peers = peers::Peers::open(&args, &region, &clock, &me)?;
+    let svc = Arc::new(Service { ring, kms: Mutex::new(kms), clock, account, region, console, peers });
+    let syncer = peers::Syncer::start(
+        Arc::clone(&svc),
+        me.clone(),
+        std::time::Duration::from_secs(args.peer_sync_interval.max(1)),
+    )?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .max_blocking_threads(8)
@@ -289,6 +298,9 @@ pub fn run(g: &Global, args: config::ServeArgs) -> Result<()> {
         .map_err(|e| Error::io("cannot start the server runtime", e))?;
     let result = runtime.block_on(listen::serve(Arc::clone(&svc), &args, &path));
     drop(runtime);
+    if let Some(syncer) = syncer {
+        syncer.stop();
+    }
     // The ring holds the writer's last sink: dropping the service lets the writer drain.
     match Arc::try_unwrap(svc) {
         Ok(svc) => drop(svc),
