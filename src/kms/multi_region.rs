@@ -479,18 +479,50 @@ impl Kms {
                     cfg.epoch += 1;
                     report.replicas_removed.push(format!("{key_id} in {replica_region}"));
                 }
-                dst.settle(caller, &key_id, &cfg)?;
-            } else if primary.state != KeyState::Destroyed {
+                if needs_settling(dst.keystore().conn(), &key_id, &cfg)? {
+                    dst.settle(caller, &key_id, &cfg)?;
+                }
+            } else if primary.state != KeyState::Destroyed
+                && behind(src.keystore().conn(), dst.keystore().conn(), &primary, &cfg)?
+            {
                 let image = Image::read(src.keystore().conn(), &src.keys, &primary)?;
                 report.versions_copied += dst.apply(caller, "SynchronizeMultiRegionKey", &image, &cfg)?;
             }
-            if src.settle(caller, &key_id, &cfg)? {
+            if needs_settling(src.keystore().conn(), &key_id, &cfg)? && src.settle(caller, &key_id, &cfg)? {
                 report.deletions_started.push(key_id.clone());
             }
             report.keys.push(key_id);
         }
         Ok(report)
     }
+}
+
+/// Whether the member in `dst` lacks a version, the rotation settings or the configuration of
+/// the primary `primary` (read in `src`): a sync that finds nothing to do writes nothing.
+fn behind(src: &Connection, dst: &Connection, primary: &KeyRecord, cfg: &MultiRegionConfig) -> Result<bool> {
+    let Some(member) = records::load_key(dst, &primary.key_id)? else { return Ok(false) };
+    let have: BTreeSet<u32> =
+        records::list_versions(dst, &primary.key_id)?.into_iter().map(|v| v.version).collect();
+    let missing = records::list_versions(src, &primary.key_id)?
+        .into_iter()
+        .any(|v| v.material_present && !have.contains(&v.version));
+    let rotation_differs = (member.rotation_enabled, member.rotation_period_days, member.next_rotation)
+        != (primary.rotation_enabled, primary.rotation_period_days, primary.next_rotation);
+    Ok(missing
+        || rotation_differs
+        || member.current_version < primary.current_version
+        || load(dst, &primary.key_id)?.as_ref() != Some(cfg))
+}
+
+/// Whether [`Kms::settle`] has something to write: a newer configuration, or a primary whose
+/// last replica is gone while it waits for them.
+fn needs_settling(conn: &Connection, key_id: &str, cfg: &MultiRegionConfig) -> Result<bool> {
+    if load(conn, key_id)?.as_ref() != Some(cfg) {
+        return Ok(true);
+    }
+    let waiting =
+        records::load_key(conn, key_id)?.is_some_and(|k| k.state == KeyState::PendingReplicaDeletion);
+    Ok(waiting && cfg.primary_region == region_of(conn)? && !cfg.has_replicas())
 }
 
 /// The multi-Region facts of a key for DescribeKey (`None`: a single-Region key).

@@ -607,6 +607,13 @@ fn peer_kms<'a>(
     svc: &'a Service,
     region: &str,
 ) -> Result<std::sync::MutexGuard<'a, crate::kms::Kms>, ApiError> {
+    // The service model's pattern for RegionType, which the model validation leaves to us.
+    if crate::keystore::validate_region(region).is_err() {
+        return Err(ApiError::validation(format!(
+            "1 validation error detected: Value '{region}' at 'region' failed to satisfy constraint: \
+             Member must satisfy regular expression pattern: ^([a-z]+-){{2,3}}\\d+$"
+        )));
+    }
     if region == svc.region {
         return Err(ApiError::validation(format!(
             "{region} is this key service's own region; name another region"
