@@ -218,7 +218,14 @@ fn rotation_reaches_the_replica_at_sync_and_only_the_primary_rotates() {
     assert_eq!(report["VersionsCopied"], 1, "{report}");
     assert_eq!(decrypt(&west, &after_rotation).stdout, b"version two");
     assert_eq!(describe(&west, &id)["CurrentKeyVersion"], 2);
+    let events = |env: &TestEnv| env.json(&["audit"]).as_array().unwrap().len();
+    let (east_events, west_events) = (events(&east), events(&west));
     assert_eq!(sync(&east, &west)["VersionsCopied"], 0, "a second sync has nothing to do");
+    assert_eq!((events(&east), events(&west)), (east_events, west_events), "and writes nothing");
+
+    // A keystore holding members cannot move to another region under them.
+    let err = west.fails(&["keystore", "set-identity", "--region", "eu-north-1"], 1);
+    assert!(err.contains("multi-Region"), "{err}");
 
     // Rotation settings are shared: set on the primary, shown on the replica.
     east.ok(&["key", "rotation", "enable", &id, "--period-days", "90"]);

@@ -294,6 +294,7 @@ impl Kms {
             keystore::validate_region(r)?;
         }
         self.audited(caller, "SetIdentity", |op| {
+            multi_region::require_identity_unchanged(&op.tx, account_id, region)?;
             if let Some(a) = account_id {
                 keystore::set_meta(&op.tx, "account_id", a.as_bytes())?;
             }

@@ -94,6 +94,29 @@ fn region_of(conn: &Connection) -> Result<String> {
         .ok_or_else(|| Error::CorruptMaterial("the keystore's region is missing".into()))
 }
 
+/// Refuses to move a keystore holding members of multi-Region keys to another region or
+/// account: the configurations name it by its region, and the set shares one account.
+pub(crate) fn require_identity_unchanged(
+    conn: &Connection,
+    account: Option<&str>,
+    region: Option<&str>,
+) -> Result<()> {
+    let count: i64 = conn.query_row("SELECT count(*) FROM multi_region", [], |r| r.get(0))?;
+    if count == 0 {
+        return Ok(());
+    }
+    let current_account = keystore::get_meta(conn, "account_id")?.and_then(|v| String::from_utf8(v).ok());
+    let moves_region = region.is_some_and(|r| r != region_of(conn).unwrap_or_default());
+    let moves_account = account.is_some_and(|a| Some(a) != current_account.as_deref());
+    if moves_region || moves_account {
+        return Err(Error::InvalidArgument(format!(
+            "{UNSUPPORTED}this keystore holds {count} multi-Region keys, whose configurations name its \
+             region and account; they cannot change"
+        )));
+    }
+    Ok(())
+}
+
 /// Whether `key_id` is a replica here (it then takes its versions and rotation settings from
 /// its primary, and neither rotates nor changes its rotation by itself).
 pub(crate) fn is_replica(conn: &Connection, key_id: &str) -> Result<bool> {
