@@ -20,7 +20,6 @@ use zeroize::Zeroizing;
 
 use super::asymmetric::{self, KeySpec, KeyUsage};
 use super::aws_errors::UNSUPPORTED;
-use super::metadata::KeyMetadata;
 use super::policy::{Decision, Policy, Request};
 use super::root_keys::{self, RootKeys};
 use super::{keyid, version_aad, version_bytes, EncryptionContext, Kms, Op, Principal};
@@ -564,11 +563,4 @@ pub(crate) fn create_primary(conn: &Connection, key_id: &str) -> Result<()> {
         key_id,
         &MultiRegionConfig { regions: BTreeSet::from([here.clone()]), primary_region: here, epoch: 1 },
     )
-}
-
-impl KeyMetadata {
-    /// Whether this key is a multi-Region key.
-    pub fn is_multi_region(&self) -> bool {
-        self.multi_region.is_some()
-    }
 }
