@@ -17,7 +17,7 @@ import botocore.session
 import pytest
 from botocore.config import Config
 
-from kmsapi import (ACCOUNT, FAST_ARGON2, PASSPHRASE, REGION, Keystore, Server, kmsfs_test_clock_bin,
+from kmsapi import (ACCOUNT, FAST_ARGON2, PASSPHRASE, REGION, Keystore, Server, kmsfs_bin, kmsfs_test_clock_bin,
                     raises_code)
 
 EAST = REGION  # eu-west-1, the suite's region
@@ -305,3 +305,24 @@ def test_deleting_a_primary_with_replicas_waits_in_pending_replica_deletion(regi
     meta = regions.east.describe_key(KeyId=key_id)["KeyMetadata"]
     assert meta["MultiRegionConfiguration"]["ReplicaKeys"] == []
     assert meta["DeletionDate"].timestamp() == pytest.approx(time.time() + 7 * DAY, abs=120)
+
+
+def test_serve_refuses_peers_it_cannot_use(regions):
+    wrong_pass = regions.east_ks.dir / "wrong.pass"
+    wrong_pass.write_text("not the passphrase\n")
+    cases = [
+        ([f"{WEST}={regions.east_ks.path}"], 1, "answers as region eu-west-1"),
+        ([f"{EAST}={regions.west_ks.path}"], 1, "own region"),
+        ([f"{WEST}=https://west.example:7740"], 1, "not supported yet"),
+        (["nonsense"], 1, "REGION=PATH"),
+        ([f"{WEST}={regions.west_ks.path}", "--peer", f"{WEST}={regions.west_ks.path}"], 1, "given twice"),
+        ([f"{WEST}={regions.west_ks.path}", "--peer-passphrase-file", f"{WEST}={wrong_pass}"], 3, "passphrase"),
+    ]
+    env = regions.east_ks.env()
+    env["KMSFS_REPLICA_PASSPHRASE"] = PASSPHRASE
+    for args, code, why in cases:
+        out = subprocess.run([kmsfs_bin(), "serve", "--listen", "127.0.0.1:0", "--no-socket", "--peer", *args],
+                             env=env, capture_output=True, stdin=subprocess.DEVNULL, timeout=60)
+        stderr = out.stderr.decode(errors="replace")
+        assert out.returncode == code, (args, out.returncode, stderr)
+        assert why in stderr, (args, stderr)
