@@ -13,7 +13,7 @@ fn keystore_init_info_and_refusals() {
     let mode = std::fs::metadata(&env.keystore).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600, "keystore must be private");
     let info = env.json(&["keystore", "info"]);
-    assert_eq!(info["SchemaVersion"], 4);
+    assert_eq!(info["SchemaVersion"], kmsfs::keystore::schema::current_version());
     let account = info["AccountId"].as_str().unwrap();
     assert!(account.len() == 12 && account.bytes().all(|b| b.is_ascii_digit()), "{info}");
     assert_eq!(info["Region"], "us-east-1");
@@ -433,7 +433,7 @@ fn keystore_account_and_region_set_at_init_changed_later_and_defaulted_by_migrat
     let id = old.json(&["keystore", "info"])["KeystoreId"].as_str().unwrap().to_string();
     let conn = rusqlite::Connection::open(&old.keystore).unwrap();
     conn.execute_batch(
-        "DROP TABLE key_specs; DROP TABLE access_keys; DROP TABLE tags;
+        "DROP TABLE multi_region; DROP TABLE key_specs; DROP TABLE access_keys; DROP TABLE tags;
          ALTER TABLE audit DROP COLUMN principal_arn; ALTER TABLE audit DROP COLUMN access_key_id;
          ALTER TABLE audit DROP COLUMN source; ALTER TABLE audit DROP COLUMN error_code;
          ALTER TABLE grants DROP COLUMN retiring_principal; ALTER TABLE grants DROP COLUMN context_equals;
@@ -443,7 +443,7 @@ fn keystore_account_and_region_set_at_init_changed_later_and_defaulted_by_migrat
     .unwrap();
     drop(conn);
     let info = old.json(&["keystore", "info"]);
-    assert_eq!(info["SchemaVersion"], 4);
+    assert_eq!(info["SchemaVersion"], kmsfs::keystore::schema::current_version());
     assert_eq!(info["KeystoreId"], id.as_str());
     let account = info["AccountId"].as_str().unwrap();
     assert!(account.len() == 12 && account.bytes().all(|b| b.is_ascii_digit()), "{info}");

@@ -116,7 +116,7 @@ pub const MIGRATIONS: &[&str] = &[
     CREATE TABLE multi_region (
         key_id         TEXT PRIMARY KEY REFERENCES keys(key_id),
         primary_region TEXT NOT NULL,
-        regions        TEXT NOT NULL,                  -- JSON object: region -> account id, primary included
+        regions        TEXT NOT NULL,                  -- JSON list of every region, the primary's included
         epoch          INTEGER NOT NULL                -- raised by each change of the regions; sync keeps the higher
     );
     "#,
