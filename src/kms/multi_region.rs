@@ -301,6 +301,13 @@ impl Kms {
             let (_, there) = checked?;
             let mut cfg = op.primary_config(&key, "ReplicateKey")?;
             require_live(&key)?;
+            if key.origin != "KMSFS" {
+                // Imported material is the customer's to bring into each region; not built.
+                return Err(unsupported(format!(
+                    "key {} has {} key material; only keys whose material kmsfs made are replicated",
+                    key.key_id, key.origin
+                )));
+            }
             if cfg.regions.contains(&there) {
                 return Err(Error::AlreadyExists(AlreadyExists::Replica {
                     key_id: key.key_id,
