@@ -192,6 +192,18 @@ fn replicate_refuses_bad_input_and_leaves_nothing_half_written() {
 
     // Then it works; a second time the replica exists already.
     replicate(&east, &id, &west);
+    // A crash between the replica's commit and the primary's leaves a replica its primary does
+    // not list (the primary's row as it was before): the next sync repairs the list.
+    let conn = rusqlite::Connection::open(&east.keystore).unwrap();
+    conn.execute(
+        "UPDATE multi_region SET regions = '[\"eu-west-1\"]', epoch = epoch - 1 WHERE key_id = ?1",
+        [&id],
+    )
+    .unwrap();
+    drop(conn);
+    assert_eq!(east_config(), ["eu-west-1"]);
+    sync(&east, &west);
+    assert_eq!(east_config(), ["eu-west-1", "us-west-2"], "the replica's newer configuration wins");
     let err = east.fails(&with(&["key", "replicate", &id], &extra), 1);
     assert!(err.contains("already exists in region us-west-2"), "{err}");
     // Only a primary replicates: the replica cannot (to a third region).
@@ -332,6 +344,17 @@ fn mount(env: &TestEnv, cipher: &Path, mnt: &Path) -> MountGuard {
     guard
 }
 
+/// `kmsfs umount`, retried while the kernel still finishes releasing files just closed.
+fn umount(env: &TestEnv, mnt: &Path) {
+    for _ in 0..50 {
+        if env.run(&["umount", mnt.to_str().unwrap()]).status.success() {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    env.ok(&["umount", mnt.to_str().unwrap()]);
+}
+
 fn copy_to(from: &TestEnv, cipher: &Path, dst: &Path, to: &TestEnv) -> std::process::Output {
     from.cmd(&[
         "--json",
@@ -364,7 +387,7 @@ fn a_volume_under_multi_region_keys_is_copied_as_it_is_and_mounts_in_the_other_r
         fs::write(mnt.join("notes.txt"), b"notes").unwrap();
         fs::write(mnt.join("x".repeat(200)), b"a long name").unwrap();
         std::os::unix::fs::symlink("finance/q1.csv", mnt.join("latest")).unwrap();
-        east.ok(&["umount", mnt.to_str().unwrap()]);
+        umount(&east, &mnt);
     }
     let before = snapshot(&cipher);
 
@@ -413,7 +436,7 @@ fn a_volume_under_multi_region_keys_is_copied_as_it_is_and_mounts_in_the_other_r
         assert_eq!(fs::read(west_mnt.join("x".repeat(200))).unwrap(), b"a long name");
         assert_eq!(fs::read_link(west_mnt.join("latest")).unwrap(), Path::new("finance/q1.csv"));
         fs::write(west_mnt.join("written-in-the-west"), b"west").unwrap();
-        west.ok(&["umount", west_mnt.to_str().unwrap()]);
+        umount(&west, &west_mnt);
     }
 
     // A file under a version the replica lacks: refused until a sync.
@@ -421,7 +444,7 @@ fn a_volume_under_multi_region_keys_is_copied_as_it_is_and_mounts_in_the_other_r
     {
         let _m = mount(&east, &cipher, &mnt);
         fs::write(mnt.join("after-rotation"), b"v2").unwrap();
-        east.ok(&["umount", mnt.to_str().unwrap()]);
+        umount(&east, &mnt);
     }
     let dst2 = west.path("copy2");
     let out = copy_to(&east, &cipher, &dst2, &west);
