@@ -211,6 +211,8 @@ pub enum StateProblem {
     NotPendingDeletion,
     /// A key a mounted volume needed is not usable (known only from the mount's ENOKEY).
     UnusableOnMount,
+    /// NEW_KEY_MATERIAL while other new material waits for RotateKeyOnDemand.
+    MaterialPendingRotation,
 }
 
 impl KeyStateError {
@@ -240,6 +242,10 @@ impl fmt::Display for KeyStateError {
             (StateProblem::NotEnabled, Some(KeyState::Destroyed)) => {
                 write!(f, "key {id} was destroyed {date}; data encrypted under it is unrecoverable")
             }
+            (StateProblem::NotEnabled, Some(KeyState::PendingImport)) => write!(
+                f,
+                "key {id} is pending import: its key material was never imported, was deleted or expired"
+            ),
             (StateProblem::NotEnabled, _) => write!(f, "key {id} is disabled"),
             (StateProblem::VersionDestroyed { version }, _) => {
                 write!(f, "version {version} of key {id} was destroyed; data encrypted under it is unrecoverable")
@@ -254,6 +260,11 @@ impl fmt::Display for KeyStateError {
             (StateProblem::NotPendingDeletion, _) => {
                 write!(f, "key {id} is {state}, not pending deletion; there is nothing to cancel")
             }
+            (StateProblem::MaterialPendingRotation, _) => write!(
+                f,
+                "key {id} already has new key material pending rotation: rotate to it with RotateKeyOnDemand \
+                 or delete it with DeleteImportedKeyMaterial first"
+            ),
             (StateProblem::UnusableOnMount, _) => write!(
                 f,
                 "a key involved is not usable (disabled or pending deletion): the directory's current key, or {id}"

@@ -257,3 +257,48 @@ fn unreadable_files_go_only_with_force() {
     assert_eq!(code, 0, "{report}");
     assert!(!small.exists());
 }
+
+/// The volume's own directories of long symlink targets and xattr stores: an entry nothing
+/// names and the temporary file of an interrupted write are reported as leftovers, and
+/// `--repair` removes them and nothing that is named.
+#[test]
+fn leftovers_among_long_targets_and_xattr_stores_are_reported_and_repaired() {
+    let mut m = Mounted::new();
+    let target = "t/".repeat(2000);
+    std::os::unix::fs::symlink(&target, m.path("long")).unwrap();
+    m.unmount();
+    let (targets, stores) = (m.cipher().join("kmsfs.targets"), m.cipher().join("kmsfs.xattrs"));
+    let named: Vec<_> = fs::read_dir(&targets).unwrap().flatten().map(|e| e.path()).collect();
+    assert_eq!(named.len(), 1, "the long target's sidecar: {named:?}");
+    fs::create_dir_all(&stores).unwrap();
+    let orphan_target = "cd".repeat(32);
+    fs::write(targets.join(&orphan_target), b"nobody names me").unwrap();
+    fs::write(targets.join(".x.tmp-1-2"), b"half").unwrap();
+    fs::write(stores.join("0123456789abcdef0123456789abcdef"), b"nobody names me").unwrap();
+    fs::write(stores.join(".y.tmp-3-4"), b"half").unwrap();
+
+    let (code, report) = fsck(&m, &[]);
+    assert_eq!(code, 8, "{report}");
+    let mut found = problems(&report);
+    found.sort();
+    assert_eq!(
+        found,
+        [
+            ("/kmsfs.targets/.x.tmp-1-2".to_string(), "temp-file".to_string()),
+            (format!("/kmsfs.targets/{orphan_target}"), "orphan-sidecar".to_string()),
+            ("/kmsfs.xattrs/.y.tmp-3-4".to_string(), "temp-file".to_string()),
+            ("/kmsfs.xattrs/0123456789abcdef0123456789abcdef".to_string(), "orphan-sidecar".to_string()),
+        ],
+        "{report}"
+    );
+    let (code, report) = fsck(&m, &["--repair"]);
+    assert_eq!(code, 0, "everything found was a leftover: {report}");
+    assert_eq!(report["Repaired"], 4, "{report}");
+    let left: Vec<_> = fs::read_dir(&targets).unwrap().flatten().map(|e| e.path()).collect();
+    assert_eq!(left, named, "the named sidecar stays");
+    assert_eq!(fs::read_dir(&stores).unwrap().count(), 0);
+    let (code, report) = fsck(&m, &[]);
+    assert_eq!(code, 0, "clean after repair: {report}");
+    m.start();
+    assert_eq!(fs::read_link(m.path("long")).unwrap().to_str().unwrap(), target);
+}

@@ -635,3 +635,64 @@ fn managed_keys_let_everyone_use_but_only_their_creator_re_wrap_even_in_old_keys
     f.reopen();
     check(&policy_of(&conn));
 }
+
+/// An API caller whose only leave is a grant: what the console would offer it
+/// (`Kms::permits`) is exactly what the API then lets it do, action by action, because both
+/// ask the same authorization function.
+#[test]
+fn the_console_offers_a_grant_only_caller_exactly_what_the_api_lets_it_do() {
+    use kmsfs::kms::access::GrantOptions;
+    use kmsfs::kms::principal::{Remote, NO_UID};
+
+    let mut f = fixture();
+    let id = f.key(Some("alias/shared"));
+    let me = f.me.clone();
+    let account = f.kms.keystore().account_id().unwrap();
+    let arn = format!("arn:aws:iam::{account}:user/bob");
+    let bob = Principal {
+        uid: NO_UID,
+        gid: NO_UID,
+        groups: Vec::new(),
+        user: "iam:bob".into(),
+        pid: None,
+        remote: Some(Arc::new(Remote {
+            arn: Some(arn.clone()),
+            account,
+            access_key_id: Some("AKIATESTBOB".into()),
+            source: "127.0.0.1:1".into(),
+            unix: false,
+        })),
+    };
+    let grant = GrantOptions {
+        grantee: arn,
+        operations: vec!["DescribeKey".into(), "CreateGrant".into()],
+        ..Default::default()
+    };
+    let (grant_id, _) = f.kms.create_grant(&me, &id, &grant).unwrap();
+
+    let actions = ["DescribeKey", "CreateGrant", "DisableKey", "ScheduleKeyDeletion", "RevokeGrant"];
+    let offered: Vec<&str> =
+        actions.iter().copied().filter(|a| f.kms.permits(&bob, &id, &format!("kms:{a}")).unwrap()).collect();
+    assert_eq!(offered, ["DescribeKey", "CreateGrant"], "the grant's operations, nothing of the policy's");
+
+    let other = GrantOptions {
+        grantee: "user:nobody".into(),
+        operations: vec!["Decrypt".into()],
+        ..Default::default()
+    };
+    for action in actions {
+        let result = match action {
+            "DescribeKey" => f.kms.describe_key(&bob, &id).map(drop),
+            "CreateGrant" => f.kms.create_grant(&bob, &id, &other).map(drop),
+            "DisableKey" => f.kms.disable_key(&bob, &id),
+            "ScheduleKeyDeletion" => f.kms.schedule_key_deletion(&bob, &id, 7).map(drop),
+            "RevokeGrant" => f.kms.revoke_grant(&bob, &id, &grant_id),
+            _ => unreachable!(),
+        };
+        let allowed = !matches!(result, Err(Error::AccessDenied(_)));
+        assert_eq!(allowed, offered.contains(&action), "{action}: the API said {result:?}");
+        if allowed {
+            result.unwrap_or_else(|e| panic!("{action}: {e}"));
+        }
+    }
+}

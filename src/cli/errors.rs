@@ -34,6 +34,9 @@ fn hint(e: &Error) -> Option<String> {
                 Some(KeyState::PendingDeletion | KeyState::PendingReplicaDeletion) => {
                     format!("; `kmsfs key cancel-deletion {key_id}` keeps it")
                 }
+                Some(KeyState::PendingImport) => {
+                    format!("; import the same material with `kmsfs key import {key_id} --material FILE`")
+                }
                 _ => return None,
             }
         }

@@ -30,10 +30,32 @@ pub enum KeyCmd {
         /// AWS KeyUsage: ENCRYPT_DECRYPT, SIGN_VERIFY, GENERATE_VERIFY_MAC, KEY_AGREEMENT
         #[arg(long, default_value = "ENCRYPT_DECRYPT")]
         key_usage: String,
+        /// AWS_KMS (kmsfs makes the material) or EXTERNAL (you import it: `kmsfs key import`)
+        #[arg(long, default_value = "AWS_KMS")]
+        origin: String,
         /// A multi-Region primary key (id mrk-...), which `key replicate` copies to other keystores
         #[arg(long)]
         multi_region: bool,
     },
+    /// Import key material into a key of Origin EXTERNAL (wraps it here and imports it)
+    #[command(after_help = "Examples:
+  kmsfs key import alias/byok --material key.bin --valid-to 2027-06-30
+  kmsfs key import alias/byok --material key.bin --no-expiry          # re-import after a deletion
+  kmsfs key import alias/byok --material new.bin --no-expiry --new-material && kmsfs key rotate alias/byok")]
+    Import(super::key_import_cmd::ImportArgs),
+    /// Write a fresh wrapping key and import token for a manual import (valid 24 hours)
+    #[command(after_help = "Example:
+  kmsfs key get-parameters-for-import alias/byok --public-key-out wrapping.der --token-out token.bin
+  openssl pkeyutl -encrypt -pubin -inkey wrapping.der -keyform DER -pkeyopt rsa_padding_mode:oaep \\
+      -pkeyopt rsa_oaep_md:sha256 -in key.bin -out key.wrapped")]
+    GetParametersForImport(super::key_import_cmd::GetParametersArgs),
+    /// Import key material wrapped elsewhere with the parameters of get-parameters-for-import
+    #[command(after_help = "Example:
+  kmsfs key import-material alias/byok --encrypted-material key.wrapped --import-token token.bin --no-expiry")]
+    ImportMaterial(super::key_import_cmd::ImportMaterialArgs),
+    /// Delete imported key material at once: the key is PendingImport until it is imported again
+    #[command(after_help = "Example:\n  kmsfs key delete-imported-material alias/byok")]
+    DeleteImportedMaterial(super::key_import_cmd::DeleteArgs),
     /// Write the public key of an RSA or ECC key (PEM, or DER with --der)
     #[command(after_help = "Example:
   kmsfs key public-key alias/signer --out signer.pem")]
@@ -116,7 +138,20 @@ pub fn run(s: &mut Session, cmd: KeyCmd) -> Result<()> {
         KeyCmd::Replicate(args) => return super::region_cmd::replicate(s, args),
         KeyCmd::Sync(args) => return super::region_cmd::sync(s, args),
         KeyCmd::UpdatePrimaryRegion(args) => return super::region_cmd::update_primary_region(s, args),
-        KeyCmd::Create { alias, description, key_spec, key_usage, multi_region } => {
+        KeyCmd::Import(args) => super::key_import_cmd::import(s, args)?,
+        KeyCmd::GetParametersForImport(args) => super::key_import_cmd::get_parameters(s, args)?,
+        KeyCmd::ImportMaterial(args) => super::key_import_cmd::import_material(s, args)?,
+        KeyCmd::DeleteImportedMaterial(args) => super::key_import_cmd::delete(s, args)?,
+        KeyCmd::Create { alias, description, key_spec, key_usage, origin, multi_region } => {
+            let origin_external = match origin.as_str() {
+                "AWS_KMS" => false,
+                "EXTERNAL" => true,
+                other => {
+                    return Err(Error::InvalidArgument(format!(
+                        "unknown origin {other}: give AWS_KMS or EXTERNAL"
+                    )))
+                }
+            };
             let key_spec = KeySpec::parse_supported(&key_spec)?;
             let key_usage = KeyUsage::parse(&key_usage).ok_or_else(|| {
                 Error::InvalidArgument(format!(
@@ -128,6 +163,7 @@ pub fn run(s: &mut Session, cmd: KeyCmd) -> Result<()> {
                 description,
                 key_spec,
                 key_usage,
+                origin_external,
                 multi_region,
                 ..Default::default()
             };
@@ -218,6 +254,8 @@ pub fn run(s: &mut Session, cmd: KeyCmd) -> Result<()> {
         }
         KeyCmd::Rotations { key } => {
             let versions = s.kms.list_key_versions(&me, &key)?;
+            let key_id = s.kms.resolve_key_id(&key)?;
+            let external = s.kms.metadata_after(&key_id)?.origin == crate::kms::import::ORIGIN_EXTERNAL;
             if s.json {
                 output::json(&versions);
             } else {
@@ -227,7 +265,12 @@ pub fn run(s: &mut Session, cmd: KeyCmd) -> Result<()> {
                         v.version.to_string(),
                         format_date(v.created),
                         v.rotation_type,
-                        if v.material_present { "present" } else { "destroyed" }.into(),
+                        match (v.material_present, external) {
+                            (true, _) => "present",
+                            (false, true) => "pending import",
+                            (false, false) => "destroyed",
+                        }
+                        .into(),
                     ]);
                 }
                 t.print();
@@ -324,6 +367,9 @@ fn print_key_fields(k: &KeyMetadata) {
         ("DeletionDate", or_dash(k.deletion_date.clone())),
         ("PendingDeletionWindowInDays", or_dash(k.pending_deletion_window_in_days.map(|d| d.to_string()))),
         ("Origin", k.origin.clone()),
+        ("ExpirationModel", or_dash(k.expiration_model.clone())),
+        ("ValidTo", or_dash(k.valid_to.clone())),
+        ("CurrentKeyMaterialId", or_dash(k.current_key_material_id.clone())),
         ("MultiRegion", k.multi_region.is_some().to_string()),
     ]);
     if let Some(cfg) = &k.multi_region {

@@ -10,6 +10,7 @@ mod crypto_cmd;
 pub mod errors;
 mod fsck_cmd;
 mod key_cmd;
+mod key_import_cmd;
 mod keystore_cmd;
 pub mod mount_helper;
 pub mod output;
@@ -270,7 +271,12 @@ fn run(cli: Cli) -> Result<()> {
         Command::Policy(cmd) => access_cmd::run_policy(&mut Session::open(g)?, cmd),
         Command::Grant(cmd) => access_cmd::run_grant(&mut Session::open(g)?, cmd),
         Command::AccessKey(cmd) => access_key_cmd::run(&mut Session::open(g)?, cmd),
-        Command::Serve(args) => crate::server::run(g, args),
+        Command::Serve(args) => crate::server::run(
+            &g.keystore_path(),
+            || Ok(Session::open(g)?.kms),
+            region_cmd::peer_unlocker(g.json),
+            args,
+        ),
         Command::Console(args) => console_cmd::run(g, args),
         Command::Completions(args) => shell_cmd::completions(args),
         Command::Man(args) => shell_cmd::man(g, args),

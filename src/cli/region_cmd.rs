@@ -1,7 +1,7 @@
 //! `kmsfs key replicate | sync | update-primary-region`: multi-Region keys between this
 //! keystore and another region's (docs/MULTI_REGION.md).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use super::{output, passphrase, Session};
 use crate::error::{Error, Result};
@@ -145,4 +145,24 @@ pub fn update_primary_region(s: &mut Session, args: UpdatePrimaryArgs) -> Result
         println!("the primary of key {} is now in region {region}", args.key);
     }
     Ok(())
+}
+
+/// How `kmsfs serve --peer` unlocks a peer keystore: with its `--peer-passphrase-file`, else
+/// the passphrase of `KMSFS_REPLICA_PASSPHRASE` (or one prompt), the same for every peer
+/// without a file.
+pub fn peer_unlocker(json: bool) -> impl FnMut(&Path, Option<&Path>) -> Result<crate::kms::Kms> {
+    let mut shared: Option<passphrase::Passphrase> = None;
+    move |path, file| {
+        let pass = match file {
+            Some(file) => passphrase::from_file(file)?,
+            None => {
+                if shared.is_none() {
+                    let prompt = "Passphrase of the peer keystores: ";
+                    shared = Some(passphrase::obtain(None, "KMSFS_REPLICA_PASSPHRASE", prompt, false)?);
+                }
+                shared.clone().expect("obtained above")
+            }
+        };
+        Ok(Session::open_at(path, || Ok(pass), json)?.kms)
+    }
 }

@@ -112,6 +112,7 @@ fn render(status: &Status, mounts: &[MountStatus]) -> String {
     let states = [
         KeyState::Enabled,
         KeyState::Disabled,
+        KeyState::PendingImport,
         KeyState::PendingDeletion,
         KeyState::PendingReplicaDeletion,
         KeyState::Destroyed,
@@ -187,6 +188,25 @@ fn render(status: &Status, mounts: &[MountStatus]) -> String {
                 g.key_aliases.first().cloned().unwrap_or_else(|| g.key_id.clone()),
                 g.operations.join(","),
                 format!("in {} ({})", countdown(g.seconds_remaining), g.expires),
+            ]);
+        }
+        out.push_str(&t.render());
+    }
+
+    if !status.expiring_key_material.is_empty() {
+        out.push('\n');
+        out.push_str(
+            "Warning: imported key material expires within 30 days (the key is then PendingImport and \
+             unusable; re-import the material with a later --valid-to or --no-expiry)\n",
+        );
+        let mut t = Table::new(&["KEY ID", "ALIASES", "KEY MATERIAL ID", "EXPIRES"]);
+        for m in &status.expiring_key_material {
+            let key_aliases = status.keys.iter().find(|k| k.key_id == m.key_id).map(|k| aliases(&k.aliases));
+            t.row(vec![
+                m.key_id.clone(),
+                key_aliases.unwrap_or_else(|| "-".into()),
+                m.key_material_id[..16].to_string(),
+                format!("in {} ({})", countdown(m.seconds_remaining), m.valid_to),
             ]);
         }
         out.push_str(&t.render());

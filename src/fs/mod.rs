@@ -121,6 +121,10 @@ pub struct KmsFs {
     linger: Arc<linger::Linger>,
     /// Large READs and fsyncs, off the dispatching thread (`None`: they run on it).
     workers: Option<workers::Workers>,
+    /// Whether the volume may hold an xattr store (one existed at mount, or one was written
+    /// since). While it holds none, removing a name need not look for a store to remove
+    /// with it: one getxattr less per unlink.
+    xattr_stores: std::sync::atomic::AtomicBool,
 }
 
 /// Kernel features that change what the filesystem must do itself.
@@ -155,7 +159,9 @@ impl KmsFs {
                 .inspect_err(|e| log::warn!("no background removal ({e}); removing files directly"))
                 .ok(),
         };
+        let xattr_stores = !crate::volume::xattr_store::list(&root).is_empty();
         Ok(KmsFs {
+            xattr_stores: std::sync::atomic::AtomicBool::new(xattr_stores),
             dir_states: RwLock::new(HashMap::new()),
             dir_loading: Mutex::new(()),
             rewrap_lock: Mutex::new(()),

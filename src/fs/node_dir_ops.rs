@@ -157,7 +157,10 @@ impl KmsFs {
     /// a crash, is an orphan `fsck --repair` removes.
     fn store_dropped_with(&self, path: &Path, meta: &std::fs::Metadata, ino: u64) -> Option<String> {
         let last = if meta.is_dir() { true } else { meta.is_file() && meta.nlink() == 1 };
-        (last && self.open_files.get(ino).is_none()).then(|| xattr_store::pointer_of(path)).flatten()
+        let may_have_store = self.xattr_stores.load(std::sync::atomic::Ordering::SeqCst);
+        (may_have_store && last && self.open_files.get(ino).is_none())
+            .then(|| xattr_store::pointer_of(path))
+            .flatten()
     }
 
     /// rmdir of a backing directory that holds only kmsfs's own files (its metadata): into

@@ -223,6 +223,7 @@ impl KmsFs {
         if list_len > xattr_store::LIST_MAX || size > xattr_store::STORE_MAX {
             return Err(Errno::ENOSPC);
         }
+        self.xattr_stores.store(true, std::sync::atomic::Ordering::SeqCst);
         xattr_store::write(&self.root, id, entries).map_err(|e| {
             log::warn!("xattr store {id} cannot be written: {e}");
             Errno::EIO

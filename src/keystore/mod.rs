@@ -1,6 +1,6 @@
 //! SQLite persistence: the keystore file, its schema and migrations, and the root key.
 //!
-//! Key hierarchy (see docs/ARCHITECTURE.md):
+//! Key hierarchy (see docs/architecture/keys.md):
 //! passphrase --argon2id--> passphrase key --wraps--> root key --wraps--> every master-key
 //! version. The random root key is what protects the keys; the passphrase only unlocks it,
 //! so changing the passphrase rewrites one row and the audit chain (keyed from the root key)
@@ -206,9 +206,29 @@ impl Keystore {
         if from >= schema::current_version() {
             return Ok(());
         }
+        // A migration may rebuild a table others reference (SQLite cannot alter a CHECK): with
+        // foreign keys enforced, dropping the old table would fail. They are off while the
+        // migrations run (the pragma is a no-op inside a transaction, so it is set before) and
+        // every reference is checked before the commit.
+        self.conn.pragma_update(None, "foreign_keys", false)?;
+        let migrated = self.run_migrations(from);
+        self.conn.pragma_update(None, "foreign_keys", true)?;
+        migrated
+    }
+
+    fn run_migrations(&mut self, from: i64) -> Result<()> {
+        let path = self.path.clone();
         let tx = self.write_tx()?;
         for sql in &schema::MIGRATIONS[from as usize..] {
             tx.execute_batch(sql)?;
+        }
+        let dangling: i64 =
+            tx.query_row("SELECT count(*) FROM pragma_foreign_key_check", [], |r| r.get(0))?;
+        if dangling > 0 {
+            return Err(Error::CorruptKeystore {
+                path,
+                reason: format!("{dangling} rows reference keys that do not exist; nothing was migrated"),
+            });
         }
         // A keystore from before the API server gets an account id and region (changed later
         // with `kmsfs keystore set-identity`); a new one gets them at `keystore init`.

@@ -12,9 +12,10 @@ pub enum KeyState {
     Enabled,
     Disabled,
     PendingDeletion,
+    /// Origin EXTERNAL: no usable key material (never imported, deleted or expired).
+    PendingImport,
     /// A multi-Region primary key scheduled for deletion while replicas exist: its waiting
-    /// period starts when the last replica is gone. Stored as `PendingDeletion` without a
-    /// deletion date (so no destruction can fall due), which is what it is.
+    /// period (and deletion date) starts when the last replica is gone.
     PendingReplicaDeletion,
     Destroyed,
 }
@@ -25,16 +26,9 @@ impl KeyState {
             KeyState::Enabled => "Enabled",
             KeyState::Disabled => "Disabled",
             KeyState::PendingDeletion => "PendingDeletion",
+            KeyState::PendingImport => "PendingImport",
             KeyState::PendingReplicaDeletion => "PendingReplicaDeletion",
             KeyState::Destroyed => "Destroyed",
-        }
-    }
-
-    /// The value of the `state` column (see `PendingReplicaDeletion`).
-    fn stored(self) -> &'static str {
-        match self {
-            KeyState::PendingReplicaDeletion => "PendingDeletion",
-            other => other.as_str(),
         }
     }
 
@@ -48,6 +42,8 @@ impl KeyState {
             "Enabled" => KeyState::Enabled,
             "Disabled" => KeyState::Disabled,
             "PendingDeletion" => KeyState::PendingDeletion,
+            "PendingImport" => KeyState::PendingImport,
+            "PendingReplicaDeletion" => KeyState::PendingReplicaDeletion,
             "Destroyed" => KeyState::Destroyed,
             _ => return None,
         })
@@ -101,7 +97,6 @@ fn key_from_row(row: &Row<'_>) -> rusqlite::Result<KeyRecord> {
     };
     let manager: String = row.get(3)?;
     let state: String = row.get(5)?;
-    let deletion_date: Option<i64> = row.get(6)?;
     Ok(KeyRecord {
         key_id: row.get(0)?,
         created: row.get(1)?,
@@ -112,11 +107,8 @@ fn key_from_row(row: &Row<'_>) -> rusqlite::Result<KeyRecord> {
             _ => return Err(bad(3, "key manager")),
         },
         origin: row.get(4)?,
-        state: match (KeyState::parse(&state).ok_or_else(|| bad(5, "key state"))?, deletion_date) {
-            (KeyState::PendingDeletion, None) => KeyState::PendingReplicaDeletion,
-            (state, _) => state,
-        },
-        deletion_date,
+        state: KeyState::parse(&state).ok_or_else(|| bad(5, "key state"))?,
+        deletion_date: row.get(6)?,
         pending_window_days: row.get(7)?,
         rotation_enabled: row.get(8)?,
         rotation_period_days: row.get(9)?,
@@ -136,7 +128,7 @@ pub fn insert_key(conn: &Connection, key: &KeyRecord) -> Result<()> {
             key.description,
             key.key_manager.as_str(),
             key.origin,
-            key.state.stored(),
+            key.state.as_str(),
             key.deletion_date,
             key.pending_window_days,
             key.rotation_enabled,
@@ -158,7 +150,7 @@ pub fn update_key(conn: &Connection, key: &KeyRecord) -> Result<()> {
         params![
             key.key_id,
             key.description,
-            key.state.stored(),
+            key.state.as_str(),
             key.deletion_date,
             key.pending_window_days,
             key.rotation_enabled,

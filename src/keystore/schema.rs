@@ -110,6 +110,61 @@ pub const MIGRATIONS: &[&str] = &[
         key_usage TEXT NOT NULL                        -- AWS KeyUsage: SIGN_VERIFY, ENCRYPT_DECRYPT, ...
     );
     "#,
+    // 5: imported key material (Origin EXTERNAL). The keys table is rebuilt because its
+    // state CHECK is part of the table: it now admits every AWS KeyState (PendingImport, and
+    // the multi-Region ones) besides kmsfs's Destroyed. Run with foreign keys off
+    // (`Keystore::migrate`), as SQLite's table-rebuild procedure requires.
+    r#"
+    CREATE TABLE keys_rebuilt (
+        key_id               TEXT PRIMARY KEY,
+        created              INTEGER NOT NULL,
+        description          TEXT NOT NULL DEFAULT '',
+        key_manager          TEXT NOT NULL CHECK (key_manager IN ('CUSTOMER', 'MANAGED')),
+        origin               TEXT NOT NULL,
+        state                TEXT NOT NULL CHECK (state IN
+                                 ('Creating', 'Enabled', 'Disabled', 'PendingDeletion', 'PendingImport',
+                                  'PendingReplicaDeletion', 'Unavailable', 'Updating', 'Destroyed')),
+        deletion_date        INTEGER,
+        pending_window_days  INTEGER,
+        rotation_enabled     INTEGER NOT NULL DEFAULT 0,
+        rotation_period_days INTEGER,
+        next_rotation        INTEGER,
+        current_version      INTEGER NOT NULL,
+        policy               TEXT
+    );
+    INSERT INTO keys_rebuilt (key_id, created, description, key_manager, origin, state, deletion_date,
+                              pending_window_days, rotation_enabled, rotation_period_days, next_rotation,
+                              current_version, policy)
+        SELECT key_id, created, description, key_manager, origin, state, deletion_date,
+               pending_window_days, rotation_enabled, rotation_period_days, next_rotation,
+               current_version, policy FROM keys;
+    DROP TABLE keys;
+    ALTER TABLE keys_rebuilt RENAME TO keys;
+    -- One row per imported version of a key (its key_versions row holds the sealed material,
+    -- NULL while deleted or expired; this row stays so the same material can come back).
+    CREATE TABLE imported_material (
+        key_id           TEXT NOT NULL REFERENCES keys(key_id),
+        version          INTEGER NOT NULL,
+        material_id      TEXT NOT NULL,                -- AWS KeyMaterialId: 64 hex digits
+        expiration_model TEXT NOT NULL CHECK (expiration_model IN
+                             ('KEY_MATERIAL_EXPIRES', 'KEY_MATERIAL_DOES_NOT_EXPIRE')),
+        valid_to         INTEGER,                      -- unix seconds; NULL: does not expire
+        description      TEXT NOT NULL DEFAULT '',
+        PRIMARY KEY (key_id, version),
+        UNIQUE (key_id, material_id)
+    );
+    CREATE INDEX imported_material_by_expiry ON imported_material(valid_to) WHERE valid_to IS NOT NULL;
+    -- The RSA wrapping keys GetParametersForImport hands out, until their token expires.
+    CREATE TABLE import_wrapping_keys (
+        token_id       TEXT PRIMARY KEY,               -- 32 hex digits, inside the sealed token
+        key_id         TEXT NOT NULL REFERENCES keys(key_id),
+        algorithm      TEXT NOT NULL,                  -- AWS WrappingAlgorithm
+        wrapping_spec  TEXT NOT NULL,                  -- AWS WrappingKeySpec
+        created        INTEGER NOT NULL,
+        expires        INTEGER NOT NULL,
+        private_sealed BLOB NOT NULL                   -- PKCS#8, sealed by the import key
+    );
+    "#,
     // Multi-Region keys (docs/MULTI_REGION.md): every keystore holding a primary or replica
     // keeps the whole configuration; a single-Region key has no row.
     r#"

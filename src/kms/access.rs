@@ -39,11 +39,11 @@ pub fn rule_of(g: &GrantRecord) -> Result<GrantRule> {
     })
 }
 
-/// The one authorization decision of kmsfs, for the KMS API and the mount alike: `key` must
-/// be Enabled, and its policy (`None`: it has no usable one) or one of its grants must allow
-/// the request. Returns the statement or grant that allowed it, for the audit trail.
-pub(crate) fn authorize(
-    key: &KeyRecord,
+/// The policy's answer to `request` on key `key_id` (`policy` `None`: it has no usable
+/// one), with the denial worded once: the statement or grant that allowed it, for the
+/// audit trail, or AccessDenied.
+fn decide(
+    key_id: &str,
     policy: Option<&Policy>,
     grants: &[GrantRule],
     request: &Request<'_>,
@@ -52,39 +52,58 @@ pub(crate) fn authorize(
         Some(policy) => policy.decide(grants, request),
         None => Decision::Deny("the key has no usable policy".into()),
     };
-    // Authorization first: a caller the key is not for learns nothing of its state.
     match decision {
-        Decision::Allow(why) => {
-            require_enabled(key)?;
-            Ok(why)
-        }
+        Decision::Allow(why) => Ok(why),
         Decision::Deny(why) => Err(Error::AccessDenied(AccessDenied {
-            key_id: Some(key.key_id.clone()),
+            key_id: Some(key_id.to_string()),
             reason: Denial::Policy { action: request.action.to_string(), why },
         })),
     }
 }
 
+/// The one authorization decision of kmsfs for a use of a key, for the KMS API and the
+/// mount alike: `key` must be Enabled, and its policy or one of its grants must allow the
+/// request. Returns the statement or grant that allowed it, for the audit trail.
+pub(crate) fn authorize(
+    key: &KeyRecord,
+    policy: Option<&Policy>,
+    grants: &[GrantRule],
+    request: &Request<'_>,
+) -> Result<String> {
+    // Authorization first: a caller the key is not for learns nothing of its state.
+    let why = decide(&key.key_id, policy, grants, request)?;
+    require_enabled(key)?;
+    Ok(why)
+}
+
+/// The decision on an administrative `action` (`kms:DisableKey`) on key `key_id` in any
+/// state, from the stored policy and grants: how API callers administer keys, and what the
+/// console asks before it offers an action, so both decide alike.
+pub(crate) fn authorize_admin(
+    conn: &Connection,
+    owner_uid: u32,
+    now: i64,
+    caller: &Principal,
+    key_id: &str,
+    action: &str,
+) -> Result<String> {
+    let policy = effective_policy(conn, key_id, owner_uid)?;
+    let grants = grant_rules(conn, key_id)?;
+    let ctx = EncryptionContext::new();
+    let request = Request { caller, action, context: &ctx, path: None, now };
+    decide(key_id, Some(&policy), &grants, &request)
+}
+
 impl Op<'_> {
     /// Refuses an administrative `action` on `key` (any state) unless its policy or a grant
-    /// allows it for the caller: how API callers administer keys.
+    /// allows it for the caller.
     pub(crate) fn authorize_admin(
         &mut self,
         caller: &Principal,
         key: &KeyRecord,
         action: &str,
     ) -> Result<()> {
-        let policy = effective_policy(&self.tx, &key.key_id, self.owner_uid)?;
-        let grants = grant_rules(&self.tx, &key.key_id)?;
-        let ctx = EncryptionContext::new();
-        let request = Request { caller, action, context: &ctx, path: None, now: self.now };
-        match policy.decide(&grants, &request) {
-            Decision::Allow(_) => Ok(()),
-            Decision::Deny(why) => Err(Error::AccessDenied(AccessDenied {
-                key_id: Some(key.key_id.clone()),
-                reason: Denial::Policy { action: action.to_string(), why },
-            })),
-        }
+        authorize_admin(&self.tx, self.owner_uid, self.now, caller, &key.key_id, action).map(drop)
     }
 
     /// Refuses `action` on `key` unless it is Enabled and its policy or a grant allows it for

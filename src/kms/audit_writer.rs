@@ -153,6 +153,10 @@ fn housekeeping(kms: &mut Kms, caller: &Principal) {
         }
         Err(e) => log::error!("destroying expired keys failed: {e}"),
     }
+    match kms.expire_imported_material(caller) {
+        Ok(ids) => ids.iter().for_each(|id| log::warn!("the imported key material of key {id} expired")),
+        Err(e) => log::error!("deleting expired imported key material failed: {e}"),
+    }
     match kms.rotate_due(caller) {
         Ok(ids) => ids.iter().for_each(|id| log::info!("key {id} rotated automatically")),
         Err(e) => log::error!("automatic key rotation failed: {e}"),

@@ -16,6 +16,11 @@ pub fn error_name(err: &Error) -> &'static str {
         Error::InvalidArgument(msg) if msg.starts_with(INVALID_SIGNATURE) => "KMSInvalidSignatureException",
         Error::InvalidArgument(msg) if msg.starts_with(INVALID_MAC) => "KMSInvalidMacException",
         Error::InvalidArgument(msg) if msg.starts_with(DRY_RUN) => "DryRunOperationException",
+        Error::InvalidArgument(msg) if msg.starts_with(INCORRECT_KEY_MATERIAL) => {
+            "IncorrectKeyMaterialException"
+        }
+        Error::InvalidArgument(msg) if msg.starts_with(INVALID_IMPORT_TOKEN) => "InvalidImportTokenException",
+        Error::InvalidArgument(msg) if msg.starts_with(EXPIRED_IMPORT_TOKEN) => "ExpiredImportTokenException",
         Error::Sqlite(rusqlite::Error::SqliteFailure(e, _))
             if matches!(e.code, rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked) =>
         {
@@ -52,3 +57,6 @@ pub const INVALID_KEY_USAGE: &str = "wrong key usage: ";
 pub const INVALID_SIGNATURE: &str = "invalid signature: ";
 pub const INVALID_MAC: &str = "invalid MAC: ";
 pub const DRY_RUN: &str = "dry run: ";
+pub const INCORRECT_KEY_MATERIAL: &str = "incorrect key material: ";
+pub const INVALID_IMPORT_TOKEN: &str = "invalid import token: ";
+pub const EXPIRED_IMPORT_TOKEN: &str = "expired import token: ";

@@ -59,6 +59,18 @@ struct Cache {
     /// Spec and usage of every key that is not symmetric, and its unsealed material.
     specs: HashMap<String, (KeySpec, KeyUsage)>,
     asymmetric: HashMap<String, Arc<KeyMaterial>>,
+    /// The earliest ValidTo of each key's imported material (`import::material_expiries`):
+    /// checked against the clock at every use, as nothing is committed when it passes.
+    expiries: HashMap<String, i64>,
+}
+
+impl Cache {
+    /// `key_id` as it stands at `now` (material past its ValidTo makes it PendingImport).
+    fn key_at(&self, key_id: &str, now: i64) -> Option<KeyRecord> {
+        let mut key = self.keys.get(key_id)?.clone();
+        key.state = super::import::state_at(&key, self.expiries.get(key_id).copied(), now);
+        Some(key)
+    }
 }
 
 thread_local! {
@@ -188,28 +200,41 @@ impl KeyRing {
         let mut cache = self.cache.write().expect("keyring cache lock");
         let keys = records::list_keys(&conn)?;
         let versions_key = self.keys.versions(root_keys::is_derived(&conn)?);
-        let mut material = std::mem::take(&mut cache.material);
-        // Destroyed keys leave memory too, not only the keystore.
-        material.retain(|(id, _), _| keys.iter().any(|k| &k.key_id == id && k.state != KeyState::Destroyed));
+        let mut old_material = std::mem::take(&mut cache.material);
+        let mut material = HashMap::new();
         let specs = asymmetric::load_all_specs(&conn)?;
-        let mut asym = std::mem::take(&mut cache.asymmetric);
-        asym.retain(|id, _| keys.iter().any(|k| &k.key_id == id && k.state != KeyState::Destroyed));
+        let mut old_asym = std::mem::take(&mut cache.asymmetric);
+        let mut asym = HashMap::new();
+        // Only what the keystore still holds is kept: material of destroyed keys, and
+        // imported material deleted or expired, leaves memory too (dropped with the old maps).
         for key in keys.iter().filter(|k| k.state != KeyState::Destroyed) {
+            let versions = records::list_versions(&conn, &key.key_id)?;
             if let Some(&(spec, _)) = specs.get(&key.key_id) {
-                if !asym.contains_key(&key.key_id) {
-                    let bytes = super::version_bytes(&conn, versions_key, &key.key_id, key.current_version)?;
-                    asym.insert(key.key_id.clone(), Arc::new(KeyMaterial::from_bytes(spec, &bytes)?));
+                if !versions.iter().any(|v| v.version == key.current_version && v.material_present) {
+                    continue; // imported material not there (yet, or any more)
                 }
+                let loaded = match old_asym.remove(&key.key_id) {
+                    Some(m) => m,
+                    None => {
+                        let bytes =
+                            super::version_bytes(&conn, versions_key, &key.key_id, key.current_version)?;
+                        Arc::new(KeyMaterial::from_bytes(spec, &bytes)?)
+                    }
+                };
+                asym.insert(key.key_id.clone(), loaded);
                 continue;
             }
-            for v in records::list_versions(&conn, &key.key_id)? {
+            for v in versions.iter().filter(|v| v.material_present) {
                 let slot = (key.key_id.clone(), v.version);
-                if v.material_present && !material.contains_key(&slot) {
-                    let secret = version_material(&conn, versions_key, &key.key_id, v.version)?;
-                    material.insert(slot, Arc::new(secret.cipher()));
-                }
+                let cipher = match old_material.remove(&slot) {
+                    Some(c) => c,
+                    None => Arc::new(version_material(&conn, versions_key, &key.key_id, v.version)?.cipher()),
+                };
+                material.insert(slot, cipher);
             }
         }
+        drop((old_material, old_asym));
+        cache.expiries = super::import::material_expiries(&conn)?;
         cache.aliases = records::list_aliases(&conn, None)?
             .into_iter()
             .map(|a| (a.alias_name, a.target_key_id))
@@ -278,12 +303,11 @@ impl KeyRing {
     ) -> Result<(KeyRecord, String)> {
         self.refresh()?;
         let cache = self.cache.read().expect("keyring cache lock");
+        let now = self.clock.now_secs();
         let key = cache
-            .keys
-            .get(key_id)
-            .cloned()
+            .key_at(key_id, now)
             .ok_or_else(|| Error::NotFound(NotFound::Key { key_id: key_id.to_string() }))?;
-        let request = Request { caller, action, context: ctx, path, now: self.clock.now_secs() };
+        let request = Request { caller, action, context: ctx, path, now };
         let grants = cache.grants.get(key_id).map(Vec::as_slice).unwrap_or(&[]);
         let why = access::authorize(&key, cache.policies.get(key_id), grants, &request)?;
         Ok((key, why))
@@ -303,7 +327,8 @@ impl KeyRing {
     /// The state of `key_id` as the keystore says now (`None`: no such key here).
     pub fn key_state(&self, key_id: &str) -> Option<KeyState> {
         self.refresh().ok()?;
-        self.cache.read().expect("keyring cache lock").keys.get(key_id).map(|k| k.state)
+        let now = self.clock.now_secs();
+        self.cache.read().expect("keyring cache lock").key_at(key_id, now).map(|k| k.state)
     }
 
     /// Whether any policy or grant names groups, so callers' groups must be known. Asked
@@ -457,9 +482,23 @@ impl KeyRing {
         event.key_id = key_id.map(str::to_string);
         event.path = Some(access.path.to_string());
         event.context = ctx.to_audit_string();
-        let result = match body() {
+        self.record_outcome(event, |_| body())
+    }
+
+    /// Runs `body`, writes its outcome into `event` (on success "allowed by WHY" after any
+    /// reason the body noted, on failure the error) and sends the event to the audit sink.
+    fn record_outcome<T>(
+        &self,
+        mut event: AuditEvent,
+        body: impl FnOnce(&mut AuditEvent) -> Result<(T, String)>,
+    ) -> Result<T> {
+        let result = match body(&mut event) {
             Ok((value, why)) => {
-                event.reason = format!("allowed by {why}");
+                event.reason = if event.reason.is_empty() {
+                    format!("allowed by {why}")
+                } else {
+                    format!("{} (allowed by {why})", event.reason)
+                };
                 Ok(value)
             }
             Err(e) => {
@@ -637,21 +676,6 @@ impl KeyRing {
         let mut event = AuditEvent::new(caller, operation, self.clock.now_ms());
         event.key_id = key_ref.map(str::to_string);
         event.context = ctx.to_audit_string();
-        let result = match body(&mut event) {
-            Ok((value, why)) => {
-                event.reason = if event.reason.is_empty() {
-                    format!("allowed by {why}")
-                } else {
-                    format!("{} (allowed by {why})", event.reason)
-                };
-                Ok(value)
-            }
-            Err(e) => {
-                event.fail(&e);
-                Err(e)
-            }
-        };
-        self.audit.record(event);
-        result
+        self.record_outcome(event, body)
     }
 }

@@ -3,6 +3,7 @@
 //! deletion can be saved until its date, after which its material is gone for good.
 
 use super::asymmetric::{self, KeyMaterial, KeySpec, KeyUsage};
+use super::import;
 use super::multi_region;
 use super::{
     add_version, aliases::validate_alias_name, keyid, require_customer_managed, require_enabled, resolve,
@@ -31,6 +32,8 @@ pub struct CreateKeyOptions {
     /// SYMMETRIC_DEFAULT unless asked otherwise; the usage must fit the spec.
     pub key_spec: KeySpec,
     pub key_usage: KeyUsage,
+    /// Origin EXTERNAL: the key starts PendingImport, without material (`kms::import`).
+    pub origin_external: bool,
     /// A multi-Region primary key (id `mrk-...`), which ReplicateKey copies to other keystores.
     pub multi_region: bool,
 }
@@ -58,7 +61,7 @@ impl Op<'_> {
 
     /// Inserts a new key with its first version.
     fn insert_new_key(&mut self, manager: KeyManager, description: &str) -> Result<KeyRecord> {
-        self.insert_new_key_of(manager, description, KeySpec::Symmetric, KeyUsage::EncryptDecrypt)
+        self.insert_new_key_of(manager, description, KeySpec::Symmetric, KeyUsage::EncryptDecrypt, false)
     }
 
     /// Inserts a new key of `spec` with its only (asymmetric, HMAC) or first version.
@@ -68,8 +71,9 @@ impl Op<'_> {
         description: &str,
         spec: KeySpec,
         usage: KeyUsage,
+        external: bool,
     ) -> Result<KeyRecord> {
-        self.insert_new_key_as(keyid::new_key_id(), manager, description, spec, usage)
+        self.insert_new_key_as(keyid::new_key_id(), manager, description, spec, usage, external)
     }
 
     /// [`Op::insert_new_key_of`] under a given id (a multi-Region key's `mrk-...`).
@@ -80,6 +84,7 @@ impl Op<'_> {
         description: &str,
         spec: KeySpec,
         usage: KeyUsage,
+        external: bool,
     ) -> Result<KeyRecord> {
         let managed = manager == KeyManager::Managed;
         let key = KeyRecord {
@@ -87,8 +92,8 @@ impl Op<'_> {
             created: self.now,
             description: description.to_string(),
             key_manager: manager,
-            origin: "KMSFS".into(),
-            state: KeyState::Enabled,
+            origin: if external { import::ORIGIN_EXTERNAL.into() } else { "KMSFS".into() },
+            state: if external { KeyState::PendingImport } else { KeyState::Enabled },
             deletion_date: None,
             pending_window_days: None,
             // Managed keys rotate yearly, like AWS managed keys; customer keys opt in.
@@ -110,7 +115,10 @@ impl Op<'_> {
             super::policy::Policy::default_for_owner(self.event.uid)
         };
         records::store_policy(&self.tx, &key.key_id, &policy)?;
-        if spec.is_symmetric() {
+        if external {
+            // Its first version arrives with ImportKeyMaterial.
+            asymmetric::save_spec(&self.tx, &key.key_id, spec, usage)?;
+        } else if spec.is_symmetric() {
             add_version(self, &key.key_id, 1, "INITIAL")?;
         } else {
             let material = KeyMaterial::generate(spec)?;
@@ -119,6 +127,29 @@ impl Op<'_> {
         }
         self.event.key_id = Some(key.key_id.clone());
         Ok(key)
+    }
+
+    /// RotateKeyOnDemand of a key with imported material: the material imported with
+    /// NEW_KEY_MATERIAL (the version after the current) becomes current.
+    fn rotate_to_imported(&mut self, key: &mut KeyRecord) -> Result<()> {
+        let next = key.current_version + 1;
+        let pending = import::load_materials(&self.tx, &key.key_id)?
+            .into_iter()
+            .any(|m| m.version == next && m.imported);
+        if !pending {
+            return Err(Error::InvalidArgument(format!(
+                "{}key {} has imported key material: import new key material (ImportType NEW_KEY_MATERIAL) \
+                 before RotateKeyOnDemand",
+                super::aws_errors::UNSUPPORTED,
+                key.key_id
+            )));
+        }
+        self.tx.execute(
+            "UPDATE key_versions SET created = ?3, rotation_type = 'ON_DEMAND' WHERE key_id = ?1 AND version = ?2",
+            rusqlite::params![key.key_id, next, self.now],
+        )?;
+        key.current_version = next;
+        records::update_key(&self.tx, key)
     }
 
     /// Makes a new current version; older versions stay for decryption.
@@ -134,6 +165,20 @@ impl Op<'_> {
     }
 }
 
+/// Refuses automatic rotation of a key with imported material: kmsfs cannot make new
+/// material for it (AWS: on-demand rotation after importing new material only).
+fn require_kmsfs_material(key: &KeyRecord) -> Result<()> {
+    if import::is_external(key) {
+        return Err(Error::InvalidArgument(format!(
+            "{}key {} has imported key material (Origin EXTERNAL): it never rotates automatically; import \
+             new material (ImportType NEW_KEY_MATERIAL) and call RotateKeyOnDemand",
+            super::aws_errors::UNSUPPORTED,
+            key.key_id
+        )));
+    }
+    Ok(())
+}
+
 impl Kms {
     /// CreateKey: a customer-managed key, optionally with an alias. Returns the key id.
     pub fn create_key(&mut self, caller: &Principal, opts: &CreateKeyOptions) -> Result<String> {
@@ -143,6 +188,12 @@ impl Kms {
             }
             super::tags::validate(&opts.tags)?;
             opts.key_spec.check_usage(opts.key_usage)?;
+            if opts.multi_region && opts.origin_external {
+                return Err(Error::InvalidArgument(format!(
+                    "{}multi-Region keys with imported key material are not supported",
+                    super::aws_errors::UNSUPPORTED
+                )));
+            }
             let key_id = if opts.multi_region { keyid::new_mrk_id() } else { keyid::new_key_id() };
             let key = op.insert_new_key_as(
                 key_id,
@@ -150,12 +201,16 @@ impl Kms {
                 &opts.description,
                 opts.key_spec,
                 opts.key_usage,
+                opts.origin_external,
             )?;
             if opts.multi_region {
                 super::multi_region::create_primary(&op.tx, &key.key_id)?;
             }
             if !opts.key_spec.is_symmetric() {
                 op.event.reason = format!("{} {}", opts.key_spec.as_str(), opts.key_usage.as_str());
+            }
+            if opts.origin_external {
+                op.event.reason = format!("{} Origin EXTERNAL", op.event.reason).trim_start().to_string();
             }
             if let Some(text) = &opts.policy {
                 records::store_policy(&op.tx, &key.key_id, text)?;
@@ -242,7 +297,11 @@ impl Kms {
             asymmetric::require_rotatable(&op.tx, &key.key_id)?;
             multi_region::require_not_replica(&op.tx, &key.key_id, "rotate it")?;
             require_enabled(&key)?;
-            op.rotate(&mut key, "ON_DEMAND")?;
+            if import::is_external(&key) {
+                op.rotate_to_imported(&mut key)?;
+            } else {
+                op.rotate(&mut key, "ON_DEMAND")?;
+            }
             Ok(key.current_version)
         })
     }
@@ -257,6 +316,7 @@ impl Kms {
         self.audited(caller, "EnableKeyRotation", |op| {
             let mut key = op.key(key_ref)?;
             asymmetric::require_rotatable(&op.tx, &key.key_id)?;
+            require_kmsfs_material(&key)?;
             multi_region::require_not_replica(&op.tx, &key.key_id, "set its rotation")?;
             if !ROTATION_PERIOD_DAYS.contains(&period_days) {
                 return Err(Error::InvalidArgument(format!(
@@ -281,6 +341,7 @@ impl Kms {
             let mut key = op.key(key_ref)?;
             require_customer_managed(&key, "kept from rotating")?;
             asymmetric::require_rotatable(&op.tx, &key.key_id)?;
+            require_kmsfs_material(&key)?;
             multi_region::require_not_replica(&op.tx, &key.key_id, "set its rotation")?;
             require_enabled(&key)?;
             key.rotation_enabled = false;
@@ -315,7 +376,7 @@ impl Kms {
             }
             require_customer_managed(&key, "scheduled for deletion")?;
             match key.state {
-                KeyState::Enabled | KeyState::Disabled => {}
+                KeyState::Enabled | KeyState::Disabled | KeyState::PendingImport => {}
                 KeyState::PendingDeletion | KeyState::PendingReplicaDeletion => {
                     return Err(Error::KeyState(KeyStateError::new(
                         &key,
@@ -346,7 +407,7 @@ impl Kms {
             let mut key = op.key(key_ref)?;
             match key.state {
                 KeyState::PendingDeletion | KeyState::PendingReplicaDeletion => {
-                    key.state = KeyState::Disabled;
+                    key.state = import::state_after_cancel(&op.tx, &key)?;
                     key.deletion_date = None;
                     key.pending_window_days = None;
                     records::update_key(&op.tx, &key)
@@ -371,6 +432,7 @@ impl Kms {
                 }
                 records::destroy_material(&op.tx, &key.key_id)?;
                 records::delete_aliases_of_key(&op.tx, &key.key_id)?;
+                op.tx.execute("DELETE FROM import_wrapping_keys WHERE key_id = ?1", [&key.key_id])?;
                 key.state = KeyState::Destroyed;
                 records::update_key(&op.tx, &key)?;
                 op.event.reason = "pending deletion window ended; key material destroyed".into();
@@ -385,7 +447,7 @@ impl Kms {
     /// After a destruction, and at every later open and housekeeping until it succeeds,
     /// truncates the keystore's write-ahead log, whose older frames still hold the destroyed
     /// material (secure_delete has zeroed it in the newest page images already).
-    fn erase_destroyed_pages(&mut self, destroyed_now: bool) -> Result<()> {
+    pub(super) fn erase_destroyed_pages(&mut self, destroyed_now: bool) -> Result<()> {
         if !destroyed_now && !self.keystore().erase_pending()? {
             return Ok(());
         }

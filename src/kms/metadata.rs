@@ -25,6 +25,15 @@ pub struct KeyMetadata {
     pub next_rotation_date: Option<String>,
     pub current_key_version: u32,
     pub aliases: Vec<String>,
+    /// Keys with imported material (Origin EXTERNAL): of the current material.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expiration_model: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub valid_to: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub current_key_material_id: Option<String>,
+    #[serde(skip)]
+    pub valid_to_secs: Option<i64>,
     /// Primary region and every region of a multi-Region key; absent for a single-Region key.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub multi_region: Option<super::multi_region::MultiRegionConfig>,
@@ -58,6 +67,10 @@ impl KeyMetadata {
             next_rotation_date: key.next_rotation.map(format_date),
             current_key_version: key.current_version,
             aliases,
+            expiration_model: None,
+            valid_to: None,
+            current_key_material_id: None,
+            valid_to_secs: None,
             multi_region: None,
             key_id: key.key_id,
         }
@@ -67,7 +80,18 @@ impl KeyMetadata {
 pub(super) fn with_aliases(conn: &rusqlite::Connection, key: KeyRecord) -> Result<KeyMetadata> {
     let aliases = records::list_aliases(conn, Some(&key.key_id))?.into_iter().map(|a| a.alias_name).collect();
     let (spec, usage) = super::asymmetric::load_spec(conn, &key.key_id)?;
+    let current = key.current_version;
+    let imported = super::import::is_external(&key)
+        .then(|| super::import::load_materials(conn, &key.key_id))
+        .transpose()?
+        .and_then(|materials| materials.into_iter().find(|m| m.version == current && m.imported));
     let mut meta = KeyMetadata::from_record(key, aliases);
+    if let Some(m) = imported {
+        meta.valid_to = m.valid_to.map(format_date);
+        meta.valid_to_secs = m.valid_to;
+        meta.expiration_model = Some(m.expiration_model);
+        meta.current_key_material_id = Some(m.key_material_id);
+    }
     meta.key_spec = spec.as_str();
     meta.key_usage = usage.as_str();
     meta.multi_region = super::multi_region::describe(conn, &meta.key_id)?;

@@ -17,6 +17,8 @@ pub mod clock;
 pub mod cloudtrail;
 pub mod context;
 pub mod dataops;
+pub mod import;
+pub mod import_wrap;
 pub mod keyid;
 pub mod keyring;
 pub mod last_usage;
@@ -36,6 +38,8 @@ use std::sync::Arc;
 
 use rusqlite::{Connection, Transaction};
 
+/// The states of a key, as fs and volume (which never open the keystore) name them.
+pub use crate::keystore::records::KeyState;
 pub use audit::{AuditEvent, AuditFilter, AuditRecord, Outcome, VerifyReport};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use context::EncryptionContext;
@@ -45,7 +49,7 @@ pub use principal::Principal;
 
 use crate::crypto::{self, SecretKey};
 use crate::error::{Error, KeyStateError, NotFound, Result, StateProblem};
-use crate::keystore::records::{self, KeyManager, KeyRecord, KeyState};
+use crate::keystore::records::{self, KeyManager, KeyRecord};
 use crate::keystore::{self, Keystore};
 use audit_writer::AuditWriter;
 use keyring::KeyRing;
@@ -114,6 +118,7 @@ impl Kms {
         kms.upgrade_key_derivation(caller)?;
         kms.upgrade_managed_policies(caller)?;
         let destroyed = kms.purge_expired(caller)?;
+        kms.expire_imported_material(caller)?;
         let rotated = kms.rotate_due(caller)?;
         kms.housekeeping = Housekeeping { destroyed, rotated };
         Ok(kms)
@@ -210,6 +215,8 @@ impl Kms {
         operation: &str,
         body: impl FnOnce(&mut Op<'_>) -> Result<T>,
     ) -> Result<T> {
+        // No operation sees imported key material past its ValidTo.
+        self.expire_imported_material(caller)?;
         let now_ms = self.clock.now_ms();
         let event = AuditEvent::new(caller, operation, now_ms);
         let tx = self.ks.write_tx()?;

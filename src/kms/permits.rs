@@ -1,22 +1,21 @@
 //! Whether the key policy and grants would allow an action, without doing it or leaving an
 //! audit event: for a user interface that offers only the actions a caller may take. The
-//! action itself is still decided (and audited) when it is asked for; this only answers
-//! "would it be allowed" the same way, from the same policy evaluation.
+//! action itself is still decided (and audited) when it is asked for; this asks the same
+//! function that decision uses ([`access::authorize_admin`]), so the two cannot differ.
 
-use super::access::{effective_policy, grant_rules};
-use super::policy::{Decision, Request};
-use super::{EncryptionContext, Kms, Principal};
-use crate::error::Result;
+use super::access;
+use super::{Kms, Principal};
+use crate::error::{Error, Result};
 
 impl Kms {
     /// Whether `caller` may do `action` (`kms:DisableKey`) on key `key_id` now.
     pub fn permits(&self, caller: &Principal, key_id: &str, action: &str) -> Result<bool> {
-        let conn = self.ks.conn();
-        let policy = effective_policy(conn, key_id, self.owner_uid)?;
-        let grants = grant_rules(conn, key_id)?;
-        let ctx = EncryptionContext::new();
-        let request = Request { caller, action, context: &ctx, path: None, now: self.now_secs() };
-        Ok(matches!(policy.decide(&grants, &request), Decision::Allow(_)))
+        match access::authorize_admin(self.ks.conn(), self.owner_uid, self.now_secs(), caller, key_id, action)
+        {
+            Ok(_) => Ok(true),
+            Err(Error::AccessDenied(_)) => Ok(false),
+            Err(e) => Err(e),
+        }
     }
 
     /// The uid owning the keystore file: its administrator.

@@ -118,7 +118,7 @@ impl PrincipalSpec {
             || self
                 .groups
                 .iter()
-                .filter_map(|g| group_id(g))
+                .filter_map(|g| super::principal::group_id(g))
                 .any(|gid| gid == p.gid || p.groups.contains(&gid))
     }
 
@@ -736,21 +736,6 @@ fn cidr_contains(cidr: &str, ip: &str) -> bool {
         (IpAddr::V6(n), IpAddr::V6(i)) => prefix(&n.octets(), bits) == prefix(&i.octets(), bits),
         _ => false,
     }
-}
-
-/// Looks up a group's gid by name.
-fn group_id(name: &str) -> Option<u32> {
-    if let Ok(gid) = name.parse() {
-        return Some(gid);
-    }
-    let c = std::ffi::CString::new(name).ok()?;
-    let mut buf = vec![0u8; 16 * 1024];
-    let mut grp: libc::group = unsafe { std::mem::zeroed() };
-    let mut result: *mut libc::group = std::ptr::null_mut();
-    // SAFETY: getgrnam_r writes only into `grp` and `buf`, both alive for the call.
-    let rc =
-        unsafe { libc::getgrnam_r(c.as_ptr(), &mut grp, buf.as_mut_ptr().cast(), buf.len(), &mut result) };
-    (rc == 0 && !result.is_null()).then_some(grp.gr_gid)
 }
 
 /// Parses `user:NAME`, `group:NAME` or `uid:N`.

@@ -108,3 +108,18 @@ fn current_groups() -> Vec<u32> {
     groups.truncate(got.max(0) as usize);
     groups
 }
+
+/// A group's gid, from its name or its number as text (`None`: no such group).
+pub fn group_id(name: &str) -> Option<u32> {
+    if let Ok(gid) = name.parse() {
+        return Some(gid);
+    }
+    let c = std::ffi::CString::new(name).ok()?;
+    let mut buf = vec![0u8; 16 * 1024];
+    let mut grp: libc::group = unsafe { std::mem::zeroed() };
+    let mut result: *mut libc::group = std::ptr::null_mut();
+    // SAFETY: getgrnam_r writes only into `grp` and `buf`, both alive for the call.
+    let rc =
+        unsafe { libc::getgrnam_r(c.as_ptr(), &mut grp, buf.as_mut_ptr().cast(), buf.len(), &mut result) };
+    (rc == 0 && !result.is_null()).then_some(grp.gr_gid)
+}

@@ -5,7 +5,9 @@
 //! HKDF-SHA-256 with the root key as input and a label per purpose:
 //! - [`VERSIONS_LABEL`]: the AES-256-GCM-SIV key that seals every master-key version;
 //! - [`AUDIT_LABEL`]: the HMAC-SHA-256 key of the audit chain;
-//! - [`ACCESS_KEYS_LABEL`]: the AES-256-GCM-SIV key that seals API access keys' secrets.
+//! - [`ACCESS_KEYS_LABEL`]: the AES-256-GCM-SIV key that seals API access keys' secrets;
+//! - [`IMPORT_LABEL`]: the AES-256-GCM-SIV key that seals import tokens and the private halves
+//!   of import wrapping keys (`kms::import`).
 //!
 //! The root key is used for nothing else. The keystore's `key_derivation` meta row says which
 //! scheme it uses (absent: the old one); opening an old keystore with its passphrase upgrades
@@ -23,6 +25,7 @@ use crate::keystore::{self, get_meta, set_meta};
 pub const VERSIONS_LABEL: &str = "kmsfs 1 master-key versions";
 pub const AUDIT_LABEL: &str = "kmsfs 1 audit chain";
 pub const ACCESS_KEYS_LABEL: &str = "kmsfs 1 access-key secrets";
+pub const IMPORT_LABEL: &str = "kmsfs 1 key import";
 
 /// Meta row: the audit events up to this sequence number are MACed with the old audit key.
 pub const AUDIT_LEGACY_UNTIL: &str = "audit_legacy_until";
@@ -34,6 +37,7 @@ pub struct RootKeys {
     audit: SecretKey,
     legacy_audit: SecretKey,
     access_keys: SecretKey,
+    import: SecretKey,
 }
 
 impl RootKeys {
@@ -42,6 +46,7 @@ impl RootKeys {
             versions: crypto::hkdf_subkey(&root, VERSIONS_LABEL),
             audit: crypto::hkdf_subkey(&root, AUDIT_LABEL),
             access_keys: crypto::hkdf_subkey(&root, ACCESS_KEYS_LABEL),
+            import: crypto::hkdf_subkey(&root, IMPORT_LABEL),
             legacy_audit: crypto::legacy_hmac_subkey(&root, "audit-chain"),
             root,
         }
@@ -69,6 +74,11 @@ impl RootKeys {
     /// The key API access keys' secrets are sealed under.
     pub fn access_keys(&self) -> &SecretKey {
         &self.access_keys
+    }
+
+    /// The key import tokens and import wrapping keys are sealed under.
+    pub fn import(&self) -> &SecretKey {
+        &self.import
     }
 
     /// The key of audit events written before the keystore's upgrade.

@@ -29,7 +29,13 @@ pub struct Status {
     pub pending_deletions: Vec<PendingDeletion>,
     /// Grants still live that end within the horizon asked for, the soonest first.
     pub expiring_grants: Vec<ExpiringGrant>,
+    /// Imported key material that expires within `MATERIAL_EXPIRING_SOON_SECS`, the soonest
+    /// first: when it does, its key becomes PendingImport.
+    pub expiring_key_material: Vec<super::import::ExpiringMaterial>,
 }
+
+/// Imported material that expires within this many seconds is warned of (30 days).
+pub const MATERIAL_EXPIRING_SOON_SECS: i64 = 30 * DAY_SECS;
 
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "PascalCase")]
@@ -142,6 +148,7 @@ impl Kms {
                 keys,
                 pending_deletions,
                 expiring_grants,
+                expiring_key_material: super::import::expiring(&op.tx, now, MATERIAL_EXPIRING_SOON_SECS)?,
             })
         })
     }

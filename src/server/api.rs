@@ -7,6 +7,7 @@ use serde_json::{json, Map, Value};
 
 use super::asymmetric_api;
 use super::errors::ApiError;
+use super::import_api;
 use super::Service;
 use crate::kms::access::GrantOptions;
 use crate::kms::lifecycle::{CreateKeyOptions, DEFAULT_PENDING_WINDOW_DAYS, DEFAULT_ROTATION_PERIOD_DAYS};
@@ -154,6 +155,7 @@ impl Service {
             });
         }
         asymmetric_api::add_algorithms(&mut v, m.key_spec, m.key_usage);
+        import_api::add_metadata(&mut v, m);
         if let Some(d) = m.deletion_secs {
             v["DeletionDate"] = json!(d);
         }
@@ -378,15 +380,17 @@ pub fn control_plane(svc: &Service, caller: &Principal, op: &str, input: &Value)
 
 fn control(svc: &Service, kms: &mut crate::kms::Kms, caller: &Principal, op: &str, input: &Value) -> Answer {
     let key = || -> Result<String, ApiError> { svc.key_ref(required(input, "KeyId")?) };
+    if let Some(answer) = import_api::control(svc, kms, caller, op, input) {
+        return answer;
+    }
     match op {
         "CreateKey" => {
             let (key_spec, key_usage) = asymmetric_api::create_key_spec(input)?;
-            for (field, allowed) in [("Origin", "AWS_KMS")] {
-                if let Some(v) = str_of(input, field).filter(|v| *v != allowed) {
-                    return Err(unsupported(format!(
-                        "{field} {v} is not supported yet: kmsfs keys are {allowed}"
-                    )));
-                }
+            let origin_external = str_of(input, "Origin") == Some("EXTERNAL");
+            if let Some(v) = str_of(input, "Origin").filter(|v| !matches!(*v, "AWS_KMS" | "EXTERNAL")) {
+                return Err(unsupported(format!(
+                    "Origin {v} is not supported: kmsfs keys are AWS_KMS or EXTERNAL"
+                )));
             }
             if input.get("CustomKeyStoreId").is_some() || input.get("XksKeyId").is_some() {
                 return Err(unsupported("custom key stores are not supported".into()));
@@ -398,6 +402,7 @@ fn control(svc: &Service, kms: &mut crate::kms::Kms, caller: &Principal, op: &st
                 tags: tags_of(input),
                 key_spec,
                 key_usage,
+                origin_external,
                 multi_region: input.get("MultiRegion").and_then(Value::as_bool) == Some(true),
             };
             let key_id = kms.create_key(caller, &opts)?;
@@ -477,12 +482,9 @@ fn control(svc: &Service, kms: &mut crate::kms::Kms, caller: &Principal, op: &st
         "ListKeyRotations" => {
             let key_id = key()?;
             let versions = kms.list_key_versions(caller, &key_id)?;
-            let id = svc.key_arn(&kms.resolve_key_id(&key_id)?);
-            let rotations: Vec<Value> = versions
-                .into_iter()
-                .filter(|v| v.rotation_type != "INITIAL")
-                .map(|v| json!({"KeyId": id, "RotationDate": v.created, "RotationType": v.rotation_type}))
-                .collect();
+            let resolved = kms.resolve_key_id(&key_id)?;
+            let rotations =
+                import_api::rotation_entries(kms, &svc.key_arn(&resolved), &resolved, versions, input)?;
             page(rotations, input, "Rotations")
         }
         "UpdateKeyDescription" => {

@@ -65,22 +65,12 @@ fn bind_socket(path: &Path, mode: u32, group: Option<&str>) -> Result<UnixListen
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
         .map_err(|e| Error::io(format!("cannot chmod {}", path.display()), e))?;
     if let Some(group) = group {
-        let gid = group_id(group)
+        let gid = crate::kms::principal::group_id(group)
             .ok_or_else(|| Error::InvalidArgument(format!("--socket-group: no group '{group}'")))?;
         std::os::unix::fs::chown(path, None, Some(gid))
             .map_err(|e| Error::io(format!("cannot chown {}", path.display()), e))?;
     }
     Ok(listener)
-}
-
-fn group_id(name: &str) -> Option<u32> {
-    if let Ok(gid) = name.parse() {
-        return Some(gid);
-    }
-    let c = std::ffi::CString::new(name).ok()?;
-    // SAFETY: getgrnam returns a pointer to static storage or null; read at once.
-    let grp = unsafe { libc::getgrnam(c.as_ptr()) };
-    (!grp.is_null()).then(|| unsafe { (*grp).gr_gid })
 }
 
 pub async fn serve(svc: Arc<Service>, args: &ServeArgs, keystore: &Path) -> Result<()> {

@@ -13,14 +13,15 @@ pub mod config;
 pub mod console;
 mod errors;
 mod http;
+mod import_api;
 mod listen;
 pub mod model;
 pub mod peers;
 pub mod sigv4;
 
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-use crate::cli::{Global, Session};
 use crate::error::{Error, Result};
 use crate::kms::audit_writer::AuditWriter;
 use crate::kms::keyring::KeyRing;
@@ -257,32 +258,37 @@ pub fn running(keystore: &std::path::Path) -> Option<serde_json::Value> {
     alive.then_some(v)
 }
 
-/// `kmsfs serve`.
-pub fn run(g: &Global, args: config::ServeArgs) -> Result<()> {
+/// `kmsfs serve` with the keystore at `path`, which `open` opens and unlocks (after the
+/// arguments are checked, so a bad argument costs no passphrase prompt).
+/// `unlock_peer` opens and unlocks a `--peer` keystore, given its `--peer-passphrase-file`.
+pub fn run(
+    path: &Path,
+    open: impl FnOnce() -> Result<Kms>,
+    unlock_peer: impl FnMut(&Path, Option<&Path>) -> Result<Kms>,
+    args: config::ServeArgs,
+) -> Result<()> {
     args.check()?;
     // Two malloc arenas for the whole process instead of one per thread (and per core):
     // the server's memory stays small under many connections.
     // SAFETY: mallopt only sets an allocator parameter.
     unsafe { libc::mallopt(libc::M_ARENA_MAX, 2) };
-    let path = g.keystore_path();
-    let session = Session::open(g)?;
-    let me = session.me.clone();
-    let kms = session.kms;
+    let kms = open()?;
+    let me = Principal::current_process();
     let (account, region) = (kms.keystore().account_id()?, kms.keystore().region()?);
     let (root, clock) = (kms.root_key().clone(), Arc::clone(kms.clock()));
     // The writer gets a keystore connection of its own; the control plane keeps `kms`.
-    let writer_ks = crate::keystore::Keystore::open(&path)?;
+    let writer_ks = crate::keystore::Keystore::open(path)?;
     // Every data-plane call waits for its audit event's commit: an fsync each (milliseconds
     // on a disk) would be the whole latency, so commits reach the WAL without one.
     writer_ks.commit_without_fsync()?;
     let writer_kms = Kms::new(writer_ks, root.clone(), Arc::clone(&clock), &me)?;
-    let checkpointer = Checkpointer::start(&path)?;
+    let checkpointer = Checkpointer::start(path)?;
     let (sink, writer) = AuditWriter::spawn_gathering(writer_kms, me.clone(), std::time::Duration::ZERO)
         .map_err(|e| Error::io("audit writer", e))?;
-    let mut ring = KeyRing::open(&path, root, Arc::clone(&clock), sink)?;
+    let mut ring = KeyRing::open(path, root, Arc::clone(&clock), sink)?;
     ring.set_check_interval(std::time::Duration::from_millis(1));
     let console = console::Console::new(args.tls_cert.is_some());
-    let peers = peers::Peers::open(&args, &region, &clock, &me)?;
+    let peers = peers::Peers::open(&args, &region, unlock_peer)?;
     let svc = Arc::new(Service { ring, kms: Mutex::new(kms), clock, account, region, console, peers });
     let syncer = peers::Syncer::start(
         Arc::clone(&svc),
@@ -296,7 +302,7 @@ pub fn run(g: &Global, args: config::ServeArgs) -> Result<()> {
         .enable_all()
         .build()
         .map_err(|e| Error::io("cannot start the server runtime", e))?;
-    let result = runtime.block_on(listen::serve(Arc::clone(&svc), &args, &path));
+    let result = runtime.block_on(listen::serve(Arc::clone(&svc), &args, path));
     drop(runtime);
     if let Some(syncer) = syncer {
         syncer.stop();

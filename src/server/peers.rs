@@ -4,20 +4,15 @@
 //! (docs/MULTI_REGION.md).
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use super::config::ServeArgs;
 use super::Service;
-use crate::cli::passphrase::{self, Passphrase};
 use crate::error::{Error, Result};
 use crate::keystore::{self, Keystore};
-use crate::kms::{Clock, Kms, Principal};
-
-/// The variable a peer keystore's passphrase comes from when no `--peer-passphrase-file`
-/// names one for its region.
-pub const REPLICA_PASSPHRASE_VAR: &str = "KMSFS_REPLICA_PASSPHRASE";
+use crate::kms::{Kms, Principal};
 
 /// The unlocked peer keystores, by region.
 #[derive(Default)]
@@ -38,15 +33,19 @@ fn split_assignment(flag: &str, text: &str) -> Result<(String, String)> {
 }
 
 impl Peers {
-    /// Opens and unlocks every `--peer`; refuses one that is not the region it is named as,
-    /// is this server's own region, or is named twice.
-    pub fn open(args: &ServeArgs, own_region: &str, clock: &Arc<dyn Clock>, me: &Principal) -> Result<Peers> {
+    /// Opens every `--peer` and has `unlock` unlock it (given the keystore and the
+    /// `--peer-passphrase-file` of its region, if any); refuses one that is not the region it
+    /// is named as, is this server's own region, or is named twice.
+    pub fn open(
+        args: &ServeArgs,
+        own_region: &str,
+        mut unlock: impl FnMut(&Path, Option<&Path>) -> Result<Kms>,
+    ) -> Result<Peers> {
         let mut files = BTreeMap::new();
         for text in &args.peer_passphrase_file {
             let (region, path) = split_assignment("--peer-passphrase-file", text)?;
             files.insert(region, PathBuf::from(path));
         }
-        let mut shared: Option<Passphrase> = None;
         let mut peers = Peers::default();
         for text in &args.peer {
             let (region, location) = split_assignment("--peer", text)?;
@@ -64,25 +63,14 @@ impl Peers {
             if peers.by_region.contains_key(&region) {
                 return Err(Error::InvalidArgument(format!("--peer {region} is given twice")));
             }
-            let ks = Keystore::open(std::path::Path::new(&location))?;
-            let actual = ks.region()?;
+            let path = Path::new(&location);
+            let actual = Keystore::open(path)?.region()?;
             if actual != region {
                 return Err(Error::InvalidArgument(format!(
                     "--peer {region}={location}: that keystore answers as region {actual}"
                 )));
             }
-            let pass = match files.get(&region) {
-                Some(file) => passphrase::from_file(file)?,
-                None => {
-                    if shared.is_none() {
-                        let prompt = "Passphrase of the peer keystores: ";
-                        shared = Some(passphrase::obtain(None, REPLICA_PASSPHRASE_VAR, prompt, false)?);
-                    }
-                    shared.clone().expect("obtained above")
-                }
-            };
-            let root = ks.unlock(&pass)?;
-            let kms = Kms::new(ks, root, Arc::clone(clock), me)?;
+            let kms = unlock(path, files.get(&region).map(PathBuf::as_path))?;
             peers.by_region.insert(region, Mutex::new(kms));
         }
         Ok(peers)

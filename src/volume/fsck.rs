@@ -26,9 +26,9 @@ use crate::content::volume_cipher::{target_sidecar, VolumeCipher};
 use crate::crypto;
 use crate::encoding::hex;
 use crate::error::Error;
-use crate::keystore::records::KeyState;
 use crate::kms::blob::BlobHeader;
 use crate::kms::keyring::{Access, KeyRing};
+use crate::kms::KeyState;
 use crate::kms::Principal;
 use crate::sys::open_noatime;
 
@@ -410,25 +410,39 @@ impl<'a> Fsck<'a> {
     /// writing it and making its symlink, or between removing the symlink and it) and
     /// temporary files of an interrupted write are leftovers.
     fn target_sidecars(&mut self) {
+        let named = std::mem::take(&mut self.named_targets);
+        let leftover = Leftovers {
+            dir: TARGETS_DIR,
+            interrupted: "left by an interrupted write of a long symlink target",
+            orphan: "a long symlink target that no symlink names",
+        };
+        self.sweep(link_targets::list(&self.root), &named, leftover);
+        self.named_targets = named;
+    }
+
+    /// Reports (and with --repair removes) the leftovers among `entries` of one of the
+    /// volume's own directories, where every entry belongs to something that names it.
+    /// Only after a walk that reached every directory: else an entry's owner may be unseen.
+    fn sweep(&mut self, entries: Vec<std::ffi::OsString>, named: &HashSet<String>, leftover: Leftovers) {
         if self.incomplete {
             return;
         }
-        for name in link_targets::list(&self.root) {
+        for name in entries {
             let text = name.to_string_lossy();
             let (status, detail) = if text.starts_with('.') && text.contains(".tmp-") {
-                (Status::TempFile, "left by an interrupted write of a long symlink target")
-            } else if !self.named_targets.contains(&*text) {
-                (Status::OrphanSidecar, "a long symlink target that no symlink names")
+                (Status::TempFile, leftover.interrupted)
+            } else if !named.contains(&*text) {
+                (Status::OrphanSidecar, leftover.orphan)
             } else {
                 continue;
             };
-            let path = self.root.join(TARGETS_DIR).join(&name);
+            let path = self.root.join(leftover.dir).join(&name);
             let action = self
                 .options
                 .repair
                 .then(|| std::fs::remove_file(&path).ok().map(|_| "removed".to_string()))
                 .flatten();
-            self.note(&format!("/{TARGETS_DIR}/{text}"), "internal", status, detail.into(), action);
+            self.note(&format!("/{}/{text}", leftover.dir), "internal", status, detail.into(), action);
         }
     }
 
@@ -460,32 +474,14 @@ impl<'a> Fsck<'a> {
     /// The xattr stores: one that no inode names (its last link removed while a handle or a
     /// crash kept it) and temporary files of an interrupted write are leftovers.
     fn xattr_stores(&mut self) {
-        if self.incomplete {
-            return;
-        }
-        for name in xattr_store::list(&self.root) {
-            let text = name.to_string_lossy();
-            let (status, detail) = if text.starts_with('.') && text.contains(".tmp-") {
-                (Status::TempFile, "left by an interrupted write of an extended-attribute store")
-            } else if !self.named_stores.contains(&*text) {
-                (Status::OrphanSidecar, "an extended-attribute store that no file or directory names")
-            } else {
-                continue;
-            };
-            let path = self.root.join(xattr_store::STORES_DIR).join(&name);
-            let action = self
-                .options
-                .repair
-                .then(|| std::fs::remove_file(&path).ok().map(|_| "removed".to_string()))
-                .flatten();
-            self.note(
-                &format!("/{}/{text}", xattr_store::STORES_DIR),
-                "internal",
-                status,
-                detail.into(),
-                action,
-            );
-        }
+        let named = std::mem::take(&mut self.named_stores);
+        let leftover = Leftovers {
+            dir: xattr_store::STORES_DIR,
+            interrupted: "left by an interrupted write of an extended-attribute store",
+            orphan: "an extended-attribute store that no file or directory names",
+        };
+        self.sweep(xattr_store::list(&self.root), &named, leftover);
+        self.named_stores = named;
     }
 
     fn file(&mut self, path: &Path, plain: &str, dir_key: &str, len: u64) {
@@ -579,4 +575,12 @@ fn remove_entry(path: &Path) -> bool {
         let _ = std::fs::remove_file(path.with_file_name(sidecar_of(path.file_name().unwrap_or_default())));
     }
     removed
+}
+
+/// One of the volume's own directories for [`Fsck::sweep`], and how its leftovers are
+/// described.
+struct Leftovers {
+    dir: &'static str,
+    interrupted: &'static str,
+    orphan: &'static str,
 }

@@ -68,7 +68,7 @@ impl VolumeLock {
         // holds the lock while it flushes its audit trail and exits: wait for it, a little.
         let deadline = std::time::Instant::now() + RELEASE_WAIT;
         while !locked
-            && crate::mount::mounted_at(cipher_dir).is_none()
+            && crate::mounts::mounted_at(cipher_dir).is_none()
             && std::time::Instant::now() < deadline
         {
             std::thread::sleep(std::time::Duration::from_millis(50));
@@ -78,7 +78,7 @@ impl VolumeLock {
             let owner = std::fs::read_to_string(&path).unwrap_or_default();
             let owner = owner.trim();
             let by = if owner.is_empty() { String::new() } else { format!(" by kmsfs pid {owner}") };
-            let at = crate::mount::mounted_at(cipher_dir)
+            let at = crate::mounts::mounted_at(cipher_dir)
                 .map(|m| format!(" at {}", m.display()))
                 .unwrap_or_default();
             return Err(Error::InvalidArgument(format!(

@@ -176,7 +176,7 @@ class Server:
     Ready when it prints its readiness line (one JSON object with Url/Listen/Socket/Pid) on
     stdout and answers on the port."""
 
-    def __init__(self, keystore, extra_args=(), env=None):
+    def __init__(self, keystore, extra_args=(), env=None, binary=None):
         self.keystore = keystore
         self.port = free_port()
         self.endpoint = f"http://127.0.0.1:{self.port}"
@@ -185,7 +185,7 @@ class Server:
         self.ready = None
         with open(self.out_path, "wb") as out, open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(
-                [kmsfs_bin(), "serve", "--listen", f"127.0.0.1:{self.port}", *extra_args],
+                [binary or kmsfs_bin(), "serve", "--listen", f"127.0.0.1:{self.port}", *extra_args],
                 env=env or keystore.env(),
                 stdin=subprocess.DEVNULL,
                 stdout=out,

@@ -94,6 +94,20 @@ impl KeyMaterial {
         Ok(KeyMaterial::Private(pkey))
     }
 
+    /// Whether this material is a key of `spec` (type, size, curve): an imported private key
+    /// that parses may still be of another kind.
+    pub fn matches_spec(&self, spec: KeySpec) -> bool {
+        match (self, spec) {
+            (KeyMaterial::Hmac(bytes), KeySpec::Hmac(_)) => spec.hmac_key_len() == Some(bytes.len()),
+            (KeyMaterial::Private(pkey), KeySpec::Rsa(bits)) => pkey.id() == Id::RSA && pkey.bits() == bits,
+            (KeyMaterial::Private(pkey), KeySpec::Ecc(Curve::Ed25519)) => pkey.id() == Id::ED25519,
+            (KeyMaterial::Private(pkey), KeySpec::Ecc(curve)) => {
+                pkey.ec_key().ok().and_then(|k| k.group().curve_name()).is_some_and(|n| n == nid(curve))
+            }
+            _ => false,
+        }
+    }
+
     fn private(&self) -> Result<&PKey<Private>> {
         match self {
             KeyMaterial::Private(p) => Ok(p),

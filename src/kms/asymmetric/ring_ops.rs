@@ -10,6 +10,7 @@ use super::material::{generate_private, to_pkcs8, KeyMaterial};
 use super::spec::{mac_digest, oaep_digest, KeySpec, KeyUsage, SigningAlgorithm};
 use super::{wrong_usage, PublicKeyInfo};
 use crate::error::{Error, Result};
+use crate::keystore::records::KeyRecord;
 use crate::kms::aws_errors::{INVALID_KEY_USAGE, INVALID_MAC, INVALID_SIGNATURE, UNSUPPORTED};
 use crate::kms::blob::{self, BlobHeader};
 use crate::kms::keyring::KeyRing;
@@ -35,6 +36,21 @@ pub struct DataKeyPair {
 }
 
 impl KeyRing {
+    /// Resolves `key_ref`, records it in `event`, and authorizes `action` on it for the
+    /// caller. Returns the key and why it was allowed.
+    fn permitted_key(
+        &self,
+        caller: &Principal,
+        key_ref: &str,
+        action: &str,
+        ctx: &EncryptionContext,
+        event: &mut AuditEvent,
+    ) -> Result<(KeyRecord, String)> {
+        let key_id = self.resolve(key_ref)?;
+        event.key_id = Some(key_id.clone());
+        self.permitted_at(caller, None, &key_id, action, ctx)
+    }
+
     /// Resolves, authorizes and checks the usage of a key for `operation`.
     fn usable(
         &self,
@@ -44,10 +60,9 @@ impl KeyRing {
         usage: KeyUsage,
         event: &mut AuditEvent,
     ) -> Result<Usable> {
-        let key_id = self.resolve(key_ref)?;
-        event.key_id = Some(key_id.clone());
-        let ctx = EncryptionContext::new();
-        let (key, why) = self.permitted_at(caller, None, &key_id, &format!("kms:{operation}"), &ctx)?;
+        let action = format!("kms:{operation}");
+        let (key, why) = self.permitted_key(caller, key_ref, &action, &EncryptionContext::new(), event)?;
+        let key_id = key.key_id.clone();
         match self.asymmetric(&key)? {
             Some((spec, have, material)) if have == usage => Ok(Usable { key_id, spec, material, why }),
             Some((spec, have, _)) => Err(wrong_usage(&key_id, spec, have, operation)),
@@ -65,6 +80,29 @@ impl KeyRing {
         self.api_audited(caller, operation, Some(key_ref), &EncryptionContext::new(), body)
     }
 
+    /// One audited use of a key with a named algorithm, the shape of Sign, Verify, RSA
+    /// Encrypt/Decrypt, GenerateMac and VerifyMac: the key must be usable for `operation`,
+    /// `pick` turns `algorithm` into what the key's spec offers under that name (or refuses
+    /// it), the audit event names the algorithm, and `body` does the work. Returns the key
+    /// id and what `body` returned.
+    fn with_algorithm<A, T>(
+        &self,
+        caller: &Principal,
+        key_ref: &str,
+        (operation, usage): (&str, KeyUsage),
+        algorithm: &str,
+        pick: impl FnOnce(KeySpec) -> Result<A>,
+        body: impl FnOnce(&Usable, A) -> Result<T>,
+    ) -> Result<(String, T)> {
+        self.audited_op(caller, operation, key_ref, |event| {
+            let key = self.usable(caller, key_ref, operation, usage, event)?;
+            let alg = pick(key.spec)?;
+            event.reason = algorithm.to_string();
+            let out = body(&key, alg)?;
+            Ok(((key.key_id, out), key.why))
+        })
+    }
+
     /// Sign: a signature of `message` (or of the digest it is, with `is_digest`).
     pub fn sign(
         &self,
@@ -74,12 +112,9 @@ impl KeyRing {
         message: &[u8],
         is_digest: bool,
     ) -> Result<(String, Vec<u8>)> {
-        self.audited_op(caller, "Sign", key_ref, |event| {
-            let key = self.usable(caller, key_ref, "Sign", KeyUsage::SignVerify, event)?;
-            let alg = signing_algorithm(algorithm, key.spec, is_digest)?;
-            event.reason = algorithm.to_string();
-            let signature = key.material.sign(alg, message, is_digest)?;
-            Ok(((key.key_id, signature), key.why))
+        let pick = |spec| signing_algorithm(algorithm, spec, is_digest);
+        self.with_algorithm(caller, key_ref, ("Sign", KeyUsage::SignVerify), algorithm, pick, |key, alg| {
+            key.material.sign(alg, message, is_digest)
         })
     }
 
@@ -93,27 +128,27 @@ impl KeyRing {
         is_digest: bool,
         signature: &[u8],
     ) -> Result<String> {
-        self.audited_op(caller, "Verify", key_ref, |event| {
-            let key = self.usable(caller, key_ref, "Verify", KeyUsage::SignVerify, event)?;
-            let alg = signing_algorithm(algorithm, key.spec, is_digest)?;
-            event.reason = algorithm.to_string();
-            if !key.material.verify(alg, message, is_digest, signature)? {
-                return Err(Error::InvalidArgument(format!(
-                    "{INVALID_SIGNATURE}the signature does not verify with key {} and {algorithm}",
-                    key.key_id
-                )));
-            }
-            Ok((key.key_id, key.why))
-        })
+        let pick = |spec| signing_algorithm(algorithm, spec, is_digest);
+        let usage = KeyUsage::SignVerify;
+        let (key_id, ()) =
+            self.with_algorithm(caller, key_ref, ("Verify", usage), algorithm, pick, |key, alg| {
+                let valid = key.material.verify(alg, message, is_digest, signature)?;
+                valid_or(valid, || {
+                    format!(
+                        "{INVALID_SIGNATURE}the signature does not verify with key {} and {algorithm}",
+                        key.key_id
+                    )
+                })
+            })?;
+        Ok(key_id)
     }
 
     /// GetPublicKey: the DER SubjectPublicKeyInfo of an RSA or ECC key.
     pub fn get_public_key(&self, caller: &Principal, key_ref: &str) -> Result<PublicKeyInfo> {
         self.audited_op(caller, "GetPublicKey", key_ref, |event| {
-            let key_id = self.resolve(key_ref)?;
-            event.key_id = Some(key_id.clone());
-            let (key, why) =
-                self.permitted_at(caller, None, &key_id, "kms:GetPublicKey", &EncryptionContext::new())?;
+            let ctx = EncryptionContext::new();
+            let (key, why) = self.permitted_key(caller, key_ref, "kms:GetPublicKey", &ctx, event)?;
+            let key_id = key.key_id.clone();
             let Some((spec, usage, material)) = self.asymmetric(&key)?.filter(|(s, _, _)| s.is_asymmetric())
             else {
                 let (spec, _) = self.key_spec(&key_id)?;
@@ -135,12 +170,15 @@ impl KeyRing {
         algorithm: &str,
         plaintext: &[u8],
     ) -> Result<(String, Vec<u8>)> {
-        self.audited_op(caller, "Encrypt", key_ref, |event| {
-            let key = self.usable(caller, key_ref, "Encrypt", KeyUsage::EncryptDecrypt, event)?;
-            let digest = rsa_algorithm(algorithm, key.spec)?;
-            event.reason = algorithm.to_string();
-            Ok(((key.key_id, key.material.rsa_encrypt(digest, plaintext)?), key.why))
-        })
+        let pick = |spec| rsa_algorithm(algorithm, spec);
+        self.with_algorithm(
+            caller,
+            key_ref,
+            ("Encrypt", KeyUsage::EncryptDecrypt),
+            algorithm,
+            pick,
+            |key, digest| key.material.rsa_encrypt(digest, plaintext),
+        )
     }
 
     /// Decrypt with an RSA ENCRYPT_DECRYPT key.
@@ -151,12 +189,15 @@ impl KeyRing {
         algorithm: &str,
         ciphertext: &[u8],
     ) -> Result<(String, Zeroizing<Vec<u8>>)> {
-        self.audited_op(caller, "Decrypt", key_ref, |event| {
-            let key = self.usable(caller, key_ref, "Decrypt", KeyUsage::EncryptDecrypt, event)?;
-            let digest = rsa_algorithm(algorithm, key.spec)?;
-            event.reason = algorithm.to_string();
-            Ok(((key.key_id, key.material.rsa_decrypt(digest, ciphertext)?), key.why))
-        })
+        let pick = |spec| rsa_algorithm(algorithm, spec);
+        self.with_algorithm(
+            caller,
+            key_ref,
+            ("Decrypt", KeyUsage::EncryptDecrypt),
+            algorithm,
+            pick,
+            |key, digest| key.material.rsa_decrypt(digest, ciphertext),
+        )
     }
 
     /// GenerateMac with an HMAC key.
@@ -167,11 +208,10 @@ impl KeyRing {
         algorithm: &str,
         message: &[u8],
     ) -> Result<(String, Vec<u8>)> {
-        self.audited_op(caller, "GenerateMac", key_ref, |event| {
-            let key = self.usable(caller, key_ref, "GenerateMac", KeyUsage::GenerateVerifyMac, event)?;
-            let digest = mac_algorithm(algorithm, key.spec)?;
-            event.reason = algorithm.to_string();
-            Ok(((key.key_id, key.material.mac(digest, message)?), key.why))
+        let pick = |spec| mac_algorithm(algorithm, spec);
+        let usage = KeyUsage::GenerateVerifyMac;
+        self.with_algorithm(caller, key_ref, ("GenerateMac", usage), algorithm, pick, |key, digest| {
+            key.material.mac(digest, message)
         })
     }
 
@@ -184,18 +224,14 @@ impl KeyRing {
         message: &[u8],
         mac: &[u8],
     ) -> Result<String> {
-        self.audited_op(caller, "VerifyMac", key_ref, |event| {
-            let key = self.usable(caller, key_ref, "VerifyMac", KeyUsage::GenerateVerifyMac, event)?;
-            let digest = mac_algorithm(algorithm, key.spec)?;
-            event.reason = algorithm.to_string();
-            if !key.material.verify_mac(digest, message, mac)? {
-                return Err(Error::InvalidArgument(format!(
-                    "{INVALID_MAC}the MAC does not verify with key {}",
-                    key.key_id
-                )));
-            }
-            Ok((key.key_id, key.why))
-        })
+        let pick = |spec| mac_algorithm(algorithm, spec);
+        let usage = KeyUsage::GenerateVerifyMac;
+        let (key_id, ()) =
+            self.with_algorithm(caller, key_ref, ("VerifyMac", usage), algorithm, pick, |key, digest| {
+                let valid = key.material.verify_mac(digest, message, mac)?;
+                valid_or(valid, || format!("{INVALID_MAC}the MAC does not verify with key {}", key.key_id))
+            })?;
+        Ok(key_id)
     }
 
     /// DeriveSharedSecret: ECDH of a KEY_AGREEMENT key with the peer's public key.
@@ -230,9 +266,8 @@ impl KeyRing {
         let operation =
             if with_plaintext { "GenerateDataKeyPair" } else { "GenerateDataKeyPairWithoutPlaintext" };
         self.api_audited(caller, operation, Some(key_ref), ctx, |event| {
-            let key_id = self.resolve(key_ref)?;
-            event.key_id = Some(key_id.clone());
-            let (key, why) = self.permitted_at(caller, None, &key_id, &format!("kms:{operation}"), ctx)?;
+            let (key, why) = self.permitted_key(caller, key_ref, &format!("kms:{operation}"), ctx, event)?;
+            let key_id = key.key_id.clone();
             event.reason = pair_spec.as_str().to_string();
             let cipher = self.material(&key, key.current_version)?;
             let private = generate_private(pair_spec)?;
@@ -243,6 +278,16 @@ impl KeyRing {
             let private_plaintext = with_plaintext.then_some(der);
             Ok((DataKeyPair { key_id, private_plaintext, private_blob, public_key }, why))
         })
+    }
+}
+
+/// Ok for a signature or MAC that verified; else the refusal `why` words (its prefix names
+/// the AWS exception).
+fn valid_or(valid: bool, why: impl FnOnce() -> String) -> Result<()> {
+    if valid {
+        Ok(())
+    } else {
+        Err(Error::InvalidArgument(why()))
     }
 }
 

@@ -245,21 +245,7 @@ pub struct SigningAlgorithm {
 
 impl SigningAlgorithm {
     pub fn parse(name: &str) -> Option<SigningAlgorithm> {
-        let (scheme, digest) = match name {
-            "RSASSA_PKCS1_V1_5_SHA_256" => (Scheme::Pkcs1v15, Digest::Sha256),
-            "RSASSA_PKCS1_V1_5_SHA_384" => (Scheme::Pkcs1v15, Digest::Sha384),
-            "RSASSA_PKCS1_V1_5_SHA_512" => (Scheme::Pkcs1v15, Digest::Sha512),
-            "RSASSA_PSS_SHA_256" => (Scheme::Pss, Digest::Sha256),
-            "RSASSA_PSS_SHA_384" => (Scheme::Pss, Digest::Sha384),
-            "RSASSA_PSS_SHA_512" => (Scheme::Pss, Digest::Sha512),
-            "ECDSA_SHA_256" => (Scheme::Ecdsa, Digest::Sha256),
-            "ECDSA_SHA_384" => (Scheme::Ecdsa, Digest::Sha384),
-            "ECDSA_SHA_512" => (Scheme::Ecdsa, Digest::Sha512),
-            "ED25519_SHA_512" => (Scheme::Ed25519, Digest::Sha512),
-            _ => return None,
-        };
-        let name = ALL_SIGNING.iter().find(|n| **n == name)?;
-        Some(SigningAlgorithm { name, scheme, digest })
+        SIGNING_ALGORITHMS.iter().find(|a| a.name == name).copied()
     }
 
     /// The algorithm `name` if a key of `spec` offers it, else InvalidKeyUsageException.
@@ -276,17 +262,18 @@ impl SigningAlgorithm {
     }
 }
 
-const ALL_SIGNING: &[&str] = &[
-    "RSASSA_PKCS1_V1_5_SHA_256",
-    "RSASSA_PKCS1_V1_5_SHA_384",
-    "RSASSA_PKCS1_V1_5_SHA_512",
-    "RSASSA_PSS_SHA_256",
-    "RSASSA_PSS_SHA_384",
-    "RSASSA_PSS_SHA_512",
-    "ECDSA_SHA_256",
-    "ECDSA_SHA_384",
-    "ECDSA_SHA_512",
-    "ED25519_SHA_512",
+/// Every signing algorithm kmsfs knows, by AWS name.
+const SIGNING_ALGORITHMS: &[SigningAlgorithm] = &[
+    SigningAlgorithm { name: "RSASSA_PKCS1_V1_5_SHA_256", scheme: Scheme::Pkcs1v15, digest: Digest::Sha256 },
+    SigningAlgorithm { name: "RSASSA_PKCS1_V1_5_SHA_384", scheme: Scheme::Pkcs1v15, digest: Digest::Sha384 },
+    SigningAlgorithm { name: "RSASSA_PKCS1_V1_5_SHA_512", scheme: Scheme::Pkcs1v15, digest: Digest::Sha512 },
+    SigningAlgorithm { name: "RSASSA_PSS_SHA_256", scheme: Scheme::Pss, digest: Digest::Sha256 },
+    SigningAlgorithm { name: "RSASSA_PSS_SHA_384", scheme: Scheme::Pss, digest: Digest::Sha384 },
+    SigningAlgorithm { name: "RSASSA_PSS_SHA_512", scheme: Scheme::Pss, digest: Digest::Sha512 },
+    SigningAlgorithm { name: "ECDSA_SHA_256", scheme: Scheme::Ecdsa, digest: Digest::Sha256 },
+    SigningAlgorithm { name: "ECDSA_SHA_384", scheme: Scheme::Ecdsa, digest: Digest::Sha384 },
+    SigningAlgorithm { name: "ECDSA_SHA_512", scheme: Scheme::Ecdsa, digest: Digest::Sha512 },
+    SigningAlgorithm { name: "ED25519_SHA_512", scheme: Scheme::Ed25519, digest: Digest::Sha512 },
 ];
 
 /// An RSA encryption algorithm (OAEP with MGF1 of the same digest, no label).

@@ -95,7 +95,7 @@ th{background:#eef1f4;font-weight:600;font-size:13px}
 code,pre{font:12.5px ui-monospace,monospace}pre{background:#fff;padding:10px;border:1px solid #e3e6ea;overflow:auto}
 .state{padding:1px 7px;border-radius:9px;font-size:12px;font-weight:600}
 .Enabled{background:#d9f2e1;color:#145c2c}.Disabled{background:#e6e8eb;color:#444}
-.PendingDeletion{background:#fde2cf;color:#8a3b00}.Destroyed{background:#f5d0d0;color:#7a1010}
+.PendingDeletion{background:#fde2cf;color:#8a3b00}.PendingImport{background:#e8e0f5;color:#4a2a7a}.Destroyed{background:#f5d0d0;color:#7a1010}
 .Success{color:#145c2c}.Denied{color:#b00020;font-weight:700}.Error{color:#8a5a00}
 .countdown{color:#8a3b00;font-weight:600}
 .btn{display:inline-block;padding:4px 12px;border:1px solid #8895a7;border-radius:4px;background:#fff;color:#1d2430;text-decoration:none;font:inherit;cursor:pointer}

@@ -119,6 +119,7 @@ fn offered_actions(kms: &Kms, caller: &Caller, k: &KeyMetadata) -> Vec<(&'static
         KeyState::PendingDeletion | KeyState::PendingReplicaDeletion => {
             &[("cancel-deletion", "Cancel deletion", "kms:CancelKeyDeletion")]
         }
+        KeyState::PendingImport => &[("schedule-deletion", "Schedule deletion…", "kms:ScheduleKeyDeletion")],
         KeyState::Destroyed => &[],
     };
     if k.key_manager.as_str() == "MANAGED" {
@@ -449,7 +450,7 @@ pub fn mounts(svc: &Service, caller: &Caller) -> Reply {
     // Only this keystore's volumes: a mount of another keystore is none of its business.
     let mut others = 0;
     let mut rows = String::new();
-    for m in crate::mount::kmsfs_mounts() {
+    for m in crate::mounts::kmsfs_mounts() {
         let config = match crate::volume::VolumeConfig::load(&m.cipher_dir) {
             Ok(c) if c.keystore_id == keystore_id => c,
             _ => {
