@@ -117,6 +117,11 @@ def test_create_key_multi_region_has_an_mrk_id_and_a_primary_configuration(regio
     }
     single = regions.east.create_key()["KeyMetadata"]
     assert single["MultiRegion"] is False and "MultiRegionConfiguration" not in single
+    # Multi-Region keys with imported material are not built: refused, nothing created.
+    before = key_ids(regions.east)
+    with raises_code("UnsupportedOperationException"):
+        regions.east.create_key(MultiRegion=True, Origin="EXTERNAL")
+    assert key_ids(regions.east) == before
 
 
 def test_replicate_key_makes_a_replica_that_decrypts_what_the_primary_encrypted(regions):
