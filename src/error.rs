@@ -159,6 +159,11 @@ pub enum AlreadyExists {
         path: PathBuf,
         refusing: String,
     },
+    /// A multi-Region key that has a replica (or a key of that id) in the region already.
+    Replica {
+        key_id: String,
+        region: String,
+    },
 }
 
 impl fmt::Display for AlreadyExists {
@@ -169,6 +174,9 @@ impl fmt::Display for AlreadyExists {
             }
             AlreadyExists::Path { path, refusing } => {
                 write!(f, "{} already exists; {refusing}", path.display())
+            }
+            AlreadyExists::Replica { key_id, region } => {
+                write!(f, "key {key_id} already exists in region {region}")
             }
         }
     }
@@ -227,6 +235,10 @@ impl fmt::Display for KeyStateError {
             (StateProblem::NotEnabled, Some(KeyState::PendingDeletion)) => {
                 write!(f, "key {id} is pending deletion (to be destroyed {date})")
             }
+            (StateProblem::NotEnabled, Some(KeyState::PendingReplicaDeletion)) => write!(
+                f,
+                "key {id} is pending deletion, waiting for its multi-Region replicas to be deleted first"
+            ),
             (StateProblem::NotEnabled, Some(KeyState::Destroyed)) => {
                 write!(f, "key {id} was destroyed {date}; data encrypted under it is unrecoverable")
             }

@@ -433,7 +433,7 @@ fn keystore_account_and_region_set_at_init_changed_later_and_defaulted_by_migrat
     let id = old.json(&["keystore", "info"])["KeystoreId"].as_str().unwrap().to_string();
     let conn = rusqlite::Connection::open(&old.keystore).unwrap();
     conn.execute_batch(
-        "DROP TABLE imported_material; DROP TABLE import_wrapping_keys;
+        "DROP TABLE multi_region; DROP TABLE imported_material; DROP TABLE import_wrapping_keys;
          DROP TABLE key_specs; DROP TABLE access_keys; DROP TABLE tags;
          ALTER TABLE audit DROP COLUMN principal_arn; ALTER TABLE audit DROP COLUMN access_key_id;
          ALTER TABLE audit DROP COLUMN source; ALTER TABLE audit DROP COLUMN error_code;

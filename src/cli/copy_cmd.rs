@@ -17,14 +17,20 @@ Examples:
 
 Data blocks are copied as they are (holes stay holes); every wrapped key is unwrapped
 with the source keystore and wrapped again for the destination. The copy gets a new
-volume id and mounts with the destination keystore only. The source is only read.")]
+volume id and mounts with the destination keystore only. The source is only read.
+
+With --to-keystore and no --to-key, the volume's keys must all be multi-Region keys
+replicated in the destination keystore (`kmsfs key replicate`): the cipher directory is then
+copied byte for byte, keeping its volume id, and no key is re-wrapped (one unwrap in the
+destination proves the replicas open it). The source keystore is not opened.")]
 pub struct CopyArgs {
     /// The source cipher directory (not mounted)
     pub source: PathBuf,
     /// The new cipher directory (absent or empty)
     pub destination: PathBuf,
     /// Wrap everything under this key of the destination keystore [default: each item
-    /// keeps its key; required with --to-keystore]
+    /// keeps its key; with --to-keystore, only for volumes whose keys are all multi-Region
+    /// keys replicated there, copied without re-wrapping]
     #[arg(long)]
     pub to_key: Option<String>,
     /// The destination keystore [default: the source's keystore]
@@ -57,9 +63,7 @@ pub fn run(g: &Global, args: CopyArgs) -> Result<()> {
         None => false,
     };
     if other_keystore && args.to_key.is_none() {
-        return Err(Error::InvalidArgument(
-            "--to-key is required with --to-keystore: keys do not exist across keystores".into(),
-        ));
+        return copy_to_replicas(g, &args, &source, &destination);
     }
     let src = VolumeSession::open(g, &source)?;
     let dst_session = match (&args.to_keystore, other_keystore) {
@@ -147,4 +151,50 @@ fn prepare_destination(source: &Path, destination: &Path) -> Result<PathBuf> {
         }
     }
     Ok(resolved)
+}
+
+/// The copy of a volume whose keys are multi-Region keys replicated in the destination
+/// keystore: bytes as they are, the config naming the destination keystore.
+fn copy_to_replicas(g: &Global, args: &CopyArgs, source: &Path, destination: &Path) -> Result<()> {
+    use crate::volume::copy_as_is;
+    let path = args.to_keystore.as_deref().expect("called with --to-keystore");
+    let config = crate::volume::VolumeConfig::load(source)?;
+    let keys = copy_as_is::keys_used(source, &config)?;
+    if let Some(single) = keys.keys().find(|k| !crate::kms::keyid::is_mrk_id(k)) {
+        return Err(Error::InvalidArgument(format!(
+            "--to-key is required with --to-keystore: the volume uses key {single}, a single-Region key, \
+             which does not exist in another keystore (only multi-Region keys replicated there do)"
+        )));
+    }
+    let prompt = format!("Passphrase for {}: ", path.display());
+    let file = args.to_passphrase_file.as_deref();
+    let session =
+        Session::open_at(path, || passphrase::obtain(file, "KMSFS_TO_PASSPHRASE", &prompt, false), g.json)?;
+    let mut to_config = config.clone();
+    to_config.keystore_id = session.kms.keystore().keystore_id()?;
+    if let Some(name) = &args.name {
+        to_config.name = crate::volume::alias_safe_name(name);
+    }
+    let keys_ring = session.into_ring()?;
+    let checked = copy_as_is::check_destination(&keys_ring.ring, &keys_ring.me, &config, &keys);
+    keys_ring.close();
+    checked?;
+    std::fs::create_dir_all(destination).map_err(|e| Error::io(destination.display(), e))?;
+    let report = copy_as_is::copy(source, destination, &to_config, &keys)?;
+    if g.json {
+        output::json(&report);
+    } else {
+        println!(
+            "copied {} files, {} directories, {} symlinks ({} MiB) in {:.2} s to {} as they are: \
+             keys {} are multi-Region keys replicated there, no key re-wrapped",
+            report.files,
+            report.directories,
+            report.symlinks,
+            report.bytes_copied >> 20,
+            report.seconds,
+            destination.display(),
+            report.keys.join(", ")
+        );
+    }
+    Ok(())
 }

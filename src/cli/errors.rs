@@ -31,7 +31,9 @@ fn hint(e: &Error) -> Option<String> {
         Error::KeyState(KeyStateError { key_id, state, problem: StateProblem::NotEnabled, .. }) => {
             match state {
                 Some(KeyState::Disabled) => format!("; enable it with `kmsfs key enable {key_id}`"),
-                Some(KeyState::PendingDeletion) => format!("; `kmsfs key cancel-deletion {key_id}` keeps it"),
+                Some(KeyState::PendingDeletion | KeyState::PendingReplicaDeletion) => {
+                    format!("; `kmsfs key cancel-deletion {key_id}` keeps it")
+                }
                 Some(KeyState::PendingImport) => {
                     format!("; import the same material with `kmsfs key import {key_id} --material FILE`")
                 }

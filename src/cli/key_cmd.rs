@@ -33,6 +33,9 @@ pub enum KeyCmd {
         /// AWS_KMS (kmsfs makes the material) or EXTERNAL (you import it: `kmsfs key import`)
         #[arg(long, default_value = "AWS_KMS")]
         origin: String,
+        /// A multi-Region primary key (id mrk-...), which `key replicate` copies to other keystores
+        #[arg(long)]
+        multi_region: bool,
     },
     /// Import key material into a key of Origin EXTERNAL (wraps it here and imports it)
     #[command(after_help = "Examples:
@@ -104,6 +107,12 @@ pub enum KeyCmd {
     /// Destroy now every key whose deletion date has passed (also done on every keystore open)
     #[command(after_help = "Example:\n  kmsfs key purge-expired")]
     PurgeExpired,
+    /// Replicate a multi-Region primary key into another region's keystore
+    Replicate(super::region_cmd::ReplicateArgs),
+    /// Bring multi-Region keys shared with another region's keystore in sync
+    Sync(super::region_cmd::SyncArgs),
+    /// Make the replica in another region's keystore the primary of a multi-Region key
+    UpdatePrimaryRegion(super::region_cmd::UpdatePrimaryArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -126,11 +135,14 @@ pub enum RotationCmd {
 pub fn run(s: &mut Session, cmd: KeyCmd) -> Result<()> {
     let me = s.me.clone();
     match cmd {
+        KeyCmd::Replicate(args) => return super::region_cmd::replicate(s, args),
+        KeyCmd::Sync(args) => return super::region_cmd::sync(s, args),
+        KeyCmd::UpdatePrimaryRegion(args) => return super::region_cmd::update_primary_region(s, args),
         KeyCmd::Import(args) => super::key_import_cmd::import(s, args)?,
         KeyCmd::GetParametersForImport(args) => super::key_import_cmd::get_parameters(s, args)?,
         KeyCmd::ImportMaterial(args) => super::key_import_cmd::import_material(s, args)?,
         KeyCmd::DeleteImportedMaterial(args) => super::key_import_cmd::delete(s, args)?,
-        KeyCmd::Create { alias, description, key_spec, key_usage, origin } => {
+        KeyCmd::Create { alias, description, key_spec, key_usage, origin, multi_region } => {
             let origin_external = match origin.as_str() {
                 "AWS_KMS" => false,
                 "EXTERNAL" => true,
@@ -152,6 +164,7 @@ pub fn run(s: &mut Session, cmd: KeyCmd) -> Result<()> {
                 key_spec,
                 key_usage,
                 origin_external,
+                multi_region,
                 ..Default::default()
             };
             let key_id = s.kms.create_key(&me, &opts)?;
@@ -265,8 +278,14 @@ pub fn run(s: &mut Session, cmd: KeyCmd) -> Result<()> {
         }
         KeyCmd::ScheduleDeletion { key, pending_window_days } => {
             let date = s.kms.schedule_key_deletion(&me, &key, pending_window_days)?;
+            let state = s.kms.metadata_after(&s.kms.resolve_key_id(&key)?)?.key_state;
             if s.json {
                 output::json(&s.kms.describe_key(&me, &key)?);
+            } else if state == crate::keystore::records::KeyState::PendingReplicaDeletion {
+                println!(
+                    "key {key} is pending deletion once its multi-Region replicas are deleted; its \
+                     {pending_window_days}-day window starts then (cancel with `kmsfs key cancel-deletion {key}`)"
+                );
             } else {
                 println!(
                     "key {key} is pending deletion: its material will be destroyed on {} \
@@ -351,7 +370,15 @@ fn print_key_fields(k: &KeyMetadata) {
         ("ExpirationModel", or_dash(k.expiration_model.clone())),
         ("ValidTo", or_dash(k.valid_to.clone())),
         ("CurrentKeyMaterialId", or_dash(k.current_key_material_id.clone())),
+        ("MultiRegion", k.multi_region.is_some().to_string()),
     ]);
+    if let Some(cfg) = &k.multi_region {
+        let replicas: Vec<&str> = cfg.replica_regions().collect();
+        output::fields(&[
+            ("PrimaryRegion", cfg.primary_region.clone()),
+            ("ReplicaRegions", or_dash((!replicas.is_empty()).then(|| replicas.join(", ")))),
+        ]);
+    }
 }
 
 /// PEM ("PUBLIC KEY") of a DER SubjectPublicKeyInfo, as `openssl pkey -pubin` reads it.

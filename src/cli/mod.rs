@@ -15,6 +15,7 @@ mod keystore_cmd;
 pub mod mount_helper;
 pub mod output;
 pub mod passphrase;
+mod region_cmd;
 mod rewrap_cmd;
 mod shell_cmd;
 mod status_cmd;
@@ -296,7 +297,12 @@ fn run(cli: Cli) -> Result<()> {
         Command::Policy(cmd) => access_cmd::run_policy(&mut Session::open(g)?, cmd),
         Command::Grant(cmd) => access_cmd::run_grant(&mut Session::open(g)?, cmd),
         Command::AccessKey(cmd) => access_key_cmd::run(&mut Session::open(g)?, cmd),
-        Command::Serve(args) => crate::server::run(&g.keystore_path(), || Ok(Session::open_for_daemon(g)?.kms), args),
+        Command::Serve(args) => crate::server::run(
+            &g.keystore_path(),
+            || Ok(Session::open_for_daemon(g)?.kms),
+            region_cmd::peer_unlocker(g.json),
+            args,
+        ),
         Command::Console(args) => console_cmd::run(g, args),
         Command::Completions(args) => shell_cmd::completions(args),
         Command::Man(args) => shell_cmd::man(g, args),

@@ -18,7 +18,8 @@ use crate::error::{Error, Result};
 pub type Passphrase = Zeroizing<Vec<u8>>;
 
 /// Environment variables that may carry a passphrase.
-pub const ENV_VARS: [&str; 3] = ["KMSFS_PASSPHRASE", "KMSFS_NEW_PASSPHRASE", "KMSFS_TO_PASSPHRASE"];
+pub const ENV_VARS: [&str; 4] =
+    ["KMSFS_PASSPHRASE", "KMSFS_NEW_PASSPHRASE", "KMSFS_TO_PASSPHRASE", "KMSFS_REPLICA_PASSPHRASE"];
 
 /// Passphrases taken out of the environment, until a command asks for them.
 static FROM_ENV: Mutex<Vec<(&str, Passphrase)>> = Mutex::new(Vec::new());

@@ -114,6 +114,7 @@ fn render(status: &Status, mounts: &[MountStatus]) -> String {
         KeyState::Disabled,
         KeyState::PendingImport,
         KeyState::PendingDeletion,
+        KeyState::PendingReplicaDeletion,
         KeyState::Destroyed,
     ]
     .into_iter()

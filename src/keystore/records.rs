@@ -14,6 +14,9 @@ pub enum KeyState {
     PendingDeletion,
     /// Origin EXTERNAL: no usable key material (never imported, deleted or expired).
     PendingImport,
+    /// A multi-Region primary key scheduled for deletion while replicas exist: its waiting
+    /// period (and deletion date) starts when the last replica is gone.
+    PendingReplicaDeletion,
     Destroyed,
 }
 
@@ -24,8 +27,14 @@ impl KeyState {
             KeyState::Disabled => "Disabled",
             KeyState::PendingDeletion => "PendingDeletion",
             KeyState::PendingImport => "PendingImport",
+            KeyState::PendingReplicaDeletion => "PendingReplicaDeletion",
             KeyState::Destroyed => "Destroyed",
         }
+    }
+
+    /// Whether the key is on its way out (PendingDeletion, PendingReplicaDeletion).
+    pub fn is_pending_deletion(self) -> bool {
+        matches!(self, KeyState::PendingDeletion | KeyState::PendingReplicaDeletion)
     }
 
     fn parse(s: &str) -> Option<Self> {
@@ -34,6 +43,7 @@ impl KeyState {
             "Disabled" => KeyState::Disabled,
             "PendingDeletion" => KeyState::PendingDeletion,
             "PendingImport" => KeyState::PendingImport,
+            "PendingReplicaDeletion" => KeyState::PendingReplicaDeletion,
             "Destroyed" => KeyState::Destroyed,
             _ => return None,
         })

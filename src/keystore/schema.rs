@@ -165,6 +165,16 @@ pub const MIGRATIONS: &[&str] = &[
         private_sealed BLOB NOT NULL                   -- PKCS#8, sealed by the import key
     );
     "#,
+    // Multi-Region keys (docs/MULTI_REGION.md): every keystore holding a primary or replica
+    // keeps the whole configuration; a single-Region key has no row.
+    r#"
+    CREATE TABLE multi_region (
+        key_id         TEXT PRIMARY KEY REFERENCES keys(key_id),
+        primary_region TEXT NOT NULL,
+        regions        TEXT NOT NULL,                  -- JSON list of every region, the primary's included
+        epoch          INTEGER NOT NULL                -- raised by each change of the regions; sync keeps the higher
+    );
+    "#,
 ];
 
 /// The schema version this binary writes.

@@ -65,7 +65,7 @@ fn authorize_current_target(op: &mut Op<'_>, caller: &Principal, key_id: &str, a
 /// An alias may only point to a customer key that is not on its way out.
 fn check_target(key: &KeyRecord) -> Result<()> {
     require_customer_managed(key, "given user aliases")?;
-    if matches!(key.state, KeyState::PendingDeletion | KeyState::Destroyed) {
+    if key.state.is_pending_deletion() || key.state == KeyState::Destroyed {
         return Err(Error::KeyState(KeyStateError::new(key, StateProblem::AliasTarget)));
     }
     Ok(())

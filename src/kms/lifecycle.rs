@@ -4,6 +4,7 @@
 
 use super::asymmetric::{self, KeyMaterial, KeySpec, KeyUsage};
 use super::import;
+use super::multi_region;
 use super::{
     add_version, aliases::validate_alias_name, keyid, require_customer_managed, require_enabled, resolve,
     Kms, Op, Principal, MANAGED_ALIAS_PREFIX,
@@ -33,6 +34,8 @@ pub struct CreateKeyOptions {
     pub key_usage: KeyUsage,
     /// Origin EXTERNAL: the key starts PendingImport, without material (`kms::import`).
     pub origin_external: bool,
+    /// A multi-Region primary key (id `mrk-...`), which ReplicateKey copies to other keystores.
+    pub multi_region: bool,
 }
 
 /// Operations that authorize each key they use themselves, from more than the action:
@@ -71,9 +74,22 @@ impl Op<'_> {
         usage: KeyUsage,
         external: bool,
     ) -> Result<KeyRecord> {
+        self.insert_new_key_as(keyid::new_key_id(), manager, description, spec, usage, external)
+    }
+
+    /// [`Op::insert_new_key_of`] under a given id (a multi-Region key's `mrk-...`).
+    fn insert_new_key_as(
+        &mut self,
+        key_id: String,
+        manager: KeyManager,
+        description: &str,
+        spec: KeySpec,
+        usage: KeyUsage,
+        external: bool,
+    ) -> Result<KeyRecord> {
         let managed = manager == KeyManager::Managed;
         let key = KeyRecord {
-            key_id: keyid::new_key_id(),
+            key_id,
             created: self.now,
             description: description.to_string(),
             key_manager: manager,
@@ -173,13 +189,24 @@ impl Kms {
             }
             super::tags::validate(&opts.tags)?;
             opts.key_spec.check_usage(opts.key_usage)?;
-            let key = op.insert_new_key_of(
+            if opts.multi_region && opts.origin_external {
+                return Err(Error::InvalidArgument(format!(
+                    "{}multi-Region keys with imported key material are not supported",
+                    super::aws_errors::UNSUPPORTED
+                )));
+            }
+            let key_id = if opts.multi_region { keyid::new_mrk_id() } else { keyid::new_key_id() };
+            let key = op.insert_new_key_as(
+                key_id,
                 KeyManager::Customer,
                 &opts.description,
                 opts.key_spec,
                 opts.key_usage,
                 opts.origin_external,
             )?;
+            if opts.multi_region {
+                super::multi_region::create_primary(&op.tx, &key.key_id)?;
+            }
             if !opts.key_spec.is_symmetric() {
                 op.event.reason = format!("{} {}", opts.key_spec.as_str(), opts.key_usage.as_str());
             }
@@ -269,6 +296,7 @@ impl Kms {
             let mut key = op.key(key_ref)?;
             require_customer_managed(&key, "rotated on demand (it rotates yearly by itself)")?;
             asymmetric::require_rotatable(&op.tx, &key.key_id)?;
+            multi_region::require_not_replica(&op.tx, &key.key_id, "rotate it")?;
             require_enabled(&key)?;
             if import::is_external(&key) {
                 op.rotate_to_imported(&mut key)?;
@@ -290,6 +318,7 @@ impl Kms {
             let mut key = op.key(key_ref)?;
             asymmetric::require_rotatable(&op.tx, &key.key_id)?;
             require_kmsfs_material(&key)?;
+            multi_region::require_not_replica(&op.tx, &key.key_id, "set its rotation")?;
             if !ROTATION_PERIOD_DAYS.contains(&period_days) {
                 return Err(Error::InvalidArgument(format!(
                     "the rotation period must be between {} and {} days, not {period_days}",
@@ -314,6 +343,7 @@ impl Kms {
             require_customer_managed(&key, "kept from rotating")?;
             asymmetric::require_rotatable(&op.tx, &key.key_id)?;
             require_kmsfs_material(&key)?;
+            multi_region::require_not_replica(&op.tx, &key.key_id, "set its rotation")?;
             require_enabled(&key)?;
             key.rotation_enabled = false;
             key.next_rotation = None;
@@ -348,7 +378,7 @@ impl Kms {
             require_customer_managed(&key, "scheduled for deletion")?;
             match key.state {
                 KeyState::Enabled | KeyState::Disabled | KeyState::PendingImport => {}
-                KeyState::PendingDeletion => {
+                KeyState::PendingDeletion | KeyState::PendingReplicaDeletion => {
                     return Err(Error::KeyState(KeyStateError::new(
                         &key,
                         StateProblem::AlreadyPendingDeletion,
@@ -357,8 +387,15 @@ impl Kms {
                 KeyState::Destroyed => require_enabled(&key)?,
             }
             let date = op.now + window_days * DAY_SECS;
-            key.state = KeyState::PendingDeletion;
-            key.deletion_date = Some(date);
+            // A multi-Region primary with replicas waits for them; its window starts when the
+            // last is deleted (AWS's PendingReplicaDeletion).
+            if multi_region::is_primary_with_replicas(&op.tx, &key.key_id)? {
+                key.state = KeyState::PendingReplicaDeletion;
+                key.deletion_date = None;
+            } else {
+                key.state = KeyState::PendingDeletion;
+                key.deletion_date = Some(date);
+            }
             key.pending_window_days = Some(window_days);
             records::update_key(&op.tx, &key)?;
             Ok(date)
@@ -370,7 +407,7 @@ impl Kms {
         self.audited(caller, "CancelKeyDeletion", |op| {
             let mut key = op.key(key_ref)?;
             match key.state {
-                KeyState::PendingDeletion => {
+                KeyState::PendingDeletion | KeyState::PendingReplicaDeletion => {
                     key.state = import::state_after_cancel(&op.tx, &key)?;
                     key.deletion_date = None;
                     key.pending_window_days = None;
@@ -437,11 +474,16 @@ impl Kms {
         let due = records::keys_due_for_rotation(self.keystore().conn(), self.now_secs())?;
         let mut rotated = Vec::new();
         for key in due {
+            // A multi-Region replica's primary rotates; the version arrives at the next sync.
+            if multi_region::is_replica(self.keystore().conn(), &key.key_id)? {
+                continue;
+            }
             self.audited(caller, "RotateKey", |op| {
                 let mut key = op.key(&key.key_id)?;
                 if !(key.rotation_enabled && key.next_rotation.is_some_and(|t| t <= op.now)) {
                     return Ok(()); // another process rotated it meanwhile
                 }
+
                 op.rotate(&mut key, "AUTOMATIC")?;
                 op.event.reason = format!("automatic rotation to version {}", key.current_version);
                 Ok(())

@@ -34,6 +34,9 @@ pub struct KeyMetadata {
     pub current_key_material_id: Option<String>,
     #[serde(skip)]
     pub valid_to_secs: Option<i64>,
+    /// Primary region and every region of a multi-Region key; absent for a single-Region key.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub multi_region: Option<super::multi_region::MultiRegionConfig>,
     /// The same dates as unix seconds (the API answers with numbers).
     #[serde(skip)]
     pub created_secs: i64,
@@ -68,6 +71,7 @@ impl KeyMetadata {
             valid_to: None,
             current_key_material_id: None,
             valid_to_secs: None,
+            multi_region: None,
             key_id: key.key_id,
         }
     }
@@ -90,6 +94,7 @@ pub(super) fn with_aliases(conn: &rusqlite::Connection, key: KeyRecord) -> Resul
     }
     meta.key_spec = spec.as_str();
     meta.key_usage = usage.as_str();
+    meta.multi_region = super::multi_region::describe(conn, &meta.key_id)?;
     Ok(meta)
 }
 

@@ -24,6 +24,7 @@ pub mod keyring;
 pub mod last_usage;
 pub mod lifecycle;
 pub mod metadata;
+pub mod multi_region;
 pub mod permits;
 pub mod policy;
 pub mod principal;
@@ -300,6 +301,7 @@ impl Kms {
             keystore::validate_region(r)?;
         }
         self.audited(caller, "SetIdentity", |op| {
+            multi_region::require_identity_unchanged(&op.tx, account_id, region)?;
             if let Some(a) = account_id {
                 keystore::set_meta(&op.tx, "account_id", a.as_bytes())?;
             }
@@ -358,9 +360,9 @@ pub(crate) fn require_enabled(key: &KeyRecord) -> Result<()> {
 /// Refuses changes (tags, description, grants) to a key on its way out, as AWS does.
 pub(crate) fn require_not_deleted(key: &KeyRecord) -> Result<()> {
     match key.state {
-        KeyState::PendingDeletion | KeyState::Destroyed => Err(Error::KeyState(
-            crate::error::KeyStateError::new(key, crate::error::StateProblem::NotEnabled),
-        )),
+        KeyState::PendingDeletion | KeyState::PendingReplicaDeletion | KeyState::Destroyed => Err(
+            Error::KeyState(crate::error::KeyStateError::new(key, crate::error::StateProblem::NotEnabled)),
+        ),
         _ => Ok(()),
     }
 }

@@ -121,10 +121,20 @@ impl Service {
     }
 
     fn key_metadata(&self, m: &KeyMetadata) -> Value {
+        self.key_metadata_in(m, &self.region)
+    }
+
+    /// The ARN of `key_id` in `region` (multi-Region keys' members; same account).
+    fn key_arn_in(&self, key_id: &str, region: &str) -> String {
+        format!("arn:aws:kms:{region}:{}:key/{key_id}", self.account)
+    }
+
+    /// KeyMetadata of a key held in `region` (this server's, or a peer's).
+    fn key_metadata_in(&self, m: &KeyMetadata, region: &str) -> Value {
         let mut v = json!({
             "AWSAccountId": self.account,
             "KeyId": m.key_id,
-            "Arn": self.key_arn(&m.key_id),
+            "Arn": self.key_arn_in(&m.key_id, region),
             "CreationDate": m.created_secs,
             "Enabled": m.enabled,
             "Description": m.description,
@@ -134,8 +144,16 @@ impl Service {
             "KeyManager": if m.key_manager.as_str() == "MANAGED" { "AWS" } else { "CUSTOMER" },
             "CustomerMasterKeySpec": m.key_spec,
             "KeySpec": m.key_spec,
-            "MultiRegion": false,
+            "MultiRegion": m.multi_region.is_some(),
         });
+        if let Some(cfg) = &m.multi_region {
+            let member = |r: &str| json!({"Arn": self.key_arn_in(&m.key_id, r), "Region": r});
+            v["MultiRegionConfiguration"] = json!({
+                "MultiRegionKeyType": if cfg.primary_region == region { "PRIMARY" } else { "REPLICA" },
+                "PrimaryKey": member(&cfg.primary_region),
+                "ReplicaKeys": cfg.replica_regions().map(member).collect::<Vec<_>>(),
+            });
+        }
         asymmetric_api::add_algorithms(&mut v, m.key_spec, m.key_usage);
         import_api::add_metadata(&mut v, m);
         if let Some(d) = m.deletion_secs {
@@ -374,9 +392,6 @@ fn control(svc: &Service, kms: &mut crate::kms::Kms, caller: &Principal, op: &st
                     "Origin {v} is not supported: kmsfs keys are AWS_KMS or EXTERNAL"
                 )));
             }
-            if input.get("MultiRegion").and_then(Value::as_bool) == Some(true) {
-                return Err(unsupported("multi-Region keys are not supported".into()));
-            }
             if input.get("CustomKeyStoreId").is_some() || input.get("XksKeyId").is_some() {
                 return Err(unsupported("custom key stores are not supported".into()));
             }
@@ -388,6 +403,7 @@ fn control(svc: &Service, kms: &mut crate::kms::Kms, caller: &Principal, op: &st
                 key_spec,
                 key_usage,
                 origin_external,
+                multi_region: input.get("MultiRegion").and_then(Value::as_bool) == Some(true),
             };
             let key_id = kms.create_key(caller, &opts)?;
             Ok(json!({"KeyMetadata": svc.key_metadata(&kms.metadata_after(&key_id)?)}))
@@ -408,14 +424,18 @@ fn control(svc: &Service, kms: &mut crate::kms::Kms, caller: &Principal, op: &st
             let days = int(input, "PendingWindowInDays").unwrap_or(DEFAULT_PENDING_WINDOW_DAYS);
             out_of_range("pendingWindowInDays", days, crate::kms::lifecycle::PENDING_WINDOW_DAYS)?;
             let key_id = key()?;
-            let date = kms.schedule_key_deletion(caller, &key_id, days)?;
+            kms.schedule_key_deletion(caller, &key_id, days)?;
             let m = kms.metadata_after(&kms.resolve_key_id(&key_id)?)?;
-            Ok(json!({
+            // A multi-Region primary with replicas has no date yet (PendingReplicaDeletion).
+            let mut out = json!({
                 "KeyId": svc.key_arn(&m.key_id),
-                "DeletionDate": date,
-                "KeyState": "PendingDeletion",
+                "KeyState": m.key_state.as_str(),
                 "PendingWindowInDays": days,
-            }))
+            });
+            if let Some(date) = m.deletion_secs {
+                out["DeletionDate"] = json!(date);
+            }
+            Ok(out)
         }
         "CancelKeyDeletion" => {
             let key_id = key()?;
@@ -572,8 +592,64 @@ fn control(svc: &Service, kms: &mut crate::kms::Kms, caller: &Principal, op: &st
             kms.untag_key(caller, &key()?, &keys).map(|_| json!({})).map_err(Into::into)
         }
         "ListResourceTags" => page(tags_json(kms.list_key_tags(caller, &key()?)?), input, "Tags"),
+        "ReplicateKey" => replicate_key(svc, kms, caller, input),
+        "UpdatePrimaryRegion" => {
+            let key_id = key()?;
+            let mut peer = peer_kms(svc, required(input, "PrimaryRegion")?)?;
+            kms.update_primary_region(caller, &key_id, &mut peer)?;
+            Ok(json!({}))
+        }
         other => Err(unsupported(format!("{other} is not supported by kmsfs"))),
     }
+}
+
+/// The keystore of `region`, one of the server's `--peer`s, locked (after the server's own
+/// control plane: every caller takes the two locks in that order).
+fn peer_kms<'a>(
+    svc: &'a Service,
+    region: &str,
+) -> Result<std::sync::MutexGuard<'a, crate::kms::Kms>, ApiError> {
+    // The service model's pattern for RegionType, which the model validation leaves to us.
+    if crate::keystore::validate_region(region).is_err() {
+        return Err(ApiError::validation(format!(
+            "1 validation error detected: Value '{region}' at 'region' failed to satisfy constraint: \
+             Member must satisfy regular expression pattern: ^([a-z]+-){{2,3}}\\d+$"
+        )));
+    }
+    if region == svc.region {
+        return Err(ApiError::validation(format!(
+            "{region} is this key service's own region; name another region"
+        )));
+    }
+    let peer = svc.peers.get(region).ok_or_else(|| {
+        unsupported(format!(
+            "region {region} is not known to this key service (start kmsfs serve with --peer {region}=PATH)"
+        ))
+    })?;
+    peer.lock().map_err(|_| ApiError::internal("a peer's control plane lock is poisoned"))
+}
+
+fn replicate_key(svc: &Service, kms: &mut crate::kms::Kms, caller: &Principal, input: &Value) -> Answer {
+    let key_id = svc.key_ref(required(input, "KeyId")?)?;
+    let region = required(input, "ReplicaRegion")?;
+    let mut replica = peer_kms(svc, region)?;
+    let opts = crate::kms::multi_region::ReplicateOptions {
+        description: str_of(input, "Description").unwrap_or("").to_string(),
+        policy: str_of(input, "Policy").map(str::to_string),
+        tags: tags_of(input),
+        bypass_policy_lockout_check: input.get("BypassPolicyLockoutSafetyCheck").and_then(Value::as_bool)
+            == Some(true),
+    };
+    let id = kms.replicate_key(caller, &key_id, &mut replica, &opts)?;
+    let meta = replica.metadata_after(&id)?;
+    let conn = replica.keystore().conn();
+    let policy = crate::keystore::records::load_policy(conn, &id)?.unwrap_or_default();
+    let tags = crate::kms::tags::list(conn, &id)?;
+    Ok(json!({
+        "ReplicaKeyMetadata": svc.key_metadata_in(&meta, region),
+        "ReplicaPolicy": policy,
+        "ReplicaTags": tags_json(tags),
+    }))
 }
 
 fn grant_json(svc: &Service, g: &crate::keystore::records::GrantRecord) -> Value {

@@ -12,6 +12,7 @@ Examples:
   kmsfs serve --listen 127.0.0.1:7740
   aws kms list-keys --endpoint-url http://127.0.0.1:7740
   kmsfs serve --listen 0.0.0.0:7743 --tls-cert cert.pem --tls-key key.pem
+  kmsfs serve --peer us-west-2=/srv/kmsfs/west.db --peer-passphrase-file us-west-2=/root/west.pass
 
 When every listener is bound, one line of JSON on stdout tells where:
 {\"Url\": ..., \"Listen\": ..., \"Socket\": ..., \"Pid\": ...}. SIGTERM stops it gracefully.
@@ -53,6 +54,18 @@ pub struct ServeArgs {
     /// ThrottlingException [default: no limit]
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     pub rate_limit: Option<u32>,
+    /// Another region's keystore, for multi-Region keys (ReplicateKey ReplicaRegion,
+    /// UpdatePrimaryRegion, sync); repeatable. Its passphrase: --peer-passphrase-file or
+    /// KMSFS_REPLICA_PASSPHRASE
+    #[arg(long, value_name = "REGION=PATH")]
+    pub peer: Vec<String>,
+    /// The passphrase file of one --peer's keystore; repeatable
+    #[arg(long, value_name = "REGION=FILE")]
+    pub peer_passphrase_file: Vec<String>,
+    /// Seconds between syncs of multi-Region keys with the peers (rotations reach replicas,
+    /// deleted replicas leave their primary)
+    #[arg(long, value_name = "SECS", default_value_t = 60)]
+    pub peer_sync_interval: u64,
 }
 
 /// Limits applied to every connection.

@@ -16,6 +16,7 @@ mod http;
 mod import_api;
 mod listen;
 pub mod model;
+pub mod peers;
 mod rate_limit;
 pub mod sigv4;
 
@@ -50,6 +51,8 @@ pub struct Service {
     region: String,
     console: console::Console,
     rate_limit: Option<rate_limit::RateLimiter>,
+    /// The other regions' keystores (`--peer`), for multi-Region keys.
+    peers: peers::Peers,
 }
 
 impl Service {
@@ -272,7 +275,13 @@ pub fn running(keystore: &std::path::Path) -> Option<serde_json::Value> {
 
 /// `kmsfs serve` with the keystore at `path`, which `open` opens and unlocks (after the
 /// arguments are checked, so a bad argument costs no passphrase prompt).
-pub fn run(path: &Path, open: impl FnOnce() -> Result<Kms>, args: config::ServeArgs) -> Result<()> {
+/// `unlock_peer` opens and unlocks a `--peer` keystore, given its `--peer-passphrase-file`.
+pub fn run(
+    path: &Path,
+    open: impl FnOnce() -> Result<Kms>,
+    unlock_peer: impl FnMut(&Path, Option<&Path>) -> Result<Kms>,
+    args: config::ServeArgs,
+) -> Result<()> {
     args.check()?;
     // Two malloc arenas for the whole process instead of one per thread (and per core):
     // the server's memory stays small under many connections.
@@ -291,13 +300,20 @@ pub fn run(path: &Path, open: impl FnOnce() -> Result<Kms>, args: config::ServeA
     writer_ks.commit_without_fsync()?;
     let writer_kms = Kms::new(writer_ks, root.clone(), Arc::clone(&clock), &me)?;
     let checkpointer = Checkpointer::start(path)?;
-    let (sink, writer) = AuditWriter::spawn_gathering(writer_kms, me, std::time::Duration::ZERO)
+    let (sink, writer) = AuditWriter::spawn_gathering(writer_kms, me.clone(), std::time::Duration::ZERO)
         .map_err(|e| Error::io("audit writer", e))?;
     let mut ring = KeyRing::open(path, root, Arc::clone(&clock), sink)?;
     ring.set_check_interval(std::time::Duration::from_millis(1));
     let console = console::Console::new(args.tls_cert.is_some());
     let rate_limit = args.rate_limit.map(rate_limit::RateLimiter::new);
-    let svc = Arc::new(Service { ring, kms: Mutex::new(kms), clock, account, region, console, rate_limit });
+    let peers = peers::Peers::open(&args, &region, unlock_peer)?;
+    let svc =
+        Arc::new(Service { ring, kms: Mutex::new(kms), clock, account, region, console, rate_limit, peers });
+    let syncer = peers::Syncer::start(
+        Arc::clone(&svc),
+        me.clone(),
+        std::time::Duration::from_secs(args.peer_sync_interval.max(1)),
+    )?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .max_blocking_threads(8)
@@ -307,6 +323,9 @@ pub fn run(path: &Path, open: impl FnOnce() -> Result<Kms>, args: config::ServeA
         .map_err(|e| Error::io("cannot start the server runtime", e))?;
     let result = runtime.block_on(listen::serve(Arc::clone(&svc), &args, path));
     drop(runtime);
+    if let Some(syncer) = syncer {
+        syncer.stop();
+    }
     // The ring holds the writer's last sink: dropping the service lets the writer drain.
     match Arc::try_unwrap(svc) {
         Ok(svc) => drop(svc),

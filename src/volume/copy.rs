@@ -273,7 +273,7 @@ impl<'a> Copier<'a> {
 
 /// Mode, ownership (as root), xattrs (kmsfs's encrypted ones) and times of `src` onto `dst`.
 /// Best effort, as `cp -a`: what the destination refuses is left as created.
-fn copy_attributes(src: &Path, dst: &Path) -> std::io::Result<()> {
+pub(super) fn copy_attributes(src: &Path, dst: &Path) -> std::io::Result<()> {
     let meta = std::fs::symlink_metadata(src)?;
     let path = sys::c_path(dst)?;
     let node = Node::Path(&path);

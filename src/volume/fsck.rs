@@ -218,7 +218,9 @@ impl<'a> Fsck<'a> {
     fn key_problem(&self, e: &Error) -> (Status, String) {
         let status = match e {
             Error::KeyState(refused) => match refused.state {
-                Some(KeyState::PendingDeletion) => Status::KeyPendingDeletion,
+                Some(KeyState::PendingDeletion | KeyState::PendingReplicaDeletion) => {
+                    Status::KeyPendingDeletion
+                }
                 Some(KeyState::Destroyed) => Status::KeyDestroyed,
                 _ => Status::KeyDisabled,
             },

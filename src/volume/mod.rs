@@ -8,6 +8,7 @@ use base64::Engine;
 use serde::{Deserialize, Serialize};
 
 pub mod copy;
+pub mod copy_as_is;
 pub mod dirmeta;
 pub mod file_keys;
 pub mod fsck;

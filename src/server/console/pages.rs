@@ -116,7 +116,9 @@ fn offered_actions(kms: &Kms, caller: &Caller, k: &KeyMetadata) -> Vec<(&'static
             ("enable", "Enable", "kms:EnableKey"),
             ("schedule-deletion", "Schedule deletion…", "kms:ScheduleKeyDeletion"),
         ],
-        KeyState::PendingDeletion => &[("cancel-deletion", "Cancel deletion", "kms:CancelKeyDeletion")],
+        KeyState::PendingDeletion | KeyState::PendingReplicaDeletion => {
+            &[("cancel-deletion", "Cancel deletion", "kms:CancelKeyDeletion")]
+        }
         KeyState::PendingImport => &[("schedule-deletion", "Schedule deletion…", "kms:ScheduleKeyDeletion")],
         KeyState::Destroyed => &[],
     };
