@@ -41,7 +41,8 @@
 # Knobs: BENCH_ROUNDS (5), BENCH_WARMUP (1), BENCH_MB (1024), BENCH_TARBALL (.tar, .tar.xz,
 # .tar.gz or .crate; default /usr/src/linux-source-6.1.tar.xz), BENCH_SYSTEMS (default
 # "plain kmsfs gocryptfs securefs"; add kmsfs_wb for kmsfs mounted with -o writeback_cache,
-# or set BENCH_WRITEBACK=1), BENCH_DIR (work directory: empty or new, left in place; default
+# or set BENCH_WRITEBACK=1; add kmsfs_base for a second kmsfs binary, BENCH_KMSFS_BASE, with its
+# own keystore: the before/after comparison of a change, interleaved in one run), BENCH_DIR (work directory: empty or new, left in place; default
 # a temporary one under /var/tmp, removed), BENCH_OUT, BENCH_KMSFS (a kmsfs binary to use;
 # default: cargo build --release),
 # BENCH_DIRTY_KB (16384), BENCH_SETTLE_SECS (60: the longest wait for writeback),
@@ -63,8 +64,8 @@ if [ "${BENCH_WRITEBACK:-0}" = 1 ] && [[ " ${SYSTEMS[*]} " != *" kmsfs_wb "* ]];
   SYSTEMS+=(kmsfs_wb)
 fi
 for s in "${SYSTEMS[@]}"; do
-  case $s in plain | kmsfs | kmsfs_wb | gocryptfs | securefs) ;;
-    *) echo "BENCH_SYSTEMS: unknown system '$s' (plain kmsfs kmsfs_wb gocryptfs securefs)" >&2; exit 2 ;;
+  case $s in plain | kmsfs | kmsfs_wb | kmsfs_base | gocryptfs | securefs) ;;
+    *) echo "BENCH_SYSTEMS: unknown system '$s' (plain kmsfs kmsfs_wb kmsfs_base gocryptfs securefs)" >&2; exit 2 ;;
   esac
 done
 for v in ROUNDS WARMUP MB DIRTY_KB SETTLE_SECS SETTLE; do
@@ -88,6 +89,10 @@ if uses kmsfs || uses kmsfs_wb; then
     KMSFS=${CARGO_TARGET_DIR:-$PWD/target}/release/kmsfs
   fi
   [ -x "$KMSFS" ] || { echo "no kmsfs binary at $KMSFS" >&2; exit 1; }
+fi
+if uses kmsfs_base; then
+  KMSFS_BASE=${BENCH_KMSFS_BASE:-}
+  [ -x "$KMSFS_BASE" ] || { echo "kmsfs_base needs BENCH_KMSFS_BASE, a kmsfs binary (got '${KMSFS_BASE}')" >&2; exit 2; }
 fi
 
 if ! sync || ! echo 3 >/proc/sys/vm/drop_caches 2>/dev/null; then
@@ -241,7 +246,7 @@ for r in counted:
     if r["phase"] in ("untar", "rm"):
         t[key + (r["phase"] + "+sync",)] = float(r["seconds"]) + float(r["sync_s"])
 rounds = sorted({k[0] for k in t})
-systems = [s for s in ["plain", "kmsfs", "gocryptfs", "securefs", "kmsfs_wb"] if any(k[1] == s for k in t)]
+systems = [s for s in ["plain", "kmsfs", "gocryptfs", "securefs", "kmsfs_wb", "kmsfs_base"] if any(k[1] == s for k in t)]
 peers = [s for s in ("gocryptfs", "securefs") if s in systems]
 
 def ratios(phase, num, den):
@@ -273,11 +278,14 @@ with open(f"{out}/ratios.tsv", "w") as f:
             f.write(f"{rd}\t{p}\t{r1}\t{r2}\t{r3}\n")
 
 wb = "kmsfs_wb" in systems
+base = "kmsfs_base" in systems
 print(f"{len(rounds)} counted round(s); per round: peer/kmsfs = the faster of {' and '.join(peers) or '(no peer)'}"
       " / kmsfs (above 1.00: kmsfs faster); kmsfs/plain = kmsfs / plain ext4 (time)")
 head = f"{'phase':<11} {'peer/kmsfs min  med  max':>24}  {'kmsfs/plain min  med  max':>25}"
 if wb:
     head += f"  {'peer/kmsfs+wb min med max':>25}"
+if base:
+    head += f"  {'base/kmsfs min  med  max':>25}"
 print(head + "  target (median >= 1.25, no round < 1.00)")
 for p in PHASES:
     pk = mmm(ratios(p, best_peer, get("kmsfs")))
@@ -285,6 +293,8 @@ for p in PHASES:
     line = f"{p:<11} {cell(pk):>24}  {cell(kp):>25}"
     if wb:
         line += f"  {cell(mmm(ratios(p, best_peer, get('kmsfs_wb')))):>25}"
+    if base:
+        line += f"  {cell(mmm(ratios(p, get('kmsfs_base'), get('kmsfs')))):>25}"
     verdict = "-"
     if pk:
         verdict = "met" if pk[1] >= 1.25 and pk[0] >= 1.0 else "not met"
@@ -313,7 +323,7 @@ placed = list(csv.DictReader(open(f"{out}/rounds.tsv"), delimiter="\t"))
 cpus = {s: sorted({r["cpus_allowed"] for r in placed if r["system"] == s}) for s in systems if s != "plain"}
 print("daemon CPU affinity (not pinned): " + ", ".join(f"{s} {'/'.join(c)}" for s, c in cpus.items()))
 rss = [r for r in placed if r["counted"] == "1" and r["system"].startswith("kmsfs")]
-for s in ("kmsfs", "kmsfs_wb"):
+for s in ("kmsfs", "kmsfs_wb", "kmsfs_base"):
     v = [int(r["peak_rss_mib"]) for r in rss if r["system"] == s and r["peak_rss_mib"].isdigit()]
     if v:
         print(f"{s} daemon peak RSS per round: {' '.join(map(str, v))} MiB (max {max(v)})")
@@ -386,11 +396,14 @@ mount_system() {
   mkdir -p "$d/mnt"
   case $s in
     plain) return 0 ;;
-    kmsfs | kmsfs_wb)
+    kmsfs | kmsfs_wb | kmsfs_base)
       [ "$s" = kmsfs_wb ] && opts=(-o writeback_cache)
+      local bin=$KMSFS ks=$KMSFS_KEYSTORE
+      # The base binary may read an older keystore schema: it gets its own keystore.
+      [ "$s" = kmsfs_base ] && bin=$KMSFS_BASE ks=$WORK/keystore-base.db
       mkdir -p "$d/volume"
-      "$KMSFS" volume init --name "bench-r$r-$s" "$d/volume" >/dev/null
-      "$KMSFS" mount "${opts[@]}" "$d/volume" "$d/mnt" 2>"$d/daemon.log"
+      KMSFS_KEYSTORE=$ks "$bin" volume init --name "bench-r$r-$s" "$d/volume" >/dev/null
+      KMSFS_KEYSTORE=$ks "$bin" mount "${opts[@]}" "$d/volume" "$d/mnt" 2>"$d/daemon.log"
       pid=$(sed -n 's/.*daemon pid \([0-9]*\).*/\1/p' "$d/daemon.log")
       [ -n "$pid" ] || { echo "kmsfs mount failed: $(cat "$d/daemon.log")" >&2; return 1; } ;;
     gocryptfs)
@@ -496,6 +509,9 @@ prepare_tarball
 record_env
 if uses kmsfs || uses kmsfs_wb; then
   "$KMSFS" keystore init --argon2-memory-kib 65536 >/dev/null
+fi
+if uses kmsfs_base; then
+  KMSFS_KEYSTORE=$WORK/keystore-base.db "$KMSFS_BASE" keystore init --argon2-memory-kib 65536 >/dev/null
 fi
 echo "kmsfs bench: $ROUNDS counted round(s)$([ "$WARMUP" = 1 ] && echo ' + 1 warm-up'), ${MB} MiB," \
   "tarball $TARBALL_NAME ($TAR_ENTRIES entries, $(stat -c %s "$TARBALL") bytes), $NCPU cores; results in $OUT" >&2

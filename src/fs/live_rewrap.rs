@@ -104,11 +104,15 @@ impl KmsFs {
         Ok(())
     }
 
-    /// The key id a control attribute names; an unknown key is EINVAL (the CLI says so).
+    /// The key id a control attribute names (for a remote key's ARN, a new intermediate
+    /// key under it); an unknown key is EINVAL (the CLI says so), a remote refusal its errno.
     fn resolve_target(&self, access: Access<'_>, what: &str, key_ref: &str) -> FsResult<String> {
-        self.keyring.resolve(key_ref).map_err(|e| {
+        self.keyring.assign(key_ref).map_err(|e| {
             log::info!("{}: {what} {key_ref}: {e}", access.path);
-            Errno::EINVAL
+            match e {
+                Error::NotFound(_) | Error::InvalidArgument(_) => Errno::EINVAL,
+                other => kms_errno(other),
+            }
         })
     }
 

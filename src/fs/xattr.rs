@@ -108,7 +108,7 @@ impl KmsFs {
                 let blob = dir.names_key_blob().ok_or(Errno::EIO)?;
                 let wrapped_by = BlobHeader::parse(&blob).map(|(h, _)| h).map_err(|_| Errno::EIO)?;
                 return match name {
-                    XATTR_KEY => Ok(dir.key_id.into_bytes()),
+                    XATTR_KEY => Ok(self.keyring.key_name(&dir.key_id).into_bytes()),
                     XATTR_KEY_VERSION => Ok(wrapped_by.key_version.to_string().into_bytes()),
                     XATTR_WRAPPED_BY => {
                         Ok(format!("{} {}", wrapped_by.key_id, wrapped_by.key_version).into_bytes())
@@ -118,7 +118,7 @@ impl KmsFs {
             }
             let blob = self.file_key_blob(&path)?;
             return match name {
-                XATTR_KEY => Ok(blob.key_id.into_bytes()),
+                XATTR_KEY => Ok(self.keyring.key_name(&blob.key_id).into_bytes()),
                 XATTR_KEY_VERSION => Ok(blob.key_version.to_string().into_bytes()),
                 XATTR_WRAPPED_BY => Ok(format!("{} {}", blob.key_id, blob.key_version).into_bytes()),
                 _ => Err(Errno::ENODATA),

@@ -25,6 +25,7 @@ pub mod metadata;
 pub mod permits;
 pub mod policy;
 pub mod principal;
+pub mod remote;
 pub mod root_keys;
 pub mod status;
 pub mod tags;

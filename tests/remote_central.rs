@@ -1,0 +1,105 @@
+//! Two hosts (two keystores, two mounts) whose volumes live under one key of a central
+//! `kmsfs serve`, each signing with its own access key: the central key's state reaches both
+//! mounts within the check interval, and the central audit names each host's unwraps.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use common::mount::Mounted;
+use common::TestEnv;
+
+struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn host(central_url: &str, arn: &str, key: &serde_json::Value) -> Mounted {
+    let mut env = TestEnv::new();
+    env.vars = vec![
+        ("AWS_ACCESS_KEY_ID".into(), key["AccessKeyId"].as_str().unwrap().into()),
+        ("AWS_SECRET_ACCESS_KEY".into(), key["SecretAccessKey"].as_str().unwrap().into()),
+        ("AWS_PROFILE".into(), "none-such".into()),
+    ];
+    let cipher = env.path("cipher");
+    env.ok(&["volume", "init", cipher.to_str().unwrap(), "--key", arn, "--kms-endpoint", central_url]);
+    Mounted::of_volume(env, &cipher, arn.to_string(), &["kms_check_secs=1"], "info")
+}
+
+fn refused(path: &Path) -> bool {
+    std::fs::File::open(path).err().and_then(|e| e.raw_os_error()) == Some(libc::ENOKEY)
+}
+
+fn within(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if cond() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    false
+}
+
+#[test]
+fn two_hosts_share_a_central_key_its_state_reaches_both_and_the_central_audit_names_them() {
+    let central = TestEnv::new();
+    let key_id = central.create_key("alias/shared");
+    let info = central.json(&["keystore", "info"]);
+    let arn = format!(
+        "arn:aws:kms:{}:{}:key/{key_id}",
+        info["Region"].as_str().unwrap(),
+        info["AccountId"].as_str().unwrap()
+    );
+    // Both act as uid 0, the key's creator, whom its default policy allows.
+    let a = central.json(&["access-key", "create", "--user", "host-a", "--uid", "0"]);
+    let b = central.json(&["access-key", "create", "--user", "host-b", "--uid", "0"]);
+    let mut child = central
+        .cmd(&["serve", "--listen", "127.0.0.1:0", "--no-socket"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let server = Server(child);
+    let ready: serde_json::Value = serde_json::from_str(&line).expect("readiness line");
+    let url = ready["Url"].as_str().unwrap().to_string();
+
+    let ha = host(&url, &arn, &a["AccessKey"]);
+    let hb = host(&url, &arn, &b["AccessKey"]);
+    for (m, text) in [(&ha, "from a"), (&hb, "from b")] {
+        std::fs::write(m.path("f"), text).unwrap();
+        std::fs::write(m.path("g"), text).unwrap();
+        assert_eq!(std::fs::read_to_string(m.path("f")).unwrap(), text);
+    }
+
+    central.ok(&["key", "disable", "alias/shared"]);
+    assert!(
+        within(Duration::from_secs(5), || refused(&ha.path("g"))),
+        "host a refuses new opens:\n{}",
+        ha.log_text()
+    );
+    assert!(within(Duration::from_secs(5), || refused(&hb.path("g"))), "host b refuses new opens");
+    central.ok(&["key", "enable", "alias/shared"]);
+    assert!(within(Duration::from_secs(5), || std::fs::read(ha.path("g")).is_ok()), "host a again");
+    assert!(within(Duration::from_secs(5), || std::fs::read(hb.path("g")).is_ok()), "host b again");
+
+    let account = info["AccountId"].as_str().unwrap();
+    for user in ["host-a", "host-b"] {
+        let principal = format!("arn:aws:iam::{account}:user/{user}");
+        let trail = central.ok(&["audit", "--principal", &principal, "--operation", "Decrypt"]);
+        assert!(trail.contains("Decrypt"), "the central audit shows {user}'s unwraps:\n{trail}");
+        let made = central.ok(&["audit", "--principal", &principal, "--operation", "GenerateDataKey"]);
+        assert!(made.contains("GenerateDataKey"), "and the intermediate key {user} made:\n{made}");
+    }
+    drop((ha, hb));
+    drop(server);
+}
