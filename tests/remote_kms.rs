@@ -319,3 +319,119 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
     out.sort();
     out
 }
+
+/// Another keystore using `env`'s: a second view of one host (its own mount point and log).
+fn same_host(env: &TestEnv) -> TestEnv {
+    TestEnv { dir: tempfile::tempdir().unwrap(), keystore: env.keystore.clone(), vars: env.vars.clone() }
+}
+
+fn key_table(cipher: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(cipher.join("kmsfs.keys")).unwrap()).unwrap()
+}
+
+/// `volume copy` is the migration path both ways: a volume under local keys copied to a
+/// remote key for another host's keystore (readable there with no local key at all), copied
+/// again keeping its remote key (a new intermediate key naming the new volume), and copied
+/// back to a local key (readable with the key service gone).
+#[test]
+fn volume_copy_moves_a_volume_to_a_remote_key_keeps_it_and_moves_it_back() {
+    let tmp = tempfile::tempdir().unwrap();
+    let moto = Moto::start(tmp.path());
+    let arn = moto.create_key();
+    let mut env = TestEnv::new();
+    aws_env(&mut env);
+    let cipher = env.path("cipher");
+    let local = env.init_volume(&cipher);
+    let mut m = Mounted::of_volume(env, &cipher, local, &[], "info");
+    std::fs::create_dir(m.path("docs")).unwrap();
+    for i in 0..20 {
+        std::fs::write(m.path(&format!("docs/{i}")), format!("doc {i}")).unwrap();
+    }
+    std::fs::write(m.path("top"), "top file").unwrap();
+    m.unmount();
+
+    // To a remote key, for another host (its own keystore, no local key in it).
+    let mut host = TestEnv::new();
+    aws_env(&mut host);
+    let remote = host.path("remote.enc");
+    m.env.vars.push(("KMSFS_TO_PASSPHRASE".into(), common::PASSPHRASE.into()));
+    let (src, url) = (cipher.to_str().unwrap(), moto.url());
+    let r = remote.to_str().unwrap();
+    let args = ["volume", "copy", src, r, "--to-keystore", host.keystore.to_str().unwrap()];
+    let out = m.env.ok(&[&args[..], &["--to-key", &arn, "--kms-endpoint", &url]].concat());
+    assert!(out.contains(&arn), "the copy names the remote key: {out}");
+    let table = key_table(&remote);
+    assert_eq!(table["Keys"].as_array().unwrap().len(), 1, "one intermediate key: {table}");
+    assert_eq!(table["Keys"][0]["KeyArn"], arn.as_str());
+    assert_eq!(table["Keys"][0]["Endpoint"], url.as_str());
+    let copy_id = table["Keys"][0]["Id"].as_str().unwrap().to_string();
+    let mut h = Mounted::of_volume(same_host(&host), &remote, arn.clone(), &[], "info");
+    assert_eq!(std::fs::read_to_string(h.path("docs/7")).unwrap(), "doc 7");
+    assert_eq!(std::fs::read_to_string(h.path("top")).unwrap(), "top file");
+    let info = h.ok(&["file", "info", h.path("docs/7").to_str().unwrap()]);
+    assert!(info.contains(&arn), "{info}");
+    h.unmount();
+
+    // Copied again without --to-key: it keeps the remote key, under an intermediate key of
+    // its own (the context names the new volume).
+    let kept = host.path("kept.enc");
+    host.ok(&["volume", "copy", r, kept.to_str().unwrap()]);
+    let table = key_table(&kept);
+    let record = &table["Keys"][0];
+    assert_eq!(record["KeyArn"], arn.as_str(), "{table}");
+    assert_ne!(record["Id"].as_str().unwrap(), copy_id, "a new intermediate key");
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(kept.join("kmsfs.volume")).unwrap()).unwrap();
+    assert_eq!(record["EncryptionContext"]["kmsfs:volume"], config["volume_id"], "{config}");
+    let k = Mounted::of_volume(same_host(&host), &kept, arn.clone(), &[], "info");
+    assert_eq!(std::fs::read_to_string(k.path("docs/19")).unwrap(), "doc 19");
+    drop(k);
+
+    // And back to a local key: the key service is not needed any more.
+    host.create_key("alias/back");
+    let back = host.path("back.enc");
+    host.ok(&["volume", "copy", r, back.to_str().unwrap(), "--to-key", "alias/back"]);
+    assert!(!back.join("kmsfs.keys").exists(), "no remote key left");
+    drop(moto);
+    let b = Mounted::of_volume(same_host(&host), &back, String::new(), &[], "info");
+    assert_eq!(std::fs::read_to_string(b.path("docs/3")).unwrap(), "doc 3", "served without the service");
+    let info = b.ok(&["file", "info", b.path("docs/3").to_str().unwrap()]);
+    assert!(!info.contains("arn:aws:kms"), "{info}");
+}
+
+/// fsck with the key service unreachable: what is under the remote key is "not checked",
+/// never "damaged", and `--repair --force` removes none of it.
+#[test]
+fn fsck_with_the_key_service_unreachable_reports_and_removes_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let moto = Moto::start(tmp.path());
+    let arn = moto.create_key();
+    let mut env = TestEnv::new();
+    aws_env(&mut env);
+    env.vars.push(("AWS_ENDPOINT_URL_KMS".into(), moto.url()));
+    let cipher = env.path("cipher");
+    let local = env.init_volume(&cipher);
+    let mut m = Mounted::of_volume(env, &cipher, local, &[], "info");
+    std::fs::create_dir(m.path("mixed")).unwrap();
+    std::fs::write(m.path("mixed/local"), "local").unwrap();
+    std::fs::write(m.path("mixed/remote"), "remote").unwrap();
+    // One file moved to the remote key in a directory that stays local.
+    m.ok(&["rewrap", m.mnt().to_str().unwrap(), "--path", "mixed/remote", "--to-key", &arn]);
+    let info = m.ok(&["file", "info", m.path("mixed/remote").to_str().unwrap()]);
+    assert!(info.contains(&arn), "{info}");
+    m.unmount();
+    let c = cipher.to_str().unwrap();
+    m.ok(&["fsck", c]);
+
+    let files_before = walk(&cipher).len();
+    drop(moto);
+    let out = m.kmsfs(&["--json", "fsck", c, "--repair", "--force"]);
+    assert_eq!(out.status.code(), Some(8), "problems remain: {out:?}");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let item = |p: &str| report["Items"].as_array().unwrap().iter().find(|i| i["Path"] == p).cloned();
+    let remote = item("/mixed/remote").expect("the remote file is listed");
+    assert_eq!(remote["Status"], "key-unreachable", "{remote}");
+    assert!(remote.get("Action").is_none(), "nothing done to it: {remote}");
+    assert_eq!(item("/mixed/local").unwrap()["Status"], "ok");
+    assert_eq!(walk(&cipher).len(), files_before, "no file removed");
+}

@@ -98,9 +98,10 @@ pub struct KeyRing {
     checked_for: AtomicU64,
     /// The keystore's WAL index, to skip `PRAGMA data_version` when nothing was committed.
     wal_index: Option<WalIndex>,
-    /// The volume's intermediate keys under remote master keys, if it has any
-    /// (`kms::remote`): key ids the ring serves from there instead of the keystore.
-    remote: std::sync::OnceLock<RemoteKeys>,
+    /// Volumes' intermediate keys under remote master keys (`kms::remote`): key ids the
+    /// ring serves from there instead of the keystore. The first is the volume the ring
+    /// serves (where `assign` makes new ones); `volume copy` adds its destination's.
+    remote: RwLock<Vec<RemoteKeys>>,
     /// Outside requests, how long a look at the keystore stays good (0: every call looks).
     check_every_us: u64,
     /// When the ring last looked, in microseconds since `started`.
@@ -129,7 +130,7 @@ impl KeyRing {
             clock,
             checked_for,
             wal_index: None,
-            remote: std::sync::OnceLock::new(),
+            remote: RwLock::new(Vec::new()),
             check_every_us: 0,
             last_check_us: AtomicU64::new(0),
             started: std::time::Instant::now(),
@@ -140,18 +141,24 @@ impl KeyRing {
         Ok(ring)
     }
 
-    /// Puts a volume's remote keys behind this ring (once; a later call is ignored).
+    /// Puts a volume's remote keys behind this ring (the first attached is the ring's own
+    /// volume's).
     pub fn attach_remote(&self, keys: RemoteKeys) {
-        let _ = self.remote.set(keys);
+        self.remote.write().expect("keyring remote lock").push(keys);
     }
 
-    pub fn remote(&self) -> Option<&RemoteKeys> {
-        self.remote.get()
+    /// The remote keys of the volume this ring serves, if it was given any.
+    pub fn remote(&self) -> Option<RemoteKeys> {
+        self.remote.read().expect("keyring remote lock").first().cloned()
     }
 
-    /// The remote keys, if `key_id` is one of them.
-    fn remote_for(&self, key_id: &str) -> Option<&RemoteKeys> {
-        self.remote.get().filter(|r| r.knows(key_id))
+    /// The remote keys `key_id` is one of, if any.
+    fn remote_for(&self, key_id: &str) -> Option<RemoteKeys> {
+        let all = self.remote.read().expect("keyring remote lock");
+        if all.is_empty() {
+            return None;
+        }
+        all.iter().find(|r| r.knows(key_id)).cloned()
     }
 
     /// How a key is named to people and in the audit trail: the remote key's ARN for an
@@ -167,7 +174,7 @@ impl KeyRing {
         if !remote::is_remote_key(key_ref) {
             return self.resolve(key_ref);
         }
-        let keys = self.remote.get().ok_or_else(|| {
+        let keys = self.remote().ok_or_else(|| {
             Error::InvalidArgument(format!(
                 "{key_ref} is a remote key, but this volume has no key table for one"
             ))

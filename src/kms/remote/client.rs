@@ -34,9 +34,9 @@ impl CallError {
     pub fn into_error(self, endpoint: &str, key: &str) -> Error {
         match self {
             CallError::Refused(e) => e,
-            CallError::Unavailable(why) => {
-                Error::Io(format!("key service {endpoint} unreachable for key {key}: {why}"))
-            }
+            CallError::Unavailable(why) => Error::KeyServiceUnavailable(format!(
+                "key service {endpoint} unreachable for key {key}: {why}"
+            )),
         }
     }
 }

@@ -180,6 +180,11 @@ impl RemoteKeys {
         self.inner.records.read().expect("remote records lock").get(key_id).map(|r| r.key_arn.clone())
     }
 
+    /// The table's record of an intermediate key.
+    pub fn record_of(&self, key_id: &str) -> Option<IntermediateRecord> {
+        self.inner.records.read().expect("remote records lock").get(key_id).cloned()
+    }
+
     pub fn records(&self) -> Vec<IntermediateRecord> {
         let mut all: Vec<_> =
             self.inner.records.read().expect("remote records lock").values().cloned().collect();
@@ -290,7 +295,7 @@ impl RemoteKeys {
     }
 
     fn unreachable_error(&self, record: &IntermediateRecord, why: &str) -> Error {
-        Error::Io(format!(
+        Error::KeyServiceUnavailable(format!(
             "key service {} unreachable for key {}: {why}",
             self.endpoint_of(record),
             record.key_arn
