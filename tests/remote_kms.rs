@@ -435,3 +435,68 @@ fn fsck_with_the_key_service_unreachable_reports_and_removes_nothing() {
     assert_eq!(item("/mixed/local").unwrap()["Status"], "ok");
     assert_eq!(walk(&cipher).len(), files_before, "no file removed");
 }
+
+/// On a mounted volume: `kmsfs status` shows the remote default key with the state the mount
+/// last saw at the service, and `kmsfs rewrap MOUNTPOINT` re-wraps the intermediate key at
+/// the service through the mount without rewriting any file.
+#[test]
+fn status_and_live_rewrap_of_a_mounted_volume_under_a_remote_key() {
+    let tmp = tempfile::tempdir().unwrap();
+    let moto = Moto::start(tmp.path());
+    let arn = moto.create_key();
+    let (env, cipher) = remote_volume(&moto, &arn);
+    let mut m = Mounted::of_volume(env, &cipher, arn.clone(), &["kms_check_secs=1"], "info");
+    for i in 0..30 {
+        std::fs::write(m.path(&format!("f{i}")), format!("file {i}")).unwrap();
+    }
+    let mount_of = |status: &serde_json::Value| {
+        status["Mounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x["MountPoint"] == m.mnt().to_str().unwrap())
+            .cloned()
+    };
+    let status = m.env.json(&["status"]);
+    let mine = mount_of(&status).expect("the mount is listed");
+    assert_eq!(mine["DefaultKeyId"], arn.as_str(), "{mine}");
+    assert_eq!(mine["KeyUsable"], true, "{mine}");
+    assert_eq!(mine["RemoteKeys"][0]["KeyArn"], arn.as_str(), "{mine}");
+    assert_eq!(mine["RemoteKeys"][0]["Endpoint"], moto.url().as_str(), "{mine}");
+    let text = m.ok(&["status"]);
+    assert!(text.contains(&arn) && text.contains("Remote keys of mounted volumes"), "{text}");
+
+    moto.set_enabled(&arn, false);
+    let seen = within(Duration::from_secs(5), || {
+        let mine = mount_of(&m.env.json(&["status"])).unwrap();
+        mine["KeyUsable"] == false && mine["KeyState"] == "Disabled"
+    });
+    assert!(seen.is_some(), "status shows the key disabled at the service");
+    moto.set_enabled(&arn, true);
+    assert!(within(Duration::from_secs(5), || open_errno(&m.path("f1")).is_none()).is_some());
+
+    m.unmount();
+    // All but the key table and the mount's lock file (it names the daemon).
+    let files: Vec<_> = walk(&cipher)
+        .into_iter()
+        .filter(|p| !["kmsfs.keys", "kmsfs.keys.bak", "kmsfs.lock"].iter().any(|n| p.ends_with(n)))
+        .collect();
+    let before: Vec<Vec<u8>> = files.iter().map(|p| std::fs::read(p).unwrap()).collect();
+    let table = std::fs::read_to_string(cipher.join("kmsfs.keys")).unwrap();
+    m.start();
+    let out = m.ok(&["rewrap", m.mnt().to_str().unwrap()]);
+    assert!(out.contains("through the mount"), "{out}");
+    assert!(out.contains("1 intermediate key(s) re-wrapped"), "{out}");
+    assert_eq!(std::fs::read_to_string(m.path("f29")).unwrap(), "file 29", "the mount keeps serving");
+    m.unmount();
+    assert_ne!(std::fs::read_to_string(cipher.join("kmsfs.keys")).unwrap(), table, "the table is re-wrapped");
+    let after: Vec<Vec<u8>> = files.iter().map(|p| std::fs::read(p).unwrap()).collect();
+    let changed: Vec<_> = files.iter().zip(before.iter().zip(&after)).filter(|(_, (b, a))| b != a).collect();
+    assert!(
+        changed.is_empty(),
+        "no file, header or metadata is rewritten: {:?}",
+        changed.iter().map(|c| c.0).collect::<Vec<_>>()
+    );
+    m.start();
+    assert_eq!(std::fs::read_to_string(m.path("f0")).unwrap(), "file 0", "the new wrap unwraps");
+}

@@ -59,6 +59,17 @@ impl KmsFs {
                 let _one = self.rewrap_lock.lock().expect("rewrap lock");
                 rewrap_volume_key(&self.keyring, access, &self.root, to_key.as_deref())
                     .map_err(|e| self.rewrap_errno(access, e))?;
+                // The whole volume catching up with rotation: the intermediate keys are
+                // re-wrapped at their services (ReEncrypt), the files under them are not.
+                if let (None, Some(remote)) = (&to_key, self.keyring.remote()) {
+                    let done = remote.rewrap_all().map_err(|e| self.rewrap_errno(access, e))?;
+                    if done > 0 {
+                        log::info!(
+                            "{}: {done} intermediate key(s) re-wrapped at their key services",
+                            access.path
+                        );
+                    }
+                }
             }
             return Ok(());
         }

@@ -69,6 +69,25 @@ impl IntermediateRecord {
     }
 }
 
+/// One intermediate key as a mount sees it now (`user.kmsfs.remote_keys` on the mount's
+/// root, `kmsfs status`): nothing secret.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct KeyReport {
+    pub intermediate_key: String,
+    pub key_arn: String,
+    pub endpoint: String,
+    /// Whether the mount has used it (unwrapped it, or tried to).
+    pub in_use: bool,
+    /// The state last seen at the service (`Enabled` until seen otherwise).
+    pub key_state: KeyState,
+    /// Whether new opens under it are served now.
+    pub usable: bool,
+    /// Why not, or what the last check could not confirm.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub problem: Option<String>,
+}
+
 /// How a mount treats its remote keys.
 #[derive(Debug, Clone)]
 pub struct RemoteSettings {
@@ -208,6 +227,39 @@ impl RemoteKeys {
             Some(_) => KeyState::Disabled,
             None => KeyState::Enabled,
         })
+    }
+
+    /// Every intermediate key of the table, as this process sees it now.
+    pub fn report(&self) -> Vec<KeyReport> {
+        let live = self.inner.live.read().expect("remote live lock");
+        self.records()
+            .into_iter()
+            .map(|r| {
+                let l = live.get(&r.id);
+                let refusal = l.and_then(|l| l.refusal.clone());
+                let key_state = match &refusal {
+                    Some(Refusal::State(s)) => *s,
+                    Some(_) => KeyState::Disabled,
+                    None => KeyState::Enabled,
+                };
+                let usable =
+                    l.is_some_and(|l| l.cipher.is_some() && l.refusal.is_none() && !self.grace_over(l));
+                let problem = match (&refusal, l.and_then(|l| l.unreachable.as_ref())) {
+                    (Some(refused), _) => Some(refusal_error(refused, &r.key_arn).to_string()),
+                    (None, Some((_, why))) => Some(self.unreachable_error(&r, why).to_string()),
+                    (None, None) => None,
+                };
+                KeyReport {
+                    intermediate_key: r.id.clone(),
+                    key_arn: r.key_arn.clone(),
+                    endpoint: self.endpoint_of(&r),
+                    in_use: l.is_some(),
+                    key_state,
+                    usable,
+                    problem,
+                }
+            })
+            .collect()
     }
 
     /// The intermediate key `key_id`, unwrapped (at its first use, with one call to the
