@@ -103,3 +103,78 @@ fn two_hosts_share_a_central_key_its_state_reaches_both_and_the_central_audit_na
     drop((ha, hb));
     drop(server);
 }
+
+/// A central `kmsfs serve` over TLS with a private CA: a host that trusts it through
+/// AWS_CA_BUNDLE mounts and uses a volume under its key; a host that does not is refused at
+/// `volume init`, with nothing of the volume left behind.
+#[test]
+fn a_central_service_over_tls_is_used_with_its_ca_bundle_and_refused_without() {
+    let central = TestEnv::new();
+    let key_id = central.create_key("alias/shared");
+    let info = central.json(&["keystore", "info"]);
+    let arn = format!(
+        "arn:aws:kms:{}:{}:key/{key_id}",
+        info["Region"].as_str().unwrap(),
+        info["AccountId"].as_str().unwrap()
+    );
+    let access = central.json(&["access-key", "create", "--user", "tls-host", "--uid", "0"]);
+    // A private CA and a server certificate it signs (webpki takes no CA as an end entity).
+    let (ca, cert, key) = (central.path("ca.pem"), central.path("cert.pem"), central.path("key.pem"));
+    let d = central.path("");
+    let script = format!(
+        "set -e; cd {d}; \
+         openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 1 \
+           -subj /CN=kmsfs-test-ca -keyout ca-key.pem -out ca.pem 2>/dev/null; \
+         openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -subj /CN=localhost \
+           -keyout key.pem -out req.pem 2>/dev/null; \
+         printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\\nbasicConstraints=CA:FALSE\\n' > ext; \
+         openssl x509 -req -in req.pem -CA ca.pem -CAkey ca-key.pem -CAcreateserial -days 1 \
+           -extfile ext -out cert.pem 2>/dev/null",
+        d = d.display()
+    );
+    let made = std::process::Command::new("sh").arg("-c").arg(&script).output().expect("openssl");
+    assert!(made.status.success(), "{made:?}");
+    let (c, k) = (cert.to_str().unwrap(), key.to_str().unwrap());
+    let mut child = central
+        .cmd(&["serve", "--listen", "127.0.0.1:0", "--no-socket", "--tls-cert", c, "--tls-key", k])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let server = Server(child);
+    let ready: serde_json::Value = serde_json::from_str(&line).expect("readiness line");
+    let url = ready["Url"].as_str().unwrap().to_string();
+    assert!(url.starts_with("https://"), "{url}");
+
+    let key = &access["AccessKey"];
+    let creds = |env: &mut TestEnv| {
+        env.vars = vec![
+            ("AWS_ACCESS_KEY_ID".into(), key["AccessKeyId"].as_str().unwrap().into()),
+            ("AWS_SECRET_ACCESS_KEY".into(), key["SecretAccessKey"].as_str().unwrap().into()),
+            ("AWS_PROFILE".into(), "none-such".into()),
+        ];
+    };
+    let mut untrusting = TestEnv::new();
+    creds(&mut untrusting);
+    let refused = untrusting.path("cipher");
+    let out =
+        untrusting.run(&["volume", "init", refused.to_str().unwrap(), "--key", &arn, "--kms-endpoint", &url]);
+    assert!(!out.status.success(), "an untrusted certificate is refused: {out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&url), "the error names the endpoint: {err}");
+    assert!(!refused.join("kmsfs.volume").exists() && !refused.join("kmsfs.keys").exists());
+
+    let mut host = TestEnv::new();
+    creds(&mut host);
+    host.vars.push(("AWS_CA_BUNDLE".into(), ca.to_str().unwrap().to_string()));
+    let cipher = host.path("cipher");
+    host.ok(&["volume", "init", cipher.to_str().unwrap(), "--key", &arn, "--kms-endpoint", &url]);
+    let mut m = Mounted::of_volume(host, &cipher, arn.clone(), &[], "info");
+    std::fs::write(m.path("over-tls"), "sealed").unwrap();
+    m.remount();
+    assert_eq!(std::fs::read_to_string(m.path("over-tls")).unwrap(), "sealed");
+    drop(m);
+    drop(server);
+}
