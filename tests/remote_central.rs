@@ -178,3 +178,69 @@ fn a_central_service_over_tls_is_used_with_its_ca_bundle_and_refused_without() {
     drop(m);
     drop(server);
 }
+
+/// A host whose credentials are in a shared credentials file: the access key is rotated
+/// centrally (a new one written to the file, the old one deleted) while the volume is
+/// mounted, and the mount's next checks sign with the new one, so new opens keep working.
+#[test]
+fn credentials_rotated_in_the_credentials_file_reach_a_running_mount() {
+    let central = TestEnv::new();
+    let key_id = central.create_key("alias/shared");
+    let info = central.json(&["keystore", "info"]);
+    let arn = format!(
+        "arn:aws:kms:{}:{}:key/{key_id}",
+        info["Region"].as_str().unwrap(),
+        info["AccountId"].as_str().unwrap()
+    );
+    let old = central.json(&["access-key", "create", "--user", "rotating", "--uid", "0"]);
+    let mut child = central
+        .cmd(&["serve", "--listen", "127.0.0.1:0", "--no-socket"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let server = Server(child);
+    let ready: serde_json::Value = serde_json::from_str(&line).expect("readiness line");
+    let url = ready["Url"].as_str().unwrap().to_string();
+
+    let mut env = TestEnv::new();
+    let file = env.path("aws-credentials");
+    let write_creds = |k: &serde_json::Value| {
+        let text = format!(
+            "[host]\naws_access_key_id = {}\naws_secret_access_key = {}\n",
+            k["AccessKey"]["AccessKeyId"].as_str().unwrap(),
+            k["AccessKey"]["SecretAccessKey"].as_str().unwrap()
+        );
+        // Replaced whole, as tools that rotate it do.
+        let tmp = file.with_extension("new");
+        std::fs::write(&tmp, text).unwrap();
+        std::fs::rename(&tmp, &file).unwrap();
+    };
+    write_creds(&old);
+    env.vars = vec![
+        ("AWS_SHARED_CREDENTIALS_FILE".into(), file.to_str().unwrap().into()),
+        ("AWS_CONFIG_FILE".into(), "/nonexistent".into()),
+        ("AWS_PROFILE".into(), "host".into()),
+    ];
+    let cipher = env.path("cipher");
+    env.ok(&["volume", "init", cipher.to_str().unwrap(), "--key", &arn, "--kms-endpoint", &url]);
+    let m = Mounted::of_volume(env, &cipher, arn.clone(), &["kms_check_secs=1"], "info");
+    std::fs::write(m.path("f"), "before the rotation").unwrap();
+
+    let new = central.json(&["access-key", "create", "--user", "rotating", "--uid", "0"]);
+    write_creds(&new);
+    central.ok(&["access-key", "delete", old["AccessKey"]["AccessKeyId"].as_str().unwrap()]);
+    // Several checks later: each signed with the key the file names now.
+    std::thread::sleep(Duration::from_secs(4));
+    assert_eq!(
+        std::fs::read_to_string(m.path("f")).unwrap(),
+        "before the rotation",
+        "new opens still work:\n{}",
+        m.log_text()
+    );
+    assert!(!m.log_text().contains("refused"), "no check was refused:\n{}", m.log_text());
+    drop(m);
+    drop(server);
+}

@@ -88,7 +88,10 @@ pub fn is_remote_key(key_ref: &str) -> bool {
 pub struct KmsClient {
     endpoint: Endpoint,
     region: String,
-    credentials: Credentials,
+    /// Read again from the chain before every request (below), so that credentials rotated
+    /// in `~/.aws/credentials` reach a mount that runs for months; the last good ones stay
+    /// when the chain cannot be read at that moment.
+    credentials: std::sync::Mutex<Credentials>,
     tls: Option<Arc<rustls::ClientConfig>>,
     policy: CallPolicy,
     calls: std::sync::atomic::AtomicU64,
@@ -107,7 +110,14 @@ impl KmsClient {
             endpoint.map(str::to_string).unwrap_or_else(|| format!("https://kms.{region}.amazonaws.com"));
         let endpoint = Endpoint::parse(&url)?;
         let tls = if endpoint.tls { Some(http::tls_config(config.ca_bundle.as_deref())?) } else { None };
-        Ok(KmsClient { endpoint, region, credentials: config.credentials, tls, policy, calls: 0.into() })
+        Ok(KmsClient {
+            endpoint,
+            region,
+            credentials: std::sync::Mutex::new(config.credentials),
+            tls,
+            policy,
+            calls: 0.into(),
+        })
     }
 
     pub fn endpoint(&self) -> &str {
@@ -219,14 +229,19 @@ impl KmsClient {
                 _ => format!("{}:{}", e.host, e.port),
             }
         };
+        let mut credentials = self.credentials.lock().expect("remote credentials lock");
+        if let Ok(fresh) = credentials::load() {
+            *credentials = fresh.credentials;
+        }
         let identity: Identity = SigningCredentials::new(
-            &self.credentials.access_key_id,
-            self.credentials.secret_access_key.as_str(),
-            self.credentials.session_token.as_ref().map(|t| t.to_string()),
+            &credentials.access_key_id,
+            credentials.secret_access_key.as_str(),
+            credentials.session_token.as_ref().map(|t| t.to_string()),
             None,
             "kmsfs",
         )
         .into();
+        drop(credentials);
         let params = v4::SigningParams::builder()
             .identity(&identity)
             .region(&self.region)
