@@ -42,7 +42,9 @@
 # .tar.gz or .crate; default /usr/src/linux-source-6.1.tar.xz), BENCH_SYSTEMS (default
 # "plain kmsfs gocryptfs securefs"; add kmsfs_wb for kmsfs mounted with -o writeback_cache,
 # or set BENCH_WRITEBACK=1; add kmsfs_base for a second kmsfs binary, BENCH_KMSFS_BASE, with its
-# own keystore: the before/after comparison of a change, interleaved in one run), BENCH_DIR (work directory: empty or new, left in place; default
+# own keystore: the before/after comparison of a change, interleaved in one run; add
+# kmsfs_remote, or set BENCH_REMOTE=1, for a volume under a remote master key held by a
+# `kmsfs serve` on loopback with its own keystore, compared with kmsfs as remote/kmsfs), BENCH_DIR (work directory: empty or new, left in place; default
 # a temporary one under /var/tmp, removed), BENCH_OUT, BENCH_KMSFS (a kmsfs binary to use;
 # default: cargo build --release),
 # BENCH_DIRTY_KB (16384), BENCH_SETTLE_SECS (60: the longest wait for writeback),
@@ -68,9 +70,12 @@ read -r -a SYSTEMS <<<"${BENCH_SYSTEMS:-plain kmsfs gocryptfs securefs}"
 if [ "${BENCH_WRITEBACK:-0}" = 1 ] && [[ " ${SYSTEMS[*]} " != *" kmsfs_wb "* ]]; then
   SYSTEMS+=(kmsfs_wb)
 fi
+if [ "${BENCH_REMOTE:-0}" = 1 ] && [[ " ${SYSTEMS[*]} " != *" kmsfs_remote "* ]]; then
+  SYSTEMS+=(kmsfs_remote)
+fi
 for s in "${SYSTEMS[@]}"; do
-  case $s in plain | kmsfs | kmsfs_wb | kmsfs_base | gocryptfs | securefs) ;;
-    *) echo "BENCH_SYSTEMS: unknown system '$s' (plain kmsfs kmsfs_wb kmsfs_base gocryptfs securefs)" >&2; exit 2 ;;
+  case $s in plain | kmsfs | kmsfs_wb | kmsfs_base | kmsfs_remote | gocryptfs | securefs) ;;
+    *) echo "BENCH_SYSTEMS: unknown system '$s' (plain kmsfs kmsfs_wb kmsfs_base kmsfs_remote gocryptfs securefs)" >&2; exit 2 ;;
   esac
 done
 for v in ROUNDS WARMUP MB DIRTY_KB SETTLE_SECS SETTLE; do
@@ -86,7 +91,7 @@ uses() { [[ " ${SYSTEMS[*]} " == *" $1 "* ]]; }
 
 [ "$(id -u)" -eq 0 ] || { echo "scripts/bench.sh runs as root (drop_caches)" >&2; exit 2; }
 KMSFS_BENCH=1 scripts/install-deps.sh
-if uses kmsfs || uses kmsfs_wb; then
+if uses kmsfs || uses kmsfs_wb || uses kmsfs_remote; then
   if [ -n "${BENCH_KMSFS:-}" ]; then
     KMSFS=$BENCH_KMSFS
   else
@@ -131,6 +136,8 @@ cleanup() {
     fusermount3 -u "$m" 2>/dev/null || umount "$m" 2>/dev/null || fusermount3 -uz "$m" 2>/dev/null
   done
   for p in "${PID[@]}"; do stop_pid "$p"; done
+  # The central key service of kmsfs_remote, after the mounts that use it.
+  [ -n "${SERVE_PID:-}" ] && kill "$SERVE_PID" 2>/dev/null
   left=$(findmnt -rn -o TARGET | grep "^$WORK/")
   if [ -n "$left" ]; then
     echo "still mounted, $WORK kept: $left" >&2
@@ -251,7 +258,7 @@ for r in counted:
     if r["phase"] in ("untar", "rm"):
         t[key + (r["phase"] + "+sync",)] = float(r["seconds"]) + float(r["sync_s"])
 rounds = sorted({k[0] for k in t})
-systems = [s for s in ["plain", "kmsfs", "gocryptfs", "securefs", "kmsfs_wb", "kmsfs_base"] if any(k[1] == s for k in t)]
+systems = [s for s in ["plain", "kmsfs", "gocryptfs", "securefs", "kmsfs_wb", "kmsfs_base", "kmsfs_remote"] if any(k[1] == s for k in t)]
 peers = [s for s in ("gocryptfs", "securefs") if s in systems]
 
 def ratios(phase, num, den):
@@ -284,6 +291,7 @@ with open(f"{out}/ratios.tsv", "w") as f:
 
 wb = "kmsfs_wb" in systems
 base = "kmsfs_base" in systems
+remote = "kmsfs_remote" in systems
 print(f"{len(rounds)} counted round(s); per round: peer/kmsfs = the faster of {' and '.join(peers) or '(no peer)'}"
       " / kmsfs (above 1.00: kmsfs faster); kmsfs/plain = kmsfs / plain ext4 (time)")
 head = f"{'phase':<11} {'peer/kmsfs min  med  max':>24}  {'kmsfs/plain min  med  max':>25}"
@@ -291,6 +299,10 @@ if wb:
     head += f"  {'peer/kmsfs+wb min med max':>25}"
 if base:
     head += f"  {'base/kmsfs min  med  max':>25}"
+if remote:
+    head += f"  {'remote/kmsfs min med max':>25}"
+if remote:
+    print("remote/kmsfs = kmsfs under a remote key / kmsfs under a local key (time; target: median <= 1.10)")
 print(head + "  target (median >= 1.25, no round < 1.00)")
 for p in PHASES:
     pk = mmm(ratios(p, best_peer, get("kmsfs")))
@@ -300,6 +312,8 @@ for p in PHASES:
         line += f"  {cell(mmm(ratios(p, best_peer, get('kmsfs_wb')))):>25}"
     if base:
         line += f"  {cell(mmm(ratios(p, get('kmsfs_base'), get('kmsfs')))):>25}"
+    if remote:
+        line += f"  {cell(mmm(ratios(p, get('kmsfs_remote'), get('kmsfs')))):>25}"
     verdict = "-"
     if pk:
         verdict = "met" if pk[1] >= 1.25 and pk[0] >= 1.0 else "not met"
@@ -328,7 +342,7 @@ placed = list(csv.DictReader(open(f"{out}/rounds.tsv"), delimiter="\t"))
 cpus = {s: sorted({r["cpus_allowed"] for r in placed if r["system"] == s}) for s in systems if s != "plain"}
 print("daemon CPU affinity (not pinned): " + ", ".join(f"{s} {'/'.join(c)}" for s, c in cpus.items()))
 rss = [r for r in placed if r["counted"] == "1" and r["system"].startswith("kmsfs")]
-for s in ("kmsfs", "kmsfs_wb", "kmsfs_base"):
+for s in ("kmsfs", "kmsfs_wb", "kmsfs_base", "kmsfs_remote"):
     v = [int(r["peak_rss_mib"]) for r in rss if r["system"] == s and r["peak_rss_mib"].isdigit()]
     if v:
         print(f"{s} daemon peak RSS per round: {' '.join(map(str, v))} MiB (max {max(v)})")
@@ -394,6 +408,33 @@ wait_mounted() { # DIR PID: until DIR is a mount point, while the daemon PID liv
   return 1
 }
 
+# The central key service of kmsfs_remote: a `kmsfs serve` on a loopback port with a keystore
+# of its own ("another host"), one key, one access key the mounts sign with. Started once;
+# every round's kmsfs_remote volume gets its intermediate key from it at init.
+start_central() {
+  local c=$WORK/central ready access ident key_id i
+  mkdir -p "$c"
+  export KMSFS_KEYSTORE=$c/keystore.db
+  "$KMSFS" keystore init --argon2-memory-kib 65536 >/dev/null
+  key_id=$("$KMSFS" key create --alias alias/bench-central)
+  ident=$("$KMSFS" --json keystore info)
+  access=$("$KMSFS" --json access-key create --user bench --uid 0)
+  setsid "$KMSFS" serve --listen 127.0.0.1:0 --no-socket >"$c/ready" 2>"$c/serve.log" &
+  SERVE_PID=$!
+  export KMSFS_KEYSTORE=$WORK/keystore.db
+  for i in $(seq 100); do [ -s "$c/ready" ] && break; sleep 0.1; done
+  ready=$(head -n1 "$c/ready")
+  [ -n "$ready" ] || { echo "kmsfs serve did not start: $(cat "$c/serve.log")" >&2; exit 1; }
+  REMOTE_URL=$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["Url"])' "$ready")
+  REMOTE_ARN=$(python3 -c 'import json,sys; i=json.loads(sys.argv[1]); print("arn:aws:kms:%s:%s:key/%s" % (i["Region"], i["AccountId"], sys.argv[2]))' "$ident" "$key_id")
+  REMOTE_KEY_ID=$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["AccessKey"]["AccessKeyId"])' "$access")
+  REMOTE_SECRET=$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["AccessKey"]["SecretAccessKey"])' "$access")
+}
+# remote_env CMD...: runs CMD with the central service's credentials (and no ~/.aws profile).
+remote_env() {
+  AWS_ACCESS_KEY_ID=$REMOTE_KEY_ID AWS_SECRET_ACCESS_KEY=$REMOTE_SECRET AWS_PROFILE=kmsfs-bench-none "$@"
+}
+
 # mount_system ROUND SYSTEM: fresh volume for SYSTEM in this round, mounted at $R/SYSTEM/mnt;
 # sets PID[SYSTEM].
 mount_system() {
@@ -401,6 +442,13 @@ mount_system() {
   mkdir -p "$d/mnt"
   case $s in
     plain) return 0 ;;
+    kmsfs_remote)
+      mkdir -p "$d/volume"
+      remote_env "$KMSFS" volume init --name "bench-r$r-$s" --key "$REMOTE_ARN" --kms-endpoint "$REMOTE_URL" \
+        "$d/volume" >/dev/null
+      remote_env "$KMSFS" mount "$d/volume" "$d/mnt" 2>"$d/daemon.log"
+      pid=$(sed -n 's/.*daemon pid \([0-9]*\).*/\1/p' "$d/daemon.log")
+      [ -n "$pid" ] || { echo "kmsfs mount failed: $(cat "$d/daemon.log")" >&2; return 1; } ;;
     kmsfs | kmsfs_wb | kmsfs_base)
       [ "$s" = kmsfs_wb ] && opts=(-o writeback_cache)
       local bin=$KMSFS ks=$KMSFS_KEYSTORE
@@ -528,8 +576,11 @@ run_round() {
 
 prepare_tarball
 record_env
-if uses kmsfs || uses kmsfs_wb; then
+if uses kmsfs || uses kmsfs_wb || uses kmsfs_remote; then
   "$KMSFS" keystore init --argon2-memory-kib 65536 >/dev/null
+fi
+if uses kmsfs_remote; then
+  start_central
 fi
 if uses kmsfs_base; then
   KMSFS_KEYSTORE=$WORK/keystore-base.db "$KMSFS_BASE" keystore init --argon2-memory-kib 65536 >/dev/null

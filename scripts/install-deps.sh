@@ -7,7 +7,7 @@
 # and fuse3's mount.fuse3 for tests/boot_mount.rs, which installs /sbin/mount.fuse.kmsfs
 # itself for its duration; scripts/install.sh installs it for real; tar for tests/stress.rs,
 # mount -t tmpfs for tests/enospc.rs; pjdfstest from crates.io for tests/pjdfstest.rs; openssl and curl
-# for the TLS case of tests/api_server.rs). With
+# for the TLS case of tests/api_server.rs; moto_server (pinned below) for tests/remote_kms.rs). With
 # KMSFS_BENCH=1 also what scripts/bench.sh runs (gocryptfs, securefs, fio, bc, python3 to read
 # fio's JSON, and linux-source-6.1 for the untar phase's tarball). For the AWS KMS API suite
 # (tests/api, run by pytest) and scripts/bench-api.sh: python3 with pip, the Python packages

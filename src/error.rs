@@ -78,6 +78,12 @@ pub enum Error {
     #[error("{0}")]
     Io(String),
 
+    /// A remote key service (AWS KMS, a central `kmsfs serve`) that did not answer in time
+    /// or answered nothing usable: nothing is known about the key, so nothing may be
+    /// concluded about the data under it (fsck must not call it damaged).
+    #[error("{0}")]
+    KeyServiceUnavailable(String),
+
     /// The file system is out of space or quota (the errno, ENOSPC or EDQUOT, is kept so the
     /// mount answers with it rather than with EIO).
     #[error("{0}")]

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use super::{output, passphrase, Global, Session, VolumeSession};
 use crate::error::{Error, Result};
 use crate::kms::Clock;
-use crate::volume::copy::{destination_config, Copier, CopyReport, Side};
+use crate::volume::copy::{new_config, wrap_names_key, Copier, CopyReport, KeyMap, Side};
 
 #[derive(Debug, clap::Args)]
 #[command(after_help = "\
@@ -14,6 +14,8 @@ Examples:
   kmsfs volume copy ~/vault.enc /backup/vault.enc --to-key alias/backup
   kmsfs volume copy ~/vault.enc /mnt/usb/vault.enc --to-keystore /mnt/usb/keystore.db \\
       --to-key alias/offsite --to-passphrase-file /root/offsite.pass
+  kmsfs volume copy ~/vault.enc /srv/vault.enc \\
+      --to-key arn:aws:kms:eu-west-1:111122223333:key/... --kms-endpoint https://kms.example
 
 Data blocks are copied as they are (holes stay holes); every wrapped key is unwrapped
 with the source keystore and wrapped again for the destination. The copy gets a new
@@ -42,6 +44,10 @@ pub struct CopyArgs {
     /// The copy's name [default: the source volume's name]
     #[arg(long)]
     pub name: Option<String>,
+    /// Where a remote --to-key (an ARN) is served: https://..., or http:// on loopback
+    /// [default: AWS KMS in the ARN's region]
+    #[arg(long, value_name = "URL")]
+    pub kms_endpoint: Option<String>,
 }
 
 pub fn run(g: &Global, args: CopyArgs) -> Result<()> {
@@ -85,21 +91,46 @@ pub fn run(g: &Global, args: CopyArgs) -> Result<()> {
         None => (&src.keys, src.config.keystore_id.clone()),
     };
     let (dst_ring, dst_me) = (&dst_keys.ring, &dst_keys.me);
-    let to_key = args.to_key.as_deref().map(|k| dst_ring.resolve(k)).transpose()?;
+    let remote_to_key = args.to_key.as_deref().filter(|k| crate::kms::remote::is_remote_key(k));
+    if args.kms_endpoint.is_some() && remote_to_key.is_none() {
+        return Err(Error::InvalidArgument(
+            "--kms-endpoint needs --to-key naming a remote key (an ARN such as arn:aws:kms:REGION:ACCOUNT:key/ID)"
+                .into(),
+        ));
+    }
+    if let Some(url) = &args.kms_endpoint {
+        crate::kms::remote::http::Endpoint::parse(url)?;
+    }
+    // A local --to-key is checked before anything is written.
+    let local_to_key = args
+        .to_key
+        .as_deref()
+        .filter(|_| remote_to_key.is_none())
+        .map(|k| dst_ring.resolve(k))
+        .transpose()?;
     let now = crate::kms::SystemClock::from_env().map_err(Error::InvalidArgument)?.now_secs();
     let src_side = Side { ring: &src.keys.ring, caller: &src.keys.me, config: &src.config };
-    let mut config =
-        destination_config(&src_side, dst_ring, dst_me, &dst_keystore_id, to_key.as_deref(), now)?;
+    let mut config = new_config(&src.config, &dst_keystore_id, now);
     if let Some(name) = &args.name {
         config.name = crate::volume::alias_safe_name(name);
     }
     std::fs::create_dir_all(&destination).map_err(|e| Error::io(destination.display(), e))?;
+    // The copy's own intermediate keys: their encryption context names the new volume.
+    let dst_remote = crate::volume::remote_keys::open(&destination, &config, Default::default())?;
+    dst_ring.attach_remote(dst_remote.clone());
+    let created = crate::kms::clock::format_date(now);
+    let to_key = match remote_to_key {
+        Some(arn) => Some(dst_remote.intermediate_for(arn, args.kms_endpoint.as_deref(), &created)?),
+        None => local_to_key,
+    };
+    let map = KeyMap { to_key, src_remote: src.keys.ring.remote(), dst_remote, created };
+    wrap_names_key(&src_side, dst_ring, dst_me, &mut config, &map)?;
     let bar = output::Progress::spinner(g.json);
     let mut progress = |r: &CopyReport| {
         bar.show(|| format!("{} files, {} directories, {} MiB", r.files, r.directories, r.bytes_copied >> 20))
     };
     let dst_side = Side { ring: dst_ring, caller: dst_me, config: &config };
-    let report = Copier::new(src_side, dst_side, to_key, &mut progress).run(&source, &destination);
+    let report = Copier::new(src_side, dst_side, &map, &mut progress).run(&source, &destination);
     bar.finish();
     if let Some((_, keys)) = dst_session {
         keys.close();
@@ -118,7 +149,11 @@ pub fn run(g: &Global, args: CopyArgs) -> Result<()> {
             report.seconds,
             destination.display()
         );
-        println!("volume id {}, files wrapped under key {}", report.volume_id, report.default_key_id);
+        println!(
+            "volume id {}, files wrapped under key {}",
+            report.volume_id,
+            dst_ring_name(&report.default_key_id, &destination)
+        );
         for e in &report.errors {
             eprintln!("kmsfs: {e}");
         }
@@ -197,4 +232,13 @@ fn copy_to_replicas(g: &Global, args: &CopyArgs, source: &Path, destination: &Pa
         );
     }
     Ok(())
+}
+
+/// The copy's default key as people know it: a remote key's ARN for an intermediate key.
+fn dst_ring_name(key_id: &str, destination: &Path) -> String {
+    crate::volume::remote_keys::load(destination)
+        .ok()
+        .and_then(|t| t.into_iter().find(|r| r.id == key_id))
+        .map(|r| format!("{} (remote, intermediate key {key_id})", r.key_arn))
+        .unwrap_or_else(|| key_id.to_string())
 }

@@ -17,7 +17,8 @@ Examples:
 
 Statuses: ok, tampered (which block), header-damaged, missing-header, interrupted-rewrap,
 key-disabled, key-pending-deletion, key-destroyed (unrecoverable), key-unknown,
-access-denied, name-damaged, orphan-sidecar, temp-file, metadata-copy-damaged,
+access-denied, key-unreachable (a remote key service did not answer: not checked),
+name-damaged, orphan-sidecar, temp-file, metadata-copy-damaged,
 metadata-damaged, symlink-damaged.
 Exit code: 0 when the volume is clean (after repairs), 8 when problems remain.")]
 pub struct FsckArgs {

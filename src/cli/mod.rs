@@ -227,7 +227,9 @@ impl VolumeSession {
             &global.keystore_path(),
             &session.kms.keystore().keystore_id()?,
         )?;
-        Ok(VolumeSession { config, keys: session.into_ring()? })
+        let keys = session.into_ring()?;
+        crate::volume::remote_keys::attach(&keys.ring, cipher_dir, &config, Default::default())?;
+        Ok(VolumeSession { config, keys })
     }
 }
 

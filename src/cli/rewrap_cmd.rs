@@ -96,10 +96,21 @@ fn rewrap_offline(
 ) -> Result<RewrapReport> {
     let v = VolumeSession::open(g, cipher_dir)?;
     let (ring, me) = (&v.keys.ring, &v.keys.me);
-    let to_key = to_key.map(|k| ring.resolve(k)).transpose()?;
+    let whole_volume = rel.as_os_str().is_empty() || rel == Path::new("/");
+    // A rotated remote key: its intermediate keys are re-wrapped at the service (ReEncrypt);
+    // the files under them stay as they are.
+    let intermediate = match ring.remote() {
+        Some(r) if whole_volume && to_key.is_none() && !r.records().is_empty() => r.rewrap_all()?,
+        _ => 0,
+    };
+    let to_key = to_key.map(|k| ring.assign(k)).transpose()?;
     let start = resolve_dir(ring, me, &v.config, cipher_dir, rel)?;
     let plain_start = format!("/{}", rel.display());
-    let report = Rewrapper::new(ring, me, &v.config, to_key, progress).run(cipher_dir, &start, &plain_start);
+    let mut report =
+        Rewrapper::new(ring, me, &v.config, to_key, progress).run(cipher_dir, &start, &plain_start);
+    if let Ok(r) = report.as_mut() {
+        r.intermediate_keys_rewrapped = intermediate as u64;
+    }
     v.keys.close();
     report
 }
@@ -120,6 +131,12 @@ fn print_report(json: bool, report: &RewrapReport) {
         report.files_per_second(),
         if report.live { " (through the mount)" } else { "" }
     );
+    if report.intermediate_keys_rewrapped > 0 {
+        println!(
+            "{} intermediate key(s) re-wrapped under the current material of their remote keys",
+            report.intermediate_keys_rewrapped
+        );
+    }
     for e in &report.errors {
         eprintln!("kmsfs: {e}");
     }

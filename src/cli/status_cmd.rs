@@ -10,6 +10,7 @@ use super::Session;
 use crate::error::Result;
 use crate::keystore::records::KeyState;
 use crate::kms::lifecycle::DAY_SECS;
+use crate::kms::remote::KeyReport;
 use crate::kms::status::{Status, EXPIRING_SOON_SECS};
 use crate::volume::VolumeConfig;
 
@@ -48,6 +49,9 @@ struct MountStatus {
     key_usable: bool,
     /// Why the key is not usable, or why the volume could not be read.
     problem: Option<String>,
+    /// The volume's keys in remote key services (AWS KMS, a central `kmsfs serve`), as the
+    /// mount sees them now.
+    remote_keys: Vec<KeyReport>,
 }
 
 pub fn run(s: &mut Session) -> Result<()> {
@@ -77,18 +81,42 @@ fn mounts(status: &Status) -> Vec<MountStatus> {
         .into_iter()
         .map(|m| match VolumeConfig::load(&m.cipher_dir) {
             Ok(config) => {
-                let key = status.volume_key(&config.keystore_id, &config.default_key_id);
-                MountStatus {
-                    mount_point: m.mount_point,
-                    cipher_dir: m.cipher_dir,
-                    volume_name: Some(config.name),
-                    volume_id: Some(config.volume_id),
-                    default_key_id: Some(config.default_key_id),
-                    key_aliases: key.aliases,
-                    key_state: key.key_state,
-                    key_usable: key.usable,
-                    problem: key.problem,
-                }
+                let remote_keys = crate::mount::control::remote_keys(&m.mount_point).unwrap_or_default();
+                let mut status =
+                    match remote_keys.iter().find(|r| r.intermediate_key == config.default_key_id) {
+                        // A remote default key: its state is the service's, as the mount saw it.
+                        Some(r) => MountStatus {
+                            mount_point: m.mount_point,
+                            cipher_dir: m.cipher_dir,
+                            volume_name: None,
+                            volume_id: None,
+                            default_key_id: Some(r.key_arn.clone()),
+                            key_aliases: Vec::new(),
+                            key_state: Some(r.key_state),
+                            key_usable: r.usable,
+                            problem: r.problem.clone(),
+                            remote_keys: Vec::new(),
+                        },
+                        None => {
+                            let key = status.volume_key(&config.keystore_id, &config.default_key_id);
+                            MountStatus {
+                                mount_point: m.mount_point,
+                                cipher_dir: m.cipher_dir,
+                                volume_name: None,
+                                volume_id: None,
+                                default_key_id: Some(config.default_key_id),
+                                key_aliases: key.aliases,
+                                key_state: key.key_state,
+                                key_usable: key.usable,
+                                problem: key.problem,
+                                remote_keys: Vec::new(),
+                            }
+                        }
+                    };
+                status.volume_name = Some(config.name);
+                status.volume_id = Some(config.volume_id);
+                status.remote_keys = remote_keys;
+                status
             }
             Err(e) => MountStatus {
                 mount_point: m.mount_point,
@@ -100,6 +128,7 @@ fn mounts(status: &Status) -> Vec<MountStatus> {
                 key_state: None,
                 key_usable: false,
                 problem: Some(super::errors::describe(&e)),
+                remote_keys: Vec::new(),
             },
         })
         .collect()
@@ -238,6 +267,27 @@ fn render(status: &Status, mounts: &[MountStatus]) -> String {
             ]);
         }
         out.push_str(&t.render());
+        let remote: Vec<_> = mounts.iter().flat_map(|m| m.remote_keys.iter().map(move |r| (m, r))).collect();
+        if !remote.is_empty() {
+            out.push_str("\nRemote keys of mounted volumes (as each mount saw them at its last check)\n");
+            let mut t = Table::new(&["MOUNT POINT", "KEY", "ENDPOINT", "STATE", "USABLE"]);
+            for (m, r) in remote {
+                let usable = match (&r.problem, r.usable, r.in_use) {
+                    (_, true, _) => "yes".to_string(),
+                    (Some(why), false, _) => format!("no: {why}"),
+                    (None, false, false) => "not used yet".into(),
+                    (None, false, true) => "no".into(),
+                };
+                t.row(vec![
+                    m.mount_point.display().to_string(),
+                    r.key_arn.clone(),
+                    r.endpoint.clone(),
+                    r.key_state.as_str().into(),
+                    usable,
+                ]);
+            }
+            out.push_str(&t.render());
+        }
     }
     out
 }

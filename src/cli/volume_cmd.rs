@@ -23,6 +23,10 @@ pub enum VolumeCmd {
         /// The volume's name [default: the directory's name]
         #[arg(long)]
         name: Option<String>,
+        /// Where the remote key (--key ARN) is served: https://..., or http:// on loopback
+        /// [default: AWS KMS in the ARN's region]
+        #[arg(long, value_name = "URL")]
+        kms_endpoint: Option<String>,
     },
     /// Copy a volume (a snapshot) for another key and/or another keystore
     Copy(super::copy_cmd::CopyArgs),
@@ -44,6 +48,17 @@ pub struct MountArgs {
     /// writeback_cache for faster writes whose errors show at fsync/close
     #[arg(short = 'o', value_name = "OPT[,OPT...]", value_delimiter = ',')]
     pub options: Vec<String>,
+    /// Re-check each remote key in use at its service every N seconds [default: 60]
+    #[arg(long, value_name = "N")]
+    pub kms_check_secs: Option<u64>,
+    /// Keep keys already unwrapped serving for N seconds while the key service cannot be
+    /// reached [default: 300]
+    #[arg(long, value_name = "N")]
+    pub kms_grace_secs: Option<u64>,
+}
+
+fn config_dir(cipher_dir: &std::path::Path) -> PathBuf {
+    std::fs::canonicalize(cipher_dir).unwrap_or_else(|_| cipher_dir.to_path_buf())
 }
 
 #[derive(Debug, Subcommand)]
@@ -55,19 +70,29 @@ pub enum FileCmd {
 
 pub fn run_volume(g: &Global, cmd: VolumeCmd) -> Result<()> {
     match cmd {
-        VolumeCmd::Init { cipher_dir, key, name } => {
+        VolumeCmd::Init { cipher_dir, key, name, kms_endpoint } => {
             let mut s = Session::open(g)?;
             let me = s.me.clone();
-            let config =
-                crate::volume::init_volume(&mut s.kms, &me, &cipher_dir, key.as_deref(), name.as_deref())?;
+            let config = crate::volume::init_volume(
+                &mut s.kms,
+                &me,
+                &cipher_dir,
+                key.as_deref(),
+                name.as_deref(),
+                kms_endpoint.as_deref(),
+            )?;
+            let shown_key = crate::volume::remote_keys::load(&config_dir(&cipher_dir))
+                .ok()
+                .and_then(|t| t.into_iter().find(|r| r.id == config.default_key_id))
+                .map(|r| format!("{} (remote, intermediate key {})", r.key_arn, r.id))
+                .unwrap_or_else(|| config.default_key_id.clone());
             if s.json {
                 output::json(&config);
             } else {
                 println!(
-                    "created volume '{}' in {} (files encrypted under key {})",
+                    "created volume '{}' in {} (files encrypted under key {shown_key})",
                     config.name,
                     cipher_dir.display(),
-                    config.default_key_id
                 );
                 println!("mount it with: kmsfs mount {} MOUNTPOINT", cipher_dir.display());
             }
@@ -81,12 +106,15 @@ pub fn run_volume(g: &Global, cmd: VolumeCmd) -> Result<()> {
 pub fn run_mount(g: &Global, args: MountArgs) -> Result<()> {
     let keystore = g.keystore_path();
     let pass = g.passphrase(false)?;
+    let mut options = args.options;
+    options.extend(args.kms_check_secs.map(|n| format!("kms_check_secs={n}")));
+    options.extend(args.kms_grace_secs.map(|n| format!("kms_grace_secs={n}")));
     let request = MountRequest {
         cipher_dir: args.cipher_dir,
         mountpoint: args.mountpoint,
         keystore,
         foreground: args.foreground,
-        options: args.options,
+        options,
         word_error: super::errors::describe,
     };
     mount::mount(request, pass)

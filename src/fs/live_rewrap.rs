@@ -59,6 +59,17 @@ impl KmsFs {
                 let _one = self.rewrap_lock.lock().expect("rewrap lock");
                 rewrap_volume_key(&self.keyring, access, &self.root, to_key.as_deref())
                     .map_err(|e| self.rewrap_errno(access, e))?;
+                // The whole volume catching up with rotation: the intermediate keys are
+                // re-wrapped at their services (ReEncrypt), the files under them are not.
+                if let (None, Some(remote)) = (&to_key, self.keyring.remote()) {
+                    let done = remote.rewrap_all().map_err(|e| self.rewrap_errno(access, e))?;
+                    if done > 0 {
+                        log::info!(
+                            "{}: {done} intermediate key(s) re-wrapped at their key services",
+                            access.path
+                        );
+                    }
+                }
             }
             return Ok(());
         }
@@ -104,11 +115,15 @@ impl KmsFs {
         Ok(())
     }
 
-    /// The key id a control attribute names; an unknown key is EINVAL (the CLI says so).
+    /// The key id a control attribute names (for a remote key's ARN, a new intermediate
+    /// key under it); an unknown key is EINVAL (the CLI says so), a remote refusal its errno.
     fn resolve_target(&self, access: Access<'_>, what: &str, key_ref: &str) -> FsResult<String> {
-        self.keyring.resolve(key_ref).map_err(|e| {
+        self.keyring.assign(key_ref).map_err(|e| {
             log::info!("{}: {what} {key_ref}: {e}", access.path);
-            Errno::EINVAL
+            match e {
+                Error::NotFound(_) | Error::InvalidArgument(_) => Errno::EINVAL,
+                other => kms_errno(other),
+            }
         })
     }
 

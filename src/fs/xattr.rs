@@ -38,6 +38,9 @@ pub const XATTR_KEY_VERSION: &str = "user.kmsfs.key_version";
 pub const XATTR_KEY_EXPLICIT: &str = "user.kmsfs.key_explicit";
 /// "KEY_ID VERSION" in one read (what `kmsfs rewrap` compares before and after).
 pub const XATTR_WRAPPED_BY: &str = "user.kmsfs.wrapped_by";
+/// On the root only: the volume's intermediate keys under remote master keys and how the
+/// mount sees them now (JSON, `kms::remote::KeyReport`; `kmsfs status` reads it).
+pub const XATTR_REMOTE_KEYS: &str = "user.kmsfs.remote_keys";
 /// Write-only control attribute: setting it re-wraps the file's data key (or the
 /// directory's names key) under the current version of its key, or under the key given as
 /// the value. `kmsfs rewrap` on a live mount sets it on every file and directory.
@@ -99,6 +102,13 @@ impl KmsFs {
 
     pub(super) fn get_xattr(&self, ino: INodeNo, name: &OsStr) -> FsResult<Vec<u8>> {
         let name = name.to_str().ok_or(Errno::ENODATA)?;
+        if name == XATTR_REMOTE_KEYS {
+            if ino.0 != super::inodes::ROOT_INO {
+                return Err(Errno::ENODATA);
+            }
+            let report = self.keyring.remote().map(|r| r.report()).unwrap_or_default();
+            return serde_json::to_vec(&report).map_err(|_| Errno::EIO);
+        }
         if [XATTR_KEY, XATTR_KEY_VERSION, XATTR_KEY_EXPLICIT, XATTR_WRAPPED_BY].contains(&name) {
             let (meta, path) = self.stat_ino(ino)?;
             let path = path.ok_or(Errno::ENODATA)?;
@@ -108,7 +118,7 @@ impl KmsFs {
                 let blob = dir.names_key_blob().ok_or(Errno::EIO)?;
                 let wrapped_by = BlobHeader::parse(&blob).map(|(h, _)| h).map_err(|_| Errno::EIO)?;
                 return match name {
-                    XATTR_KEY => Ok(dir.key_id.into_bytes()),
+                    XATTR_KEY => Ok(self.keyring.key_name(&dir.key_id).into_bytes()),
                     XATTR_KEY_VERSION => Ok(wrapped_by.key_version.to_string().into_bytes()),
                     XATTR_WRAPPED_BY => {
                         Ok(format!("{} {}", wrapped_by.key_id, wrapped_by.key_version).into_bytes())
@@ -118,7 +128,7 @@ impl KmsFs {
             }
             let blob = self.file_key_blob(&path)?;
             return match name {
-                XATTR_KEY => Ok(blob.key_id.into_bytes()),
+                XATTR_KEY => Ok(self.keyring.key_name(&blob.key_id).into_bytes()),
                 XATTR_KEY_VERSION => Ok(blob.key_version.to_string().into_bytes()),
                 XATTR_WRAPPED_BY => Ok(format!("{} {}", blob.key_id, blob.key_version).into_bytes()),
                 _ => Err(Errno::ENODATA),

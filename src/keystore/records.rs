@@ -7,7 +7,7 @@ use crate::error::{Error, Result};
 
 /// AWS KeyState values that kmsfs uses (plus `Destroyed`, the tombstone a key leaves after
 /// its deletion window so files under it are reported unrecoverable instead of unknown).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum KeyState {
     Enabled,
     Disabled,

@@ -23,6 +23,7 @@ use super::asymmetric::{self, KeyMaterial, KeySpec, KeyUsage};
 use super::audit_writer::AuditSink;
 use super::blob::{self, BlobHeader};
 use super::policy::{GrantRule, Policy, Request};
+use super::remote::{self, RemoteKeys};
 use super::root_keys::{self, RootKeys};
 use super::wal_index::{self, WalIndex};
 use super::{version_material, AuditEvent, Clock, EncryptionContext, Outcome, Principal};
@@ -109,6 +110,10 @@ pub struct KeyRing {
     checked_for: AtomicU64,
     /// The keystore's WAL index, to skip `PRAGMA data_version` when nothing was committed.
     wal_index: Option<WalIndex>,
+    /// Volumes' intermediate keys under remote master keys (`kms::remote`): key ids the
+    /// ring serves from there instead of the keystore. The first is the volume the ring
+    /// serves (where `assign` makes new ones); `volume copy` adds its destination's.
+    remote: RwLock<Vec<RemoteKeys>>,
     /// Outside requests, how long a look at the keystore stays good (0: every call looks).
     check_every_us: u64,
     /// When the ring last looked, in microseconds since `started`.
@@ -137,6 +142,7 @@ impl KeyRing {
             clock,
             checked_for,
             wal_index: None,
+            remote: RwLock::new(Vec::new()),
             check_every_us: 0,
             last_check_us: AtomicU64::new(0),
             started: std::time::Instant::now(),
@@ -145,6 +151,53 @@ impl KeyRing {
         // Opened after the first query: by then the connection has opened the WAL index.
         ring.wal_index = WalIndex::open(path);
         Ok(ring)
+    }
+
+    /// Puts a volume's remote keys behind this ring (the first attached is the ring's own
+    /// volume's).
+    pub fn attach_remote(&self, keys: RemoteKeys) {
+        self.remote.write().expect("keyring remote lock").push(keys);
+    }
+
+    /// The remote keys of the volume this ring serves, if it was given any.
+    pub fn remote(&self) -> Option<RemoteKeys> {
+        self.remote.read().expect("keyring remote lock").first().cloned()
+    }
+
+    /// The remote keys `key_id` is one of, if any.
+    fn remote_for(&self, key_id: &str) -> Option<RemoteKeys> {
+        let all = self.remote.read().expect("keyring remote lock");
+        if all.is_empty() {
+            return None;
+        }
+        all.iter().find(|r| r.knows(key_id)).cloned()
+    }
+
+    /// How a key is named to people and in the audit trail: the remote key's ARN for an
+    /// intermediate key, else the key id.
+    pub fn key_name(&self, key_id: &str) -> String {
+        self.remote_for(key_id).and_then(|r| r.arn(key_id)).unwrap_or_else(|| key_id.to_string())
+    }
+
+    /// The key id new data is to be protected by when a caller names `key_ref` (`dir
+    /// set-key`, `rewrap --to-key`): a key of the keystore, or, for a remote key's ARN, the
+    /// volume's intermediate key under it (made and recorded in the key table if new).
+    pub fn assign(&self, key_ref: &str) -> Result<String> {
+        if !remote::is_remote_key(key_ref) {
+            return self.resolve(key_ref);
+        }
+        let keys = self.remote().ok_or_else(|| {
+            Error::InvalidArgument(format!(
+                "{key_ref} is a remote key, but this volume has no key table for one"
+            ))
+        })?;
+        keys.intermediate_for(key_ref, None, &crate::kms::clock::format_date(self.clock.now_secs()))
+    }
+
+    /// A remote intermediate key, if `key_id` is one, with why it may serve (its ARN).
+    fn remote_cipher(&self, key_id: &str) -> Option<Result<(Arc<Cipher>, String)>> {
+        let keys = self.remote_for(key_id)?;
+        Some(keys.cipher(key_id).map(|c| (c, format!("remote key {}", self.key_name(key_id)))))
     }
 
     /// Lets a look at the keystore stand for `every` (the API server: its own audit writer
@@ -270,6 +323,9 @@ impl KeyRing {
 
     /// The key id a key id or alias names, as the keystore says now.
     pub fn resolve(&self, key_ref: &str) -> Result<String> {
+        if self.remote_for(key_ref).is_some() {
+            return Ok(key_ref.to_string());
+        }
         self.refresh()?;
         let cache = self.cache.read().expect("keyring cache lock");
         let id = cache.aliases.get(key_ref).cloned().unwrap_or_else(|| key_ref.to_string());
@@ -315,6 +371,11 @@ impl KeyRing {
 
     /// The current version of `key_id`, as the keystore says now.
     pub fn current_version(&self, key_id: &str) -> Result<u32> {
+        if self.remote_for(key_id).is_some() {
+            // An intermediate key has one version; the remote key's rotation is the
+            // service's (`RemoteKeys::rewrap_all`).
+            return Ok(1);
+        }
         self.refresh()?;
         let cache = self.cache.read().expect("keyring cache lock");
         cache
@@ -326,6 +387,9 @@ impl KeyRing {
 
     /// The state of `key_id` as the keystore says now (`None`: no such key here).
     pub fn key_state(&self, key_id: &str) -> Option<KeyState> {
+        if let Some(keys) = self.remote_for(key_id) {
+            return keys.state(key_id);
+        }
         self.refresh().ok()?;
         let now = self.clock.now_secs();
         self.cache.read().expect("keyring cache lock").key_at(key_id, now).map(|k| k.state)
@@ -381,10 +445,9 @@ impl KeyRing {
         ctx: &EncryptionContext,
     ) -> Result<(SecretKey, Vec<u8>)> {
         self.audited(access, "GenerateDataKey", Some(key_id), ctx, || {
-            let (key, why) = self.permitted(access, key_id, "kms:GenerateDataKey", ctx)?;
-            let cipher = self.material(&key, key.current_version)?;
+            let (cipher, version, why) = self.sealing_key(access, key_id, "kms:GenerateDataKey", ctx)?;
             let data_key = SecretKey::random();
-            let header = BlobHeader { key_id: key_id.to_string(), key_version: key.current_version };
+            let header = BlobHeader { key_id: key_id.to_string(), key_version: version };
             let wrapped = blob::seal(&cipher, &header, &ctx.encode(), data_key.as_bytes());
             Ok(((data_key, wrapped), why))
         })
@@ -402,8 +465,13 @@ impl KeyRing {
         let key_id = parsed.as_ref().ok().map(|(h, _)| h.key_id.clone());
         self.audited(access, "Decrypt", key_id.as_deref(), ctx, || {
             let (header, sealed) = parsed?;
-            let (key, why) = self.permitted(access, &header.key_id, "kms:Decrypt", ctx)?;
-            let cipher = self.material(&key, header.key_version)?;
+            let (cipher, why) = match self.remote_cipher(&header.key_id) {
+                Some(found) => found?,
+                None => {
+                    let (key, why) = self.permitted(access, &header.key_id, "kms:Decrypt", ctx)?;
+                    (self.material(&key, header.key_version)?, why)
+                }
+            };
             let plain = blob::open(&cipher, &header, &ctx.encode(), sealed)?;
             let key = SecretKey::from_slice(&plain).ok_or_else(|| {
                 Error::InvalidCiphertext("the wrapped data key has the wrong length".into())
@@ -417,9 +485,13 @@ impl KeyRing {
     pub fn check_key(&self, access: Access<'_>, key_id: &str, operation: &str) -> Result<()> {
         let action = format!("kms:{operation}");
         let ctx = EncryptionContext::new();
-        self.permitted(access, key_id, &action, &ctx).map(|_| ()).inspect_err(|e| {
+        let checked = match self.remote_cipher(key_id) {
+            Some(found) => found.map(|_| ()),
+            None => self.permitted(access, key_id, &action, &ctx).map(|_| ()),
+        };
+        checked.inspect_err(|e| {
             let mut event = AuditEvent::new(access.caller, operation, self.clock.now_ms());
-            event.key_id = Some(key_id.to_string());
+            event.key_id = Some(self.key_name(key_id));
             event.path = Some(access.path.to_string());
             event.fail(e);
             self.audit.record(event);
@@ -455,9 +527,8 @@ impl KeyRing {
         data_key: &SecretKey,
     ) -> Result<Vec<u8>> {
         self.audited(access, "ReEncrypt", Some(key_id), ctx, || {
-            let (key, why) = self.permitted(access, key_id, "kms:ReEncryptTo", ctx)?;
-            let cipher = self.material(&key, key.current_version)?;
-            let header = BlobHeader { key_id: key_id.to_string(), key_version: key.current_version };
+            let (cipher, version, why) = self.sealing_key(access, key_id, "kms:ReEncryptTo", ctx)?;
+            let header = BlobHeader { key_id: key_id.to_string(), key_version: version };
             Ok((blob::seal(&cipher, &header, &ctx.encode(), data_key.as_bytes()), why))
         })
     }
@@ -465,9 +536,27 @@ impl KeyRing {
     /// Checks, and audits, a use of `key_id` whose data key is already in memory (a file
     /// opened again while another handle has it open).
     pub fn authorize_cached(&self, access: Access<'_>, key_id: &str, ctx: &EncryptionContext) -> Result<()> {
-        self.audited(access, "Decrypt", Some(key_id), ctx, || {
-            self.permitted(access, key_id, "kms:Decrypt", ctx).map(|(_, why)| ((), why))
+        self.audited(access, "Decrypt", Some(key_id), ctx, || match self.remote_cipher(key_id) {
+            Some(found) => found.map(|(_, why)| ((), why)),
+            None => self.permitted(access, key_id, "kms:Decrypt", ctx).map(|(_, why)| ((), why)),
         })
+    }
+
+    /// The key version new wraps under `key_id` use, after the check of `action`: the
+    /// current version of a keystore key, or a remote intermediate key (version 1).
+    fn sealing_key(
+        &self,
+        access: Access<'_>,
+        key_id: &str,
+        action: &str,
+        ctx: &EncryptionContext,
+    ) -> Result<(Arc<Cipher>, u32, String)> {
+        if let Some(found) = self.remote_cipher(key_id) {
+            let (cipher, why) = found?;
+            return Ok((cipher, 1, why));
+        }
+        let (key, why) = self.permitted(access, key_id, action, ctx)?;
+        Ok((self.material(&key, key.current_version)?, key.current_version, why))
     }
 
     fn audited<T>(
@@ -479,7 +568,7 @@ impl KeyRing {
         body: impl FnOnce() -> Result<(T, String)>,
     ) -> Result<T> {
         let mut event = AuditEvent::new(access.caller, operation, self.clock.now_ms());
-        event.key_id = key_id.map(str::to_string);
+        event.key_id = key_id.map(|k| self.key_name(k));
         event.path = Some(access.path.to_string());
         event.context = ctx.to_audit_string();
         self.record_outcome(event, |_| body())

@@ -28,6 +28,7 @@ pub mod multi_region;
 pub mod permits;
 pub mod policy;
 pub mod principal;
+pub mod remote;
 pub mod root_keys;
 pub mod status;
 pub mod tags;

@@ -12,7 +12,7 @@ use crate::volume::rewrap::RewrapReport;
 
 pub use crate::fs::xattr::{
     XATTR_KEY as KEY, XATTR_KEY_EXPLICIT as KEY_EXPLICIT, XATTR_KEY_VERSION as KEY_VERSION,
-    XATTR_REWRAP as REWRAP, XATTR_WRAPPED_BY as WRAPPED_BY,
+    XATTR_REMOTE_KEYS as REMOTE_KEYS, XATTR_REWRAP as REWRAP, XATTR_WRAPPED_BY as WRAPPED_BY,
 };
 
 /// Reads attribute `name` of `path` (not following a final symlink).
@@ -64,8 +64,19 @@ pub fn rewrap_live(
         Ok(_) => walk.report.errors.push(format!("{}: not a file or directory", start.display())),
         Err(e) => walk.report.errors.push(format!("{}: {e}", start.display())),
     }
+    // At the mount's root without a new key, the mount re-wrapped every intermediate key
+    // too (the root's re-wrap does that); elsewhere the attribute is absent.
+    if to_key.is_none() && walk.report.errors.is_empty() {
+        walk.report.intermediate_keys_rewrapped = remote_keys(start).map_or(0, |keys| keys.len() as u64);
+    }
     walk.report.seconds = began.elapsed().as_secs_f64();
     walk.report
+}
+
+/// The intermediate keys of the volume mounted with its root at `root`, as the mount sees
+/// them; `None` when `root` is not a kmsfs mount's root.
+pub fn remote_keys(root: &Path) -> Option<Vec<crate::kms::remote::KeyReport>> {
+    serde_json::from_str(&get(root, REMOTE_KEYS).ok()?).ok()
 }
 
 struct LiveRewrap<'a> {

@@ -20,6 +20,7 @@ use crate::error::{Error, Result};
 use crate::fs::{FsOptions, KmsFs};
 use crate::keystore::Keystore;
 use crate::kms::keyring::Access;
+use crate::kms::remote::RemoteSettings;
 use crate::kms::{Clock, Kms, Principal, SystemClock};
 pub use crate::mounts::{
     is_mount_point, is_mounted_at, is_on_kmsfs, kmsfs_mounts, mount_table, mounted_at, KmsfsMount, MountEntry,
@@ -59,6 +60,7 @@ struct Prepared {
     mount_options: Vec<MountOption>,
     acl: SessionACL,
     fs_options: FsOptions,
+    remote: RemoteSettings,
     word_error: fn(&Error) -> String,
     /// Held while the volume is served: a second mount of it is refused.
     lock: Option<VolumeLock>,
@@ -95,7 +97,31 @@ pub fn check(request: &MountRequest, passphrase: &[u8]) -> Result<()> {
 /// Checks `-o` options without mounting, so that a bad option is reported before the
 /// passphrase is asked for or derived.
 pub fn check_options(options: &[String]) -> Result<()> {
-    parse_options(options, Path::new("/")).map(drop)
+    let (rest, _) = remote_options(options)?;
+    parse_options(&rest, Path::new("/")).map(drop)
+}
+
+/// Takes the remote-key options out of `-o` (`kms_check_secs=N`: how often each remote
+/// key in use is re-checked at its service, default 60; `kms_grace_secs=N`: how long keys
+/// already unwrapped keep serving while the service cannot be reached, default 300).
+fn remote_options(options: &[String]) -> Result<(Vec<String>, RemoteSettings)> {
+    let mut settings = RemoteSettings::default();
+    let mut rest = Vec::new();
+    for opt in options {
+        let (slot, value) = match opt.trim().split_once('=') {
+            Some(("kms_check_secs", v)) => (&mut settings.check_interval, v),
+            Some(("kms_grace_secs", v)) => (&mut settings.grace, v),
+            _ => {
+                rest.push(opt.clone());
+                continue;
+            }
+        };
+        let secs: u64 = value.parse().ok().filter(|s| (1..=86_400).contains(s)).ok_or_else(|| {
+            Error::InvalidArgument(format!("mount option '{opt}': give whole seconds, 1..86400"))
+        })?;
+        *slot = std::time::Duration::from_secs(secs);
+    }
+    Ok((rest, settings))
 }
 
 /// Unmounts a kmsfs mount point.
@@ -164,7 +190,8 @@ fn prepare(request: &MountRequest, passphrase: &[u8]) -> Result<Prepared> {
     let ks = Keystore::open(&keystore)?;
     let root = ks.unlock(passphrase)?;
     config.require_keystore(&cipher_dir, &keystore, &ks.keystore_id()?)?;
-    let (mount_options, acl, fs_options) = parse_options(&request.options, &cipher_dir)?;
+    let (options, remote) = remote_options(&request.options)?;
+    let (mount_options, acl, fs_options) = parse_options(&options, &cipher_dir)?;
     let word_error = request.word_error;
     Ok(Prepared {
         cipher_dir,
@@ -175,6 +202,7 @@ fn prepare(request: &MountRequest, passphrase: &[u8]) -> Result<Prepared> {
         mount_options,
         acl,
         fs_options,
+        remote,
         word_error,
         lock,
     })
@@ -299,8 +327,10 @@ fn serve_inner(mut p: Prepared, report: &mut dyn FnMut(std::result::Result<(), S
     // used after it); the key ring reads it through a connection of its own.
     let kms = Kms::new(Keystore::open(&p.keystore)?, p.root.clone(), clock, &me)?;
     let (keyring, writer) = kms.into_key_ring(me.clone())?;
+    crate::volume::remote_keys::attach(&keyring, &p.cipher_dir, &p.config, p.remote.clone())?;
     let keyring = Arc::new(keyring);
     let (names_key, _) = p.config.unwrap_names_key(&keyring, Access { caller: &me, path: "/" })?;
+    let keyring_for_stats = Arc::clone(&keyring);
     let mut fs =
         KmsFs::new(p.cipher_dir.clone(), p.config, keyring, VolumeCipher::new(&names_key), p.fs_options)
             .map_err(|e| Error::io(format!("cannot read {}", p.cipher_dir.display()), e))?;
@@ -325,7 +355,13 @@ fn serve_inner(mut p: Prepared, report: &mut dyn FnMut(std::result::Result<(), S
     readahead::raise(&p.mountpoint, READ_AHEAD_KIB);
     report(Ok(()));
     daemon::unmount_on_signal(signals, p.mountpoint.clone());
+    let remote_calls = keyring_for_stats;
     let run = session.run();
+    if let Some(r) = remote_calls.remote().filter(|r| !r.records().is_empty()) {
+        log::info!("{} calls to key services during the mount", r.calls());
+    }
+    // The ring holds an audit sink: it must go before the writer can finish.
+    drop(remote_calls);
     // The session has dropped the filesystem and with it every audit sink: drain them.
     writer.finish();
     log::info!("unmounted {}", p.mountpoint.display());

@@ -22,6 +22,7 @@ use crate::content::{FileHeader, HEADER_LEN};
 use crate::encoding::hex;
 use crate::error::{Error, Result};
 use crate::kms::keyring::{Access, KeyRing};
+use crate::kms::remote::RemoteKeys;
 use crate::kms::Principal;
 use crate::sys::{self, open_noatime, Node};
 
@@ -51,44 +52,74 @@ pub struct CopyReport {
     pub seconds: f64,
 }
 
-/// The destination's configuration: a new volume id, the volume names key wrapped for the
-/// destination, under `to_key` or the key that wraps the source's names key.
-pub fn destination_config(
+/// Which key each wrapped key of the copy goes under. With `to_key`, everything moves to
+/// it; else each item keeps its key, except that a key of the source's remote key table
+/// (an intermediate key: its encryption context names the source volume) is replaced by
+/// the destination's intermediate key under the same remote key, made once per remote key.
+pub struct KeyMap {
+    pub to_key: Option<String>,
+    /// The source volume's remote keys, if it has any.
+    pub src_remote: Option<RemoteKeys>,
+    /// The destination's key table (attached to the destination ring).
+    pub dst_remote: RemoteKeys,
+    /// The creation date recorded for new intermediate keys.
+    pub created: String,
+}
+
+impl KeyMap {
+    /// The destination key for an item the source wraps under `own`.
+    pub fn target(&self, own: &str) -> Result<String> {
+        if let Some(k) = &self.to_key {
+            return Ok(k.clone());
+        }
+        let Some(record) = self.src_remote.as_ref().and_then(|r| r.record_of(own)) else {
+            return Ok(own.to_string());
+        };
+        self.dst_remote.intermediate_for(&record.key_arn, record.endpoint.as_deref(), &self.created)
+    }
+}
+
+/// The destination's configuration before its names key: a new volume id, the source's
+/// name, block size and format, the destination keystore.
+pub fn new_config(src: &VolumeConfig, dst_keystore_id: &str, now: i64) -> VolumeConfig {
+    VolumeConfig {
+        volume_id: super::new_volume_id(),
+        keystore_id: dst_keystore_id.to_string(),
+        created: crate::kms::clock::format_date(now),
+        names_key: String::new(),
+        ..src.clone()
+    }
+}
+
+/// Wraps the source's volume names key for the destination `config`, under the key `map`
+/// gives for the key that wraps it in the source, which becomes the default key.
+pub fn wrap_names_key(
     src: &Side<'_>,
     dst_ring: &KeyRing,
     dst_caller: &Principal,
-    dst_keystore_id: &str,
-    to_key: Option<&str>,
-    now: i64,
-) -> Result<VolumeConfig> {
+    config: &mut VolumeConfig,
+    map: &KeyMap,
+) -> Result<()> {
     let (names_key, wrapped_by) = src.config.unwrap_names_key(src.ring, src.access("/"))?;
     // Not the config's `default_key_id`, which nothing authenticates (anyone who can write
     // the cipher directory could name their own key there): the key that really wraps the
     // source's names key, as the successful unwrap just proved.
-    let default_key_id = to_key.unwrap_or(&wrapped_by.key_id).to_string();
-    let mut config = VolumeConfig {
-        volume_id: super::new_volume_id(),
-        default_key_id: default_key_id.clone(),
-        keystore_id: dst_keystore_id.to_string(),
-        created: crate::kms::clock::format_date(now),
-        names_key: String::new(),
-        ..src.config.clone()
-    };
+    config.default_key_id = map.target(&wrapped_by.key_id)?;
     let wrapped = dst_ring.wrap_data_key(
         Access { caller: dst_caller, path: "/" },
-        &default_key_id,
+        &config.default_key_id,
         &config.names_context(),
         &names_key,
     )?;
     config.set_names_key_blob(&wrapped);
-    Ok(config)
+    Ok(())
 }
 
 pub struct Copier<'a> {
     src: Side<'a>,
     dst: Side<'a>,
-    /// Everything moves to this key; `None`: each item keeps its key (same keystore only).
-    to_key: Option<String>,
+    /// Which key each item goes under.
+    map: &'a KeyMap,
     /// Hard links: the first copy of each source inode.
     links: HashMap<(u64, u64), std::path::PathBuf>,
     /// The two cipher directories (for the sidecars of long symlink targets at their tops).
@@ -102,7 +133,7 @@ impl<'a> Copier<'a> {
     pub fn new(
         src: Side<'a>,
         dst: Side<'a>,
-        to_key: Option<String>,
+        map: &'a KeyMap,
         progress: &'a mut dyn FnMut(&CopyReport),
     ) -> Self {
         let report = CopyReport {
@@ -113,7 +144,7 @@ impl<'a> Copier<'a> {
         Copier {
             src,
             dst,
-            to_key,
+            map,
             links: HashMap::new(),
             src_root: PathBuf::new(),
             dst_root: PathBuf::new(),
@@ -136,8 +167,8 @@ impl<'a> Copier<'a> {
         Ok(self.report)
     }
 
-    fn target<'k>(&'k self, own: &'k str) -> &'k str {
-        self.to_key.as_deref().unwrap_or(own)
+    fn target(&self, own: &str) -> Result<String> {
+        self.map.target(own)
     }
 
     fn directory(&mut self, src: &Path, dst: &Path, plain: &str) -> Result<()> {
@@ -149,7 +180,7 @@ impl<'a> Copier<'a> {
             &self.src.config.volume_id,
         )?;
         let ctx = DirMeta::context(&self.dst.config.volume_id, &hex(&keys.iv));
-        let key = self.target(&keys.key_id).to_string();
+        let key = self.target(&keys.key_id)?;
         let blob = self.dst.ring.wrap_data_key(self.dst.access(plain), &key, &ctx, &keys.names_key)?;
         DirMeta::new(&key, keys.explicit, &keys.iv, &blob).save(dst)?;
         let names = NameCipher::new(&keys.names_key, &keys.iv);
@@ -246,7 +277,7 @@ impl<'a> Copier<'a> {
         let from = open_noatime(src, false).map_err(|e| Error::io("open", e))?;
         let found = unwrap_header(self.src.ring, self.src.access(plain), self.src.config, &from)?;
         let file_id = found.header.file_id;
-        let key = self.target(&found.wrapped_by.key_id).to_string();
+        let key = self.target(&found.wrapped_by.key_id)?;
         let ctx = self.dst.config.file_context(&file_id);
         let blob = self.dst.ring.wrap_data_key(self.dst.access(plain), &key, &ctx, &found.data_key)?;
         let to = std::fs::OpenOptions::new()

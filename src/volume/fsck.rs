@@ -64,6 +64,9 @@ pub enum Status {
     KeyUnknown,
     /// A key policy or grant refuses the caller: not checked.
     AccessDenied,
+    /// The remote key service could not be reached: not checked (nothing is known about
+    /// the item, so it is never called damaged or removed).
+    KeyUnreachable,
     /// An entry whose encrypted name does not authenticate (or whose sidecar is gone).
     NameDamaged,
     /// A long-name sidecar without its entry.
@@ -226,6 +229,7 @@ impl<'a> Fsck<'a> {
             },
             Error::AccessDenied(_) => Status::AccessDenied,
             Error::NotFound(_) => Status::KeyUnknown,
+            Error::KeyServiceUnavailable(_) => Status::KeyUnreachable,
             _ => Status::HeaderDamaged,
         };
         (status, e.to_string())

@@ -14,6 +14,7 @@ pub mod file_keys;
 pub mod fsck;
 pub mod link_targets;
 pub mod lock;
+pub mod remote_keys;
 pub mod rewrap;
 pub mod xattr_store;
 
@@ -183,14 +184,27 @@ pub fn alias_safe_name(raw: &str) -> String {
 }
 
 /// Creates a volume in `cipher_dir` (created if missing, else it must be empty). Files are
-/// encrypted under `key_ref`, or under a new managed key `alias/kmsfs/<name>`.
+/// encrypted under `key_ref`, or under a new managed key `alias/kmsfs/<name>`. A remote
+/// key (an ARN) is reached at `endpoint` (default: AWS KMS in the ARN's region) and gets
+/// the volume's first intermediate key (`kms::remote`).
 pub fn init_volume(
     kms: &mut crate::kms::Kms,
     caller: &crate::kms::Principal,
     cipher_dir: &Path,
     key_ref: Option<&str>,
     name: Option<&str>,
+    endpoint: Option<&str>,
 ) -> Result<VolumeConfig> {
+    let remote = key_ref.is_some_and(crate::kms::remote::is_remote_key);
+    if endpoint.is_some() && !remote {
+        return Err(Error::InvalidArgument(
+            "--kms-endpoint needs --key naming a remote key (an ARN such as arn:aws:kms:REGION:ACCOUNT:key/ID)"
+                .into(),
+        ));
+    }
+    if let Some(url) = endpoint {
+        crate::kms::remote::http::Endpoint::parse(url)?;
+    }
     match std::fs::read_dir(cipher_dir) {
         Ok(mut entries) => {
             if entries.next().is_some() {
@@ -209,30 +223,52 @@ pub fn init_volume(
     let name = alias_safe_name(
         name.unwrap_or_else(|| cipher_dir.file_name().and_then(|n| n.to_str()).unwrap_or("volume")),
     );
-    let volume_id = new_volume_id();
-    let default_key_id = match key_ref {
-        Some(k) => kms.describe_key(caller, k)?.key_id,
-        None => kms.create_managed_key(caller, &name, &format!("kmsfs volume {}", cipher_dir.display()))?,
-    };
     let mut config = VolumeConfig {
         format: "kmsfs-volume".into(),
         version: VOLUME_FORMAT_VERSION,
-        volume_id,
+        volume_id: new_volume_id(),
         name,
-        default_key_id: default_key_id.clone(),
+        default_key_id: String::new(),
         block_size: crate::content::BLOCK_SIZE as u32,
         keystore_id: kms.keystore().keystore_id()?,
         created: crate::kms::clock::format_date(kms.now_secs()),
         names_key: String::new(),
     };
-    let (_, _, names_blob) =
-        kms.generate_data_key_without_plaintext(caller, &default_key_id, &config.names_context())?;
+    let iv = crate::crypto::random_bytes::<{ crate::content::names::IV_LEN }>();
+    let root_ctx = dirmeta::DirMeta::context(&config.volume_id, &hex(&iv));
+    let (names_blob, root_names) = if remote {
+        let key_ref = key_ref.expect("remote implies a key");
+        let keys = remote_keys::open(&cipher_dir, &config, Default::default())?;
+        let made = keys.create(key_ref, endpoint, &config.created);
+        let id = made.inspect_err(|_| {
+            // Nothing of the volume is kept when the service refuses or cannot be reached.
+            let _ = std::fs::remove_file(cipher_dir.join(remote_keys::TABLE_NAME));
+            let _ = std::fs::remove_file(cipher_dir.join(remote_keys::TABLE_BACKUP));
+        })?;
+        let cipher = keys.cipher(&id)?;
+        let header = BlobHeader { key_id: id.clone(), key_version: 1 };
+        let seal_new = |ctx: &EncryptionContext| {
+            crate::kms::blob::seal(&cipher, &header, &ctx.encode(), SecretKey::random().as_bytes())
+        };
+        config.default_key_id = id;
+        (seal_new(&config.names_context()), seal_new(&root_ctx))
+    } else {
+        config.default_key_id = match key_ref {
+            Some(k) => kms.describe_key(caller, k)?.key_id,
+            None => kms.create_managed_key(
+                caller,
+                &config.name,
+                &format!("kmsfs volume {}", cipher_dir.display()),
+            )?,
+        };
+        let key = config.default_key_id.clone();
+        let (_, _, names) = kms.generate_data_key_without_plaintext(caller, &key, &config.names_context())?;
+        let (_, _, root) = kms.generate_data_key_without_plaintext(caller, &key, &root_ctx)?;
+        (names, root)
+    };
     config.set_names_key_blob(&names_blob);
     // The root directory's own metadata: its names key, under the default key.
-    let iv = crate::crypto::random_bytes::<{ crate::content::names::IV_LEN }>();
-    let ctx = dirmeta::DirMeta::context(&config.volume_id, &hex(&iv));
-    let (_, _, root_names) = kms.generate_data_key_without_plaintext(caller, &default_key_id, &ctx)?;
-    dirmeta::DirMeta::new(&default_key_id, true, &iv, &root_names).save(&cipher_dir)?;
+    dirmeta::DirMeta::new(&config.default_key_id, true, &iv, &root_names).save(&cipher_dir)?;
     config.save(&cipher_dir)?;
     Ok(config)
 }

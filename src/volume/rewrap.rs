@@ -153,6 +153,8 @@ pub struct RewrapReport {
     pub volume_key_rewrapped: bool,
     /// Whether the run went through a live mount.
     pub live: bool,
+    /// Intermediate keys re-wrapped at their remote key service (`kms::remote`).
+    pub intermediate_keys_rewrapped: u64,
     pub errors: Vec<String>,
     pub seconds: f64,
 }

@@ -15,6 +15,8 @@ pub const PASSPHRASE: &str = "correct horse battery staple";
 pub struct TestEnv {
     pub dir: tempfile::TempDir,
     pub keystore: PathBuf,
+    /// Set in every command's environment (e.g. AWS credentials for a remote key service).
+    pub vars: Vec<(String, String)>,
 }
 
 impl TestEnv {
@@ -27,7 +29,7 @@ impl TestEnv {
     pub fn without_keystore() -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let keystore = dir.path().join("keystore.db");
-        TestEnv { dir, keystore }
+        TestEnv { dir, keystore, vars: Vec::new() }
     }
 
     pub fn path(&self, name: &str) -> PathBuf {
@@ -42,6 +44,7 @@ impl TestEnv {
             .env("KMSFS_PASSPHRASE", PASSPHRASE)
             .env_remove("KMSFS_PASSPHRASE_FILE")
             .env_remove("KMSFS_CLOCK_OFFSET_SECS")
+            .envs(self.vars.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null());
         c
     }

@@ -73,11 +73,24 @@ impl Mounted {
         let env = TestEnv::new();
         let cipher = cipher_parent.map(|p| p.join("cipher")).unwrap_or_else(|| env.path("cipher"));
         let key_id = env.init_volume(&cipher);
+        Self::unstarted(env, &cipher, key_id, options, level)
+    }
+
+    /// Mounts the volume already made in `cipher` (e.g. under a remote key), with the mount
+    /// point `mnt` and the log `mount.log` in `env`'s directory.
+    pub fn of_volume(env: TestEnv, cipher: &Path, key_id: String, options: &[&str], level: &str) -> Self {
+        let mut m = Self::unstarted(env, cipher, key_id, options, level);
+        m.start();
+        m
+    }
+
+    /// The volume in `cipher`, ready to mount (not yet mounted).
+    fn unstarted(env: TestEnv, cipher: &Path, key_id: String, options: &[&str], level: &str) -> Self {
         let mnt = env.path("mnt");
         std::fs::create_dir(&mnt).unwrap();
         // mountinfo lists canonical paths.
         let mnt = std::fs::canonicalize(&mnt).unwrap();
-        let cipher = std::fs::canonicalize(&cipher).unwrap();
+        let cipher = std::fs::canonicalize(cipher).unwrap();
         let log = env.path("mount.log");
         Mounted {
             env,
