@@ -41,13 +41,29 @@ def sign_in(browser, api):
 
 def click(browser, element):
     """Clicks a link or submit button and waits for the page it leads to."""
-    from selenium.webdriver.support import expected_conditions as EC
     from selenium.webdriver.support.ui import WebDriverWait
 
     old = browser.find_element(By.TAG_NAME, "html")
     element.click()
-    WebDriverWait(browser, 15).until(EC.staleness_of(old))
+    WebDriverWait(browser, 15).until(lambda _: is_stale(old))
     WebDriverWait(browser, 15).until(lambda d: d.execute_script("return document.readyState") == "complete")
+
+
+def is_stale(element):
+    """Whether `element` is gone with its page. Chromedriver answers a lookup of a node of a
+    page that is being replaced either as a stale element or, mid-navigation, as an inspector
+    error ("Node with given id does not belong to the document"): both mean it is gone."""
+    from selenium.common.exceptions import StaleElementReferenceException, WebDriverException
+
+    try:
+        element.is_enabled()
+        return False
+    except StaleElementReferenceException:
+        return True
+    except WebDriverException as e:
+        if "does not belong to the document" in str(e):
+            return True
+        raise
 
 
 def text(browser, css):
