@@ -472,20 +472,25 @@ fn large_plaintext_is_refused_with_a_pointer_to_data_keys() {
     assert!(err.to_string().contains("generate-data-key"), "{err}");
 }
 
+/// A key ring over the fixture's keystore as a mount opens one: its own connection, its own
+/// audit writer (kept alive by the caller).
+fn mount_ring(f: &Fixture) -> (kmsfs::kms::keyring::KeyRing, kmsfs::kms::audit_writer::AuditWriter) {
+    let ks = Keystore::open(&f.path).unwrap();
+    let root = ks.unlock(b"pw").unwrap();
+    let audit_kms = Kms::new(ks, root.clone(), f.clock.clone(), &f.me).unwrap();
+    let (sink, writer) = kmsfs::kms::audit_writer::AuditWriter::spawn(audit_kms, f.me.clone()).unwrap();
+    (kmsfs::kms::keyring::KeyRing::open(&f.path, root, f.clock.clone(), sink).unwrap(), writer)
+}
+
 #[test]
 fn a_mounts_key_ring_sees_each_commit_of_another_connection_at_its_next_check() {
     // The ring skips `PRAGMA data_version` while the keystore's WAL-index header is as it
     // was at the last look; every disable and enable committed elsewhere must still be seen
     // by the very next check.
-    use kmsfs::kms::audit_writer::AuditWriter;
-    use kmsfs::kms::keyring::{Access, KeyRing};
+    use kmsfs::kms::keyring::Access;
     let mut f = fixture();
     let id = f.key(Some("alias/ring"));
-    let ks = Keystore::open(&f.path).unwrap();
-    let root = ks.unlock(b"pw").unwrap();
-    let audit_kms = Kms::new(ks, root.clone(), f.clock.clone(), &f.me).unwrap();
-    let (sink, _writer) = AuditWriter::spawn(audit_kms, f.me.clone()).unwrap();
-    let ring = KeyRing::open(&f.path, root, f.clock.clone(), sink).unwrap();
+    let (ring, _writer) = mount_ring(&f);
     let me = f.me.clone();
     let access = Access { caller: &me, path: "/a/file" };
     for round in 0..5 {
@@ -505,15 +510,10 @@ fn a_mounts_key_ring_sees_each_commit_of_another_connection_at_its_next_check() 
 fn a_policy_naming_groups_is_seen_by_the_very_next_groups_question() {
     // The mount asks whether callers' groups are needed before it checks a key; that answer
     // must already reflect a policy committed by another connection just before.
-    use kmsfs::kms::audit_writer::AuditWriter;
-    use kmsfs::kms::keyring::{Access, KeyRing};
+    use kmsfs::kms::keyring::Access;
     let mut f = fixture();
     let id = f.key(Some("alias/groups"));
-    let ks = Keystore::open(&f.path).unwrap();
-    let root = ks.unlock(b"pw").unwrap();
-    let audit_kms = Kms::new(ks, root.clone(), f.clock.clone(), &f.me).unwrap();
-    let (sink, _writer) = AuditWriter::spawn(audit_kms, f.me.clone()).unwrap();
-    let ring = KeyRing::open(&f.path, root, f.clock.clone(), sink).unwrap();
+    let (ring, _writer) = mount_ring(&f);
     let me = f.me.clone();
     ring.check_key(Access { caller: &me, path: "/x" }, &id, "Decrypt").unwrap();
     assert!(!ring.uses_groups(), "no policy names a group yet");
